@@ -1,0 +1,75 @@
+"""The Engine protocol: what every strategy may ask of a model, and the optional capabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ContextOverflowError(ValueError):
+    """A prompt does not fit the engine's context; carries both numbers so the message is actionable."""
+
+    def __init__(self, needed: int, available: int, what: str = "prompt") -> None:
+        super().__init__(f"{what} needs {needed} tokens but the engine's context is {available} tokens")
+        self.needed = needed
+        self.available = available
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    model_name: str
+
+    @property
+    def max_context(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        """Generate one reply per conversation; engines batch them."""
+        ...
+
+    def count_chat_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of a conversation after the chat template, generation prompt included."""
+        ...
+
+
+@runtime_checkable
+class SupportsLayers(Protocol):
+    """Model internals for GemFilter, soft compression and kernel work (the native engine has them)."""
+
+    @property
+    def hf_model(self) -> Any: ...
+
+    @property
+    def hf_tokenizer(self) -> Any: ...
+
+
+@runtime_checkable
+class SupportsInputEmbeddings(Protocol):
+    """Generation from input embeddings instead of token ids (soft compression)."""
+
+    def chat_from_embeddings(self, embeddings: Sequence[Any], params: SamplingParams) -> list[Generation]: ...

@@ -1,0 +1,124 @@
+"""transformers in-process: the embedded default, and the engine that exposes model internals."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from engines.base import ContextOverflowError, Generation, Message, SamplingParams
+from engines.config import EngineConfig
+from engines.models import resolve_model
+
+hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise in the CLI
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(self, config: EngineConfig) -> None:
+        if config.dtype not in DTYPES:
+            raise ValueError(f"dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        self.model_name = config.model
+        self.path = resolve_model(config.model, config.home)
+        self.device = pick_device(config.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer.padding_side = "left"  # batched generation continues every row from its end
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=DTYPES[config.dtype], attn_implementation=config.attention
+        ).to(self.device)
+        self.model.eval()
+        model_context = getattr(self.model.config, "max_position_embeddings", config.max_context)
+        self._max_context = min(config.max_context, model_context)
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    @property
+    def hf_model(self) -> Any:
+        return self.model
+
+    @property
+    def hf_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def _template(self, messages: Sequence[Message]) -> list[int]:
+        out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+    def count_chat_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self._template(messages))
+
+    @torch.inference_mode()
+    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        prompts = [self._template(c) for c in conversations]
+        for ids in prompts:
+            if len(ids) + params.max_tokens > self.max_context:
+                raise ContextOverflowError(len(ids) + params.max_tokens, self.max_context, "prompt + answer")
+        # Rows of similar length batch well; very different lengths would waste compute on padding.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(prompts[i]) > 1.25 * len(prompts[batch[0]]) + 64 or len(batch) >= 16):
+                self._generate_batch(batch, prompts, params, results)
+                batch = []
+            batch.append(i)
+        if batch:
+            self._generate_batch(batch, prompts, params, results)
+        return [r for r in results if r is not None]
+
+    def _generate_batch(
+        self,
+        batch: list[int],
+        prompts: list[list[int]],
+        params: SamplingParams,
+        results: list[Generation | None],
+    ) -> None:
+        start = time.perf_counter()
+        enc = self.tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt").to(self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": params.max_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        out = self.model.generate(**enc, **kwargs)
+        seconds = time.perf_counter() - start
+        width = enc["input_ids"].shape[1]
+        for row, i in enumerate(batch):
+            new = out[row, width:]
+            new = new[new != self.tokenizer.pad_token_id]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            for s in params.stop:  # stop strings are matched on tokens; cut the text at the string itself
+                if s in text:
+                    text = text[: text.index(s)]
+            results[i] = Generation(text.strip(), len(prompts[i]), int(new.numel()), seconds / len(batch))

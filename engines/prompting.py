@@ -1,0 +1,52 @@
+"""Prompts that several strategies share: answering tasks from a piece of context."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from engines.base import Engine, Message, SamplingParams
+from engines.types import Answer, Cost, Evidence, Task, TaskKind
+
+SYSTEM = "You are a careful reader. Answer only from the given text. Be brief."
+
+
+def task_instruction(task: Task) -> str:
+    if task.kind == TaskKind.SUMMARY:
+        return task.question or "Summarize the text in a few sentences."
+    if task.kind == TaskKind.EXTRACT:
+        schema = json.dumps(task.json_schema or {}, separators=(",", ":"))
+        return f"{task.question}\nReply with JSON only, matching this JSON schema: {schema}"
+    return f"Question: {task.question}\nAnswer:"
+
+
+def answer_messages(context: str, task: Task) -> list[Message]:
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"Text:\n{context}\n\n{task_instruction(task)}"},
+    ]
+
+
+def answer_overhead(engine: Engine, task: Task) -> int:
+    """Tokens a prompt needs besides the context itself (template, question, answer budget)."""
+    return engine.count_chat_tokens(answer_messages("", task)) + task.max_answer_tokens
+
+
+def answer_from_context(
+    engine: Engine,
+    context: str,
+    tasks: Sequence[Task],
+    strategy: str,
+    evidence: list[Evidence],
+    extra_cost: Cost | None = None,
+) -> list[Answer]:
+    """Ask every task over the same context in one batched engine call."""
+    max_tokens = max(t.max_answer_tokens for t in tasks)
+    generations = engine.chat([answer_messages(context, t) for t in tasks], SamplingParams(max_tokens=max_tokens))
+    answers = []
+    for g in generations:
+        cost = Cost(calls=1, tokens_read=g.prompt_tokens, tokens_generated=g.completion_tokens, seconds=g.seconds)
+        if extra_cost is not None:
+            cost = cost.add(extra_cost)
+        answers.append(Answer(g.text, strategy, evidence, cost))
+    return answers

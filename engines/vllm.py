@@ -1,0 +1,140 @@
+"""vLLM, the production engine: in-process (`vllm.LLM`) or a remote `vllm serve` over its OpenAI API."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from engines.base import ContextOverflowError, Generation, Message, SamplingParams
+from engines.config import EngineConfig
+from engines.models import resolve_model
+
+
+class VllmEngine:
+    """In-process vLLM. Entry points that build one need the `if __name__ == "__main__"` guard: vLLM spawns."""
+
+    name = "vllm"
+
+    def __init__(self, config: EngineConfig) -> None:
+        # vLLM cuts torch to one thread unless told otherwise; bind its OpenMP threads to this machine's cores.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        from vllm import LLM
+
+        self.config = config
+        self.model_name = config.model
+        path = resolve_model(config.model, config.home)
+        self.llm = LLM(
+            model=str(path),
+            dtype=config.dtype,
+            max_model_len=config.max_context,
+            gpu_memory_utilization=config.vllm_memory_fraction,
+            enforce_eager=config.vllm_enforce_eager,
+            enable_prefix_caching=True,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self._max_context = config.max_context
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def count_chat_tokens(self, messages: Sequence[Message]) -> int:
+        out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        return len(out["input_ids"] if hasattr(out, "keys") else out)
+
+    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        from vllm import SamplingParams as VllmSampling
+
+        for c in conversations:
+            needed = self.count_chat_tokens(c) + params.max_tokens
+            if needed > self.max_context:
+                raise ContextOverflowError(needed, self.max_context, "prompt + answer")
+        sampling = VllmSampling(
+            max_tokens=params.max_tokens, temperature=params.temperature, stop=list(params.stop) or None
+        )
+        start = time.perf_counter()
+        outputs = self.llm.chat([list(c) for c in conversations], sampling, use_tqdm=False)
+        per = (time.perf_counter() - start) / max(1, len(conversations))
+        return [
+            Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids), per)
+            for o in outputs
+        ]
+
+
+class RemoteVllmEngine:
+    """A `vllm serve` endpoint: chat through /v1/chat/completions, counting through /tokenize."""
+
+    name = "vllm"
+
+    def __init__(self, config: EngineConfig, client: httpx.Client | None = None) -> None:
+        assert config.vllm_url, "RemoteVllmEngine needs vllm_url"
+        self.config = config
+        self.client = client or httpx.Client(base_url=config.vllm_url.rstrip("/"), timeout=600)
+        models = self.client.get("/v1/models").raise_for_status().json()["data"]
+        served = {m["id"]: m for m in models}
+        if config.model not in served:
+            # The default alias names no served model; use the only one served.
+            if len(served) != 1:
+                raise ValueError(f"model {config.model!r} is not served at {config.vllm_url}: {sorted(served)}")
+            config_model = next(iter(served))
+        else:
+            config_model = config.model
+        self.model_name = config_model
+        self._max_context = int(served[config_model].get("max_model_len") or config.max_context)
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.client.post(path, json={"model": self.model_name, **body}).raise_for_status().json()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._post("/tokenize", {"prompt": text, "add_special_tokens": False})["tokens"]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._post("/detokenize", {"tokens": list(ids)})["prompt"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def count_chat_tokens(self, messages: Sequence[Message]) -> int:
+        body = {"messages": list(messages), "add_generation_prompt": True}
+        return int(self._post("/tokenize", body)["count"])
+
+    def _one(self, messages: Sequence[Message], params: SamplingParams) -> Generation:
+        start = time.perf_counter()
+        body = {
+            "messages": list(messages),
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "stop": list(params.stop) or None,
+        }
+        reply = self._post("/v1/chat/completions", body)
+        usage = reply.get("usage") or {}
+        return Generation(
+            reply["choices"][0]["message"]["content"].strip(),
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            time.perf_counter() - start,
+        )
+
+    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        # The server batches concurrent requests itself (continuous batching).
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(conversations)))) as pool:
+            return list(pool.map(lambda c: self._one(c, params), conversations))

@@ -1,0 +1,127 @@
+"""`tome`: ask questions about long documents from the shell, and prepare the models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from engines.types import Task, TaskKind
+
+EXIT_BAD_INPUT = 2
+
+
+def _progress_bar() -> Any:
+    from tqdm import tqdm
+
+    bar: dict[str, tqdm] = {}
+
+    def update(done: int, total: int, message: str) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
+        b = bar["bar"]
+        b.total = total
+        b.n = done
+        b.set_description(message[:40])
+        b.refresh()
+
+    return update
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from engines import create_engine
+    from service.documents import load_document
+    from service.settings import Settings
+    from workflows.graph import run_job
+
+    settings = Settings()
+    document = load_document(args.file)
+    task = Task(question=args.question, kind=TaskKind(args.kind), max_answer_tokens=args.max_tokens)
+    engine = create_engine(settings.engine_config(kind=args.engine, model=args.model))
+    result = run_job(document, [task], engine, strategy=args.strategy, progress=_progress_bar())
+    answer = result.answers[0]
+    if args.json:
+        out = {
+            "question": task.question,
+            "answer": answer.text,
+            "strategy": result.strategy,
+            "reason": result.reason,
+            "document": {
+                "source": document.source,
+                "content_hash": document.content_hash,
+                "tokens": result.document_tokens,
+            },
+            "engine": {"kind": engine.name, "model": engine.model_name, "max_context": engine.max_context},
+            "cost": {
+                "calls": answer.cost.calls,
+                "tokens_read": answer.cost.tokens_read,
+                "tokens_generated": answer.cost.tokens_generated,
+                "seconds": round(answer.cost.seconds, 3),
+            },
+            "evidence": [{"start": e.start, "end": e.end, "text": e.text} for e in answer.evidence],
+        }
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        print(answer.text)
+        print(f"\nstrategy: {result.strategy} ({result.reason})", file=sys.stderr)
+        c = answer.cost
+        print(f"cost: {c.calls} model call(s), {c.tokens_read} tokens read, {c.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from engines.models import resolve_embedder, resolve_model
+    from service.settings import Settings
+
+    settings = Settings()
+    print(f"model: {resolve_model(settings.model, settings.home)}")
+    print(f"embedder: {resolve_embedder(settings.embedder)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tome", description="Answer questions about documents longer than a model's context."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="answer a question about a document (.txt, .md, .html, .pdf)")
+    ask.add_argument("file")
+    ask.add_argument("question")
+    ask.add_argument("--strategy", default="auto", help="auto (default) or a strategy name, e.g. full")
+    ask.add_argument("--engine", choices=["native", "vllm"], default=None, help="default: TOME_ENGINE or native")
+    ask.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
+    ask.add_argument("--kind", choices=[k.value for k in TaskKind], default="qa")
+    ask.add_argument("--max-tokens", type=int, default=64, help="answer budget in tokens")
+    ask.add_argument("--json", action="store_true", help="print one JSON object (documented in README)")
+    ask.set_defaults(func=cmd_ask)
+
+    setup = sub.add_parser("setup", help="prepare the default models (converts the GGUF once)")
+    setup.set_defaults(func=cmd_setup)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from engines.base import ContextOverflowError
+    from engines.models import ModelNotFoundError
+    from service.documents import DocumentError
+    from workflows.registry import UnknownStrategyError
+    from workflows.router import NoStrategyError
+
+    try:
+        return args.func(args)
+    except (DocumentError, NoStrategyError, UnknownStrategyError, ContextOverflowError, ModelNotFoundError) as exc:
+        print(f"tome: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

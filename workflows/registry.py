@@ -1,0 +1,30 @@
+"""Every strategy the graph can run, by name. The harness and the router read this; adding one is one line."""
+
+from __future__ import annotations
+
+from engines.strategy import Strategy
+from workflows.full import FullContext
+
+
+class UnknownStrategyError(ValueError):
+    pass
+
+
+def _build() -> dict[str, Strategy]:
+    strategies: list[Strategy] = [FullContext()]
+    return {s.name: s for s in strategies}
+
+
+STRATEGIES: dict[str, Strategy] = _build()
+
+# Preference when several fit: cheaper and more faithful first (the router issue replaces this with a fitted policy).
+PREFERENCE = ["full"]
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise UnknownStrategyError(
+            f"unknown strategy {name!r}; available: auto, {', '.join(sorted(STRATEGIES))}"
+        ) from None
