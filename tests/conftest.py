@@ -16,16 +16,18 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture(scope="session")
 def native_engine():
-    from engines import EngineConfig, create_engine
+    from engines import create_engine
+    from service.settings import Settings
 
-    return create_engine(EngineConfig(kind="native"))
+    return create_engine(Settings().engine_config(kind="native"))
 
 
 @pytest.fixture(scope="session")
 def vllm_engine():
-    from engines import EngineConfig, create_engine
+    from engines import create_engine
+    from service.settings import Settings
 
-    return create_engine(EngineConfig(kind="vllm", max_context=4096))
+    return create_engine(Settings().engine_config(kind="vllm", max_context=4096))
 
 
 def planted_document(engine, fact: str, tokens: int = 2000, depth: float = 0.5) -> str:

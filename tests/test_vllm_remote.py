@@ -16,6 +16,7 @@ import pytest
 from engines import EngineConfig, SamplingParams, create_engine
 from engines.models import resolve_model
 from engines.vllm import RemoteVllmEngine
+from service.settings import Settings
 
 
 def free_port() -> int:
@@ -26,7 +27,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    model = resolve_model("smollm2", EngineConfig().home)
+    model = resolve_model("smollm2", Settings().home)
     port = free_port()
     log = Path(tmp_path_factory.mktemp("vllm")) / "serve.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
