@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engines.strategy import Strategy
 from workflows.full import FullContext
+from workflows.mapreduce import MapReduce
 
 
 class UnknownStrategyError(ValueError):
@@ -11,14 +12,14 @@ class UnknownStrategyError(ValueError):
 
 
 def _build() -> dict[str, Strategy]:
-    strategies: list[Strategy] = [FullContext()]
+    strategies: list[Strategy] = [FullContext(), MapReduce()]
     return {s.name: s for s in strategies}
 
 
 STRATEGIES: dict[str, Strategy] = _build()
 
 # Preference when several fit: cheaper and more faithful first (the router issue replaces this with a fitted policy).
-PREFERENCE = ["full"]
+PREFERENCE = ["full", "mapreduce"]
 
 
 def get_strategy(name: str) -> Strategy:
