@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from kernels.index import block_sparse_index, grouped_scores, vertical_slash_index
 from kernels.patterns import AShape, BlockSparse, Pattern, VerticalSlash
@@ -73,19 +74,14 @@ def pattern_mask(q: torch.Tensor, k: torch.Tensor, pattern: Pattern, scale: floa
 def masked_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskFn, scale: float | None = None, chunk: int = 512
 ) -> torch.Tensor:
-    """softmax(q·kᵀ·scale, masked) · v with GQA, computed in float32 over row chunks; returns q's dtype."""
-    b, hq, length, d = q.shape
-    hkv = k.shape[1]
-    scale = scale if scale is not None else 1.0 / math.sqrt(d)
+    """softmax(q·kᵀ·scale, masked) · v with GQA (SDPA with a boolean mask, over row chunks); returns [B, Hq, L, D]."""
+    length = q.shape[2]
     out = torch.empty_like(q)
     for start in range(0, length, chunk):
         rows = torch.arange(start, min(start + chunk, length), device=q.device)
-        s = grouped_scores(q[:, :, rows], k, scale)
-        s = s.masked_fill(~mask(rows), float("-inf"))
-        p = torch.softmax(s, dim=-1)
-        pg = p.reshape(b, hkv, -1, length)
-        o = torch.matmul(pg, v.float()).reshape(b, hq, rows.numel(), d)
-        out[:, :, rows] = o.to(q.dtype)
+        out[:, :, start : start + rows.numel()] = F.scaled_dot_product_attention(
+            q[:, :, start : start + rows.numel()], k, v, attn_mask=mask(rows), scale=scale, enable_gqa=True
+        )
     return out
 
 
