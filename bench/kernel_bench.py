@@ -16,6 +16,7 @@ import argparse
 import math
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -127,11 +128,11 @@ def row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, k
     return r
 
 
-def bench_length(length: int, reps: int) -> list[dict]:
+def bench_length(length: int, reps: int, attempt: Callable[[Callable[[], Any], Any], Any]) -> list[dict]:
     q, k, v = structured_qkv(length, "cuda")
     rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
     recall = lambda mask: round(attention_recall(q, k, mask, rows_at, chunk=16), 4)  # noqa: E731
-    out = []
+    out: list[dict] = []
 
     # KV heads repeated outside the timing, so SDPA takes its fastest (non-GQA) kernel
     kv = (k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1))
@@ -139,80 +140,85 @@ def bench_length(length: int, reps: int) -> list[dict]:
     del kv
     out.append(row("dense_sdpa", "sdpa", length, dense_ms, 0.0, dense_ms, recall=1.0, density=1.0))
 
-    # vertical_slash: Triton (best config), then FlexAttention on the same index
     index_ms = gpu_ms(lambda: vertical_slash_index(q, k, VS), reps)
     vertical, slash = vertical_slash_index(q, k, VS)
-    best = None
-    for bm, bn, warps, stages in TRITON_CONFIGS:
-        lay = vertical_slash_layout(vertical, slash, length, bm, bn)
-        t = gpu_ms(partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages), reps)
-        print(f"  triton config {(bm, bn, warps, stages)}: {t:.2f} ms", flush=True)
-        if best is None or t < best[0]:
-            best = (t, (bm, bn, warps, stages), lay)
-    kernel_ms, config, lay = best
-    layout_ms = gpu_ms(lambda: vertical_slash_layout(vertical, slash, length, config[0], config[1]), reps)
-    mask = layout_mask(lay, 1, HQ, length)
-    vs_row = row(
-        "vertical_slash",
-        "triton",
-        length,
-        dense_ms,
-        index_ms + layout_ms,
-        kernel_ms,
-        recall=recall(mask),
-        density=round(density(mask, rows_at, length), 4),
-        config=str(config),
-        chunks_per_head=round(lay.chunk_count.float().mean().item(), 1),
-    )
-    out.append(vs_row)
-    bmask_ms = gpu_ms(lambda: vertical_slash_block_mask(vertical, slash, length), reps)
-    bmask = vertical_slash_block_mask(vertical, slash, length)
-    flex_ms = gpu_ms(partial(flex_sparse_attention, q, k, v, bmask), reps)
-    exact = vertical_slash_mask(length, vertical, slash)
-    out.append(
-        row(
-            "vertical_slash",
-            "flex",
-            length,
-            dense_ms,
-            index_ms + bmask_ms,
-            flex_ms,
-            recall=recall(exact),
-            density=round(density(exact, rows_at, length), 4),
-            triton_speedup_over_flex=round((index_ms + bmask_ms + flex_ms) / vs_row["ms"], 2),
+
+    def vs_triton() -> tuple[int, int, int, int]:
+        best = None
+        for bm, bn, warps, stages in TRITON_CONFIGS:
+            lay = vertical_slash_layout(vertical, slash, length, bm, bn)
+            t = gpu_ms(partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages), reps)
+            print(f"  triton config {(bm, bn, warps, stages)}: {t:.2f} ms", flush=True)
+            if best is None or t < best[0]:
+                best = (t, (bm, bn, warps, stages), lay)
+        kernel_ms, config, lay = best
+        layout_ms = gpu_ms(lambda: vertical_slash_layout(vertical, slash, length, config[0], config[1]), reps)
+        mask = layout_mask(lay, 1, HQ, length)
+        out.append(
+            row(
+                "vertical_slash",
+                "triton",
+                length,
+                dense_ms,
+                index_ms + layout_ms,
+                kernel_ms,
+                recall=recall(mask),
+                density=round(density(mask, rows_at, length), 4),
+                config=str(config),
+                chunks_per_head=round(lay.chunk_count.float().mean().item(), 1),
+            )
         )
-    )
-    del bmask
+        return config
+
+    def vs_flex() -> None:
+        bmask_ms = gpu_ms(lambda: vertical_slash_block_mask(vertical, slash, length), reps)
+        bmask = vertical_slash_block_mask(vertical, slash, length)
+        flex_ms = gpu_ms(partial(flex_sparse_attention, q, k, v, bmask), reps)
+        exact = vertical_slash_mask(length, vertical, slash)
+        triton_ms = next((r["ms"] for r in out if r["kernel"] == "vertical_slash"), None)
+        total = index_ms + bmask_ms + flex_ms
+        out.append(
+            row(
+                "vertical_slash",
+                "flex",
+                length,
+                dense_ms,
+                index_ms + bmask_ms,
+                flex_ms,
+                recall=recall(exact),
+                density=round(density(exact, rows_at, length), 4),
+                triton_speedup_over_flex=round(total / triton_ms, 2) if triton_ms else None,
+            )
+        )
 
     # a_shape: Triton (the vertical-slash kernel with sinks as verticals and the window as slashes) and FlexAttention
-    bm, bn, warps, stages = config
-    a_lay = vertical_slash_layout(*a_shape_index(1, HQ, A_SHAPE, length, q.device), length, bm, bn)
-    a_ms = gpu_ms(lambda: vertical_slash_attention(q, k, v, a_lay, num_warps=warps, num_stages=stages), reps)
-    a_rec = recall(a_shape_mask(length, A_SHAPE))
-    out.append(row("a_shape", "triton", length, dense_ms, 0.0, a_ms, recall=a_rec))
-    a_bmask_ms = gpu_ms(lambda: a_shape_block_mask(length, A_SHAPE, q.device), reps)
-    a_bmask = a_shape_block_mask(length, A_SHAPE, q.device)
-    a_flex_ms = gpu_ms(lambda: flex_sparse_attention(q, k, v, a_bmask), reps)
-    out.append(row("a_shape", "flex", length, dense_ms, a_bmask_ms, a_flex_ms, recall=a_rec))
+    def a_shape_triton(config: tuple[int, int, int, int]) -> None:
+        bm, bn, warps, stages = config
+        a_lay = vertical_slash_layout(*a_shape_index(1, HQ, A_SHAPE, length, q.device), length, bm, bn)
+        a_ms = gpu_ms(partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages), reps)
+        out.append(row("a_shape", "triton", length, dense_ms, 0.0, a_ms, recall=recall(a_shape_mask(length, A_SHAPE))))
 
-    # block_sparse: FlexAttention on the selected blocks
-    bs_index_ms = gpu_ms(lambda: block_sparse_block_mask(block_sparse_index(q, k, BLOCK_SPARSE), length), reps)
-    blocks = block_sparse_index(q, k, BLOCK_SPARSE)
-    bs_bmask = block_sparse_block_mask(blocks, length)
-    bs_ms = gpu_ms(lambda: flex_sparse_attention(q, k, v, bs_bmask), reps)
-    bs_mask = block_sparse_mask(length, blocks, BLOCK_SPARSE.block)
-    out.append(
-        row(
-            "block_sparse",
-            "flex",
-            length,
-            dense_ms,
-            bs_index_ms,
-            bs_ms,
-            recall=recall(bs_mask),
-            density=round(density(bs_mask, rows_at, length), 4),
-        )
-    )
+    def a_shape_flex() -> None:
+        a_bmask_ms = gpu_ms(lambda: a_shape_block_mask(length, A_SHAPE, q.device), reps)
+        a_bmask = a_shape_block_mask(length, A_SHAPE, q.device)
+        a_flex_ms = gpu_ms(partial(flex_sparse_attention, q, k, v, a_bmask), reps)
+        a_rec = recall(a_shape_mask(length, A_SHAPE))
+        out.append(row("a_shape", "flex", length, dense_ms, a_bmask_ms, a_flex_ms, recall=a_rec))
+
+    def block_sparse_flex() -> None:
+        bs_index_ms = gpu_ms(lambda: block_sparse_block_mask(block_sparse_index(q, k, BLOCK_SPARSE), length), reps)
+        blocks = block_sparse_index(q, k, BLOCK_SPARSE)
+        bs_bmask = block_sparse_block_mask(blocks, length)
+        bs_ms = gpu_ms(partial(flex_sparse_attention, q, k, v, bs_bmask), reps)
+        bs_mask = block_sparse_mask(length, blocks, BLOCK_SPARSE.block)
+        rec, dens = recall(bs_mask), round(density(bs_mask, rows_at, length), 4)
+        out.append(row("block_sparse", "flex", length, dense_ms, bs_index_ms, bs_ms, recall=rec, density=dens))
+
+    config = attempt(vs_triton, TRITON_CONFIGS[0])
+    attempt(vs_flex, None)
+    attempt(partial(a_shape_triton, config), None)
+    attempt(a_shape_flex, None)
+    attempt(block_sparse_flex, None)
     return out
 
 
@@ -296,16 +302,32 @@ def main() -> None:
         "patterns": {"vertical_slash": str(VS), "a_shape": str(A_SHAPE), "block_sparse": str(BLOCK_SPARSE)},
     }
     start = time.time()
-    meta["checks"] = correctness_checks()
+    errors: list[str] = []
+
+    def attempt(fn: Callable[[], Any], default: Any) -> Any:
+        # one failing part (a compile, an OOM) must not lose the rest of a long GPU run
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            errors.append(f"{fn}: {exc!r}"[:500])
+            torch.cuda.empty_cache()
+            return default
+
+    meta["checks"] = attempt(correctness_checks, {})
     rows: list[dict] = []
+
+    def save() -> None:
+        write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, errors=errors, **meta)
+
     for length in args.lengths:
-        rows += bench_length(length, args.reps)
+        rows += attempt(partial(bench_length, length, args.reps, attempt), [])
         torch.cuda.empty_cache()
-        write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, **dict(meta))
+        save()
         print(f"done {length} at {time.time() - start:.0f}s", flush=True)
     if args.e2e_lengths:
-        rows += bench_e2e_llama1b(args.e2e_lengths, max(1, args.reps - 1))
-        write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, **dict(meta))
+        rows += attempt(partial(bench_e2e_llama1b, args.e2e_lengths, max(1, args.reps - 1)), [])
+        save()
     print(f"total {time.time() - start:.0f}s", flush=True)
 
 
