@@ -62,7 +62,8 @@ def vertical_slash_block_mask(vertical: torch.Tensor, slash: torch.Tensor, lengt
     dev = vertical.device
     n_blocks = -(-length // BLOCK)
     pad = n_blocks * BLOCK - length
-    is_vert = torch.zeros(b, h, length, dtype=torch.bool, device=dev).scatter_(-1, vertical, True)
+    is_vert = torch.zeros(b, h, length + 1, dtype=torch.bool, device=dev).scatter_(-1, vertical, True)
+    is_vert = is_vert[..., :length].contiguous()  # padding (L) landed in the spare column
     is_slash = torch.zeros(b, h, length, dtype=torch.bool, device=dev).scatter_(-1, slash, True)
     vb = torch.nn.functional.pad(is_vert, (0, pad)).reshape(b, h, n_blocks, BLOCK)
     vert_any, vert_all = vb.any(-1), vb.all(-1)

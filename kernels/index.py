@@ -26,7 +26,8 @@ def vertical_slash_index(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top vertical columns and slash offsets (q_pos - k_pos) per head, from the last `cfg.last_q` queries.
 
-    Returns (vertical [B, Hq, NV], slash [B, Hq, NS]), both sorted ascending, int64.
+    Returns (vertical [B, Hq, NV], slash [B, Hq, NS]), both sorted ascending, int64. With `cfg.mass`, unused vertical
+    slots hold L (past every column) and unused slash slots repeat offset 0.
     """
     length = q.shape[2]
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
@@ -38,9 +39,7 @@ def vertical_slash_index(
     p = torch.softmax(s, dim=-1)
 
     vertical_score = p.sum(dim=2)
-    vertical_score[..., : cfg.sink] = float("inf")
-    nv = min(cfg.vertical, length)
-    vertical = vertical_score.topk(nv, dim=-1).indices.sort(dim=-1).values
+    vertical = top_indices(vertical_score, cfg.sink, cfg.vertical, cfg.mass, pad=length)
 
     # Diagonal sums: flip the columns so that offset o of row i sits at column o + (r - 1 - i), then read the
     # diagonals as columns of a strided view (MInference's sum_all_diagonal_matrix idea).
@@ -50,10 +49,27 @@ def vertical_slash_index(
     width = length + r
     skew = buf.as_strided((b, h, r, length), (h * r * width, r * width, width - 1, 1), storage_offset=r - 1)
     slash_score = skew.sum(dim=2)
-    slash_score[..., : cfg.window] = float("inf")
-    ns = min(cfg.slash, length)
-    slash = slash_score.topk(ns, dim=-1).indices.sort(dim=-1).values
+    slash = top_indices(slash_score, cfg.window, cfg.slash, cfg.mass, pad=0)
     return vertical, slash
+
+
+def top_indices(score: torch.Tensor, forced: int, budget: int, mass: float | None, pad: int) -> torch.Tensor:
+    """The first `forced` positions plus the top-scored others, `budget` in all, sorted ascending [B, H, N].
+
+    With `mass`, each head keeps only the shortest prefix of that ranking holding `mass` of its score; the rest of
+    the row is filled with `pad` (a position the caller treats as absent or as a duplicate).
+    """
+    n = min(budget, score.shape[-1])
+    ranked = score.clone()
+    ranked[..., :forced] = float("inf")
+    top = ranked.topk(n, dim=-1).indices
+    if mass is not None:
+        taken = score.gather(-1, top).cumsum(-1)
+        total = score.sum(-1, keepdim=True)
+        keep = torch.cat([torch.ones_like(taken[..., :1], dtype=torch.bool), taken[..., :-1] < mass * total], -1)
+        keep[..., : min(forced, n)] = True
+        top = torch.where(keep, top, pad)
+    return top.sort(dim=-1).values
 
 
 def block_sparse_index(q: torch.Tensor, k: torch.Tensor, cfg: BlockSparse, scale: float | None = None) -> torch.Tensor:

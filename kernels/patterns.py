@@ -22,6 +22,10 @@ class VerticalSlash:
     last_q: int = 64
     sink: int = 30  # first columns always kept as verticals
     window: int = 100  # nearest diagonals always kept as slashes
+    # With `mass`, the budgets are caps: keep only the top columns (and diagonals) that together hold this share of
+    # the estimated attention mass (FlexPrefill's cumulative threshold). Scattered low-score picks cost whole key
+    # chunks in the kernel while adding almost no mass.
+    mass: float | None = None
 
 
 @dataclass(frozen=True)

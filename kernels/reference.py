@@ -40,7 +40,7 @@ def vertical_slash_mask(length: int, vertical: torch.Tensor, slash: torch.Tensor
         b, h = vertical.shape[:2]
         r = rows.numel()
         m = torch.zeros(b, h, r, length + 1, dtype=torch.bool, device=rows.device)
-        m[..., :length].scatter_(-1, vertical[:, :, None, :].expand(b, h, r, -1), True)
+        m.scatter_(-1, vertical[:, :, None, :].expand(b, h, r, -1), True)  # padding (L) lands in the spare column
         cols = rows[None, None, :, None] - slash[:, :, None, :]
         cols = torch.where(cols >= 0, cols, length)  # diagonals that start after this row land in a spare column
         m.scatter_(-1, cols, True)

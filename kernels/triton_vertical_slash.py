@@ -182,7 +182,7 @@ def _vertical_slash_fwd(
         in_list = idx < nv
         cols = tl.load(vertical + pid_bh * n_vertical_cols + idx, mask=in_list, other=0)
         cov = tl.load(covered + pid_bh * n_covered_cols + cols - block_start + length, mask=in_list, other=1)
-        valid = in_list & (cov == 0)
+        valid = in_list & (cov == 0) & (cols < length)  # padding slots hold L
         m_i, l_i, acc = _online_softmax_step(
             q,
             k_base + cols[:, None] * skn + d[None, :],
@@ -208,7 +208,7 @@ def vertical_slash_attention(
     layout: Layout,
     scale: float | None = None,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int = 3,  # best on the H100 at 32K-256K (bench/kernel_bench.py)
 ) -> torch.Tensor:
     """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
 
@@ -270,9 +270,9 @@ def layout_mask(layout: Layout, batch: int, heads: int, length: int) -> Callable
         offset = offset.clamp(max=layout.covered.shape[1] - 1)  # columns past the block are causal-masked below
         bh = layout.covered.shape[0]
         m = layout.covered[:, offset.reshape(-1)].reshape(bh, rows.numel(), length).bool()
-        vertical = torch.zeros(bh, length, dtype=torch.bool, device=rows.device)
-        vertical.scatter_(1, layout.vertical.long(), True)
-        m |= vertical[:, None, :]
+        vertical = torch.zeros(bh, length + 1, dtype=torch.bool, device=rows.device)
+        vertical.scatter_(1, layout.vertical.long(), True)  # padding (L) lands in the spare column
+        m |= vertical[:, None, :length]
         return m.reshape(batch, heads, rows.numel(), length) & (cols[None, :] <= rows[:, None])
 
     return fn

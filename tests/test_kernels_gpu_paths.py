@@ -67,6 +67,17 @@ def test_triton_vertical_slash_matches_reference() -> None:
     assert torch.allclose(vertical_slash_attention(q, k, v, full), dense, atol=1e-5)
 
 
+def test_triton_with_mass_cut_matches_reference() -> None:
+    q, k, v = qkv(200, seed=2)
+    vertical, slash = vertical_slash_index(q, k, VerticalSlash(vertical=40, slash=60, sink=3, window=5, mass=0.1))
+    assert (vertical == 200).any() and (slash[..., 1:] == 0).any()  # the cut left padding slots
+    lay = vertical_slash_layout(vertical, slash, 200, block_m=32, block_n=16)
+    out = vertical_slash_attention(q, k, v, lay)
+    assert torch.allclose(out, masked_attention(q, k, v, layout_mask(lay, 1, HQ, 200)), atol=1e-5)
+    out = flex_sparse_attention(q, k, v, vertical_slash_block_mask(vertical, slash, 200))
+    assert torch.allclose(out, masked_attention(q, k, v, vertical_slash_mask(200, vertical, slash)), atol=1e-5)
+
+
 def test_triton_a_shape_matches_reference() -> None:
     q, k, v = qkv(150, seed=3)
     cfg = AShape(sink=5, window=20)

@@ -46,6 +46,18 @@ def test_vertical_slash_index_finds_planted_columns_and_diagonal() -> None:
     assert torch.equal(vertical, vertical.sort(dim=-1).values)
 
 
+def test_mass_cut_keeps_planted_pattern_and_drops_noise() -> None:
+    q, k = planted(512, columns=[300, 401], offset=50)
+    cfg = VerticalSlash(vertical=64, slash=64, last_q=64, sink=4, window=8, mass=0.5)
+    vertical, slash = vertical_slash_index(q, k, cfg)
+    for h in range(HQ):
+        v = vertical[0, h][vertical[0, h] < 512].tolist()
+        assert {0, 1, 2, 3, 300, 401} <= set(v) and len(v) < 64
+        assert set(range(8)) <= set(slash[0, h].tolist())
+    assert 50 in set(slash[0, 0].tolist())
+    assert (slash[0, 0] == 0).sum() > 1  # unused slots repeat offset 0
+
+
 def test_block_sparse_index_finds_planted_block() -> None:
     q, k = planted(512, columns=list(range(192, 256)), offset=50)
     mask = block_sparse_index(q, k, BlockSparse(block=64, top=3))
