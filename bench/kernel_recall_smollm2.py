@@ -29,6 +29,8 @@ from kernels.triton_vertical_slash import layout_mask, vertical_slash_layout
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus"
 PATTERNS = {
     "vertical_slash": VerticalSlash(),  # MInference's default budget
+    "vertical_slash_m95": VerticalSlash(mass=0.95),  # the same budget cut at 95% of the estimated mass
+    "vertical_slash_m90": VerticalSlash(mass=0.9),
     "vertical_slash_small": VerticalSlash(vertical=64, slash=384),  # the default's density at 128K, scaled to 8K
     "a_shape": AShape(sink=64, window=1024),
     "block_sparse": BlockSparse(block=128, top=8),
@@ -98,7 +100,7 @@ def main() -> None:
             r = torch.stack(recalls)
             out.append(
                 {
-                    "kernel": name.removesuffix("_small"),
+                    "kernel": name.split("_")[0] + "_" + name.split("_")[1],
                     "impl": impl,
                     "length": length,
                     "ms": None,
