@@ -282,7 +282,7 @@ def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     impls = {
-        attention_implementation("vertical_slash"): VS,
+        attention_implementation("vertical_slash", "llama1b"): VS,
         register_sparse_attention("vertical_slash_m95", VS_ADAPTIVE[0]): VS_ADAPTIVE[0],
     }
     out = []

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bench.common import write_results
 from engines import EngineConfig, create_engine
+from engines.sparse_attention import capture_qk
 from kernels.index import block_sparse_index, grouped_scores, vertical_slash_index
 from kernels.patterns import AShape, BlockSparse, VerticalSlash
 from kernels.reference import a_shape_mask, block_sparse_mask, causal_mask, vertical_slash_mask
@@ -35,23 +32,6 @@ PATTERNS = {
     "a_shape": AShape(sink=64, window=1024),
     "block_sparse": BlockSparse(block=128, top=8),
 }
-
-
-def capture_qk(engine: Any, ids: torch.Tensor, layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def capture(module, query, key, value, attention_mask, **kwargs):
-        if module.layer_idx in layers:
-            seen[module.layer_idx] = (query.float().clone(), key.float().clone())
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register("capture_qk", capture)
-    AttentionMaskInterface.register("capture_qk", sdpa_mask)
-    engine.model.set_attn_implementation("capture_qk")
-    with torch.inference_mode():
-        engine.model(ids, logits_to_keep=1)
-    engine.model.set_attn_implementation("sdpa")
-    return seen
 
 
 def head_recall(q: torch.Tensor, k: torch.Tensor, mask, rows: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
@@ -77,7 +57,7 @@ def main() -> None:
     text = Path(args.text).read_text()
     ids = torch.tensor([engine.tokenize(text[len(text) // 5 :])[: args.tokens]])
     length = ids.shape[1]
-    qk = capture_qk(engine, ids, args.layers)
+    qk = capture_qk(engine.model, ids, args.layers)
     rows = torch.linspace(length // 4, length - 1, 64).long()
     out = []
     for name, pattern in PATTERNS.items():

@@ -43,7 +43,9 @@ class NativeEngine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=DTYPES[config.dtype], attn_implementation=attention_implementation(config.attention)
+            self.path,
+            dtype=DTYPES[config.dtype],
+            attn_implementation=attention_implementation(config.attention, config.model),
         ).to(self.device)
         self.model.eval()
         model_context = getattr(self.model.config, "max_position_embeddings", config.max_context)
