@@ -43,3 +43,15 @@ def test_vertical_slash_prefill_answers_like_dense() -> None:
     # the sparse path really ran: the prefill's next-token logits differ from dense, yet pick the same token
     assert not torch.equal(sparse_first, dense_first)
     assert sparse_first.argmax() == dense_first.argmax()
+
+
+def test_per_head_setting_loads_the_searched_config() -> None:
+    engine = create_engine(EngineConfig(kind="native", device="cpu", attention="per_head"))
+    assert engine.model.config._attn_implementation == "per_head_smollm2"
+    ids = torch.tensor([engine.tokenize(TEXT.read_text())[:600]])
+    with torch.inference_mode():
+        sparse = engine.model(ids, logits_to_keep=1).logits[0, -1].float()
+        engine.model.set_attn_implementation("sdpa")
+        dense = engine.model(ids, logits_to_keep=1).logits[0, -1].float()
+    assert not torch.equal(sparse, dense)  # some heads were searched down to sinks + local window
+    assert torch.nn.functional.cosine_similarity(sparse, dense, dim=0) > 0.9
