@@ -2,7 +2,7 @@
 the real SmolLM2 engine, and a local webhook receiver that verifies signatures with the `standardwebhooks` library.
 
 Uses its own PostgreSQL database and Redis DB 14, created and emptied here. Tests run in file order and share
-one worker: the kill test ends it and starts a second one.
+one worker: the kill test ends it and starts a second one, which the cancel test then uses.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def wait_job(api: httpx.Client, job_id: str, timeout: float, done: Any = None) -
 
 
 def qa_job(**extra: Any) -> dict[str, Any]:
-    return {"text": DOC, "task": {"kind": "qa", "questions": QUESTIONS}, "max_answer_tokens": 12, **extra}
+    return {"text": DOC, "task": {"kind": "qa", "questions": QUESTIONS}, "max_answer_tokens": 8, **extra}
 
 
 def too_long_job(**extra: Any) -> dict[str, Any]:
@@ -391,33 +391,12 @@ def summary_job(tokens: int, **extra: Any) -> dict[str, Any]:
     return {"text": DOC, "task": {"kind": "summary"}, "max_answer_tokens": tokens, **extra}
 
 
-def test_cancel_queued_and_running(api: httpx.Client, workers: list[Worker]) -> None:
-    receiver = Receiver().start()
-    try:
-        running = submit(api, summary_job(200)).json()["id"]
-        queued = submit(api, qa_job(callback_url=receiver.url, callback_secret=SECRET)).json()["id"]
-        cancelled = api.delete(f"/v1/jobs/{queued}")
-        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-        wait_job(api, running, 120, done=lambda j: j["status"] == "running" and j["progress"]["message"])
-        assert api.delete(f"/v1/jobs/{running}").json()["status"] == "cancelled"
-        # The one worker process was busy with `running`; freed by the cancel, it delivers the queued job's event.
-        events = wait_for(lambda: receiver.events(SECRET), 60, "job.cancelled")
-        assert [(e["type"], e["data"]["id"]) for e in events] == [("job.cancelled", queued)]
-        time.sleep(3)  # the revoked worker must not write a result over the cancel, nor run the queued job
-        for job_id in (running, queued):
-            job = api.get(f"/v1/jobs/{job_id}").json()
-            assert job["status"] == "cancelled" and job["result"] is None, job
-        assert api.get(f"/v1/jobs/{queued}").json()["runs"] == 0
-    finally:
-        receiver.stop()
-
-
 def test_killed_worker_job_resumes_on_a_new_worker(
     api: httpx.Client, env: dict[str, str], workers: list[Worker], tmp_path: Path
 ) -> None:
     receiver = Receiver().start()
     try:
-        job_id = submit(api, summary_job(48, callback_url=receiver.url, callback_secret=SECRET)).json()["id"]
+        job_id = submit(api, summary_job(24, callback_url=receiver.url, callback_secret=SECRET)).json()["id"]
         wait_job(api, job_id, 120, done=lambda j: j["progress"]["message"] == "reading the whole document")
         time.sleep(0.3)  # inside the model call; the checkpoint after `route` is written
         workers[0].kill()
@@ -430,6 +409,27 @@ def test_killed_worker_job_resumes_on_a_new_worker(
         time.sleep(2)  # any duplicate delivery would arrive now
         completed = {e["id"] for e in receiver.events(SECRET) if e["type"] == "job.completed"}
         assert completed == {api.get(f"/v1/jobs/{job_id}").json()["webhook"]["event_id"]}
+    finally:
+        receiver.stop()
+
+
+def test_cancel_queued_and_running(api: httpx.Client, workers: list[Worker]) -> None:
+    receiver = Receiver().start()
+    try:
+        running = submit(api, summary_job(200)).json()["id"]
+        queued = submit(api, qa_job(callback_url=receiver.url, callback_secret=SECRET)).json()["id"]
+        cancelled = api.delete(f"/v1/jobs/{queued}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        wait_job(api, running, 120, done=lambda j: j["status"] == "running" and j["progress"]["message"])
+        assert api.delete(f"/v1/jobs/{running}").json()["status"] == "cancelled"  # revoked: its process is ended
+        # The one worker process was busy with `running`; freed by the cancel, it delivers the queued job's event.
+        events = wait_for(lambda: receiver.events(SECRET), 60, "job.cancelled")
+        assert [(e["type"], e["data"]["id"]) for e in events] == [("job.cancelled", queued)]
+        time.sleep(3)  # the revoked worker must not write a result over the cancel, nor run the queued job
+        for job_id in (running, queued):
+            job = api.get(f"/v1/jobs/{job_id}").json()
+            assert job["status"] == "cancelled" and job["result"] is None, job
+        assert api.get(f"/v1/jobs/{queued}").json()["runs"] == 0
     finally:
         receiver.stop()
 
