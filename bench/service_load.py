@@ -14,14 +14,15 @@ Baseline, same run: GET /healthz at the same rate (the HTTP stack with no databa
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
-import concurrent.futures
 import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -71,28 +72,28 @@ class Recorder:
                 self.accepted[key].add(job_id)
 
 
-def run_load(
-    client: httpx.Client, rps: float, seconds: float, send: Any, recorder: Recorder, threads: int = 64
-) -> float:
+async def run_load(client: httpx.AsyncClient, rps: float, seconds: float, send: Any, recorder: Recorder) -> float:
     """Open loop: request i is due at start + i/rps whether or not earlier ones have returned."""
     total = int(rps * seconds)
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for i in range(total):
-            due = start + i / rps
-            now = time.perf_counter()
-            if due > now:
-                time.sleep(due - now)
-            else:
-                recorder.lag.append((now - due) * 1000)
-            pool.submit(send, client, i, recorder)
-    return time.perf_counter() - start
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for i in range(total):
+        due = start + i / rps
+        now = loop.time()
+        if due > now:
+            await asyncio.sleep(due - now)
+        else:
+            recorder.lag.append((now - due) * 1000)
+        tasks.append(asyncio.create_task(send(client, i, recorder)))
+    await asyncio.gather(*tasks)
+    return loop.time() - start
 
 
-def healthz(client: httpx.Client, i: int, recorder: Recorder) -> None:
+async def healthz(client: httpx.AsyncClient, i: int, recorder: Recorder) -> None:
     t = time.perf_counter()
     try:
-        r = client.get("/healthz")
+        r = await client.get("/healthz")
         outcome = "ok" if r.status_code == 200 else f"http {r.status_code}"
     except httpx.HTTPError as exc:
         outcome = type(exc).__name__
@@ -100,14 +101,15 @@ def healthz(client: httpx.Client, i: int, recorder: Recorder) -> None:
 
 
 def make_submit(body_for: Any, retry_every: int) -> Any:
-    def submit(client: httpx.Client, i: int, recorder: Recorder) -> None:
+    async def submit(client: httpx.AsyncClient, i: int, recorder: Recorder) -> None:
         key = str(uuid.uuid4())
         body = body_for(i)
         for attempt in range(2 if i % retry_every == 0 else 1):  # every retry_every-th client sends its request twice
             t = time.perf_counter()
             try:
-                r = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
-                ok = r.status_code == 202 or (attempt == 1 and r.status_code == 409)
+                r = await client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+                # A retry meets its job still queued: 409 names it (no worker runs here).
+                ok = r.status_code == 202 if attempt == 0 else r.status_code == 409
                 outcome = "ok" if ok else f"http {r.status_code}"
                 job_id = r.json()["id"] if r.status_code == 202 else None
             except httpx.HTTPError as exc:
@@ -166,6 +168,67 @@ def audit(recorder: Recorder, database: str, broker: redis.Redis) -> dict[str, i
     }
 
 
+async def run_scenarios(
+    args: argparse.Namespace, port: int, api: subprocess.Popen[str], database: str, broker: redis.Redis
+) -> list[dict[str, Any]]:
+    rows = []
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30, limits=limits
+    ) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or api.poll() is not None:
+                raise SystemExit("the API did not start (its log path is printed below)")
+            await asyncio.sleep(0.5)
+        upload = await client.post("/v1/documents", files={"file": ("opening.txt", TEXT.encode(), "text/plain")})
+        document_id = upload.json()["id"]
+        warm_up = make_submit(lambda i: {"text": f"warm up {i}", "task": {"kind": "summary"}}, 10**9)
+        await run_load(client, args.rps, 3, warm_up, Recorder())  # connections, caches, the server's thread pool
+        clear(database, broker)
+        questions = ["Where does the story begin?", "Who narrates?"]
+        scenarios = [
+            ("healthz (baseline)", args.baseline_seconds, healthz),
+            (
+                "submit inline text",
+                args.seconds,
+                make_submit(
+                    lambda i: {"text": f"{TEXT}\n[{i}]", "task": {"kind": "qa", "questions": questions}},
+                    args.retry_every,
+                ),
+            ),
+            (
+                "submit document id",
+                args.baseline_seconds,
+                make_submit(lambda i: {"document_id": document_id, "task": {"kind": "summary"}}, args.retry_every),
+            ),
+        ]
+        for scenario, seconds, send in scenarios:
+            recorder = Recorder()
+            elapsed = await run_load(client, args.rps, seconds, send, recorder)
+            row = summarise(scenario, recorder, elapsed, args.rps)
+            if send is healthz:
+                row.update({"lost": 0, "duplicated": 0})
+            else:
+                row.update(audit(recorder, database, broker))
+                clear(database, broker)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def clear(database: str, broker: redis.Redis) -> None:
+    broker.delete(QUEUE)
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("DELETE FROM jobs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rps", type=float, default=50)
@@ -192,70 +255,16 @@ def main() -> None:
         "TOME_JOB_QUEUE": QUEUE,
     }
     cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(args.api_workers)]
-    api = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.NamedTemporaryFile("w+", prefix="tome-bench-api-", suffix=".log", delete=False)
+    api = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True)
     rows = []
     try:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        headers = {"Authorization": f"Bearer {KEY}"}
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, headers=headers, timeout=30, limits=limits) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or api.poll() is not None:
-                    raise SystemExit(f"the API did not start: {api.stderr.read() if api.poll() is not None else ''}")
-                time.sleep(0.5)
-            upload = client.post("/v1/documents", files={"file": ("opening.txt", TEXT.encode(), "text/plain")})
-            document_id = upload.json()["id"]
-            run_load(client, args.rps, 3, make_submit(lambda i: {"text": "warm up", "task": {"kind": "summary"}},
-                                                      10**9), Recorder())  # connections, caches, JIT of the pool
-            broker.delete(QUEUE)
-            with psycopg.connect(database, autocommit=True) as conn:
-                conn.execute("DELETE FROM jobs")
-
-            scenarios = [
-                ("healthz (baseline)", args.baseline_seconds, healthz),
-                (
-                    "submit inline text",
-                    args.seconds,
-                    make_submit(
-                        lambda i: {
-                            "text": f"{TEXT}\n[{i}]",
-                            "task": {"kind": "qa", "questions": ["Where does the story begin?", "Who narrates?"]},
-                        },
-                        args.retry_every,
-                    ),
-                ),
-                (
-                    "submit document id",
-                    args.baseline_seconds,
-                    make_submit(
-                        lambda i: {"document_id": document_id, "task": {"kind": "summary"}}, args.retry_every
-                    ),
-                ),
-            ]
-            for scenario, seconds, send in scenarios:
-                recorder = Recorder()
-                elapsed = run_load(client, args.rps, seconds, send, recorder)
-                row = summarise(scenario, recorder, elapsed, args.rps)
-                if send is not healthz:
-                    time.sleep(1)  # requests in flight land before the audit
-                    row.update(audit(recorder, database, broker))
-                    broker.delete(QUEUE)
-                    with psycopg.connect(database, autocommit=True) as conn:
-                        conn.execute("DELETE FROM jobs")
-                else:
-                    row.update({"lost": 0, "duplicated": 0})
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+        rows = asyncio.run(run_scenarios(args, port, api, database, broker))
     finally:
         api.terminate()
         api.wait(20)
         broker.flushdb()
+        print(f"API log: {log.name}")
     load = os.getloadavg()
     path = write_results(
         args.name,

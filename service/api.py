@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
@@ -19,12 +19,14 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from kombu.exceptions import KombuError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import webhooks
-from service.auth import AuthError, bootstrap_keys, key_from_headers, owner_of
+from service.auth import AuthError, bootstrap_keys, hash_key, key_from_headers
 from service.celery_app import RUN_JOB, create_celery
 from service.documents import DocumentError, parse_document
 from service.metrics import Metrics
@@ -45,7 +47,7 @@ from workflows.registry import STRATEGIES
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
-ENQUEUE_GRACE_S = 30.0  # a first request this young without its broker message is still in progress: 409
+KEY_CACHE_S = 10.0  # how long a checked API key is trusted without asking the database again
 
 
 class ProblemError(Exception):
@@ -69,10 +71,21 @@ class Services:
         self.store = Store(settings.database())
         self.celery: Celery = create_celery(settings)
         self.metrics = Metrics(self.store)
+        self.owners: dict[str, tuple[str, float]] = {}  # key hash -> (owner, checked at)
 
     def enqueue(self, job_id: str) -> None:
         self.celery.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=self.settings.job_queue)
-        self.store.mark_enqueued(job_id)
+
+    def owner(self, key: str) -> str:
+        digest = hash_key(key)
+        cached = self.owners.get(digest)
+        if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
+            return cached[0]
+        owner = self.store.key_owner(digest)
+        if owner is None:
+            raise AuthError("the API key is not valid")
+        self.owners[digest] = (owner, time.monotonic())
+        return owner
 
 
 def services(request: Request) -> Services:
@@ -88,7 +101,7 @@ def current_owner(
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> str:
     try:
-        return owner_of(svc.store, key_from_headers(authorization, x_api_key))
+        return svc.owner(key_from_headers(authorization, x_api_key))
     except AuthError as exc:
         raise ProblemError(401, "Unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
 
@@ -211,8 +224,8 @@ def create_job(
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobOut:
-    """Submit a job. With an Idempotency-Key: the same key and body return the first job, another body 422,
-    and a retry while the first request is still being stored 409."""
+    """Submit a job. With an Idempotency-Key: the same key and body return the first job once it has ended
+    (409 while it is queued or running), the same key with another body is 422."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise ProblemError(400, "Bad Idempotency-Key", "the Idempotency-Key must be 1 to 255 characters")
     if body.strategy != "auto" and body.strategy not in STRATEGIES:
@@ -234,38 +247,37 @@ def create_job(
     elif svc.store.get_document(owner, body.document_id or "") is None:
         raise ProblemError(404, "Document not found", f"no document {body.document_id!r} for this API key")
     fingerprint = body.fingerprint()
-    submission = svc.store.submit_job(
-        owner,
-        body.model_dump(mode="json", exclude={"text", "callback_secret"}),  # the text is stored once, as a document
-        fingerprint,
-        idempotency_key,
-        body.document_id,
-        inline,
-        callback,
-    )
+    try:
+        submission = svc.store.submit_job(
+            owner,
+            body.model_dump(mode="json", exclude={"text", "callback_secret"}),  # the text is stored once, as a document
+            fingerprint,
+            idempotency_key,
+            body.document_id,
+            inline,
+            callback,
+            svc.enqueue,
+        )
+    except (OSError, KombuError) as exc:  # the broker is down: nothing was stored
+        log.warning("could not queue a job: %s", exc)
+        detail = f"the job could not be queued ({exc}); retry"
+        raise ProblemError(503, "Queue unavailable", detail, {"Retry-After": "5"}) from None
     job = submission.job
     if submission.created:
-        try:
-            svc.enqueue(job.id)
-        except Exception as exc:
-            svc.store.discard_job(job.id)
-            log.exception("enqueue of job %s failed", job.id)
-            detail = f"the job could not be queued ({exc}); retry"
-            raise ProblemError(503, "Queue unavailable", detail, {"Retry-After": "5"}) from None
         svc.metrics.jobs_submitted.inc()
     else:
         if job.fingerprint != fingerprint:
             raise ProblemError(
                 422, "Idempotency-Key reused", "this Idempotency-Key was used with a different request body"
             )
-        if job.enqueued_at is None:
-            if time.time() - aware(job.created_at).timestamp() < ENQUEUE_GRACE_S:  # type: ignore[union-attr]
-                raise ProblemError(
-                    409, "Request in progress", "the first request with this Idempotency-Key is still being processed"
-                )
-            svc.enqueue(job.id)  # the first request died between storing and queueing: finish its work
+        if job.status in ACTIVE:
+            raise ProblemError(
+                409,
+                "Job still running",
+                f"the job {job.id} made with this Idempotency-Key is still {job.status}; it is returned once it ends",
+                {"Location": f"/v1/jobs/{job.id}"},
+            )
         response.headers["Idempotent-Replayed"] = "true"
-        job = svc.store.get_job(job.id) or job
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     secret = None
     if body.callback_url and not body.callback_secret:  # the client needs the generated secret to verify deliveries
@@ -378,6 +390,34 @@ def metrics(svc: ServicesDep) -> PlainTextResponse:
     return PlainTextResponse(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+class MeasureRequests:
+    """Counts and times every request by route template (plain ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            svc: Services | None = getattr(scope["app"].state, "services", None)
+            if svc is not None:
+                path = getattr(scope.get("route"), "path", "unmatched")
+                svc.metrics.requests.labels(scope["method"], path, str(status)).inc()
+                svc.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -386,8 +426,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc = Services(settings)
         app.state.services = svc
         bootstrap_keys(svc.store, settings.api_keys)
-        for job_id in svc.store.unenqueued(older_than=ENQUEUE_GRACE_S):  # left behind by an API process that died
-            svc.enqueue(job_id)
         yield
         svc.store.engine.dispose()
 
@@ -399,17 +437,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        svc: Services | None = getattr(request.app.state, "services", None)
-        if svc is not None:
-            svc.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-            svc.metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(MeasureRequests)
 
     @app.exception_handler(ProblemError)
     async def on_problem(request: Request, exc: ProblemError) -> JSONResponse:

@@ -43,10 +43,3 @@ def key_from_headers(authorization: str | None, x_api_key: str | None) -> str:
             return token.strip()
         raise AuthError("the Authorization header must be `Bearer <API key>`")
     raise AuthError("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
-
-
-def owner_of(store: Store, key: str) -> str:
-    owner = store.key_owner(hash_key(key))
-    if owner is None:
-        raise AuthError("the API key is not valid")
-    return owner

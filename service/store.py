@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,7 +62,9 @@ def make_engine(url: str) -> Engine:
             dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pre-ping (a round trip per checkout on the submission path): after a database restart the first
+    # request that meets a dead connection fails, and SQLAlchemy then invalidates the whole pool.
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 @dataclass
@@ -105,9 +109,9 @@ class Store:
         self, owner: str, content_hash: str, filename: str, media_type: str, size: int, text_: str, meta: dict[str, Any]
     ) -> tuple[StoredDocument, bool]:
         with self.session() as s:
-            doc, created = self._put_document(s, owner, content_hash, filename, media_type, size, text_, meta)
+            document_id, created = self._put_document(s, owner, content_hash, filename, media_type, size, text_, meta)
             s.commit()
-            return doc, created
+            return s.get_one(StoredDocument, document_id), created
 
     def _put_document(
         self,
@@ -119,32 +123,29 @@ class Store:
         size: int,
         text_: str,
         meta: dict[str, Any],
-    ) -> tuple[StoredDocument, bool]:
-        existing = s.scalar(
-            select(StoredDocument).where(StoredDocument.owner_id == owner, StoredDocument.content_hash == content_hash)
+    ) -> tuple[str, bool]:
+        """The id of this owner's document with these bytes, inserting it if new (one round trip when new)."""
+        values = {
+            "id": new_id("doc"),
+            "owner_id": owner,
+            "content_hash": content_hash,
+            "filename": filename,
+            "media_type": media_type,
+            "size_bytes": size,
+            "text": text_,
+            "meta": meta,
+            "created_at": utcnow(),
+        }
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        stmt = (
+            insert(StoredDocument).values(**values).on_conflict_do_nothing(index_elements=["owner_id", "content_hash"])
         )
-        if existing is not None:
-            return existing, False
-        doc = StoredDocument(
-            id=new_id("doc"),
-            owner_id=owner,
-            content_hash=content_hash,
-            filename=filename,
-            media_type=media_type,
-            size_bytes=size,
-            text=text_,
-            meta=meta,
+        if s.scalar(stmt.returning(StoredDocument.id)) is not None:
+            return values["id"], True
+        query = select(StoredDocument.id).where(
+            StoredDocument.owner_id == owner, StoredDocument.content_hash == content_hash
         )
-        try:
-            with s.begin_nested():
-                s.add(doc)
-        except IntegrityError:  # the same bytes uploaded concurrently: the other insert won
-            return s.scalars(
-                select(StoredDocument).where(
-                    StoredDocument.owner_id == owner, StoredDocument.content_hash == content_hash
-                )
-            ).one(), False
-        return doc, True
+        return s.scalars(query).one(), False
 
     def get_document(self, owner: str, document_id: str) -> StoredDocument | None:
         with self.session() as s:
@@ -166,20 +167,18 @@ class Store:
         document_id: str | None,
         inline: tuple[str, str, int, str] | None,
         callback: tuple[str, str | None] | None,
+        enqueue: Callable[[str], None],
     ) -> Submission:
-        """Store a job (and its inline document and callback endpoint) in one transaction.
+        """Store a job (with its inline document and callback endpoint) and hand it to the broker, in one transaction.
 
-        With an Idempotency-Key already used by this owner, nothing is written and the first job comes back.
+        `enqueue(job_id)` runs before the commit: if it fails nothing is stored, and if the commit fails the message
+        names a job that never existed (the worker drops it), so a 202 always means stored and queued, once.
+        With an Idempotency-Key this owner used already, nothing is written and the first job comes back.
         """
         with self.session() as s:
-            if idempotency_key is not None:
-                first = self._by_key(s, owner, idempotency_key)
-                if first is not None:
-                    return Submission(first, False)
             if inline is not None:
                 content_hash, text_, size, filename = inline
-                doc, _ = self._put_document(s, owner, content_hash, filename, "text/plain", size, text_, {})
-                document_id = doc.id
+                document_id, _ = self._put_document(s, owner, content_hash, filename, "text/plain", size, text_, {})
             assert document_id is not None
             request = {**request, "document_id": document_id}
             endpoint_id = self._endpoint(s, owner, *callback).id if callback else None
@@ -192,20 +191,23 @@ class Store:
                 request=request,
                 fingerprint=fingerprint,
                 idempotency_key=idempotency_key,
+                enqueued_at=utcnow(),
                 runs=0,
                 progress_done=0,
                 progress_total=0,
             )
             s.add(job)
             try:
-                s.commit()
+                s.flush()  # a used key fails here (a concurrent first request: once it commits)
             except IntegrityError:
                 s.rollback()
                 if idempotency_key is None:
                     raise
-                first = self._by_key(s, owner, idempotency_key)  # a concurrent request with the same key won
+                first = self._by_key(s, owner, idempotency_key)
                 assert first is not None
                 return Submission(first, False)
+            enqueue(job.id)
+            s.commit()
             return Submission(job, True)
 
     def _by_key(self, s: Session, owner: str, key: str) -> Job | None:
@@ -233,11 +235,6 @@ class Store:
             return s.scalar(
                 select(WebhookEndpoint.secret).where(WebhookEndpoint.owner_id == owner, WebhookEndpoint.url == url)
             )
-
-    def mark_enqueued(self, job_id: str) -> None:
-        with self.session() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
-            s.commit()
 
     def get_job(self, job_id: str, owner: str | None = None) -> Job | None:
         with self.session() as s:
@@ -320,18 +317,9 @@ class Store:
             s.commit()
             return evt, True
 
-    def discard_job(self, job_id: str) -> None:
-        """Remove a job that could not be enqueued, so the client's retry (same Idempotency-Key) starts afresh."""
+    def job_exists(self, job_id: str) -> bool:
         with self.session() as s:
-            s.execute(delete(Job).where(Job.id == job_id, Job.enqueued_at.is_(None)))
-            s.commit()
-
-    def unenqueued(self, older_than: float) -> list[str]:
-        """Jobs stored but never handed to the broker (their API process died in between)."""
-        with self.session() as s:
-            cutoff = utcnow() - timedelta(seconds=older_than)
-            query = select(Job.id).where(Job.enqueued_at.is_(None), Job.status == "queued", Job.created_at < cutoff)
-            return list(s.scalars(query))
+            return s.scalar(select(Job.id).where(Job.id == job_id)) is not None
 
     # webhook deliveries
     def delivery_target(self, event_id: str) -> tuple[Event, WebhookEndpoint | None]:

@@ -123,6 +123,12 @@ def event_body(job: Job) -> str:
 def run_job_task(self: Any, job_id: str) -> None:
     settings, store = get_settings(), worker_store()
     job = store.start_run(job_id)
+    if job is None and not store.job_exists(job_id):
+        # The API sends the message just before it commits the job; wait for the commit, or for a rollback.
+        if self.request.retries < 10:
+            raise self.retry(countdown=0.5 * (self.request.retries + 1))
+        log.warning("job %s was never stored (its request failed); dropping the message", job_id)
+        return
     if job is None:  # the job ended already (a redelivery, or cancelled while queued): make sure its event went out
         send_delivery(store.deliveries(job_id)[0])
         return

@@ -308,40 +308,35 @@ def test_job_result_and_signed_webhook(api: httpx.Client, workers: list[Worker])
         receiver.stop()
 
 
-def test_idempotency_key(api: httpx.Client, database: str) -> None:
+def test_idempotency_key(api: httpx.Client, env: dict[str, str]) -> None:
     body = too_long_job()
     first = submit(api, body, key="idem-1")
     assert first.status_code == 202
-    replay = submit(api, body, key="idem-1")
-    assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
-    assert replay.headers["idempotent-replayed"] == "true"
     other = submit(api, {**body, "max_answer_tokens": 7}, key="idem-1")
     assert other.status_code == 422 and "different request" in other.json()["detail"]
-    assert submit(api, body, key="idem-2").json()["id"] != first.json()["id"]  # a new key is a new job
     failed = wait_job(api, first.json()["id"], 60)
     assert failed["status"] == "failed" and "cannot run this request" in failed["error"]
-    assert submit(api, body, key="idem-1").json()["id"] == first.json()["id"]  # still the first job once it ended
+    replay = submit(api, body, key="idem-1")
+    assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
+    assert replay.headers["idempotent-replayed"] == "true" and replay.json()["status"] == "failed"
+    assert submit(api, body, key="idem-2").json()["id"] != first.json()["id"]  # a new key is a new job
 
-    # A retry while the first request is still storing its job (row written, broker message not yet sent): 409.
-    store = Store(database)
-    pending = JobCreate.model_validate({"text": "z", "task": {"kind": "summary"}})
-    store.submit_job(
-        store.key_owner(hash_key(ALICE)) or "",
-        pending.model_dump(mode="json", exclude={"text"}),
-        pending.fingerprint(),
-        "idem-3",
-        None,
-        ("0" * 64, "z", 1, "inline.txt"),
-        None,
-    )
-    conflict = submit(api, {"text": "z", "task": {"kind": "summary"}}, key="idem-3")
-    assert conflict.status_code == 409 and "still being processed" in conflict.json()["detail"]
-
-    # Many identical requests at once with one key: one job, every answer names it.
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: submit(api, too_long_job(max_answer_tokens=9), key="idem-race"), range(8)))
-    ids = {r.json()["id"] for r in responses if r.status_code == 202}
-    assert len(ids) == 1 and all(r.status_code in (202, 409) for r in responses)
+    # An API whose queue no worker reads: its jobs stay queued, so a retry meets a job still in progress.
+    parked, server = serve(settings_from(env, job_queue="parked"))
+    try:
+        with httpx.Client(base_url=parked, headers={"X-API-Key": ALICE}, timeout=30) as client:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(lambda _: submit(client, qa_job(), key="idem-race"), range(8)))
+            created = [r for r in responses if r.status_code == 202]
+            conflicts = [r for r in responses if r.status_code == 409]
+            assert len(created) == 1 and len(conflicts) == 7, [r.status_code for r in responses]
+            job_id = created[0].json()["id"]
+            assert all(r.headers["location"] == f"/v1/jobs/{job_id}" for r in conflicts)
+            assert "still queued" in conflicts[0].json()["detail"]
+            assert client.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+            assert submit(client, qa_job(), key="idem-race").json()["id"] == job_id  # ended: the first job again
+    finally:
+        server.should_exit = True
 
 
 def attempts(api: httpx.Client, job_id: str) -> list[dict[str, Any]]:
@@ -447,9 +442,18 @@ def test_embedded_store_on_sqlite(tmp_path: Path) -> None:
     body = JobCreate.model_validate(qa_job())
     request = body.model_dump(mode="json", exclude={"text"})
     inline = ("a" * 64, DOC, len(DOC), "inline.txt")
-    first = store.submit_job(owner, request, body.fingerprint(), "k", None, inline, ("http://example.com/h", None))
-    again = store.submit_job(owner, request, body.fingerprint(), "k", None, inline, None)
-    assert first.created and not again.created and again.job.id == first.job.id
+    queued: list[str] = []
+    callback = ("http://example.com/h", None)
+    first = store.submit_job(owner, request, body.fingerprint(), "k", None, inline, callback, queued.append)
+    again = store.submit_job(owner, request, body.fingerprint(), "k", None, inline, None, queued.append)
+    assert first.created and not again.created and again.job.id == first.job.id and queued == [first.job.id]
+
+    def broker_down(job_id: str) -> None:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        store.submit_job(owner, request, body.fingerprint(), "k2", None, inline, None, broker_down)
+    assert [j.id for j in store.list_jobs(owner, None, 10, None)] == [first.job.id]  # nothing half-stored
     assert store.endpoint_secret(owner, "http://example.com/h").startswith("whsec_")
     assert store.start_run(first.job.id) is not None
     event, moved = store.finish(first.job.id, "completed", lambda j: json.dumps({"id": j.id}))
