@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -259,17 +259,29 @@ class Store:
             return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())  # type: ignore[arg-type]
 
     # worker transitions
-    def start_run(self, job_id: str) -> Job | None:
-        """Mark a job running for this delivery of its task; None if it already ended (a duplicate delivery)."""
+    def start_run(self, job_id: str) -> Job | Literal["missing", "ended"]:
+        """Mark a job running for this delivery of its task.
+
+        "ended": it already did (a duplicate delivery, or cancelled while queued); "missing": no such row yet
+        (the API sends the message just before it commits) or ever (its request failed).
+        """
         with self.session() as s:
-            now = utcnow()
-            done = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status.in_(ACTIVE))
-                .values(status="running", runs=Job.runs + 1, started_at=func.coalesce(Job.started_at, now))
-            )
-            s.commit()
-            return s.get(Job, job_id) if done.rowcount else None
+            while True:
+                now = utcnow()
+                done = s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status.in_(ACTIVE))
+                    .values(status="running", runs=Job.runs + 1, started_at=func.coalesce(Job.started_at, now))
+                )
+                if done.rowcount:
+                    s.commit()
+                    return s.get_one(Job, job_id)
+                status = s.scalar(select(Job.status).where(Job.id == job_id))
+                if status is None:
+                    return "missing"
+                if status in TERMINAL:
+                    return "ended"
+                # committed between the two statements: the update will match now
 
     def set_resumed_from(self, job_id: str, node: str) -> None:
         self._update_running(job_id, resumed_from=node)
@@ -316,10 +328,6 @@ class Store:
             s.add(evt)
             s.commit()
             return evt, True
-
-    def job_exists(self, job_id: str) -> bool:
-        with self.session() as s:
-            return s.scalar(select(Job.id).where(Job.id == job_id)) is not None
 
     # webhook deliveries
     def delivery_target(self, event_id: str) -> tuple[Event, WebhookEndpoint | None]:

@@ -64,6 +64,7 @@ class JobProgress:
     def __init__(self, store: Store, job_id: str, checkpointer: BaseCheckpointSaver) -> None:
         self.store, self.job_id, self.checkpointer = store, job_id, checkpointer
         self.routed = False
+        self.total = 1
 
     def record_route(self) -> None:
         values = build_graph(self.checkpointer).get_state({"configurable": {"thread_id": self.job_id}}).values
@@ -74,6 +75,7 @@ class JobProgress:
     def __call__(self, done: int, total: int, message: str) -> None:
         if not self.routed:
             self.record_route()
+        self.total = max(total, 1)
         if not self.store.set_progress(self.job_id, done, total, message):
             raise JobCancelled(self.job_id)
 
@@ -119,17 +121,18 @@ def event_body(job: Job) -> str:
     return webhooks.event_body(job, get_settings().public_url)
 
 
-@app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
+# max_retries=None: the task bounds its own retries (settings.engine_retries, and the wait for the job's commit).
+@app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_job_task(self: Any, job_id: str) -> None:
     settings, store = get_settings(), worker_store()
     job = store.start_run(job_id)
-    if job is None and not store.job_exists(job_id):
+    if job == "missing":
         # The API sends the message just before it commits the job; wait for the commit, or for a rollback.
         if self.request.retries < 10:
             raise self.retry(countdown=0.5 * (self.request.retries + 1))
         log.warning("job %s was never stored (its request failed); dropping the message", job_id)
         return
-    if job is None:  # the job ended already (a redelivery, or cancelled while queued): make sure its event went out
+    if job == "ended":  # a redelivery, or cancelled while queued: make sure its event went out
         send_delivery(store.deliveries(job_id)[0])
         return
     request = JobCreate.model_validate(job.request)
@@ -181,8 +184,8 @@ def run_job_task(self: Any, job_id: str) -> None:
         strategy=result.strategy,
         reason=result.reason,
         document_tokens=result.document_tokens,
-        progress_done=max(job.progress_total, 1),
-        progress_total=max(job.progress_total, 1),
+        progress_done=progress.total,
+        progress_total=progress.total,
     )
     checkpointer.delete_thread(job_id)
     send_delivery(event)
