@@ -7,7 +7,7 @@ Idempotency-Key (a client retrying), which must not make a second job.
 
 Baseline, same run: GET /healthz at the same rate (the HTTP stack with no database or broker work).
 
-    python -m bench.service_load                # 60 s of submissions at 50 rps, then the baseline
+    python -m bench.service_load                # baseline, 60 s of inline submissions at 50 rps, 20 s by id
     python -m bench.service_load --rps 100 --seconds 30
 """
 
@@ -235,10 +235,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--baseline-seconds", type=float, default=20)
     parser.add_argument("--retry-every", type=int, default=10, help="every Nth client retries its request")
-    parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--api-workers", type=int, default=2, help="uvicorn processes (the stack's default is 2)")
     parser.add_argument("--name", default="service-load")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DB_NAME}")
@@ -265,7 +266,7 @@ def main() -> None:
         api.wait(20)
         broker.flushdb()
         print(f"API log: {log.name}")
-    load = os.getloadavg()
+    load_after = os.getloadavg()
     path = write_results(
         args.name,
         "service load: POST /v1/jobs at a fixed rate against uvicorn + PostgreSQL + Redis",
@@ -273,7 +274,8 @@ def main() -> None:
         rows,
         target={"p99_ms": 50, "lost": 0, "duplicated": 0},
         api_workers=args.api_workers,
-        load_average=[round(x, 2) for x in load],
+        load_average_before=[round(x, 2) for x in load_before],  # 1/5/15-minute: how busy the host was
+        load_average_after=[round(x, 2) for x in load_after],
     )
     print(f"wrote {path}")
 
