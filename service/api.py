@@ -168,14 +168,14 @@ async def upload_document(request: Request, svc: ServicesDep, owner: Owner, resp
         raise ProblemError(413, "Upload too large", f"the upload is {length} bytes; the limit is {limit} bytes")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ProblemError(415, "Unsupported upload", "send the document as multipart/form-data in the field `file`")
-    form = await request.form(max_files=1, max_fields=4)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ProblemError(400, "Missing file", "the multipart body has no file in the field `file`")
-    data = await upload.read(limit + 1)
+    async with request.form(max_files=1, max_fields=4) as form:  # closes the spooled temporary file
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ProblemError(400, "Missing file", "the multipart body has no file in the field `file`")
+        data = await upload.read(limit + 1)
+        filename = upload.filename or "upload"
     if len(data) > limit:
         raise ProblemError(413, "Upload too large", f"the file is larger than the {limit}-byte limit")
-    filename = upload.filename or "upload"
     try:
         document = await run_in_threadpool(parse_document, data, filename)
     except DocumentError as exc:
