@@ -1,8 +1,8 @@
 """The service end to end: the API (uvicorn, real HTTP), a real Celery worker process over Redis, PostgreSQL,
 the real SmolLM2 engine, and a local webhook receiver that verifies signatures with the `standardwebhooks` library.
 
-Timeouts are upper bounds for a 2-core host shared with other model runs (there the file took 2.5 to 3.5 minutes
-at load averages of 8 to 15, and over 6 at 19). Uses its own PostgreSQL database and Redis DB 14, created and
+Timeouts are upper bounds for a 2-core host shared with other model runs (there, at a load average of 20, the
+file took 100 s). Uses its own PostgreSQL database and Redis DB 14, created and
 emptied here. Tests run in file order and share one worker: the kill test ends it and starts a second one, which
 the cancel test then uses.
 """
