@@ -5,7 +5,9 @@ Redis DB 15, created and emptied here); this process sends requests open-loop at
 every broker message stays in the queue to be counted afterwards. A share of requests is sent twice with the same
 Idempotency-Key (a client retrying), which must not make a second job.
 
-Baseline, same run: GET /healthz at the same rate (the HTTP stack with no database or broker work).
+Baselines, same run and rate: GET /healthz (the HTTP stack with no database or broker work), and a bare
+INSERT + COMMIT into PostgreSQL from this process (the durable write every submission waits for; on a host whose
+disk is busy with other work, its fsync sets the tail).
 
     python -m bench.service_load                # baseline, 60 s of inline submissions at 50 rps, 20 s by id
     python -m bench.service_load --rps 100 --seconds 30
@@ -32,6 +34,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+from psycopg_pool import ConnectionPool
 
 from bench.common import write_results
 
@@ -90,6 +93,23 @@ async def run_load(client: httpx.AsyncClient, rps: float, seconds: float, send: 
     return loop.time() - start
 
 
+def make_commit(pool: ConnectionPool) -> Any:
+    def commit_once() -> None:
+        with pool.connection() as conn:
+            conn.execute("INSERT INTO bench_commits (at) VALUES (now())")
+
+    async def commit(client: httpx.AsyncClient, i: int, recorder: Recorder) -> None:
+        t = time.perf_counter()
+        try:
+            await asyncio.to_thread(commit_once)
+            outcome = "ok"
+        except psycopg.Error as exc:
+            outcome = type(exc).__name__
+        recorder.add((time.perf_counter() - t) * 1000, outcome)
+
+    return commit
+
+
 async def healthz(client: httpx.AsyncClient, i: int, recorder: Recorder) -> None:
     t = time.perf_counter()
     try:
@@ -100,14 +120,17 @@ async def healthz(client: httpx.AsyncClient, i: int, recorder: Recorder) -> None
     recorder.add((time.perf_counter() - t) * 1000, outcome)
 
 
-def make_submit(body_for: Any, retry_every: int) -> Any:
+def make_submit(body_for: Any, count: int, retry_every: int) -> Any:
+    """Request i sends body_for(i); bodies are encoded before the clock starts, so the sender does little work."""
+    bodies = [json.dumps(body_for(i)).encode() for i in range(count)]
+
     async def submit(client: httpx.AsyncClient, i: int, recorder: Recorder) -> None:
         key = str(uuid.uuid4())
-        body = body_for(i)
+        headers = {"Idempotency-Key": key, "content-type": "application/json"}
         for attempt in range(2 if i % retry_every == 0 else 1):  # every retry_every-th client sends its request twice
             t = time.perf_counter()
             try:
-                r = await client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+                r = await client.post("/v1/jobs", content=bodies[i], headers=headers)
                 # A retry meets its job still queued: 409 names it (no worker runs here).
                 ok = r.status_code == 202 if attempt == 0 else r.status_code == 409
                 outcome = "ok" if ok else f"http {r.status_code}"
@@ -172,7 +195,8 @@ async def run_scenarios(
     args: argparse.Namespace, port: int, api: subprocess.Popen[str], database: str, broker: redis.Redis
 ) -> list[dict[str, Any]]:
     rows = []
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    # Idle connections are dropped before the server's 5 s keep-alive ends, so none is reused as it closes.
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=2)
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30, limits=limits
@@ -189,37 +213,47 @@ async def run_scenarios(
             await asyncio.sleep(0.5)
         upload = await client.post("/v1/documents", files={"file": ("opening.txt", TEXT.encode(), "text/plain")})
         document_id = upload.json()["id"]
-        warm_up = make_submit(lambda i: {"text": f"warm up {i}", "task": {"kind": "summary"}}, 10**9)
+        warm_up = make_submit(lambda i: {"text": f"warm up {i}", "task": {"kind": "summary"}}, int(args.rps * 3), 10**9)
         await run_load(client, args.rps, 3, warm_up, Recorder())  # connections, caches, the server's thread pool
         clear(database, broker)
         questions = ["Where does the story begin?", "Who narrates?"]
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_commits (at timestamptz)")
+        commits = ConnectionPool(database, min_size=4, max_size=16, open=True)  # autocommit off: commit on exit
         scenarios = [
             ("healthz (baseline)", args.baseline_seconds, healthz),
+            ("postgres insert+commit (baseline)", args.baseline_seconds, make_commit(commits)),
             (
                 "submit inline text",
                 args.seconds,
                 make_submit(
                     lambda i: {"text": f"{TEXT}\n[{i}]", "task": {"kind": "qa", "questions": questions}},
+                    int(args.rps * args.seconds),
                     args.retry_every,
                 ),
             ),
             (
                 "submit document id",
                 args.baseline_seconds,
-                make_submit(lambda i: {"document_id": document_id, "task": {"kind": "summary"}}, args.retry_every),
+                make_submit(
+                    lambda i: {"document_id": document_id, "task": {"kind": "summary"}},
+                    int(args.rps * args.baseline_seconds),
+                    args.retry_every,
+                ),
             ),
         ]
         for scenario, seconds, send in scenarios:
             recorder = Recorder()
             elapsed = await run_load(client, args.rps, seconds, send, recorder)
             row = summarise(scenario, recorder, elapsed, args.rps)
-            if send is healthz:
+            if scenario.endswith("(baseline)"):
                 row.update({"lost": 0, "duplicated": 0})
             else:
                 row.update(audit(recorder, database, broker))
                 clear(database, broker)
             print(json.dumps(row), flush=True)
             rows.append(row)
+        commits.close()
     return rows
 
 
