@@ -46,7 +46,7 @@ def update_prompt(question: str, notes: str, segment: str) -> str:
 @dataclass(frozen=True)
 class MemAgentConfig:
     segment_tokens: int = 3072  # upper bound; shrunk to what the engine's context allows
-    memory_tokens: int = 384  # the memory budget, enforced in code
+    memory_tokens: int = 256  # the memory budget, enforced in code
     min_segment_tokens: int = 256  # below this the question leaves no room to read
     margin_tokens: int = 64  # chat-template and tokenisation slack
     update: Literal["overwrite", "append"] = "overwrite"  # append: keep old notes, add what the model copied

@@ -32,6 +32,7 @@ class RagConfig:
     qdrant_url: str | None = field(default_factory=lambda: os.environ.get("TOME_QDRANT_URL") or None)
     qdrant_path: Path = field(default_factory=lambda: _home() / "qdrant")  # local mode, when no URL is set
     unit_tokens: int = 2048  # engine tokens per retrieval unit
+    read_tokens: int | None = None  # cap on retrieved tokens read per question; None: all the engine's context
     search_passages: int = 64  # passages fetched per question; units are scored from these
     margin_tokens: int = 64
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
@@ -56,7 +57,8 @@ class Rag:
         self.config = config or RagConfig()
 
     def context_budget(self, tasks: Sequence[Task], engine: Engine) -> int:
-        return engine.max_context - max(answer_overhead(engine, t) for t in tasks) - self.config.margin_tokens
+        room = engine.max_context - max(answer_overhead(engine, t) for t in tasks) - self.config.margin_tokens
+        return min(room, self.config.read_tokens or room)
 
     def fits(self, document_tokens: int, tasks: Sequence[Task], engine: Engine) -> bool:
         # Retrieval answers questions and extractions; a summary needs the whole text, not its best matches.
