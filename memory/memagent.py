@@ -4,8 +4,8 @@ MemAgent (BytedTsinghua-SIA) lets the model rewrite free-form notes after every 
 its free-form notes degenerate into repeated lines within two segments. Here the memory is *extractive*:
 after each segment the model copies, word for word, the sentences (from its notes and the new segment) that
 help answer the question. Code then holds it to that:
-- every copied line is snapped to a real sentence of the notes or the segment (fuzzy, so a mangled digit is
-  restored from the source); anything that matches nothing is dropped, so the memory can only hold document text;
+- every copied line is snapped to a real sentence of the notes or the segment; anything that matches nothing
+  is dropped (the model often rewords the question with an invented value), so the memory holds only document text;
 - the memory is a list of character spans, so its sentences double as the answer's evidence;
 - the memory budget is enforced in tokens, in code, cutting in the order the model listed the sentences;
 - an update with no usable sentence (NONE, or degenerate output) keeps the previous memory.
@@ -15,7 +15,6 @@ All state between segments is plain data (`Reading`), so the job graph checkpoin
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ def update_prompt(question: str, notes: str, segment: str) -> str:
 
 @dataclass(frozen=True)
 class MemAgentConfig:
-    segment_tokens: int = 3072  # upper bound; shrunk to what the engine's context allows
+    segment_tokens: int = 2048  # upper bound; shrunk to what the engine's context allows
     memory_tokens: int = 256  # the memory budget, enforced in code
     min_segment_tokens: int = 256  # below this the question leaves no room to read
     margin_tokens: int = 64  # chat-template and tokenisation slack
@@ -66,26 +65,28 @@ def _clean_line(line: str) -> str:
     return line.strip().strip("\"'“”‘’").strip()
 
 
-def snap(lines: Sequence[str], text: str, sources: Sequence[Span]) -> list[Span]:
-    """Source sentences the model's lines copy, in the order the lines name them; unmatched lines are dropped."""
+def snap(lines: Sequence[str], text: str, sources: Sequence[Span], question: str = "") -> list[Span]:
+    """Source sentences the model's lines copy, in the order the lines name them; unmatched lines are dropped.
+
+    A line matches a sentence when it holds the whole sentence, or when every word of the line is in the
+    sentence and it either covers half of the sentence or adds a word that the question lacks. A line that
+    rewords the question with an invented value, or pairs one needle's key with another's value, matches nothing.
+    """
     normed = [_norm(text[s:e]) for s, e in sources]
+    words = [set(n.split()) for n in normed]
+    asked = set(_norm(question).split())
     picked: list[Span] = []
     for raw in lines:
         line = _norm(_clean_line(raw))
         if len(line) < 8:
             continue
+        line_words = set(line.split())
+        adds = any(len(w) >= 3 and w not in asked for w in line_words)
         hits = [i for i, src in enumerate(normed) if len(src) >= 12 and src in line]  # line holds whole sentences
         if not hits:
-            hits = [i for i, src in enumerate(normed) if line in src and len(line) >= 0.6 * len(src)]
-        if not hits:
-            best, best_ratio = -1, 0.9
-            for i, src in enumerate(normed):
-                m = difflib.SequenceMatcher(None, line, src, autojunk=False)
-                if m.real_quick_ratio() >= best_ratio and m.quick_ratio() >= best_ratio:
-                    r = m.ratio()
-                    if r >= best_ratio:
-                        best, best_ratio = i, r
-            hits = [best] if best >= 0 else []
+            hits = [
+                i for i, src in enumerate(normed) if line_words <= words[i] and (len(line) >= 0.5 * len(src) or adds)
+            ]
         for i in hits:
             if sources[i] not in picked:
                 picked.append(sources[i])
@@ -178,7 +179,7 @@ class MemAgent:
         gens = engine.chat(conversations, SamplingParams(max_tokens=self.config.memory_tokens))
         memories, costs, trace = [], [], []
         for i, g in enumerate(gens):
-            new, action = self._update(text, notes[i], segment_sentences, g.text, engine)
+            new, action = self._update(text, notes[i], segment_sentences, g.text, tasks[i].question, engine)
             memories.append([list(span) for span in new])
             cost = Cost(**reading["costs"][i]).add(Cost(1, g.prompt_tokens, g.completion_tokens, g.seconds))
             costs.append(cost.__dict__)
@@ -187,10 +188,10 @@ class MemAgent:
         return {**reading, "done": index + 1, "memories": memories, "costs": costs, "trace": trace}
 
     def _update(
-        self, text: str, notes: list[Span], segment: list[Span], output: str, engine: Engine
+        self, text: str, notes: list[Span], segment: list[Span], output: str, question: str, engine: Engine
     ) -> tuple[list[Span], str]:
         lines = [line for line in output.splitlines() if line.strip()]
-        picked = snap(lines, text, notes + segment)
+        picked = snap(lines, text, notes + segment, question)
         if not picked:
             said_none = any(_norm(line) == "none" for line in lines[:1])
             return notes, "none" if said_none or not lines else "kept: nothing copied matched the text"
