@@ -31,23 +31,34 @@ class RagConfig:
     embedder: str = field(default_factory=lambda: os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2"))
     qdrant_url: str | None = field(default_factory=lambda: os.environ.get("TOME_QDRANT_URL") or None)
     qdrant_path: Path = field(default_factory=lambda: _home() / "qdrant")  # local mode, when no URL is set
-    unit_tokens: int = 2048  # engine tokens per retrieval unit
-    read_tokens: int | None = None  # cap on retrieved tokens read per question; None: all the engine's context
+    passage_tokens: int = 128  # embedder word pieces per passage: a short fact dominates a short passage
+    unit_tokens: int = 1024  # engine tokens per retrieval unit
+    # Retrieved tokens read per question; None: all the engine's context. SmolLM2-135M finds a fact in 1-4K
+    # tokens but not in 7K (bench/results/memory_needles_h100.md), so the default reads three units.
+    read_tokens: int | None = 3072
     search_passages: int = 64  # passages fetched per question; units are scored from these
     margin_tokens: int = 64
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    units: list[Span]  # what the model reads, in document order
+    scores: list[float]  # each unit's best passage score
+    index: str  # "built", "reused" or "rebuilt (why)"
+    passages: int
 
 
 class RagInputError(ValueError):
     """The request cannot be answered this way (empty document, question too long for the budget)."""
 
 
-def passages(text: str, embedder: Embedder) -> list[Span]:
-    """Consecutive sentence-aligned spans that fit the embedder's window."""
+def passages(text: str, embedder: Embedder, tokens: int) -> list[Span]:
+    """Consecutive sentence-aligned spans of at most `tokens` word pieces (and never past the embedder's window)."""
     sentences = split_sentences(text)
     sizes = embedder.model.tokenizer([text[s:e] for s, e in sentences], add_special_tokens=False)["input_ids"]
     size_of = {span: len(ids) for span, ids in zip(sentences, sizes, strict=True)}
-    return pack(sentences, lambda s: size_of[s], embedder.max_tokens)
+    return pack(sentences, lambda s: size_of[s], min(tokens, embedder.max_tokens))
 
 
 class Rag:
@@ -71,9 +82,10 @@ class Rag:
     def index(self, document: Document, embedder: Embedder, progress: Progress) -> tuple[PassageIndex, list[Span], str]:
         """The document's passage index, built now if missing or built by another embedder."""
         c = self.config
-        spans = passages(document.text, embedder)
+        size = min(c.passage_tokens, embedder.max_tokens)
+        spans = passages(document.text, embedder, size)
         client = open_client(None if c.qdrant_url else c.qdrant_path, c.qdrant_url)
-        index = PassageIndex(client, document.content_hash, IndexSpec(embedder.name, embedder.dim, embedder.max_tokens))
+        index = PassageIndex(client, document.content_hash, IndexSpec(embedder.name, embedder.dim, size))
         status = index.status()
         if status == "ready":
             return index, spans, "reused"
@@ -82,7 +94,7 @@ class Rag:
         index.build(spans, vectors)
         return index, spans, "built" if status == "missing" else f"rebuilt ({status})"
 
-    def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
+    def _check(self, document: Document, tasks: Sequence[Task], engine: Engine) -> int:
         c = self.config
         if not tasks:
             raise RagInputError("rag needs at least one task")
@@ -95,23 +107,29 @@ class Rag:
                 f"the question ({longest} tokens) leaves {max(budget, 0)} tokens for retrieved text in the engine's "
                 f"{engine.max_context}-token context; at least {c.min_context_tokens} are needed: shorten the question"
             )
-        start = time.perf_counter()
+        return budget
+
+    def retrieve(
+        self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress
+    ) -> list[Retrieved]:
+        """Per task: the units to read (document order), their scores, and how the index was obtained."""
+        c = self.config
+        budget = self._check(document, tasks, engine)
         embedder = get_embedder(c.embedder)
         index, spans, built = self.index(document, embedder, progress)
         progress(1, 2, f"retrieving ({built} index)")
         text = document.text
         per_char = engine.count_tokens(text) / len(text)
         units = pack(spans, lambda s: int((s[1] - s[0]) * per_char) + 1, min(c.unit_tokens, budget))
-        unit_of = [0] * len(spans)
+        unit_of = []
         u = 0
-        for i, (s, _) in enumerate(spans):
+        for s, _ in spans:
             while s >= units[u][1]:
                 u += 1
-            unit_of[i] = u
-        queries = embedder.embed([t.question for t in tasks])
-        contexts, evidences, details = [], [], []
-        for q in queries:
-            scores: dict[int, float] = {}
+            unit_of.append(u)
+        retrieved = []
+        for q in embedder.embed([t.question for t in tasks]):
+            scores: dict[int, float] = {}  # a unit scores as its best passage
             for pid, score in index.search(q, min(c.search_passages, len(spans))):
                 scores[unit_of[pid]] = max(scores.get(unit_of[pid], -1.0), score)
             chosen: list[int] = []
@@ -122,12 +140,20 @@ class Rag:
                     chosen.append(unit)
                     used += n
             chosen.sort()  # document order: the model reads the units as the text runs
-            contexts.append("\n\n".join(text[units[u][0] : units[u][1]] for u in chosen))
-            evidences.append([Evidence(units[u][0], units[u][1], text[units[u][0] : units[u][1]]) for u in chosen])
-            details.append({"index": built, "units": chosen, "scores": [round(scores[u], 4) for u in chosen]})
+            retrieved.append(
+                Retrieved([units[u] for u in chosen], [round(scores[u], 4) for u in chosen], built, len(spans))
+            )
+        return retrieved
+
+    def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
+        start = time.perf_counter()
+        retrieved = self.retrieve(document, tasks, engine, progress)
+        text = document.text
+        contexts = ["\n\n".join(text[s:e] for s, e in r.units) for r in retrieved]
+        evidences = [[Evidence(s, e, text[s:e]) for s, e in r.units] for r in retrieved]
         retrieval = Cost(seconds=(time.perf_counter() - start) / len(tasks))
         answers = answer_each(engine, contexts, tasks, self.name, evidences, [retrieval] * len(tasks))
-        for a, d in zip(answers, details, strict=True):
-            a.details = {**d, "passages": len(spans), "unit_count": len(units)}
+        for a, r in zip(answers, retrieved, strict=True):
+            a.details = {"index": r.index, "scores": r.scores, "passages": r.passages}
         progress(2, 2, "answered")
         return answers

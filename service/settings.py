@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     vllm_memory_fraction: float = Field(default=0.3, gt=0, le=1)
     vllm_enforce_eager: bool = True
     embedder: str = "all-MiniLM-L6-v2"
+    qdrant_url: str | None = None  # rag's vector store; unset: Qdrant local mode under home/qdrant
 
     def engine_config(self, **overrides: object) -> EngineConfig:
         values = {
