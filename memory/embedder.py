@@ -17,7 +17,8 @@ class Embedder:
 
         self.name = name
         self.model = SentenceTransformer(str(resolve_embedder(name)), device=_device())
-        self.dim = int(self.model.get_sentence_embedding_dimension() or 0)
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension() or 0)
         self.max_tokens = int(self.model.max_seq_length) - 2  # [CLS] and [SEP]
         self._lock = threading.Lock()  # one model shared by the threads of a worker
 

@@ -29,6 +29,9 @@ Reading = dict[str, Any]  # plain data (JSON-able) so a LangGraph checkpointer c
 
 NONE = "NONE"
 
+# A small model that has said NONE, or starts a new "Question:"/"Answer:", only rambles on: stop decoding there.
+UPDATE_STOP = (NONE, "Question:", "Answer:")
+
 UPDATE_SYSTEM = "You copy sentences exactly as written. You never answer the question and never explain."
 
 
@@ -176,7 +179,7 @@ class MemAgent:
         segment_sentences = split_sentences(text, s, e)
         notes = [[tuple(span) for span in m] for m in reading["memories"]]
         conversations = [self._update_messages(t, memory_text(text, notes[i]), text[s:e]) for i, t in enumerate(tasks)]
-        gens = engine.chat(conversations, SamplingParams(max_tokens=self.config.memory_tokens))
+        gens = engine.chat(conversations, SamplingParams(max_tokens=self.config.memory_tokens, stop=UPDATE_STOP))
         memories, costs, trace = [], [], []
         for i, g in enumerate(gens):
             new, action = self._update(text, notes[i], segment_sentences, g.text, tasks[i].question, engine)
@@ -193,8 +196,7 @@ class MemAgent:
         lines = [line for line in output.splitlines() if line.strip()]
         picked = snap(lines, text, notes + segment, question)
         if not picked:
-            said_none = any(_norm(line) == "none" for line in lines[:1])
-            return notes, "none" if said_none or not lines else "kept: nothing copied matched the text"
+            return notes, "none" if not lines else "kept: nothing copied matched the text"
         if self.config.update == "append":
             picked = notes + [p for p in picked if p not in notes]
         kept: list[Span] = []
