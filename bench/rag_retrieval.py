@@ -3,7 +3,7 @@
 No generation, only the embedder and Qdrant (local mode), so it runs on a CPU at 128K tokens. The samples are
 bench/memory_needles.py's; `recall` is the fraction of asked needles inside the units the model would read.
 
-    python bench/rag_retrieval.py --lengths 32768 131072 --n 6
+    python bench/rag_retrieval.py --lengths 32768 131072 --n 4 2
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ CONFIGS = {  # name: (passage word pieces, unit tokens, read tokens; None = all 
     "p256-u2048-all": (256, 2048, None),
     "p256-u1024-r3072": (256, 1024, 3072),
     "p128-u1024-r3072": (128, 1024, 3072),
-    "p64-u1024-r3072": (64, 1024, 3072),
 }
 
 
@@ -36,23 +35,23 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
     p.add_argument("--tasks", nargs="+", default=["niah_single", "niah_multikey"])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS))
-    p.add_argument("--n", type=int, default=6)
+    p.add_argument("--n", type=int, nargs="+", default=[4, 2], help="samples per length (one number, or one each)")
     p.add_argument("--haystack", default="/work/shared/data/corpus/thoreau_walden_and_civil_disobedience.txt")
     p.add_argument("--name", default="rag_retrieval")
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native"))
     haystack_ids = engine.tokenize(Path(args.haystack).read_text())
-    store = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    store = Path(tempfile.mkdtemp(prefix="rag-bench-"))  # one store per passage size: configs share its indexes
     rows = []
-    for length in args.lengths:
+    for length, n in zip(args.lengths, args.n * len(args.lengths) if len(args.n) == 1 else args.n, strict=False):
         for task in args.tasks:
             rng = random.Random(f"0-{length}-{task}")  # the same samples as memory_needles.py
-            samples = [make_sample(engine, haystack_ids, length, task, rng) for _ in range(args.n)]
+            samples = [make_sample(engine, haystack_ids, length, task, rng) for _ in range(n)]
             for name in args.configs:
                 passage, unit, read = CONFIGS[name]
-                config = RagConfig(passage_tokens=passage, unit_tokens=unit, read_tokens=read, qdrant_path=store / name)
-                rag = Rag(config)
+                where = store / f"p{passage}"
+                rag = Rag(RagConfig(passage_tokens=passage, unit_tokens=unit, read_tokens=read, qdrant_path=where))
                 found = asked = 0
                 seconds = read_tokens = 0.0
                 for doc, tasks, values in samples:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from engines.base import Engine
@@ -22,15 +22,12 @@ from memory.index import IndexSpec, PassageIndex, open_client
 from memory.spans import Span, pack, split_sentences
 
 
-def _home() -> Path:
-    return Path(os.environ.get("TOME_HOME", Path.home() / ".cache" / "tome")).expanduser()
-
-
 @dataclass(frozen=True)
 class RagConfig:
-    embedder: str = field(default_factory=lambda: os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2"))
-    qdrant_url: str | None = field(default_factory=lambda: os.environ.get("TOME_QDRANT_URL") or None)
-    qdrant_path: Path = field(default_factory=lambda: _home() / "qdrant")  # local mode, when no URL is set
+    # Unset: read at use from TOME_EMBEDDER, TOME_QDRANT_URL, TOME_HOME (strategies sit below the service settings).
+    embedder: str | None = None
+    qdrant_url: str | None = None
+    qdrant_path: Path | None = None  # local mode, used when there is no URL
     passage_tokens: int = 128  # embedder word pieces per passage: a short fact dominates a short passage
     unit_tokens: int = 1024  # engine tokens per retrieval unit
     # Retrieved tokens read per question; None: all the engine's context. SmolLM2-135M finds a fact in 1-4K
@@ -84,7 +81,9 @@ class Rag:
         c = self.config
         size = min(c.passage_tokens, embedder.max_tokens)
         spans = passages(document.text, embedder, size)
-        client = open_client(None if c.qdrant_url else c.qdrant_path, c.qdrant_url)
+        url = c.qdrant_url or os.environ.get("TOME_QDRANT_URL") or None
+        home = Path(os.environ.get("TOME_HOME", Path.home() / ".cache" / "tome")).expanduser()
+        client = open_client(None if url else c.qdrant_path or home / "qdrant", url)
         index = PassageIndex(client, document.content_hash, IndexSpec(embedder.name, embedder.dim, size))
         status = index.status()
         if status == "ready":
@@ -115,7 +114,7 @@ class Rag:
         """Per task: the units to read (document order), their scores, and how the index was obtained."""
         c = self.config
         budget = self._check(document, tasks, engine)
-        embedder = get_embedder(c.embedder)
+        embedder = get_embedder(c.embedder or os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2"))
         index, spans, built = self.index(document, embedder, progress)
         progress(1, 2, f"retrieving ({built} index)")
         text = document.text

@@ -31,7 +31,7 @@ def doc16k(native_engine) -> Document:
 
 @pytest.fixture
 def rag(tmp_path) -> Rag:
-    return Rag(RagConfig(qdrant_path=tmp_path / "qdrant", qdrant_url=None))
+    return Rag(RagConfig(qdrant_path=tmp_path / "qdrant"))
 
 
 # -- pure pieces ---------------------------------------------------------------------------------------------------
