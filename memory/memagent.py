@@ -108,16 +108,19 @@ class MemAgent:
 
     # -- sizing -----------------------------------------------------------------------------------------------
 
-    def _update_messages(self, task: Task, notes: str, segment: str) -> list[Message]:
+    def update_messages(self, task: Task, notes: str, segment: str) -> list[Message]:
         return [
             {"role": "system", "content": UPDATE_SYSTEM},
             {"role": "user", "content": update_prompt(task.question, notes, segment)},
         ]
 
+    def update_params(self) -> SamplingParams:
+        return SamplingParams(max_tokens=self.config.memory_tokens, stop=UPDATE_STOP)
+
     def segment_budget(self, tasks: Sequence[Task], engine: Engine) -> int:
         """Tokens of document per segment: the context minus template, question, notes and the update's output."""
         c = self.config
-        overhead = max(engine.count_chat_tokens(self._update_messages(t, "", "")) for t in tasks)
+        overhead = max(engine.count_chat_tokens(self.update_messages(t, "", "")) for t in tasks)
         room = engine.max_context - overhead - 2 * c.memory_tokens - c.margin_tokens
         final = max(answer_overhead(engine, t) for t in tasks) + c.memory_tokens + c.margin_tokens
         if final > engine.max_context:
@@ -178,11 +181,11 @@ class MemAgent:
         s, e = reading["segments"][index]
         segment_sentences = split_sentences(text, s, e)
         notes = [[tuple(span) for span in m] for m in reading["memories"]]
-        conversations = [self._update_messages(t, memory_text(text, notes[i]), text[s:e]) for i, t in enumerate(tasks)]
-        gens = engine.chat(conversations, SamplingParams(max_tokens=self.config.memory_tokens, stop=UPDATE_STOP))
+        conversations = [self.update_messages(t, memory_text(text, notes[i]), text[s:e]) for i, t in enumerate(tasks)]
+        gens = engine.chat(conversations, self.update_params())
         memories, costs, trace = [], [], []
         for i, g in enumerate(gens):
-            new, action = self._update(text, notes[i], segment_sentences, g.text, tasks[i].question, engine)
+            new, action = self.apply_update(text, notes[i], segment_sentences, g.text, tasks[i].question, engine)
             memories.append([list(span) for span in new])
             cost = Cost(**reading["costs"][i]).add(Cost(1, g.prompt_tokens, g.completion_tokens, g.seconds))
             costs.append(cost.__dict__)
@@ -190,7 +193,7 @@ class MemAgent:
             trace.append(reading["trace"][i] + [step])
         return {**reading, "done": index + 1, "memories": memories, "costs": costs, "trace": trace}
 
-    def _update(
+    def apply_update(
         self, text: str, notes: list[Span], segment: list[Span], output: str, question: str, engine: Engine
     ) -> tuple[list[Span], str]:
         lines = [line for line in output.splitlines() if line.strip()]
