@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from engines.base import Engine, Message, SamplingParams
 from engines.prompting import answer_each, answer_overhead
+from engines.segmenting import split_segments
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task
-from memory.spans import Span, pack, split_sentences
+from memory.spans import Span, split_sentences
 
 Reading = dict[str, Any]  # plain data (JSON-able) so a LangGraph checkpointer can store it between segments
 
@@ -145,29 +146,12 @@ class MemAgent:
             )
         return budget
 
-    def segments(self, text: str, budget: int, engine: Engine) -> list[Span]:
-        """Consecutive sentence-aligned spans of at most `budget` tokens each (verified with the tokenizer)."""
-        per_char = engine.count_tokens(text) / max(len(text), 1)
-        sentences = split_sentences(text)
-        pieces = pack(sentences, lambda s: int((s[1] - s[0]) * per_char) + 1, int(budget * 0.95))
-        out: list[Span] = []
-        for s, e in pieces:  # the estimate can undershoot on odd text: halve until the tokenizer agrees
-            stack = [(s, e)]
-            while stack:
-                a, b = stack.pop()
-                if engine.count_tokens(text[a:b]) <= budget or b - a < 2:
-                    out.append((a, b))
-                else:
-                    mid = (a + b) // 2
-                    stack.extend([(mid, b), (a, mid)])
-        return out
-
     # -- the loop, one step at a time so the graph can checkpoint between steps ----------------------------------
 
     def start(self, document: Document, tasks: Sequence[Task], engine: Engine) -> Reading:
         budget = self._check(document, tasks, engine)
         return {
-            "segments": [list(s) for s in self.segments(document.text, budget, engine)],
+            "segments": [[s.start, s.end] for s in split_segments(document.text, engine, budget)],
             "done": 0,
             "memories": [[] for _ in tasks],
             "costs": [Cost().__dict__ for _ in tasks],
