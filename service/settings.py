@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     vllm_memory_fraction: float = Field(default=0.3, gt=0, le=1)
     vllm_enforce_eager: bool = True
     embedder: str = "all-MiniLM-L6-v2"
+    qdrant_url: str | None = None  # rag's vector store; unset: Qdrant local mode under home/qdrant
 
     # The service (API, workers, job store). Embedded default: SQLite under `home`; the stack sets PostgreSQL.
     database_url: str = Field(default="", description="SQLAlchemy URL; empty: sqlite:///<home>/tome.db")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from engines.strategy import Strategy
+from memory.memagent import MemAgent
+from memory.rag import Rag
 from workflows.full import FullContext
 from workflows.mapreduce import MapReduce
 
@@ -12,14 +14,14 @@ class UnknownStrategyError(ValueError):
 
 
 def _build() -> dict[str, Strategy]:
-    strategies: list[Strategy] = [FullContext(), MapReduce()]
+    strategies: list[Strategy] = [FullContext(), MapReduce(), Rag(), MemAgent()]
     return {s.name: s for s in strategies}
 
 
 STRATEGIES: dict[str, Strategy] = _build()
 
 # Preference when several fit: cheaper and more faithful first (the router issue replaces this with a fitted policy).
-PREFERENCE = ["full", "mapreduce"]
+PREFERENCE = ["full", "rag", "mapreduce", "memagent"]
 
 
 def get_strategy(name: str) -> Strategy:
