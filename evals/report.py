@@ -169,8 +169,7 @@ def plot_depth(records: Sequence[dict[str, Any]], strategy: str, path: Path, tit
         return False
     depths = sorted({r["depth"] for r in mine})
     lengths = sorted({r["length"] for r in mine})
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     cols = min(3, len(tasks))
     rows_n = math.ceil(len(tasks) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
@@ -186,7 +185,7 @@ def plot_depth(records: Sequence[dict[str, Any]], strategy: str, path: Path, tit
                     notes[di][li] = f"{mean(ran):.2f}\n({len(ran)})"
                 elif cell:
                     notes[di][li] = "n/f" if cell[0]["status"] == "does_not_fit" else "err"
-        ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto")
         for di in range(len(depths)):
             for li in range(len(lengths)):
                 ax.text(li, di, notes[di][li], ha="center", va="center", fontsize=6)
@@ -197,11 +196,11 @@ def plot_depth(records: Sequence[dict[str, Any]], strategy: str, path: Path, tit
         ax.set_ylabel("depth", fontsize=8)
     for ax in axes.flat[len(tasks) :]:
         ax.axis("off")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy")
     fig.suptitle(
-        f"{title}: {strategy}, accuracy by length and needle depth (n per cell; n/f: does not fit)", fontsize=10
+        f"{title}: {strategy}\naccuracy by length and needle depth (questions per cell; n/f: does not fit)", fontsize=9
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
 

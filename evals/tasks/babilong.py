@@ -63,5 +63,5 @@ def babilong(tok: Tokenizer, length: int, seed: int) -> Sample:
         "all",
         depth=start,
         unique=(answer,),
-        info={"haystack": "text", "supporting_facts": hops},
+        info={"haystack": "text", "supporting_facts": hops, "facts": facts},
     )
