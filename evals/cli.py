@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the native engine (TOME_THREADS)")
     p.add_argument("--fresh", action="store_true", help="discard an earlier log of this name instead of resuming it")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="ask nothing: write the report from the questions already in the log (e.g. of a stopped run)",
+    )
     return p
 
 
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from engines import create_engine
     from evals import report
     from evals.presets import PRESETS
-    from evals.runner import Plan, run_plan, strategy_names
+    from evals.runner import Plan, read_log, run_plan, strategy_names
     from evals.tasks import TASKS
     from service.settings import Settings
 
@@ -66,26 +71,40 @@ def main(argv: list[str] | None = None) -> int:
         log_path.unlink()
 
     settings = Settings()
-    commit = report.commit()  # the code that ran, taken before the (long) run
-    engine = create_engine(settings.engine_config(kind=args.engine, model=args.model, threads=args.threads))
     plan = Plan(strategies, tasks, lengths, samples)
     started = time.perf_counter()
+    if args.report_only:
+        wanted = {(s, t, n, d) for s in strategies for t, n, d in plan.questions()}
+        records = [r for r in read_log(log_path) if (r["strategy"], r["task"], r["length"], r["seed"]) in wanted]
+        if not records:
+            print(f"tome eval: error: no questions of this plan in {log_path}", file=sys.stderr)
+            return 2
+        engine_meta = {
+            "model": records[0].get("model", args.model or settings.model),
+            "engine": records[0].get("engine", args.engine or settings.engine),
+            "max_context": settings.max_context,
+        }
+        commit = None  # unknown: the log may come from several runs
+    else:
+        commit = report.commit()  # the code that ran, taken before the (long) run
+        engine = create_engine(settings.engine_config(kind=args.engine, model=args.model, threads=args.threads))
+        engine_meta = {"model": engine.model_name, "engine": engine.name, "max_context": engine.max_context}
 
-    def progress(done: int, total: int, message: str) -> None:
-        print(f"[{done}/{total} {time.perf_counter() - started:.0f}s] {message}", file=sys.stderr, flush=True)
+        def progress(done: int, total: int, message: str) -> None:
+            print(f"[{done}/{total} {time.perf_counter() - started:.0f}s] {message}", file=sys.stderr, flush=True)
 
-    records = run_plan(plan, engine, log_path, progress)
+        records = run_plan(plan, engine, log_path, progress)
     meta = {
-        "commit": commit,
-        "model": engine.model_name,
-        "engine": engine.name,
-        "max_context": engine.max_context,
+        "commit": commit or f"{report.commit()} (report only; questions from {log_path.name})",
+        **engine_meta,
         "threads": settings.threads if args.threads is None else args.threads,
         "preset": preset.name,
         "strategies": list(strategies),
         "tasks": list(tasks),
         "lengths": list(lengths),
         "samples": {str(n): k for n, k in samples.items()},
+        "questions_planned": plan.total,
+        "questions_answered": len(records),
         "wall_seconds": round(time.perf_counter() - started, 1),  # this invocation only (a resumed run adds up)
         "question_seconds_total": round(sum(r.get("seconds") or 0 for r in records), 1),
         "questions_log": log_path.name,

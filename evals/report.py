@@ -32,7 +32,10 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         groups[(r["strategy"], r["task"], r["length"])].append(r)
     rows = []
-    for (strategy, task, length), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    task_order = list(dict.fromkeys(r["task"] for r in records))  # the plan's order (DESIGN.md's task list)
+    for (strategy, task, length), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], task_order.index(kv[0][1]), kv[0][2])
+    ):
         ran = [r for r in rs if r["status"] == "ok"]
         statuses = {r["status"] for r in rs}
         row: dict[str, Any] = {
@@ -100,7 +103,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"# {doc['benchmark']}",
         "",
         f"{doc['date']} · commit {doc['commit']} · {doc['machine']}",
-        f"model {doc['model']} on the {doc['engine']} engine (context {doc['max_context']}) · preset {doc['preset']}",
+        f"model {doc['model']} on the {doc['engine']} engine (context {doc['max_context']}) · preset {doc['preset']} · "
+        f"{doc['questions_answered']} of {doc['questions_planned']} planned questions answered",
         "",
         "Accuracy is RULER's string-match (all for needles/vt/cwe/fwe/babilong, part for qa) over the questions "
         "that ran; calls, tokens_read and seconds are per question. `does_not_fit`: the strategy cannot take "
@@ -172,7 +176,7 @@ def plot_depth(records: Sequence[dict[str, Any]], strategy: str, path: Path, tit
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     cols = min(3, len(tasks))
     rows_n = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False, layout="constrained")
     for ax, task in zip(axes.flat, tasks, strict=False):
         grid = [[math.nan] * len(lengths) for _ in depths]
         notes = [[""] * len(lengths) for _ in depths]

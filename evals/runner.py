@@ -83,6 +83,8 @@ def run_question(strategy: str, sample: Sample, engine: Engine) -> dict[str, Any
     """One question through run_job. A strategy that cannot take the document says so; nothing is truncated."""
     record: dict[str, Any] = {
         "strategy": strategy,
+        "engine": engine.name,
+        "model": engine.model_name,
         "task": sample.task,
         "length": sample.length,
         "seed": sample.seed,
