@@ -158,3 +158,13 @@ def test_smoke_run_of_full_writes_results(tmp_path: Path) -> None:
     for suffix in (".md", "-accuracy.png", "-depth-full.png", ".questions.jsonl"):
         assert (tmp_path / f"eval-smoke{suffix}").stat().st_size > 0
     assert "does_not_fit" in (tmp_path / "eval-smoke.md").read_text()
+
+
+def test_length_is_what_full_really_needs(engine: Engine) -> None:
+    """The estimate `full` fits by (document + answer_overhead) equals the engine's count of the real prompt."""
+    from engines.prompting import answer_messages
+
+    for task in ("niah_single", "qa", "cwe"):
+        sample = generate(task, engine, 2048, 0)
+        real = engine.count_chat_tokens(answer_messages(sample.document.text, sample.question))
+        assert real + sample.question.max_answer_tokens == sample.prompt_tokens
