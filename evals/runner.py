@@ -155,9 +155,15 @@ def _key(r: dict[str, Any]) -> tuple[str, str, int, int]:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
+    """The questions answered so far; the first record of a question wins (two runs may share one log)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records.setdefault(_key(record), record)
+    return list(records.values())
 
 
 def run_plan(
