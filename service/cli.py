@@ -141,6 +141,12 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evals.cli import main as eval_main  # the yardstick: imported only when `tome eval` runs
+
+    return eval_main(args.eval_argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tome", description="Answer questions about documents longer than a model's context."
@@ -184,12 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="create an API key (prints it once; stores its hash)")
     keys.add_argument("name")
     keys.set_defaults(func=cmd_keys)
+    # Options belong to evals/cli.py (`tome eval --help`); they pass through untouched.
+    evaluate = sub.add_parser("eval", help="run the evaluation harness (evals/): tome eval --help", add_help=False)
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "eval":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.eval_argv = rest
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from engines.base import ContextOverflowError
