@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
+from evals.report import commit, machine  # one definition of what identifies a run
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def write_results(name: str, benchmark: str, model: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
