@@ -57,6 +57,11 @@ def test_snap_keeps_only_document_sentences():
         "The special code for the red door is 4817263.",
         "The special code for the blue gate is 5550123.",
     ]
+    # An answer instead of a copy is filed under the sentence it was read from, and only under that one.
+    asked = "What is the special code for the red door mentioned in the text?"
+    answers = ["The special code for the red door mentioned in the text is 4817263.", "The red door is 5550123."]
+    picked = snap(answers, text, sources, asked)
+    assert [text[s:e] for s, e in picked] == ["The special code for the red door is 4817263."]
 
 
 # -- memagent ------------------------------------------------------------------------------------------------------
