@@ -10,7 +10,7 @@ of a single update, measured here on 2K-token segments of real text (batched, so
 From recall r and retention k, a needle at a uniform depth of S segments survives with
 r * (1 - k**S) / (S * (1 - k)); the projection rows give that for 8K, 32K and 128K.
 
-    python bench/memagent_steps.py --n 8
+    python bench/memagent_steps.py --n 4
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bench.common import write_results  # noqa: E402
 from bench.memory_needles import KEYS, needle, question  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
 from engines.types import Task  # noqa: E402
-from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
+from memory.memagent import MemAgent  # noqa: E402
 from memory.spans import split_sentences  # noqa: E402
 
 
@@ -56,14 +56,13 @@ def probe(kind: str, rng: random.Random, engine, haystack_ids: list[int], segmen
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=8, help="updates per probe kind")
-    p.add_argument("--kinds", nargs="+", default=["recall", "recall_multikey", "retention", "noise"])
+    p.add_argument("--kinds", nargs="+", default=["retention", "recall", "noise", "recall_multikey"])
     p.add_argument("--haystack", default="/work/shared/data/corpus/thoreau_walden_and_civil_disobedience.txt")
     p.add_argument("--name", default="memagent_steps")
-    p.add_argument("--update", default="overwrite", choices=["overwrite", "append"])
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native"))
-    agent = MemAgent(MemAgentConfig(update=args.update))
+    agent = MemAgent()
     segment_tokens = agent.segment_budget([Task(question(KEYS[0]))], engine)
     haystack_ids = engine.tokenize(Path(args.haystack).read_text())
     rows, rates = [], {}
@@ -89,13 +88,19 @@ def main() -> None:
              "seconds": sum(g.seconds for g in gens) / args.n, "segment_tokens": segment_tokens}
         )  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    if {"recall", "retention"} <= rates.keys():
-        r, k = rates["recall"], rates["retention"]
-        for length in (8192, 32768, 131072):
-            s = max(1, round(length / segment_tokens))
-            survive = 1.0 if k == 1 else (1 - k**s) / (s * (1 - k))
-            rows.append({"strategy": "memagent", "probe": "projected", "length": length, "rate": r * survive})
-    write_results(args.name, "memagent_steps", engine.model_name, rows, update=args.update)
+        write_results(args.name, "memagent_steps", engine.model_name, rows + projection(rates, segment_tokens))
+
+
+def projection(rates: dict[str, float], segment_tokens: int) -> list[dict]:
+    if not {"recall", "retention"} <= rates.keys():
+        return []
+    r, k = rates["recall"], rates["retention"]
+    rows = []
+    for length in (8192, 32768, 131072):
+        s = max(1, round(length / segment_tokens))
+        survive = 1.0 if k == 1 else (1 - k**s) / (s * (1 - k))
+        rows.append({"strategy": "memagent", "probe": "projected", "length": length, "rate": r * survive})
+    return rows
 
 
 if __name__ == "__main__":

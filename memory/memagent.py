@@ -73,12 +73,14 @@ def snap(lines: Sequence[str], text: str, sources: Sequence[Span], question: str
     """Source sentences the model's lines copy, in the order the lines name them; unmatched lines are dropped.
 
     A line matches a sentence when it holds the whole sentence, or when every word of the line is in the
-    sentence and it either covers half of the sentence or adds a word that the question lacks. A line that
-    rewords the question with an invented value, or pairs one needle's key with another's value, matches nothing.
+    sentence and it either covers half of the sentence or adds a word that the question lacks, or when it
+    answers from the sentence (`_grounded`). A line that rewords the question with an invented value, or
+    pairs one needle's key with another's value, matches nothing.
     """
     normed = [_norm(text[s:e]) for s, e in sources]
     words = [set(n.split()) for n in normed]
     asked = set(_norm(question).split())
+    present = set().union(*words) if words else set()
     picked: list[Span] = []
     for raw in lines:
         line = _norm(_clean_line(raw))
@@ -91,10 +93,25 @@ def snap(lines: Sequence[str], text: str, sources: Sequence[Span], question: str
             hits = [
                 i for i, src in enumerate(normed) if line_words <= words[i] and (len(line) >= 0.5 * len(src) or adds)
             ]
+        if not hits:
+            hits = _grounded(line_words, asked, words, present)
         for i in hits:
             if sources[i] not in picked:
                 picked.append(sources[i])
     return picked
+
+
+def _grounded(line: set[str], asked: set[str], words: list[set[str]], present: set[str]) -> list[int]:
+    """Sentences an answer-like line was read from. The model often answers ("... mentioned in the text is
+    1654076") instead of copying ("One of the special magic numbers for ... is: 1654076."). The line's own words
+    (those the question lacks) must all be in one or two sentences, and so must the question's words that the
+    line repeats and the text holds, so that one key's value is never filed under another key."""
+    new = {w for w in line - asked if len(w) >= 3}
+    if not new:
+        return []
+    required = new | {w for w in line & asked if len(w) >= 4 and w in present}
+    hits = [i for i, ws in enumerate(words) if required <= ws]
+    return hits if len(hits) <= 2 else []
 
 
 def memory_text(text: str, memory: Sequence[Span]) -> str:

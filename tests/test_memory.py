@@ -57,6 +57,11 @@ def test_snap_keeps_only_document_sentences():
         "The special code for the red door is 4817263.",
         "The special code for the blue gate is 5550123.",
     ]
+    # An answer instead of a copy is filed under the sentence it was read from, and only under that one.
+    asked = "What is the special code for the red door mentioned in the text?"
+    answers = ["The special code for the red door mentioned in the text is 4817263.", "The red door is 5550123."]
+    picked = snap(answers, text, sources, asked)
+    assert [text[s:e] for s, e in picked] == ["The special code for the red door is 4817263."]
 
 
 # -- memagent ------------------------------------------------------------------------------------------------------
@@ -178,7 +183,7 @@ def test_rag_rejects_bad_input_clearly(native_engine, rag):
 def test_router_picks_a_memory_strategy_when_the_document_does_not_fit(native_engine):
     from workflows.router import choose_strategy
 
-    name, reason = choose_strategy("auto", 100_000, [Task(QUESTION)], native_engine)
-    assert name in {"rag", "memagent"} and "more than" in reason
-    name, _ = choose_strategy("auto", 100_000, [Task("Summarize the book.", kind="summary")], native_engine)
-    assert name != "rag"  # retrieval does not summarise
+    route = choose_strategy("auto", 100_000, [Task(QUESTION)], native_engine)
+    assert route.strategy in {"rag", "memagent", "mapreduce"} and route.strategy != "full"
+    summary = choose_strategy("auto", 100_000, [Task("Summarize the book.", kind="summary")], native_engine)
+    assert summary.strategy not in {"rag", "full"}  # retrieval does not summarise; the book does not fit
