@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from compressors.gemfilter import GemFilter
+from compressors.hard import HardCompression
 from engines.strategy import Strategy
 from workflows.full import FullContext
 
@@ -11,14 +13,14 @@ class UnknownStrategyError(ValueError):
 
 
 def _build() -> dict[str, Strategy]:
-    strategies: list[Strategy] = [FullContext()]
+    strategies: list[Strategy] = [FullContext(), GemFilter(), HardCompression()]
     return {s.name: s for s in strategies}
 
 
 STRATEGIES: dict[str, Strategy] = _build()
 
 # Preference when several fit: cheaper and more faithful first (the router issue replaces this with a fitted policy).
-PREFERENCE = ["full"]
+PREFERENCE = ["full", "gemfilter", "hard"]
 
 
 def get_strategy(name: str) -> Strategy:

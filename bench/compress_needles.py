@@ -1,0 +1,133 @@
+"""Compression on needle tasks: `gemfilter` and `hard` against `full` (where it fits), SmolLM2 on this machine.
+
+RULER-style niah_single: one "special magic number" sentence planted at evenly spread depths in public-domain
+text; correct when the 7-digit number appears in the answer. Per question: accuracy, tokens reaching the
+answering model (input_tokens), time to first token (compression + the answer prompt's prefill and first
+token, timed by a 1-token call) and whole-answer wall time. Writes bench/results/compress-needles.json + .md.
+
+    PYTHONPATH=. nice python bench/compress_needles.py [--lengths 8k,32k,128k] [--n 4,3,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.common import write_results
+from compressors.calibration import Needle, plant_needle
+from compressors.gemfilter import GemFilterConfig, select
+from compressors.hard import HardCompression, compress
+from engines import EngineConfig, create_engine
+from engines.base import Engine, SamplingParams
+from engines.prompting import answer_messages, answer_overhead
+from engines.types import Task
+
+CORPUS = Path("/work/shared/data/corpus")
+FALLBACK = Path(__file__).resolve().parents[1] / "examples" / "walden_long.txt"
+SIZES = {"8k": 8192, "32k": 32768, "128k": 131072}
+
+
+def haystack(engine: Engine, tokens: int, offset: int) -> str:
+    """`tokens` tokens of corpus text (files in name order), starting `offset` files in."""
+    files = sorted(CORPUS.glob("*.txt")) if CORPUS.exists() else [FALLBACK]
+    files = files[offset % len(files) :] + files[: offset % len(files)]
+    ids: list[int] = []
+    for f in files:
+        ids += engine.tokenize(f.read_text(encoding="utf-8") + "\n\n")
+        if len(ids) >= tokens:
+            break
+    return engine.detokenize(ids[:tokens])
+
+
+def timed_answer(engine: Engine, context: str, task: Task) -> tuple[str, float, float, int]:
+    """(answer, seconds to the first token, seconds for the whole answer, prompt tokens)."""
+    messages = answer_messages(context, task)
+    start = time.perf_counter()
+    engine.chat([messages], SamplingParams(max_tokens=1))
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    generation = engine.chat([messages], SamplingParams(max_tokens=task.max_answer_tokens))[0]
+    return generation.text, first, time.perf_counter() - start, generation.prompt_tokens
+
+
+def run_one(engine: Engine, method: str, needle: Needle, task: Task) -> dict[str, Any]:
+    start = time.perf_counter()
+    if method == "full":
+        context = needle.text
+    elif method == "gemfilter":
+        context = select(engine, needle.text, task, GemFilterConfig()).text
+    else:
+        strategy = HardCompression()
+        budget = strategy.budget(engine.count_tokens(needle.text), task, engine)
+        context = compress(engine, needle.text, task.question, replace(strategy.config, target_tokens=budget)).text
+    compression = time.perf_counter() - start
+    text, first, whole, prompt_tokens = timed_answer(engine, context, task)
+    return {
+        "correct": needle.answer in text,
+        "ttft_s": compression + first,
+        "seconds": compression + whole,
+        "input_tokens": prompt_tokens,
+        "answer": text,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="8k,32k,128k")
+    parser.add_argument("--n", default="4,3,2", help="questions per length, in the order of --lengths")
+    parser.add_argument("--name", default="compress-needles")
+    args = parser.parse_args()
+    engine = create_engine(EngineConfig(kind="native", device="cpu"))
+    lengths = args.lengths.split(",")
+    counts = [int(x) for x in args.n.split(",")]
+    rows: list[dict[str, Any]] = []
+    for label, n in zip(lengths, counts, strict=True):
+        probe = Task("What is the special magic number for amber-harbor mentioned in the provided text?", 16)
+        # "8k" is the most that fits the 8K-context model beside the prompt, so `full` has a baseline there.
+        size = min(SIZES[label], engine.max_context - answer_overhead(engine, probe) - 32)
+        results: dict[str, list[dict[str, Any]]] = {"full": [], "gemfilter": [], "hard": []}
+        rng = random.Random(label)
+        for i in range(n):
+            needle = plant_needle(haystack(engine, size - 40, i), (i + 0.5) / n, rng)
+            task = Task(needle.question, max_answer_tokens=16)
+            fits = engine.count_chat_tokens(answer_messages(needle.text, task)) + 16 <= engine.max_context
+            for method in ("full", "gemfilter", "hard") if fits else ("gemfilter", "hard"):
+                outcome = run_one(engine, method, needle, task)
+                results[method].append(outcome)
+                print(f"{label} #{i} {method}: {outcome}", file=sys.stderr, flush=True)
+        document_tokens = engine.count_tokens(needle.text)
+        base = results["full"]
+        for method in ("gemfilter", "hard"):
+            got = results[method]
+            rows.append(
+                {
+                    "compressor": method,
+                    "rate": round(mean(got, "input_tokens") / document_tokens, 4),
+                    "length": document_tokens,
+                    "n": n,
+                    "accuracy": mean(got, "correct"),
+                    "baseline_accuracy": mean(base, "correct") if base else None,
+                    "ttft_ms": round(1000 * mean(got, "ttft_s")),
+                    "baseline_ttft_ms": round(1000 * mean(base, "ttft_s")) if base else None,
+                    "input_tokens": round(mean(got, "input_tokens")),
+                    "baseline_input_tokens": round(mean(base, "input_tokens")) if base else None,
+                    "seconds": round(mean(got, "seconds"), 1),
+                    "baseline_seconds": round(mean(base, "seconds"), 1) if base else None,
+                    "task": "niah_single",
+                }
+            )
+        write_results(args.name, "compression on needle tasks vs full", engine.model_name, rows)
+    return 0
+
+
+def mean(results: list[dict[str, Any]], key: str) -> float:
+    return sum(float(r[key]) for r in results) / len(results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
