@@ -2,7 +2,8 @@
 
 The GemFilter paper fixes r by hand per model (13 of 32 layers for Llama-3.1-8B) and leaves open how to
 choose it. Here one forward pass per sample over a haystack with a planted "magic number" probes every
-layer at once; a layer's recall is the share of the number's tokens inside its top-k selection. The
+layer at once; a layer's recall is the share of the number's tokens inside its selection of `keep` of
+the context (1024 of an 8K chunk by default, GemFilter's setting). The
 cheapest layer whose recall is within `tolerance` of the best wins (fewer layers = faster selection).
 compressors/layer_store.py keeps the result per model.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from compressors.attention import num_layers, probe_attention
-from compressors.gemfilter import layer_model, prompt_around, smooth
+from compressors.gemfilter import layer_model, prompt_around, query_rows, smooth
 from compressors.layer_store import model_key
 from engines.types import Progress, Task, no_progress
 
@@ -77,7 +78,8 @@ class Calibration:
     layer: int
     num_layers: int
     recall_by_layer: list[float]
-    top_k: int
+    keep: float
+    queries: str
     samples: int
     length: int
     tolerance: float
@@ -90,14 +92,15 @@ def calibrate(
     haystack: str,
     samples: int = 10,
     length: int = 4000,
-    top_k: int = 128,
+    keep: float = 0.125,
+    queries: str = "question",
     tolerance: float = 0.05,
     seed: int = 0,
     progress: Progress = no_progress,
 ) -> Calibration:
     """Measure every layer's needle recall and pick the cheapest good one (see the module docstring)."""
-    if samples < 1 or length < 2 * top_k:
-        raise ValueError("calibration needs at least one sample and length >= 2 * top_k")
+    if samples < 1 or not 0 < keep < 1 or length * keep < 1:
+        raise ValueError("calibration needs at least one sample and 0 < keep < 1 of `length` tokens")
     start = time.perf_counter()
     model = layer_model(engine)
     tokenizer = engine.hf_tokenizer
@@ -113,11 +116,12 @@ def calibrate(
         offsets = encoded["offset_mapping"]
         answer_positions = [p for p, (s, e) in enumerate(offsets) if s < needle.end and e > needle.start]
         ids = torch.tensor([[*before, *context, *after]], device=model.device)
-        with torch.inference_mode(), probe_attention(model, range(total), torch.tensor([ids.shape[1] - 1])) as scores:
+        rows = query_rows(ids.shape[1], len(after), queries)
+        with torch.inference_mode(), probe_attention(model, range(total), rows) as scores:
             model.base_model(input_ids=ids, use_cache=False)
         for layer in range(total):
             ranked = smooth(scores[layer][len(before) : len(before) + len(context)], 5)
-            kept = set(ranked.topk(min(top_k, len(context))).indices.tolist())
+            kept = set(ranked.topk(max(1, round(keep * len(context)))).indices.tolist())
             hits[layer] += sum(p in kept for p in answer_positions) / len(answer_positions)
     progress(samples, samples, "calibrated")
     recall = (hits / samples).tolist()
@@ -128,7 +132,8 @@ def calibrate(
         layer=layer,
         num_layers=total,
         recall_by_layer=[round(r, 4) for r in recall],
-        top_k=top_k,
+        keep=keep,
+        queries=queries,
         samples=samples,
         length=length,
         tolerance=tolerance,

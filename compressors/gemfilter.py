@@ -2,10 +2,14 @@
 
 GemFilter (arXiv 2409.17422): run only the first r layers over context + question, score every context
 token by the attention the last prompt position pays it (summed over heads, smoothed), keep the top k
-in document order and run the full model on that short text. Documents longer than the model's context
-are scored chunk by chunk (each chunk with the question, in the same prompt the answer uses); while the
-survivors of a round exceed k they are scored again as a new, shorter document, so any length works at
-linear cost. The kept text is returned as evidence spans a person can read.
+in document order and run the full model on that short text. With SmolLM2 the last position alone
+finds planted needles poorly; averaging the attention of every prompt position after the context
+(the question and the answer cue) finds them far more often (bench/results/gemfilter-queries.md), so
+that is the default (`queries="question"`); `queries="last"` is the paper's rule.
+Documents longer than the model's context are scored chunk by chunk (each chunk with the question, in
+the same prompt the answer uses); while the survivors of a round exceed k they are scored again as a new,
+shorter document, so any length works at linear cost. The kept text is returned as evidence spans a
+person can read.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class GemFilterConfig:
     layer: int | None = None  # layers to run (r); None: the calibrated value stored for the model
     top_k: int = 1024  # context tokens kept
     smoothing: int = 5  # width of the moving average over token scores (odd); 1 turns it off
+    queries: str = "question"  # whose attention scores the context: "question" (all positions after it) or "last"
     chunk_tokens: int | None = None  # context tokens per scoring pass; None: all that fit beside the prompt
     home: Path | None = None  # where calibrations live; None: the engine's TOME_HOME
 
@@ -78,14 +83,29 @@ def smooth(scores: torch.Tensor, width: int) -> torch.Tensor:
     ][: scores.shape[0]]
 
 
+def query_rows(total: int, after: int, queries: str) -> torch.Tensor:
+    """Prompt positions whose attention scores the context: the last one, or all after the context."""
+    if queries == "last":
+        return torch.tensor([total - 1])
+    if queries == "question":
+        return torch.arange(total - after, total)
+    raise ValueError(f"queries must be 'question' or 'last', got {queries!r}")
+
+
 @torch.inference_mode()
 def score_context(
-    model: Any, before: Sequence[int], context: Sequence[int], after: Sequence[int], layer: int, smoothing: int
+    model: Any,
+    before: Sequence[int],
+    context: Sequence[int],
+    after: Sequence[int],
+    layer: int,
+    smoothing: int,
+    queries: str = "question",
 ) -> torch.Tensor:
-    """Smoothed attention of the prompt's last position over the context tokens, from layer `layer` (1-based)."""
+    """Smoothed attention of the query rows over the context tokens, from layer `layer` (1-based)."""
     ids = torch.tensor([[*before, *context, *after]], device=model.device)
-    last = torch.tensor([ids.shape[1] - 1])
-    with probe_attention(model, [layer - 1], last, stop=True) as scores:
+    rows = query_rows(ids.shape[1], len(after), queries)
+    with probe_attention(model, [layer - 1], rows, stop=True) as scores:
         model.base_model(input_ids=ids, use_cache=False)
     return smooth(scores[layer - 1][len(before) : len(before) + len(context)], smoothing)
 
@@ -136,7 +156,8 @@ def select(
         survivors: list[int] = []
         for n, piece in enumerate(pieces):
             progress(n, len(pieces), f"gemfilter round {round_no}: scoring chunk {n + 1}/{len(pieces)}")
-            scores = score_context(model, before, [doc_ids[p] for p in piece], after, layer, config.smoothing)
+            context = [doc_ids[p] for p in piece]
+            scores = score_context(model, before, context, after, layer, config.smoothing, config.queries)
             top = scores.topk(min(config.top_k, len(piece))).indices.tolist()
             survivors.extend(piece[i] for i in top)
             passes += 1

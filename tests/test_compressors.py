@@ -103,9 +103,6 @@ def test_gemfilter_with_all_layers_equals_plain_attention_ranking() -> None:
     text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")[:3000]
     task = Task("What is the name of the cruising yawl?")
     layers = num_layers(model)
-    chosen = select(exact, text, task, GemFilterConfig(layer=layers, top_k=64))
-    assert chosen.passes == 1 and len(chosen.positions) == 64
-
     before, after = prompt_around(exact, task)
     context = exact.tokenize(text)
     ids = torch.tensor([[*before, *context, *after]])
@@ -115,9 +112,14 @@ def test_gemfilter_with_all_layers_equals_plain_attention_ranking() -> None:
             attentions = model(input_ids=ids, output_attentions=True, use_cache=False).attentions
     finally:
         model.set_attn_implementation("sdpa")
-    last_row = attentions[layers - 1][0, :, -1, len(before) : len(before) + len(context)].sum(dim=0)
-    smoothed = F.avg_pool1d(last_row[None, None], 5, stride=1, padding=2, count_include_pad=False)[0, 0]
-    assert chosen.positions == sorted(smoothed.topk(64).indices.tolist())
+    # Plain attention of the last layer, summed over heads: from the last position, or averaged over the question's.
+    last_layer = attentions[layers - 1][0, :, :, len(before) : len(before) + len(context)].sum(dim=0)
+    for queries, rows in (("last", last_layer[-1:]), ("question", last_layer[-len(after) :])):
+        plain = rows.mean(dim=0)
+        smoothed = F.avg_pool1d(plain[None, None], 5, stride=1, padding=2, count_include_pad=False)[0, 0]
+        chosen = select(exact, text, task, GemFilterConfig(layer=layers, top_k=64, queries=queries))
+        assert chosen.passes == 1 and len(chosen.positions) == 64
+        assert chosen.positions == sorted(smoothed.topk(64).indices.tolist()), queries
 
 
 def needle_document(engine: Engine, tokens: int) -> tuple[str, list]:
