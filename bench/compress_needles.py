@@ -5,7 +5,7 @@ text; correct when the 7-digit number appears in the answer. Per question: accur
 answering model (input_tokens), time to first token (compression + the answer prompt's prefill and first
 token, timed by a 1-token call) and whole-answer wall time. Writes bench/results/compress-needles.json + .md.
 
-    PYTHONPATH=. nice python bench/compress_needles.py [--lengths 8k,32k,128k] [--n 4,3,2]
+    PYTHONPATH=. nice python bench/compress_needles.py [--lengths 8k,32k,128k] [--n 4,3,2] [--model DIR] [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_results
+import torch
+
+from bench.common import machine, write_results
 from compressors.calibration import Needle, plant_needle
 from compressors.gemfilter import GemFilterConfig, select
 from compressors.hard import HardCompression, compress
@@ -32,9 +34,9 @@ FALLBACK = Path(__file__).resolve().parents[1] / "examples" / "walden_long.txt"
 SIZES = {"8k": 8192, "32k": 32768, "128k": 131072}
 
 
-def haystack(engine: Engine, tokens: int, offset: int) -> str:
+def haystack(engine: Engine, corpus: Path, tokens: int, offset: int) -> str:
     """`tokens` tokens of corpus text (files in name order), starting `offset` files in."""
-    files = sorted(CORPUS.glob("*.txt")) if CORPUS.exists() else [FALLBACK]
+    files = sorted(corpus.glob("*.txt")) if corpus.exists() else [FALLBACK]
     files = files[offset % len(files) :] + files[: offset % len(files)]
     ids: list[int] = []
     for f in files:
@@ -81,8 +83,11 @@ def main() -> int:
     parser.add_argument("--lengths", default="8k,32k,128k")
     parser.add_argument("--n", default="4,3,2", help="questions per length, in the order of --lengths")
     parser.add_argument("--name", default="compress-needles")
+    parser.add_argument("--model", default="smollm2", help="alias or converted model folder")
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="folder of .txt haystacks")
     args = parser.parse_args()
-    engine = create_engine(EngineConfig(kind="native", device="cpu"))
+    engine = create_engine(EngineConfig(kind="native", model=args.model))
+    where = machine() + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
     lengths = args.lengths.split(",")
     counts = [int(x) for x in args.n.split(",")]
     rows: list[dict[str, Any]] = []
@@ -93,7 +98,7 @@ def main() -> int:
         results: dict[str, list[dict[str, Any]]] = {"full": [], "gemfilter": [], "hard": []}
         rng = random.Random(label)
         for i in range(n):
-            needle = plant_needle(haystack(engine, size - 40, i), (i + 0.5) / n, rng)
+            needle = plant_needle(haystack(engine, args.corpus, size - 40, i), (i + 0.5) / n, rng)
             task = Task(needle.question, max_answer_tokens=16)
             fits = engine.count_chat_tokens(answer_messages(needle.text, task)) + 16 <= engine.max_context
             for method in ("full", "gemfilter", "hard") if fits else ("gemfilter", "hard"):
@@ -121,7 +126,7 @@ def main() -> int:
                     "task": "niah_single",
                 }
             )
-        write_results(args.name, "compression on needle tasks vs full", engine.model_name, rows)
+        write_results(args.name, "compression on needle tasks vs full", "SmolLM2-135M-Instruct", rows, machine=where)
     return 0
 
 
