@@ -2,8 +2,9 @@
 
 RULER-style niah_single: one "special magic number" sentence planted at evenly spread depths in public-domain
 text; correct when the 7-digit number appears in the answer. Per question: accuracy, tokens reaching the
-answering model (input_tokens), time to first token (compression + the answer prompt's prefill and first
-token, timed by a 1-token call) and whole-answer wall time. Writes bench/results/compress-needles.json + .md.
+answering model (input_tokens) and wall time from the question to the whole answer (compression, prefill
+and at most 16 answer tokens; `ttft_ms` holds it, an upper bound on the time to the first token, since a
+separate first-token call would double every prefill on this CPU). Writes bench/results/<name>.json + .md.
 
     PYTHONPATH=. nice python bench/compress_needles.py [--lengths 8k,32k,128k] [--n 4,3,2] [--model DIR] [--corpus DIR]
 """
@@ -46,15 +47,11 @@ def haystack(engine: Engine, corpus: Path, tokens: int, offset: int) -> str:
     return engine.detokenize(ids[:tokens])
 
 
-def timed_answer(engine: Engine, context: str, task: Task) -> tuple[str, float, float, int]:
-    """(answer, seconds to the first token, seconds for the whole answer, prompt tokens)."""
-    messages = answer_messages(context, task)
+def timed_answer(engine: Engine, context: str, task: Task) -> tuple[str, float, int]:
+    """(answer, seconds for the whole answer, prompt tokens)."""
     start = time.perf_counter()
-    engine.chat([messages], SamplingParams(max_tokens=1))
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    generation = engine.chat([messages], SamplingParams(max_tokens=task.max_answer_tokens))[0]
-    return generation.text, first, time.perf_counter() - start, generation.prompt_tokens
+    generation = engine.chat([answer_messages(context, task)], SamplingParams(max_tokens=task.max_answer_tokens))[0]
+    return generation.text, time.perf_counter() - start, generation.prompt_tokens
 
 
 def run_one(engine: Engine, method: str, needle: Needle, task: Task) -> dict[str, Any]:
@@ -68,10 +65,10 @@ def run_one(engine: Engine, method: str, needle: Needle, task: Task) -> dict[str
         budget = strategy.budget(engine.count_tokens(needle.text), task, engine)
         context = compress(engine, needle.text, task.question, replace(strategy.config, target_tokens=budget)).text
     compression = time.perf_counter() - start
-    text, first, whole, prompt_tokens = timed_answer(engine, context, task)
+    text, whole, prompt_tokens = timed_answer(engine, context, task)
     return {
         "correct": needle.answer in text,
-        "ttft_s": compression + first,
+        "compression_s": compression,
         "seconds": compression + whole,
         "input_tokens": prompt_tokens,
         "answer": text,
@@ -83,6 +80,7 @@ def main() -> int:
     parser.add_argument("--lengths", default="8k,32k,128k")
     parser.add_argument("--n", default="4,3,2", help="questions per length, in the order of --lengths")
     parser.add_argument("--name", default="compress-needles")
+    parser.add_argument("--methods", default="full,gemfilter,hard", help="full runs only where it fits")
     parser.add_argument("--model", default="smollm2", help="alias or converted model folder")
     parser.add_argument("--corpus", type=Path, default=CORPUS, help="folder of .txt haystacks")
     args = parser.parse_args()
@@ -95,19 +93,20 @@ def main() -> int:
         probe = Task("What is the special magic number for amber-harbor mentioned in the provided text?", 16)
         # "8k" is the most that fits the 8K-context model beside the prompt, so `full` has a baseline there.
         size = min(SIZES[label], engine.max_context - answer_overhead(engine, probe) - 32)
-        results: dict[str, list[dict[str, Any]]] = {"full": [], "gemfilter": [], "hard": []}
+        methods = args.methods.split(",")
+        results: dict[str, list[dict[str, Any]]] = {m: [] for m in ("full", "gemfilter", "hard")}
         rng = random.Random(label)
         for i in range(n):
             needle = plant_needle(haystack(engine, args.corpus, size - 40, i), (i + 0.5) / n, rng)
             task = Task(needle.question, max_answer_tokens=16)
             fits = engine.count_chat_tokens(answer_messages(needle.text, task)) + 16 <= engine.max_context
-            for method in ("full", "gemfilter", "hard") if fits else ("gemfilter", "hard"):
+            for method in [m for m in methods if fits or m != "full"]:
                 outcome = run_one(engine, method, needle, task)
                 results[method].append(outcome)
                 print(f"{label} #{i} {method}: {outcome}", file=sys.stderr, flush=True)
         document_tokens = engine.count_tokens(needle.text)
         base = results["full"]
-        for method in ("gemfilter", "hard"):
+        for method in [m for m in ("gemfilter", "hard") if results[m]]:
             got = results[method]
             rows.append(
                 {
@@ -117,12 +116,11 @@ def main() -> int:
                     "n": n,
                     "accuracy": mean(got, "correct"),
                     "baseline_accuracy": mean(base, "correct") if base else None,
-                    "ttft_ms": round(1000 * mean(got, "ttft_s")),
-                    "baseline_ttft_ms": round(1000 * mean(base, "ttft_s")) if base else None,
+                    "ttft_ms": round(1000 * mean(got, "seconds")),
+                    "baseline_ttft_ms": round(1000 * mean(base, "seconds")) if base else None,
+                    "compression_ms": round(1000 * mean(got, "compression_s")),
                     "input_tokens": round(mean(got, "input_tokens")),
                     "baseline_input_tokens": round(mean(base, "input_tokens")) if base else None,
-                    "seconds": round(mean(got, "seconds"), 1),
-                    "baseline_seconds": round(mean(base, "seconds"), 1) if base else None,
                     "task": "niah_single",
                 }
             )
