@@ -3,7 +3,7 @@
 RULER-style niah_single: one "special magic number" sentence planted at evenly spread depths in public-domain
 text; correct when the 7-digit number appears in the answer. Per question: accuracy, tokens reaching the
 answering model (input_tokens) and wall time from the question to the whole answer (compression, prefill
-and at most 16 answer tokens; `ttft_ms` holds it, an upper bound on the time to the first token, since a
+and at most 32 answer tokens; `ttft_ms` holds it, an upper bound on the time to the first token, since a
 separate first-token call would double every prefill on this CPU). Writes bench/results/<name>.json + .md.
 
     PYTHONPATH=. nice python bench/compress_needles.py [--lengths 8k,32k,128k] [--n 4,3,2] [--model DIR] [--corpus DIR]
@@ -68,6 +68,7 @@ def run_one(engine: Engine, method: str, needle: Needle, task: Task) -> dict[str
     text, whole, prompt_tokens = timed_answer(engine, context, task)
     return {
         "correct": needle.answer in text,
+        "kept": needle.answer in context,
         "compression_s": compression,
         "seconds": compression + whole,
         "input_tokens": prompt_tokens,
@@ -90,7 +91,7 @@ def main() -> int:
     counts = [int(x) for x in args.n.split(",")]
     rows: list[dict[str, Any]] = []
     for label, n in zip(lengths, counts, strict=True):
-        probe = Task("What is the special magic number for amber-harbor mentioned in the provided text?", 16)
+        probe = Task("What is the special magic number for amber-harbor mentioned in the provided text?", 32)
         # "8k" is the most that fits the 8K-context model beside the prompt, so `full` has a baseline there.
         size = min(SIZES[label], engine.max_context - answer_overhead(engine, probe) - 32)
         methods = args.methods.split(",")
@@ -98,8 +99,8 @@ def main() -> int:
         rng = random.Random(label)
         for i in range(n):
             needle = plant_needle(haystack(engine, args.corpus, size - 40, i), (i + 0.5) / n, rng)
-            task = Task(needle.question, max_answer_tokens=16)
-            fits = engine.count_chat_tokens(answer_messages(needle.text, task)) + 16 <= engine.max_context
+            task = Task(needle.question, max_answer_tokens=32)
+            fits = engine.count_chat_tokens(answer_messages(needle.text, task)) + 32 <= engine.max_context
             for method in [m for m in methods if fits or m != "full"]:
                 outcome = run_one(engine, method, needle, task)
                 results[method].append(outcome)
@@ -119,6 +120,7 @@ def main() -> int:
                     "ttft_ms": round(1000 * mean(got, "seconds")),
                     "baseline_ttft_ms": round(1000 * mean(base, "seconds")) if base else None,
                     "compression_ms": round(1000 * mean(got, "compression_s")),
+                    "needle_kept": mean(got, "kept"),
                     "input_tokens": round(mean(got, "input_tokens")),
                     "baseline_input_tokens": round(mean(base, "input_tokens")) if base else None,
                     "task": "niah_single",

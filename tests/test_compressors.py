@@ -163,7 +163,7 @@ def test_calibration_measures_every_layer_and_is_stored(engine: Engine, tmp_path
 def test_strategies_answer_a_needle_through_the_job_graph(engine: Engine) -> None:
     text, needles = needle_document(engine, 3000)
     needle = needles[1]
-    task = Task(needle.question, max_answer_tokens=16)
+    task = Task(needle.question, max_answer_tokens=32)
     result = run_job(Document(text), [task], engine, strategy="gemfilter")
     answer = result.answers[0]
     assert result.strategy == "gemfilter" and answer.details["kept_tokens"] == 1024
