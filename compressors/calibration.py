@@ -42,9 +42,9 @@ def sentence_starts(text: str) -> list[int]:
     return [0] + [m.end() for m in re.finditer(r"[.!?][\"')\]]*\s+", text)]
 
 
-def plant_needle(haystack: str, depth: float, rng: random.Random) -> Needle:
+def plant_needle(haystack: str, depth: float, rng: random.Random, key: str | None = None) -> Needle:
     """Insert a RULER-style magic-number sentence at the sentence boundary nearest to `depth` (0..1)."""
-    key = f"{rng.choice(_KEY_WORDS)}-{rng.choice(_KEY_WORDS)}"
+    key = key or f"{rng.choice(_KEY_WORDS)}-{rng.choice(_KEY_WORDS)}"
     value = str(rng.randrange(1_000_000, 10_000_000))
     sentence = f"One of the special magic numbers for {key} is: {value}. "
     starts = sentence_starts(haystack)

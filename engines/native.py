@@ -13,6 +13,7 @@ from transformers.utils import logging as hf_logging
 from engines.base import ContextOverflowError, Generation, Message, SamplingParams
 from engines.config import EngineConfig
 from engines.models import resolve_model
+from engines.sparse_attention import attention_implementation
 
 hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise in the CLI
 
@@ -42,7 +43,9 @@ class NativeEngine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=DTYPES[config.dtype], attn_implementation=config.attention
+            self.path,
+            dtype=DTYPES[config.dtype],
+            attn_implementation=attention_implementation(config.attention, config.model),
         ).to(self.device)
         self.model.eval()
         model_context = getattr(self.model.config, "max_position_embeddings", config.max_context)

@@ -41,12 +41,24 @@ def answer_from_context(
     extra_cost: Cost | None = None,
 ) -> list[Answer]:
     """Ask every task over the same context in one batched engine call."""
+    n = len(tasks)
+    return answer_each(engine, [context] * n, tasks, strategy, [evidence] * n, [extra_cost or Cost()] * n)
+
+
+def answer_each(
+    engine: Engine,
+    contexts: Sequence[str],
+    tasks: Sequence[Task],
+    strategy: str,
+    evidences: Sequence[list[Evidence]],
+    extra_costs: Sequence[Cost],
+) -> list[Answer]:
+    """Ask each task over its own context (what it retrieved or remembered), all in one batched engine call."""
     max_tokens = max(t.max_answer_tokens for t in tasks)
-    generations = engine.chat([answer_messages(context, t) for t in tasks], SamplingParams(max_tokens=max_tokens))
+    conversations = [answer_messages(c, t) for c, t in zip(contexts, tasks, strict=True)]
+    generations = engine.chat(conversations, SamplingParams(max_tokens=max_tokens))
     answers = []
-    for g in generations:
+    for g, evidence, extra in zip(generations, evidences, extra_costs, strict=True):
         cost = Cost(calls=1, tokens_read=g.prompt_tokens, tokens_generated=g.completion_tokens, seconds=g.seconds)
-        if extra_cost is not None:
-            cost = cost.add(extra_cost)
-        answers.append(Answer(g.text, strategy, evidence, cost))
+        answers.append(Answer(g.text, strategy, list(evidence), cost.add(extra)))
     return answers

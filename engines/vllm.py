@@ -12,7 +12,11 @@ import httpx
 
 from engines.base import ContextOverflowError, Generation, Message, SamplingParams
 from engines.config import EngineConfig
-from engines.models import resolve_model
+from engines.models import ALIASES, resolve_model
+
+# vLLM logs to stdout by default, which would corrupt `tome ask --json`; its import reads these.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 class VllmEngine:
@@ -87,13 +91,12 @@ class RemoteVllmEngine:
         self.client = client or httpx.Client(base_url=config.vllm_url.rstrip("/"), timeout=600)
         models = self.client.get("/v1/models").raise_for_status().json()["data"]
         served = {m["id"]: m for m in models}
-        if config.model not in served:
-            # The default alias names no served model; use the only one served.
-            if len(served) != 1:
-                raise ValueError(f"model {config.model!r} is not served at {config.vllm_url}: {sorted(served)}")
+        config_model = config.model
+        if config_model not in served:
+            # A local alias (the default) names no served model; a server with one model serves it.
+            if config_model not in ALIASES or len(served) != 1:
+                raise ValueError(f"model {config_model!r} is not served at {config.vllm_url}: {sorted(served)}")
             config_model = next(iter(served))
-        else:
-            config_model = config.model
         self.model_name = config_model
         self._max_context = int(served[config_model].get("max_model_len") or config.max_context)
 

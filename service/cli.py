@@ -82,6 +82,46 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from service.settings import Settings
+    from service.store import migrate
+
+    url = Settings().database()
+    migrate(url)
+    print(f"job store at the newest revision: {url.split('@')[-1]}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if not args.no_migrate:
+        cmd_migrate(args)
+    uvicorn.run("service.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.celery_app import app
+
+    argv = ["worker", "--loglevel", "INFO" if args.verbose else "WARNING", "-Q", args.queues]
+    argv += ["--concurrency", str(args.concurrency), "--pool", "prefork"]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from service.auth import hash_key, new_key
+    from service.settings import Settings
+    from service.store import Store
+
+    key = new_key()
+    Store(Settings().database()).add_key(args.name, hash_key(key))
+    print(key)
+    print(f"stored the hash of a new key named {args.name!r}; the key is shown only now", file=sys.stderr)
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -128,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     setup = sub.add_parser("setup", help="prepare the default models (converts the GGUF once)")
     setup.set_defaults(func=cmd_setup)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the job store (TOME_DATABASE_URL)")
+    migrate.set_defaults(func=cmd_migrate)
+    serve = sub.add_parser("serve", help="run the job API (uvicorn); migrates the job store first")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--no-migrate", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="run a Celery worker for jobs and webhooks")
+    worker.add_argument("-Q", "--queues", default="cpu,webhooks", help="queues to consume (GPU hosts: gpu)")
+    worker.add_argument("-c", "--concurrency", type=int, default=1, help="processes; each loads the engine once")
+    worker.set_defaults(func=cmd_worker)
+    keys = sub.add_parser("keys", help="create an API key (prints it once; stores its hash)")
+    keys.add_argument("name")
+    keys.set_defaults(func=cmd_keys)
 
     calibrate = sub.add_parser("calibrate", help="tune a compressor for the model (gemfilter: its filter layer)")
     calibrate.add_argument("compressor", choices=["gemfilter"])

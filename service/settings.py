@@ -27,6 +27,37 @@ class Settings(BaseSettings):
     vllm_memory_fraction: float = Field(default=0.3, gt=0, le=1)
     vllm_enforce_eager: bool = True
     embedder: str = "all-MiniLM-L6-v2"
+    qdrant_url: str | None = None  # rag's vector store; unset: Qdrant local mode under home/qdrant
+
+    # The service (API, workers, job store). Embedded default: SQLite under `home`; the stack sets PostgreSQL.
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty: sqlite:///<home>/tome.db")
+    checkpoint_url: str = Field(default="", description="LangGraph checkpoints; empty: beside database_url")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    api_keys: str = Field(default="", description="bootstrap keys, `name:key,name:key`; stored hashed")
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    allow_private_callbacks: bool = Field(default=False, description="development only: loopback/private callbacks")
+    public_url: str = Field(default="http://localhost:8000", description="the API's base URL, for links in webhooks")
+    job_queue: str = "cpu"  # `gpu` sends jobs to the GPU workers
+    webhook_queue: str = "webhooks"
+    job_time_limit: float = Field(default=6 * 3600, gt=0, description="seconds before a running job is killed")
+    broker_visibility_timeout: float = Field(default=7 * 3600, gt=0, description="above the longest job")
+    broker_restore_interval: float = Field(default=10, gt=0, description="seconds between unacked-message sweeps")
+    engine_retries: int = Field(default=3, ge=0, description="retries of a job after a transient engine error")
+    engine_retry_backoff: float = Field(default=30, ge=0, description="first retry delay, doubled each time")
+    # Standard Webhooks schedule (seconds after the previous attempt), jittered by webhook_jitter.
+    webhook_retry_delays: list[float] = [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+    webhook_jitter: float = Field(default=0.2, ge=0, le=1)
+    webhook_timeout: float = Field(default=15, gt=0)
+    webhook_max_retry_after: float = Field(default=86400, gt=0, description="cap on a receiver's Retry-After")
+
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'tome.db'}"
+
+    def checkpoints(self) -> str:
+        if self.checkpoint_url:
+            return self.checkpoint_url
+        url = self.database()
+        return f"sqlite:///{self.home / 'checkpoints.db'}" if url.startswith("sqlite") else url
 
     def engine_config(self, **overrides: object) -> EngineConfig:
         values = {

@@ -122,34 +122,32 @@ def test_gemfilter_with_all_layers_equals_plain_attention_ranking() -> None:
         assert chosen.positions == sorted(smoothed.topk(64).indices.tolist()), queries
 
 
-def needle_document(engine: Engine, tokens: int) -> tuple[str, list]:
-    """About `tokens` tokens of Walden with three magic numbers planted near its start, middle and end."""
-    walden = (EXAMPLES / "walden_long.txt").read_text(encoding="utf-8")
-    ids = engine.tokenize(walden)
+def walden(engine: Engine, tokens: int) -> str:
+    ids = engine.tokenize((EXAMPLES / "walden_long.txt").read_text(encoding="utf-8"))
     assert len(ids) >= tokens, "the Walden example is shorter than the test needs"
-    text = engine.detokenize(ids[:tokens])
+    return engine.detokenize(ids[:tokens])
+
+
+def test_chunked_selection_finds_facts_at_start_middle_and_end_of_32k(engine: Engine) -> None:
+    # Three values for one key (RULER's multi-value needle): one selection must keep all three.
+    text = walden(engine, 32_000)
     rng = random.Random(7)
     needles = []
     for depth in (0.02, 0.5, 0.98):
-        needle = plant_needle(text, depth, rng)
-        text = needle.text
-        needles.append(needle)
-    return text, needles
-
-
-def test_chunked_selection_finds_needles_at_start_middle_and_end_of_32k(engine: Engine) -> None:
-    text, needles = needle_document(engine, 32_000)
+        needles.append(plant_needle(text, depth, rng, key="silent-lantern"))
+        text = needles[-1].text
+    question = "What are all the special magic numbers for silent-lantern mentioned in the provided text?"
+    chosen = select(engine, text, Task(question), GemFilterConfig(top_k=256))
+    assert chosen.passes >= 5  # four or five 8K chunks, then a round over their survivors
+    assert len(chosen.positions) == 256
     for needle in needles:
-        chosen = select(engine, text, Task(needle.question), GemFilterConfig(top_k=256))
-        assert chosen.passes >= 5  # four or five 8K chunks, then a round over the survivors
-        assert len(chosen.positions) == 256
         assert needle.answer in chosen.text, (needle.answer, chosen.text[:400])
-        assert any(e.start <= needle.start and needle.end <= e.end for e in chosen.spans)
+        assert any(needle.answer in e.text for e in chosen.spans)
 
 
 def test_calibration_measures_every_layer_and_is_stored(engine: Engine, tmp_path: Path) -> None:
     haystack = (EXAMPLES / "walden_long.txt").read_text(encoding="utf-8")
-    result = calibrate(engine, haystack, samples=1, length=600, top_k=32)
+    result = calibrate(engine, haystack, samples=1, length=600)
     model = engine.hf_model  # type: ignore[attr-defined]
     assert result.model == model_key(model) == "SmolLM2-135M-Instruct"
     assert len(result.recall_by_layer) == result.num_layers == num_layers(model)
@@ -161,15 +159,14 @@ def test_calibration_measures_every_layer_and_is_stored(engine: Engine, tmp_path
 
 
 def test_strategies_answer_a_needle_through_the_job_graph(engine: Engine) -> None:
-    text, needles = needle_document(engine, 3000)
-    needle = needles[1]
+    needle = plant_needle(walden(engine, 3000), 0.5, random.Random(3))
     task = Task(needle.question, max_answer_tokens=32)
-    result = run_job(Document(text), [task], engine, strategy="gemfilter")
+    result = run_job(Document(needle.text), [task], engine, strategy="gemfilter")
     answer = result.answers[0]
     assert result.strategy == "gemfilter" and answer.details["kept_tokens"] == 1024
     assert needle.answer in answer.text, answer.text
     assert any(needle.answer in e.text for e in answer.evidence)
-    result = run_job(Document(text), [task], TextOnlyEngine(engine), strategy="hard")
+    result = run_job(Document(needle.text), [task], TextOnlyEngine(engine), strategy="hard")
     answer = result.answers[0]
     assert answer.details["stages"] == "coarse"
     assert within(answer.details["compressed_tokens"], answer.details["target_tokens"])

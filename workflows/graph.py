@@ -16,8 +16,12 @@ from langgraph.types import Checkpointer
 
 from engines.base import Engine
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
+from workflows.memagent import add_memagent_loop
 from workflows.registry import get_strategy
 from workflows.router import choose_strategy
+
+# memagent takes one graph step per segment: a 10M-token document is well under this.
+RECURSION_LIMIT = 10_000
 
 
 class JobState(TypedDict, total=False):
@@ -28,6 +32,7 @@ class JobState(TypedDict, total=False):
     strategy: str
     reason: str
     answers: list[dict[str, Any]]
+    reading: dict[str, Any]  # memagent: segments, memories and costs so far (checkpointed per segment)
 
 
 @dataclass
@@ -76,7 +81,9 @@ def build_graph(checkpointer: Checkpointer = None) -> Any:
     graph.add_node("run", run)
     graph.add_edge(START, "analyse")
     graph.add_edge("analyse", "route")
-    graph.add_edge("route", "run")
+    memagent = add_memagent_loop(graph, _engine, _progress, _tasks)
+    # memagent runs as a loop of nodes so that every segment is checkpointed; the others in one node.
+    graph.add_conditional_edges("route", lambda s: memagent if s["strategy"] == "memagent" else "run")
     graph.add_edge("run", END)
     return graph.compile(checkpointer=checkpointer)
 
@@ -106,7 +113,7 @@ def run_job(
     configurable: dict[str, Any] = {"engine": engine, "progress": progress}
     if checkpointer is not None:
         configurable["thread_id"] = thread_id or document.content_hash
-    config: RunnableConfig = {"configurable": configurable}
+    config: RunnableConfig = {"configurable": configurable, "recursion_limit": RECURSION_LIMIT}
     graph = build_graph(checkpointer)
     state: JobState = {
         "document": asdict(document),

@@ -1,0 +1,358 @@
+"""Sparse prefill kernels on the GPU, against dense causal SDPA and FlexAttention on the same pattern, in one run.
+
+bf16, 32 query / 8 KV heads, head dim 128. For each length: dense SDPA (the baseline), the Triton vertical-slash kernel
+and FlexAttention on the same vertical-slash pattern, A-shape (Triton and FlexAttention), block-sparse
+(FlexAttention). `ms` is index building + kernel; `index_ms` and `kernel_ms` split it. `recall` is the share of the
+dense attention mass inside what the kernel computes, on sampled query rows of structured synthetic q/k (see
+`structured_qkv`). Then `e2e_llama1b`: a whole prefill of a Llama-3.2-1B-shaped model with random weights, dense SDPA
+against vertical-slash prefill through the transformers attention registration.
+
+Results: bench/results/kernel-sparse.json and .md.   Run: python -m bench.kernel_bench [--lengths 32768 65536 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import write_results
+from kernels.flex import (
+    a_shape_block_mask,
+    block_sparse_block_mask,
+    flex_sparse_attention,
+    vertical_slash_block_mask,
+)
+from kernels.index import block_sparse_index, vertical_slash_index
+from kernels.patterns import AShape, BlockSparse, VerticalSlash
+from kernels.reference import (
+    a_shape_mask,
+    attention_recall,
+    block_sparse_mask,
+    causal_mask,
+    masked_attention,
+    vertical_slash_mask,
+)
+from kernels.triton_vertical_slash import a_shape_index, layout_mask, vertical_slash_attention, vertical_slash_layout
+
+HQ, HKV, D = 32, 8, 128
+VS = VerticalSlash()  # MInference's default budget: 1000 vertical, 6096 slash
+# the same budget as caps, cut where the kept columns / diagonals hold this share of the estimated mass
+VS_ADAPTIVE = [VerticalSlash(mass=0.95), VerticalSlash(mass=0.9)]
+A_SHAPE = AShape(sink=64, window=4096)
+BLOCK_SPARSE = BlockSparse(block=128, top=64)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): the best per length is kept
+TRITON_CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 2), (128, 64, 4, 2)]
+
+for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_cache_size_limit", 4096)):
+    if hasattr(torch._dynamo.config, name):  # one compiled FlexAttention per length and pattern
+        setattr(torch._dynamo.config, name, value)
+
+
+def rope(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    d = x.shape[-1]
+    inv = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    ang = torch.arange(x.shape[2], device=x.device, dtype=torch.float32)[:, None] * inv[None, :]
+    cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def structured_qkv(length: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Synthetic q/k with the structure real heads show: locality (a shared component that RoPE turns into a
+    distance-decaying bias), heavy key columns (sinks and 64 random 'vertical' keys per KV head that all queries
+    like), and echoes (keys that resemble the query a fixed distance later: slash lines at a few offsets)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    group = HQ // HKV
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, device=device)
+
+    base = randn(HKV, D) * 0.8
+    u = randn(HKV, D)
+    u = u / u.norm(dim=-1, keepdim=True) * math.sqrt(D)
+    k = randn(1, HKV, length, D) * 0.5 + base[None, :, None]
+    q = randn(1, HQ, length, D) * 0.5 + (base + 0.3 * u).repeat_interleave(group, 0)[None, :, None]
+    heavy = torch.cat([torch.arange(4, device=device), torch.randint(4, length, (64,), generator=g, device=device)])
+    k[:, :, heavy] += 0.8 * u[None, :, None]
+    for off in (517, 2048, 9999):
+        if off < length:
+            echo = q[:, ::group, off:]
+            k[:, :, : length - off] += 0.4 * echo
+    v = randn(1, HKV, length, D)
+    return rope(q).bfloat16(), rope(k).bfloat16(), v.bfloat16()
+
+
+def gpu_ms(fn: Callable[[], Any], reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def density(mask, rows: torch.Tensor, length: int) -> float:
+    kept = sum(mask(r).float().sum().item() for r in rows.split(16))
+    causal = sum(causal_mask(length)(r).float().sum().item() for r in rows.split(16)) * HQ
+    return kept / causal
+
+
+def row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, kernel_ms: float, **extra: Any) -> dict:
+    ms = index_ms + kernel_ms
+    r = {
+        "kernel": kernel,
+        "impl": impl,
+        "length": length,
+        "ms": round(ms, 3),
+        "baseline": "dense_sdpa",
+        "baseline_ms": round(dense_ms, 3),
+        "speedup": round(dense_ms / ms, 2),
+        "index_ms": round(index_ms, 3),
+        "kernel_ms": round(kernel_ms, 3),
+        "index_share": round(index_ms / ms, 3),
+    }
+    r.update(extra)
+    print(r, flush=True)
+    return r
+
+
+def bench_length(length: int, reps: int, attempt: Callable[[Callable[[], Any], Any], Any]) -> list[dict]:
+    q, k, v = structured_qkv(length, "cuda")
+    rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
+    recall = lambda mask: round(attention_recall(q, k, mask, rows_at, chunk=16), 4)  # noqa: E731
+    out: list[dict] = []
+
+    # KV heads repeated outside the timing, so SDPA takes its fastest (non-GQA) kernel
+    kv = (k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1))
+    dense_ms = gpu_ms(partial(F.scaled_dot_product_attention, q, *kv, is_causal=True), reps)
+    del kv
+    out.append(row("dense_sdpa", "sdpa", length, dense_ms, 0.0, dense_ms, recall=1.0, density=1.0))
+
+    def vs_triton(pattern: VerticalSlash, configs: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+        index_ms = gpu_ms(lambda: vertical_slash_index(q, k, pattern), reps)
+        vertical, slash = vertical_slash_index(q, k, pattern)
+        best = None
+        for bm, bn, warps, stages in configs:
+            lay = vertical_slash_layout(vertical, slash, length, bm, bn)
+            t = gpu_ms(partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages), reps)
+            print(f"  triton config {(bm, bn, warps, stages)}: {t:.2f} ms", flush=True)
+            if best is None or t < best[0]:
+                best = (t, (bm, bn, warps, stages), lay)
+        kernel_ms, config, lay = best
+        layout_ms = gpu_ms(lambda: vertical_slash_layout(vertical, slash, length, config[0], config[1]), reps)
+        mask = layout_mask(lay, 1, HQ, length)
+        out.append(
+            row(
+                "vertical_slash",
+                "triton",
+                length,
+                dense_ms,
+                index_ms + layout_ms,
+                kernel_ms,
+                recall=recall(mask),
+                density=round(density(mask, rows_at, length), 4),
+                pattern=str(pattern),
+                config=str(config),
+                chunks_per_head=round(lay.chunk_count.float().mean().item(), 1),
+                verticals_per_head=round((vertical < length).sum(-1).float().mean().item(), 1),
+            )
+        )
+        vs_flex(pattern, vertical, slash, index_ms, out[-1]["ms"])
+        return config
+
+    def vs_flex(
+        pattern: VerticalSlash, vertical: torch.Tensor, slash: torch.Tensor, index_ms: float, triton_ms: float
+    ) -> None:
+        bmask_ms = gpu_ms(lambda: vertical_slash_block_mask(vertical, slash, length), reps)
+        bmask = vertical_slash_block_mask(vertical, slash, length)
+        flex_ms = gpu_ms(partial(flex_sparse_attention, q, k, v, bmask), reps)
+        exact = vertical_slash_mask(length, vertical, slash)
+        total = index_ms + bmask_ms + flex_ms
+        out.append(
+            row(
+                "vertical_slash",
+                "flex",
+                length,
+                dense_ms,
+                index_ms + bmask_ms,
+                flex_ms,
+                recall=recall(exact),
+                density=round(density(exact, rows_at, length), 4),
+                pattern=str(pattern),
+                triton_speedup_over_flex=round(total / triton_ms, 2),
+            )
+        )
+
+    # a_shape: Triton (the vertical-slash kernel with sinks as verticals and the window as slashes) and FlexAttention
+    def a_shape_triton(config: tuple[int, int, int, int]) -> None:
+        bm, bn, warps, stages = config
+        a_lay = vertical_slash_layout(*a_shape_index(1, HQ, A_SHAPE, length, q.device), length, bm, bn)
+        a_ms = gpu_ms(partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages), reps)
+        out.append(row("a_shape", "triton", length, dense_ms, 0.0, a_ms, recall=recall(a_shape_mask(length, A_SHAPE))))
+
+    def a_shape_flex() -> None:
+        a_bmask_ms = gpu_ms(lambda: a_shape_block_mask(length, A_SHAPE, q.device), reps)
+        a_bmask = a_shape_block_mask(length, A_SHAPE, q.device)
+        a_flex_ms = gpu_ms(partial(flex_sparse_attention, q, k, v, a_bmask), reps)
+        a_rec = recall(a_shape_mask(length, A_SHAPE))
+        out.append(row("a_shape", "flex", length, dense_ms, a_bmask_ms, a_flex_ms, recall=a_rec))
+
+    def block_sparse_flex() -> None:
+        bs_index_ms = gpu_ms(lambda: block_sparse_block_mask(block_sparse_index(q, k, BLOCK_SPARSE), length), reps)
+        blocks = block_sparse_index(q, k, BLOCK_SPARSE)
+        bs_bmask = block_sparse_block_mask(blocks, length)
+        bs_ms = gpu_ms(partial(flex_sparse_attention, q, k, v, bs_bmask), reps)
+        bs_mask = block_sparse_mask(length, blocks, BLOCK_SPARSE.block)
+        rec, dens = recall(bs_mask), round(density(bs_mask, rows_at, length), 4)
+        out.append(row("block_sparse", "flex", length, dense_ms, bs_index_ms, bs_ms, recall=rec, density=dens))
+
+    config = attempt(partial(vs_triton, VS, TRITON_CONFIGS), TRITON_CONFIGS[0])
+    for pattern in VS_ADAPTIVE:
+        attempt(partial(vs_triton, pattern, [config]), None)
+    attempt(partial(a_shape_triton, config), None)
+    attempt(a_shape_flex, None)
+    attempt(block_sparse_flex, None)
+    return out
+
+
+def correctness_checks(length: int = 4096) -> dict[str, float]:
+    """Max abs difference of each GPU kernel from the plain-torch reference on the same mask (bf16)."""
+    q, k, v = structured_qkv(length, "cuda", seed=1)
+    vertical, slash = vertical_slash_index(q, k, VerticalSlash(vertical=200, slash=600))
+    lay = vertical_slash_layout(vertical, slash, length)
+    a_lay = vertical_slash_layout(*a_shape_index(1, HQ, AShape(64, 512), length, q.device), length)
+    blocks = block_sparse_index(q, k, BlockSparse(block=128, top=8))
+    pairs = {
+        "vertical_slash_triton": (vertical_slash_attention(q, k, v, lay), layout_mask(lay, 1, HQ, length)),
+        "vertical_slash_flex": (
+            flex_sparse_attention(q, k, v, vertical_slash_block_mask(vertical, slash, length)),
+            vertical_slash_mask(length, vertical, slash),
+        ),
+        "a_shape_triton": (vertical_slash_attention(q, k, v, a_lay), layout_mask(a_lay, 1, HQ, length)),
+        "a_shape_flex": (
+            flex_sparse_attention(q, k, v, a_shape_block_mask(length, AShape(64, 512), q.device)),
+            a_shape_mask(length, AShape(64, 512)),
+        ),
+        "block_sparse_flex": (
+            flex_sparse_attention(q, k, v, block_sparse_block_mask(blocks, length)),
+            block_sparse_mask(length, blocks, 128),
+        ),
+    }
+    checks = {}
+    for name, (got, mask) in pairs.items():
+        ref = masked_attention(q.float(), k.float(), v.float(), mask)
+        checks[name] = round((got.float() - ref).abs().max().item(), 4)
+    print("checks", checks, flush=True)
+    return checks
+
+
+def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engines.sparse_attention import attention_implementation, register_sparse_attention
+
+    cfg = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        max_position_embeddings=max(lengths),
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    impls = {
+        attention_implementation("vertical_slash", "llama1b"): VS,
+        register_sparse_attention("vertical_slash_m95", VS_ADAPTIVE[0]): VS_ADAPTIVE[0],
+    }
+    out = []
+    for length in lengths:
+        ids = torch.randint(0, cfg.vocab_size, (1, length), device="cuda")
+        ms = {}
+        for impl in ("sdpa", *impls):
+            model.set_attn_implementation(impl)
+            with torch.inference_mode():
+                ms[impl] = gpu_ms(partial(model, ids, logits_to_keep=1), reps)
+        for impl, pattern in impls.items():
+            out.append(
+                row(
+                    "e2e_llama1b",
+                    "vertical_slash",
+                    length,
+                    ms["sdpa"],
+                    0.0,
+                    ms[impl],
+                    recall=None,
+                    pattern=str(pattern),
+                    model="Llama-3.2-1B shape, random weights",
+                )
+            )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072, 262144])
+    ap.add_argument("--e2e-lengths", type=int, nargs="*", default=[65536, 131072])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--name", default="kernel-sparse")
+    args = ap.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    meta = {
+        "code_commit": os.environ.get("KERNELS_COMMIT", "unknown"),  # the GPU gets a copy of the tree without git
+        "machine": f"{props.name}, torch {torch.__version__}",
+        "heads": f"{HQ} query / {HKV} KV, head dim {D}, bf16",
+        "patterns": {"vertical_slash": str(VS), "a_shape": str(A_SHAPE), "block_sparse": str(BLOCK_SPARSE)},
+    }
+    start = time.time()
+    errors: list[str] = []
+
+    def attempt(fn: Callable[[], Any], default: Any) -> Any:
+        # one failing part (a compile, an OOM) must not lose the rest of a long GPU run
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            errors.append(f"{fn}: {exc!r}"[:500])
+            torch.cuda.empty_cache()
+            return default
+
+    meta["checks"] = attempt(correctness_checks, {})
+    rows: list[dict] = []
+
+    def save() -> None:
+        write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, errors=errors, **meta)
+
+    for length in args.lengths:
+        rows += attempt(partial(bench_length, length, args.reps, attempt), [])
+        torch.cuda.empty_cache()
+        save()
+        print(f"done {length} at {time.time() - start:.0f}s", flush=True)
+    if args.e2e_lengths:
+        rows += attempt(partial(bench_e2e_llama1b, args.e2e_lengths, max(1, args.reps - 1)), [])
+        save()
+    print(f"total {time.time() - start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""One entry point for sparse prefill: build the pattern's index from q and k, then run the fastest implementation
+for the device (Triton vertical-slash kernel or FlexAttention on CUDA, the plain-torch reference elsewhere)."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.index import vertical_slash_index
+from kernels.patterns import AShape, BlockSparse, Pattern, VerticalSlash
+from kernels.reference import masked_attention, pattern_mask, vertical_slash_mask
+
+
+def sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, scale: float | None = None
+) -> torch.Tensor:
+    """Causal prefill attention restricted to `pattern`. q [B, Hq, L, D], k/v [B, Hkv, L, D]; returns [B, Hq, L, D]."""
+    if not q.is_cuda:
+        return masked_attention(q, k, v, pattern_mask(q, k, pattern, scale), scale)
+    if isinstance(pattern, VerticalSlash):
+        return vertical_slash_from_index(q, k, v, *vertical_slash_index(q, k, pattern, scale), scale)
+    if isinstance(pattern, AShape):
+        from kernels.triton_vertical_slash import a_shape_index
+
+        vertical, slash = a_shape_index(q.shape[0], q.shape[1], pattern, q.shape[2], q.device)
+        return vertical_slash_from_index(q, k, v, vertical, slash, scale)
+    if isinstance(pattern, BlockSparse):
+        from kernels.flex import flex_sparse_attention, pattern_block_mask
+
+        return flex_sparse_attention(q, k, v, pattern_block_mask(q, k, pattern, scale), scale)
+    raise TypeError(f"unknown pattern {pattern!r}")
+
+
+def vertical_slash_from_index(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    vertical: torch.Tensor,
+    slash: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Causal attention over a given vertical-slash index (Triton on CUDA, the reference elsewhere)."""
+    if not q.is_cuda:
+        return masked_attention(q, k, v, vertical_slash_mask(q.shape[2], vertical, slash), scale)
+    from kernels.triton_vertical_slash import vertical_slash_attention, vertical_slash_layout
+
+    return vertical_slash_attention(q, k, v, vertical_slash_layout(vertical, slash, q.shape[2]), scale)

@@ -1,0 +1,101 @@
+"""Online index builders: which keys each query head reads, estimated from q and k (plain tensor functions).
+
+Shapes: q [B, Hq, L, D], k [B, Hkv, L, D] with Hq a multiple of Hkv (GQA); indices are per query head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels.patterns import BlockSparse, VerticalSlash
+
+
+def grouped_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """q·kᵀ for every query head against its KV head without repeating k: [B, Hq, Lq, Lk] in float32."""
+    b, hq, lq, d = q.shape
+    hkv = k.shape[1]
+    qg = q.reshape(b, hkv, (hq // hkv) * lq, d)
+    s = torch.matmul(qg, k.transpose(-1, -2)).float() * scale
+    return s.reshape(b, hq, lq, k.shape[2])
+
+
+def vertical_slash_index(
+    q: torch.Tensor, k: torch.Tensor, cfg: VerticalSlash, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top vertical columns and slash offsets (q_pos - k_pos) per head, from the last `cfg.last_q` queries.
+
+    Returns (vertical [B, Hq, NV], slash [B, Hq, NS]), both sorted ascending, int64. With `cfg.mass`, unused vertical
+    slots hold L (past every column) and unused slash slots repeat offset 0.
+    """
+    length = q.shape[2]
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    r = min(cfg.last_q, length)
+    s = grouped_scores(q[:, :, -r:], k, scale)  # [B, H, r, L]
+    rows = torch.arange(length - r, length, device=q.device)[:, None]
+    cols = torch.arange(length, device=q.device)[None, :]
+    s.masked_fill_(cols > rows, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+
+    vertical_score = p.sum(dim=2)
+    vertical = top_indices(vertical_score, cfg.sink, cfg.vertical, cfg.mass, pad=length)
+
+    # Diagonal sums: flip the columns so that offset o of row i sits at column o + (r - 1 - i), then read the
+    # diagonals as columns of a strided view (MInference's sum_all_diagonal_matrix idea).
+    b, h = p.shape[:2]
+    buf = torch.zeros(b, h, r, length + r, dtype=p.dtype, device=p.device)
+    buf[..., :length] = p.flip(-1)
+    width = length + r
+    skew = buf.as_strided((b, h, r, length), (h * r * width, r * width, width - 1, 1), storage_offset=r - 1)
+    slash_score = skew.sum(dim=2)
+    slash = top_indices(slash_score, cfg.window, cfg.slash, cfg.mass, pad=0)
+    return vertical, slash
+
+
+def top_indices(score: torch.Tensor, forced: int, budget: int, mass: float | None, pad: int) -> torch.Tensor:
+    """The first `forced` positions plus the top-scored others, `budget` in all, sorted ascending [B, H, N].
+
+    With `mass`, each head keeps only the shortest prefix of that ranking holding `mass` of its score; the rest of
+    the row is filled with `pad` (a position the caller treats as absent or as a duplicate).
+    """
+    n = min(budget, score.shape[-1])
+    ranked = score.clone()
+    ranked[..., :forced] = float("inf")
+    top = ranked.topk(n, dim=-1).indices
+    if mass is not None:
+        taken = score.gather(-1, top).cumsum(-1)
+        total = score.sum(-1, keepdim=True)
+        keep = torch.cat([torch.ones_like(taken[..., :1], dtype=torch.bool), taken[..., :-1] < mass * total], -1)
+        keep[..., : min(forced, n)] = True
+        top = torch.where(keep, top, pad)
+    return top.sort(dim=-1).values
+
+
+def block_sparse_index(q: torch.Tensor, k: torch.Tensor, cfg: BlockSparse, scale: float | None = None) -> torch.Tensor:
+    """Key blocks each query block reads, from mean-pooled q·k: bool [B, Hq, nQB, nKB], causal.
+
+    The first block (sinks) and the diagonal block are always kept.
+    """
+    b, hq, length, d = q.shape
+    scale = scale if scale is not None else 1.0 / math.sqrt(d)
+    n = -(-length // cfg.block)
+    pad = n * cfg.block - length
+    counts = torch.full((n,), float(cfg.block), device=q.device)
+    counts[-1] = cfg.block - pad
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.pad(x.float(), (0, 0, 0, pad))
+        return x.reshape(b, x.shape[1], n, cfg.block, d).sum(dim=3) / counts[:, None]
+
+    s = grouped_scores(pool(q), pool(k), scale)  # [B, H, n, n]
+    qb = torch.arange(n, device=q.device)[:, None]
+    kb = torch.arange(n, device=q.device)[None, :]
+    s.masked_fill_(kb > qb, float("-inf"))
+    s[..., 0] = float("inf")
+    s.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    top = min(cfg.top, n)
+    picked = s.topk(top, dim=-1).indices
+    mask = torch.zeros(b, hq, n, n, dtype=torch.bool, device=q.device)
+    mask.scatter_(-1, picked, True)
+    return mask & (kb <= qb)

@@ -1,0 +1,49 @@
+"""Sparse prefill patterns: one flat config each, as MInference assigns them per head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AShape:
+    """Attention sinks plus a local window (StreamingLLM's static pattern)."""
+
+    sink: int = 64
+    window: int = 4096
+
+
+@dataclass(frozen=True)
+class VerticalSlash:
+    """Top key columns and top diagonals, estimated online from the last queries (MInference's defaults)."""
+
+    vertical: int = 1000
+    slash: int = 6096
+    last_q: int = 64
+    sink: int = 30  # first columns always kept as verticals
+    window: int = 100  # nearest diagonals always kept as slashes
+    # With `mass`, the budgets are caps: keep only the top columns (and diagonals) that together hold this share of
+    # the estimated attention mass (FlexPrefill's cumulative threshold). Scattered low-score picks cost whole key
+    # chunks in the kernel while adding almost no mass.
+    mass: float | None = None
+
+
+@dataclass(frozen=True)
+class BlockSparse:
+    """Top-k key blocks per query block, scored by mean-pooled q·k."""
+
+    block: int = 128
+    top: int = 64  # key blocks per query block, the sink block and the diagonal block included
+
+
+Pattern = AShape | VerticalSlash | BlockSparse
+
+PATTERNS: dict[str, type[AShape] | type[VerticalSlash] | type[BlockSparse]] = {
+    "a_shape": AShape,
+    "vertical_slash": VerticalSlash,
+    "block_sparse": BlockSparse,
+}
+
+
+def pattern_name(pattern: Pattern) -> str:
+    return next(name for name, cls in PATTERNS.items() if isinstance(pattern, cls))

@@ -1,0 +1,287 @@
+"""Vertical-slash prefill attention in Triton: slash lines read as contiguous key chunks, vertical columns gathered.
+
+As in MInference's mixed kernel, each query block walks (1) contiguous key chunks that cover its slash lines and
+(2) the vertical columns, gathered row by row, that those chunks did not already cover. Unlike MInference, the chunk
+list depends only on the head, not on the query block: a slash at offset s needs columns [m·BM - s, m·BM - s + BM)
+for query block m, so in coordinates relative to the block start the union of those ranges is the same for every
+block. That makes the layout a few vectorised torch ops instead of a per-block CUDA pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.patterns import AShape
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the kernel walks, per (batch, head) row `bh`, with nM query blocks."""
+
+    chunk_start: torch.Tensor  # [BH, C] int32: chunk start relative to the query block's first row, ascending
+    chunk_begin: torch.Tensor  # [BH, nM] int32: first chunk that reaches column 0 for this query block
+    chunk_count: torch.Tensor  # [BH] int32
+    vertical: torch.Tensor  # [BH, NV] int32, ascending
+    vertical_count: torch.Tensor  # [BH, nM] int32: verticals before this query block's end
+    covered: torch.Tensor  # [BH, L + BM + BN] int8: 1 where offset - L (relative to the block start) is in a chunk
+    block_m: int
+    block_n: int
+
+
+def vertical_slash_layout(
+    vertical: torch.Tensor, slash: torch.Tensor, length: int, block_m: int = 64, block_n: int = 64
+) -> Layout:
+    """Turn per-head vertical columns [B, H, NV] and slash offsets [B, H, NS] (sorted ascending) into a Layout."""
+    dev = slash.device
+    bh = slash.shape[0] * slash.shape[1]
+    n_m = -(-length // block_m)
+    # Column ranges of each slash relative to the block start, ascending: [a, a + BM - 1] with a = -s.
+    a = -slash.reshape(bh, -1).flip(-1)
+    # Merge ranges into segments; ranges closer than BN columns merge too, so that chunks never overlap.
+    new = torch.ones_like(a, dtype=torch.bool)
+    new[:, 1:] = (a[:, 1:] - a[:, :-1]) >= block_m + block_n - 1
+    last = torch.ones_like(new)
+    last[:, :-1] = new[:, 1:]
+    seg_start = a[new]  # flattened over heads, in order
+    seg_end = a[last] + block_m - 1
+    seg_head = torch.arange(bh, device=dev)[:, None].expand_as(a)[new]
+    n_chunks = (seg_end - seg_start + block_n) // block_n
+    chunk_seg = torch.repeat_interleave(torch.arange(seg_start.numel(), device=dev), n_chunks)
+    first_chunk_of_seg = torch.cumsum(n_chunks, 0) - n_chunks
+    j = torch.arange(chunk_seg.numel(), device=dev) - first_chunk_of_seg[chunk_seg]
+    starts = seg_start[chunk_seg] + j * block_n
+    heads = seg_head[chunk_seg]
+    per_head = torch.zeros(bh, dtype=torch.long, device=dev).index_add_(0, heads, torch.ones_like(heads))
+    width = int(per_head.max().item())
+    pos = torch.arange(heads.numel(), device=dev) - (torch.cumsum(per_head, 0) - per_head)[heads]
+    # Padding chunks sit past every block's end, so searchsorted and the kernel's loop bound both ignore them.
+    chunk_start = torch.full((bh, width), length + block_m, dtype=torch.long, device=dev)
+    chunk_start[heads, pos] = starts
+    block_first_col = torch.arange(n_m, device=dev) * block_m
+    chunk_begin = torch.searchsorted(chunk_start + block_n - 1, (-block_first_col)[None, :].expand(bh, -1).contiguous())
+
+    cw = length + block_m + block_n
+    edges = torch.zeros(bh, cw + 1, dtype=torch.int32, device=dev)
+    ones = torch.ones_like(heads, dtype=torch.int32)
+    edges.index_put_((heads, starts + length), ones, accumulate=True)
+    edges.index_put_((heads, starts + length + block_n), -ones, accumulate=True)
+    covered = (torch.cumsum(edges, -1)[:, :cw] > 0).to(torch.int8)
+
+    vert = vertical.reshape(bh, -1).contiguous()
+    vertical_count = torch.searchsorted(vert, (block_first_col + block_m)[None, :].expand(bh, -1).contiguous())
+    return Layout(
+        chunk_start.to(torch.int32).contiguous(),
+        chunk_begin.to(torch.int32).contiguous(),
+        per_head.to(torch.int32),
+        vert.to(torch.int32),
+        vertical_count.to(torch.int32).contiguous(),
+        covered.contiguous(),
+        block_m,
+        block_n,
+    )
+
+
+@triton.jit
+def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk_scale):
+    k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
+    v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+    qk = tl.dot(q, tl.trans(k))
+    keep = valid[None, :] & (cols[None, :] <= rows[:, None])
+    qk = tl.where(keep, qk * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet: keep everything at zero
+    p = tl.math.exp2(qk - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _vertical_slash_fwd(
+    Q,
+    K,
+    V,
+    Out,
+    chunk_start,
+    chunk_begin,
+    chunk_count,
+    vertical,
+    vertical_count,
+    covered,
+    qk_scale,
+    length,
+    n_m,
+    n_chunk_cols,
+    n_vertical_cols,
+    n_covered_cols,
+    sqb,
+    sqh,
+    sqn,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sob,
+    soh,
+    son,
+    H: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    hkv = h // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HEAD_DIM)
+    n = tl.arange(0, BLOCK_N)
+    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + d[None, :], mask=rows[:, None] < length, other=0.0)
+    k_base = K + b * skb + hkv * skh
+    v_base = V + b * svb + hkv * svh
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    block_start = pid_m * BLOCK_M
+
+    # Slash lines: contiguous chunks, already sorted so that the first useful one is known.
+    c_lo = tl.load(chunk_begin + pid_bh * n_m + pid_m)
+    c_hi = tl.load(chunk_count + pid_bh)
+    for c in range(c_lo, c_hi):
+        start = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
+        cols = start + n
+        valid = (cols >= 0) & (cols < length)
+        m_i, l_i, acc = _online_softmax_step(
+            q,
+            k_base + cols[:, None] * skn + d[None, :],
+            v_base + cols[:, None] * svn + d[None, :],
+            valid,
+            rows,
+            cols,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+        )
+
+    # Vertical columns: gathered; those a chunk already covered are skipped so nothing is counted twice.
+    nv = tl.load(vertical_count + pid_bh * n_m + pid_m)
+    for i in range(0, nv, BLOCK_N):
+        idx = i + n
+        in_list = idx < nv
+        cols = tl.load(vertical + pid_bh * n_vertical_cols + idx, mask=in_list, other=0)
+        cov = tl.load(covered + pid_bh * n_covered_cols + cols - block_start + length, mask=in_list, other=1)
+        valid = in_list & (cov == 0) & (cols < length)  # padding slots hold L
+        m_i, l_i, acc = _online_softmax_step(
+            q,
+            k_base + cols[:, None] * skn + d[None, :],
+            v_base + cols[:, None] * svn + d[None, :],
+            valid,
+            rows,
+            cols,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+        )
+
+    acc = acc / l_i[:, None]
+    o_ptrs = Out + b * sob + h * soh + rows[:, None] * son + d[None, :]
+    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=rows[:, None] < length)
+
+
+def vertical_slash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    scale: float | None = None,
+    num_warps: int = 4,
+    num_stages: int = 3,  # best on the H100 at 32K-256K (bench/kernel_bench.py)
+) -> torch.Tensor:
+    """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
+
+    Returns [B, Hq, L, D], a transposed view of a [B, L, Hq, D] tensor (what transformers wants back).
+    """
+    b, hq, length, d = q.shape
+    hkv = k.shape[1]
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "head dim must be contiguous"
+    scale = scale if scale is not None else 1.0 / math.sqrt(d)
+    out = torch.empty(b, length, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    n_m = -(-length // layout.block_m)
+    grid = (n_m, b * hq)
+    _vertical_slash_fwd[grid](
+        q,
+        k,
+        v,
+        out,
+        layout.chunk_start,
+        layout.chunk_begin,
+        layout.chunk_count,
+        layout.vertical,
+        layout.vertical_count,
+        layout.covered,
+        scale * 1.4426950408889634,
+        length,
+        n_m,
+        layout.chunk_start.shape[1],
+        layout.vertical.shape[1],
+        layout.covered.shape[1],
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        H=hq,
+        GROUP=hq // hkv,
+        BLOCK_M=layout.block_m,
+        BLOCK_N=layout.block_n,
+        HEAD_DIM=d,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out
+
+
+def layout_mask(layout: Layout, batch: int, heads: int, length: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The token mask the kernel computes (whole chunks: a superset of the slash lines), for the reference."""
+
+    def fn(rows: torch.Tensor) -> torch.Tensor:
+        cols = torch.arange(length, device=rows.device)
+        offset = cols[None, :] - (rows // layout.block_m * layout.block_m)[:, None] + length  # [R, L]
+        offset = offset.clamp(max=layout.covered.shape[1] - 1)  # columns past the block are causal-masked below
+        bh = layout.covered.shape[0]
+        m = layout.covered[:, offset.reshape(-1)].reshape(bh, rows.numel(), length).bool()
+        vertical = torch.zeros(bh, length + 1, dtype=torch.bool, device=rows.device)
+        vertical.scatter_(1, layout.vertical.long(), True)  # padding (L) lands in the spare column
+        m |= vertical[:, None, :length]
+        return m.reshape(batch, heads, rows.numel(), length) & (cols[None, :] <= rows[:, None])
+
+    return fn
+
+
+def a_shape_index(
+    batch: int, heads: int, cfg: AShape, length: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A-shape as a vertical-slash index: the sinks are verticals, the window is the first slashes."""
+    vertical = torch.arange(min(cfg.sink, length), device=device).expand(batch, heads, -1)
+    slash = torch.arange(min(cfg.window, length), device=device).expand(batch, heads, -1)
+    return vertical, slash

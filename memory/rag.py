@@ -1,0 +1,158 @@
+"""`rag`: retrieve long units of the document (LongRAG-style) up to what the engine can read, then answer.
+
+Passages of at most the embedder's window (256 word pieces for MiniLM) are embedded and indexed once per
+document. A retrieval unit is a few thousand engine tokens of consecutive passages, scored by its best
+passage (max pooling: one sentence holding the answer is enough to pick its unit). Units are taken best
+first until the engine's context is full, then put back in document order so the model reads a coherent text.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.base import Engine
+from engines.prompting import answer_each, answer_overhead
+from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind
+from memory.embedder import Embedder, get_embedder
+from memory.index import IndexSpec, PassageIndex, open_client
+from memory.spans import Span, pack, split_sentences
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    # Unset: read at use from TOME_EMBEDDER, TOME_QDRANT_URL, TOME_HOME (strategies sit below the service settings).
+    embedder: str | None = None
+    qdrant_url: str | None = None
+    qdrant_path: Path | None = None  # local mode, used when there is no URL
+    passage_tokens: int = 128  # embedder word pieces per passage: a short fact dominates a short passage
+    unit_tokens: int = 1024  # engine tokens per retrieval unit
+    # Retrieved tokens read per question; None: all the engine's context. SmolLM2-135M finds a fact in 1-4K
+    # tokens but not in 7K (bench/results/memory_needles_h100.md), so the default reads three units.
+    read_tokens: int | None = 3072
+    search_passages: int = 64  # passages fetched per question; units are scored from these
+    margin_tokens: int = 64
+    min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    units: list[Span]  # what the model reads, in document order
+    scores: list[float]  # each unit's best passage score
+    index: str  # "built", "reused" or "rebuilt (why)"
+    passages: int
+
+
+class RagInputError(ValueError):
+    """The request cannot be answered this way (empty document, question too long for the budget)."""
+
+
+def passages(text: str, embedder: Embedder, tokens: int) -> list[Span]:
+    """Consecutive sentence-aligned spans of at most `tokens` word pieces (and never past the embedder's window)."""
+    sentences = split_sentences(text)
+    sizes = embedder.model.tokenizer([text[s:e] for s, e in sentences], add_special_tokens=False)["input_ids"]
+    size_of = {span: len(ids) for span, ids in zip(sentences, sizes, strict=True)}
+    return pack(sentences, lambda s: size_of[s], min(tokens, embedder.max_tokens))
+
+
+class Rag:
+    name = "rag"
+
+    def __init__(self, config: RagConfig | None = None) -> None:
+        self.config = config or RagConfig()
+
+    def context_budget(self, tasks: Sequence[Task], engine: Engine) -> int:
+        room = engine.max_context - max(answer_overhead(engine, t) for t in tasks) - self.config.margin_tokens
+        return min(room, self.config.read_tokens or room)
+
+    def fits(self, document_tokens: int, tasks: Sequence[Task], engine: Engine) -> bool:
+        # Retrieval answers questions and extractions; a summary needs the whole text, not its best matches.
+        return (
+            document_tokens > 0
+            and all(t.kind != TaskKind.SUMMARY for t in tasks)
+            and self.context_budget(tasks, engine) >= self.config.min_context_tokens
+        )
+
+    def index(self, document: Document, embedder: Embedder, progress: Progress) -> tuple[PassageIndex, list[Span], str]:
+        """The document's passage index, built now if missing or built by another embedder."""
+        c = self.config
+        size = min(c.passage_tokens, embedder.max_tokens)
+        spans = passages(document.text, embedder, size)
+        url = c.qdrant_url or os.environ.get("TOME_QDRANT_URL") or None
+        home = Path(os.environ.get("TOME_HOME", Path.home() / ".cache" / "tome")).expanduser()
+        client = open_client(None if url else c.qdrant_path or home / "qdrant", url)
+        index = PassageIndex(client, document.content_hash, IndexSpec(embedder.name, embedder.dim, size))
+        status = index.status()
+        if status == "ready":
+            return index, spans, "reused"
+        progress(0, 2, f"indexing {len(spans)} passages")
+        vectors = embedder.embed([document.text[s:e] for s, e in spans])
+        index.build(spans, vectors)
+        return index, spans, "built" if status == "missing" else f"rebuilt ({status})"
+
+    def _check(self, document: Document, tasks: Sequence[Task], engine: Engine) -> int:
+        c = self.config
+        if not tasks:
+            raise RagInputError("rag needs at least one task")
+        if not document.text.strip():
+            raise RagInputError("the document is empty: there is nothing to retrieve from")
+        budget = self.context_budget(tasks, engine)
+        if budget < c.min_context_tokens:
+            longest = max(engine.count_tokens(t.question) for t in tasks)
+            raise RagInputError(
+                f"the question ({longest} tokens) leaves {max(budget, 0)} tokens for retrieved text in the engine's "
+                f"{engine.max_context}-token context; at least {c.min_context_tokens} are needed: shorten the question"
+            )
+        return budget
+
+    def retrieve(
+        self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress
+    ) -> list[Retrieved]:
+        """Per task: the units to read (document order), their scores, and how the index was obtained."""
+        c = self.config
+        budget = self._check(document, tasks, engine)
+        embedder = get_embedder(c.embedder or os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2"))
+        index, spans, built = self.index(document, embedder, progress)
+        progress(1, 2, f"retrieving ({built} index)")
+        text = document.text
+        per_char = engine.count_tokens(text) / len(text)
+        units = pack(spans, lambda s: int((s[1] - s[0]) * per_char) + 1, min(c.unit_tokens, budget))
+        unit_of = []
+        u = 0
+        for s, _ in spans:
+            while s >= units[u][1]:
+                u += 1
+            unit_of.append(u)
+        retrieved = []
+        for q in embedder.embed([t.question for t in tasks]):
+            scores: dict[int, float] = {}  # a unit scores as its best passage
+            for pid, score in index.search(q, min(c.search_passages, len(spans))):
+                scores[unit_of[pid]] = max(scores.get(unit_of[pid], -1.0), score)
+            chosen: list[int] = []
+            used = 0
+            for unit in sorted(scores, key=scores.__getitem__, reverse=True):
+                n = engine.count_tokens(text[units[unit][0] : units[unit][1]]) + 2
+                if used + n <= budget:
+                    chosen.append(unit)
+                    used += n
+            chosen.sort()  # document order: the model reads the units as the text runs
+            retrieved.append(
+                Retrieved([units[u] for u in chosen], [round(scores[u], 4) for u in chosen], built, len(spans))
+            )
+        return retrieved
+
+    def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
+        start = time.perf_counter()
+        retrieved = self.retrieve(document, tasks, engine, progress)
+        text = document.text
+        contexts = ["\n\n".join(text[s:e] for s, e in r.units) for r in retrieved]
+        evidences = [[Evidence(s, e, text[s:e]) for s, e in r.units] for r in retrieved]
+        retrieval = Cost(seconds=(time.perf_counter() - start) / len(tasks))
+        answers = answer_each(engine, contexts, tasks, self.name, evidences, [retrieval] * len(tasks))
+        for a, r in zip(answers, retrieved, strict=True):
+            a.details = {"index": r.index, "scores": r.scores, "passages": r.passages}
+        progress(2, 2, "answered")
+        return answers

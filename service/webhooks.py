@@ -1,0 +1,185 @@
+"""Webhooks per the Standard Webhooks spec: secrets, signing, the callback-URL guard, one delivery attempt, backoff.
+
+A delivery carries `webhook-id` (the event id, stable across retries: the receiver's idempotency key),
+`webhook-timestamp` (unix seconds of this attempt) and `webhook-signature` = `v1,` + base64(HMAC-SHA256(key,
+f"{id}.{timestamp}.{body}")), where key is the base64-decoded part of the endpoint's `whsec_` secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import random
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import httpx
+from celery import Celery
+
+from service.models import Event, Job, utcnow
+
+SECRET_PREFIX = "whsec_"
+MAX_INLINE_RESULT = 16_000  # bytes of result carried in an event body; larger results are fetched from its URL
+DELIVER_EVENT = "tome.deliver_event"
+TOLERANCE_S = 300
+
+
+class WebhookError(ValueError):
+    pass
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a `whsec_` secret; 24 to 64 random bytes per the spec."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise WebhookError("callback_secret must start with 'whsec_' followed by base64 of 24 to 64 random bytes")
+    try:
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except ValueError:
+        raise WebhookError("callback_secret is not valid base64 after 'whsec_'") from None
+    if not 24 <= len(key) <= 64:
+        raise WebhookError(f"callback_secret decodes to {len(key)} bytes; use 24 to 64 random bytes")
+    return key
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, msg_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    timestamp = int(time.time() if now is None else now)
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None = None) -> None:
+    """What a receiver does (shown in the README): raises WebhookError unless a signature matches and is fresh."""
+    h = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, timestamp, signatures = h["webhook-id"], int(h["webhook-timestamp"]), h["webhook-signature"]
+    except (KeyError, ValueError):
+        raise WebhookError("missing or malformed webhook headers") from None
+    if abs((time.time() if now is None else now) - timestamp) > TOLERANCE_S:
+        raise WebhookError("timestamp outside the tolerance")
+    expected = sign(secret, msg_id, timestamp, body).split(",", 1)[1]
+    for candidate in signatures.split():
+        version, _, value = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return
+    raise WebhookError("no matching signature")
+
+
+def check_callback_url(url: str, allow_private: bool) -> None:
+    """Refuse URLs that resolve to private, loopback, link-local or otherwise internal addresses (SSRF guard)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookError(f"callback_url {url!r} must be an absolute http(s) URL")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as exc:
+        raise WebhookError(f"callback_url host {parts.hostname!r} does not resolve ({exc.strerror})") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if not address.is_global or address.is_multicast:
+            raise WebhookError(
+                f"callback_url host {parts.hostname!r} resolves to {address}, a private, loopback or link-local "
+                "address; such callbacks are refused (TOME_ALLOW_PRIVATE_CALLBACKS=true allows them for development)"
+            )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status_code: int | None
+    error: str | None
+    retry_after: float | None
+    duration_ms: float
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def gone(self) -> bool:
+        return self.status_code == 410
+
+
+def deliver(url: str, secret: str, msg_id: str, body: bytes, timeout: float, allow_private: bool) -> Outcome:
+    """One attempt. Only a 2xx counts; redirects are not followed; the URL is checked again (DNS may change)."""
+    start = time.perf_counter()
+    try:
+        check_callback_url(url, allow_private)
+        response = httpx.post(
+            url, content=body, headers=signed_headers(secret, msg_id, body), timeout=timeout, follow_redirects=False
+        )
+    except (httpx.HTTPError, WebhookError) as exc:
+        return Outcome(None, f"{type(exc).__name__}: {exc}", None, (time.perf_counter() - start) * 1000)
+    ms = (time.perf_counter() - start) * 1000
+    error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+    return Outcome(response.status_code, error, parse_retry_after(response.headers.get("retry-after")), ms)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def retry_delay(
+    attempt: int, delays: Sequence[float], jitter: float, retry_after: float | None, max_retry_after: float
+) -> float | None:
+    """Seconds before attempt `attempt + 1`, or None when the schedule is spent. Retry-After wins when later."""
+    if attempt > len(delays):
+        return None
+    base = delays[attempt - 1] * (1 + random.uniform(-jitter, jitter))
+    if retry_after is not None:
+        base = max(base, min(retry_after, max_retry_after))
+    return base
+
+
+def event_body(job: Job, public_url: str) -> str:
+    """The event's JSON body, fixed once: every attempt sends (and signs) these exact bytes."""
+    data: dict[str, object] = {
+        "id": job.id,
+        "status": job.status,
+        "strategy": job.strategy,
+        "error": job.error,
+        "url": f"{public_url.rstrip('/')}/v1/jobs/{job.id}",
+    }
+    if job.result is not None and len(json.dumps(job.result)) <= MAX_INLINE_RESULT:
+        data["result"] = job.result
+    payload = {"type": f"job.{job.status}", "timestamp": utcnow().isoformat(), "data": data}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def send_delivery(celery: Celery, queue: str, event: Event | None, attempt: int = 1, countdown: float = 0) -> None:
+    """Enqueue one delivery attempt (its own task); nothing to do for events without an endpoint or already done."""
+    if event is None or event.endpoint_id is None or event.delivered_at or event.gave_up_at:
+        return
+    celery.send_task(
+        DELIVER_EVENT, args=[event.id, attempt], task_id=f"{event.id}-{attempt}", queue=queue, countdown=countdown
+    )

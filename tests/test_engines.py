@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engines import EngineConfig, SamplingParams, create_engine
+from engines.base import ContextOverflowError, Engine, SupportsLayers
+from engines.models import ModelNotFoundError
+from service.settings import Settings
+
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+@pytest.fixture(params=["native_engine", "vllm_engine"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return request.getfixturevalue(request.param)
+
+
+def test_protocol_and_tokenizer_round_trip(engine: Engine) -> None:
+    assert isinstance(engine, Engine)
+    text = "The Nellie, a cruising yawl, swung to her anchor."
+    ids = engine.tokenize(text)
+    assert engine.count_tokens(text) == len(ids) > 5
+    assert engine.detokenize(ids) == text
+    assert engine.count_chat_tokens(QUESTION) > engine.count_tokens(QUESTION[0]["content"])
+
+
+def test_batch_generation_is_greedy_and_ordered(engine: Engine) -> None:
+    other = [{"role": "user", "content": "Say the word 'banana' and nothing else."}]
+    gens = engine.chat([QUESTION, other, QUESTION], SamplingParams(max_tokens=8))
+    assert len(gens) == 3
+    assert "paris" in gens[0].text.lower()
+    assert "banana" in gens[1].text.lower()
+    assert gens[0].text == gens[2].text  # temperature 0: same prompt, same answer, whatever the batch order
+    assert all(0 < g.completion_tokens <= 8 and g.prompt_tokens > 10 for g in gens)
+
+
+def test_stop_strings_cut_the_answer(engine: Engine) -> None:
+    msg = [{"role": "user", "content": "Count from 1 to 10 separated by commas."}]
+    gen = engine.chat([msg], SamplingParams(max_tokens=40, stop=("5",)))[0]
+    assert "4" in gen.text and "5" not in gen.text and "6" not in gen.text
+
+
+def test_context_overflow_gives_both_numbers(engine: Engine) -> None:
+    long = [{"role": "user", "content": "word " * (engine.max_context + 10)}]
+    with pytest.raises(ContextOverflowError) as err:
+        engine.chat([long], SamplingParams(max_tokens=8))
+    assert err.value.needed > engine.max_context == err.value.available
+    assert str(engine.max_context) in str(err.value)
+
+
+def test_capabilities_are_discovered(native_engine: Engine, vllm_engine: Engine) -> None:
+    assert isinstance(native_engine, SupportsLayers)
+    assert native_engine.hf_model.config.num_hidden_layers == 30
+    assert not isinstance(vllm_engine, SupportsLayers)
+    assert vllm_engine.max_context == 4096 and native_engine.max_context == 8192
+
+
+def test_settings_override_model_and_context(monkeypatch: pytest.MonkeyPatch, native_engine: Engine) -> None:
+    folder = Path(native_engine.path)  # type: ignore[attr-defined]
+    monkeypatch.setenv("TOME_MODEL", str(folder))
+    monkeypatch.setenv("TOME_MAX_CONTEXT", "2048")
+    monkeypatch.setenv("TOME_DTYPE", "float32")
+    config = Settings().engine_config()
+    assert config.model == str(folder) and config.max_context == 2048
+    engine = create_engine(config)
+    assert engine.max_context == 2048 and engine.model_name == str(folder)
+    assert str(engine.hf_model.dtype) == "torch.float32"  # type: ignore[attr-defined]
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="neither an alias"):
+        create_engine(EngineConfig(model=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="unknown engine kind"):
+        create_engine(EngineConfig(kind="tpu"))  # type: ignore[arg-type]

@@ -1,0 +1,103 @@
+"""The GPU kernels against the plain-torch reference, on CPU: Triton under its interpreter, FlexAttention eager."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel is decorated, so before the import below
+
+import torch.nn.functional as F  # noqa: E402
+
+from kernels.flex import (  # noqa: E402
+    a_shape_block_mask,
+    block_sparse_block_mask,
+    flex_sparse_attention,
+    vertical_slash_block_mask,
+)
+from kernels.index import block_sparse_index, vertical_slash_index  # noqa: E402
+from kernels.patterns import AShape, BlockSparse, VerticalSlash  # noqa: E402
+from kernels.reference import (  # noqa: E402
+    a_shape_mask,
+    block_sparse_mask,
+    masked_attention,
+    vertical_slash_mask,
+)
+from kernels.triton_vertical_slash import (  # noqa: E402
+    a_shape_index,
+    layout_mask,
+    vertical_slash_attention,
+    vertical_slash_layout,
+)
+
+HQ, HKV, D = 4, 2, 32
+
+
+def qkv(length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(1, h, length, D, generator=g) for h in (HQ, HKV, HKV))
+
+
+def test_layout_merges_slash_lines_into_chunks() -> None:
+    # offsets 0..2 with 4-row query blocks need columns [-2, 3] relative to the block start: two 4-wide chunks
+    lay = vertical_slash_layout(torch.tensor([[[0]]]), torch.tensor([[[0, 1, 2]]]), 16, block_m=4, block_n=4)
+    assert lay.chunk_count.tolist() == [2]
+    assert lay.chunk_start[0, :2].tolist() == [-2, 2]
+    assert lay.chunk_begin[0].tolist() == [0, 0, 0, 0]  # every block's first chunk reaches column >= 0
+    # a far slash (offset 9) is a chunk of its own; block 0 and 1 cannot reach it (columns < 0)
+    lay = vertical_slash_layout(torch.tensor([[[0]]]), torch.tensor([[[0, 9]]]), 16, block_m=4, block_n=4)
+    assert lay.chunk_start[0, : lay.chunk_count[0]].tolist() == [-9, 0]
+    assert lay.chunk_begin[0].tolist() == [1, 1, 0, 0]
+
+
+def test_triton_vertical_slash_matches_reference() -> None:
+    q, k, v = qkv(200)
+    vertical, slash = vertical_slash_index(q, k, VerticalSlash(vertical=10, slash=20, sink=3, window=5))
+    lay = vertical_slash_layout(vertical, slash, 200, block_m=32, block_n=16)
+    out = vertical_slash_attention(q, k, v, lay)
+    mask = layout_mask(lay, 1, HQ, 200)
+    assert torch.allclose(out, masked_attention(q, k, v, mask), atol=1e-5)
+    rows = torch.arange(200)
+    pattern = vertical_slash_mask(200, vertical, slash)(rows)
+    computed = mask(rows)
+    assert (computed >= pattern).all() and computed.float().mean() < 0.9  # a superset, still sparse
+    # where the pattern is the whole causal triangle the kernel is dense attention
+    full = vertical_slash_layout(vertical, torch.arange(200).expand(1, HQ, -1), 200, block_m=32, block_n=16)
+    dense = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert torch.allclose(vertical_slash_attention(q, k, v, full), dense, atol=1e-5)
+
+
+def test_triton_with_mass_cut_matches_reference() -> None:
+    q, k, v = qkv(200, seed=2)
+    vertical, slash = vertical_slash_index(q, k, VerticalSlash(vertical=40, slash=60, sink=3, window=5, mass=0.1))
+    assert (vertical == 200).any() and (slash[..., 1:] == 0).any()  # the cut left padding slots
+    lay = vertical_slash_layout(vertical, slash, 200, block_m=32, block_n=16)
+    out = vertical_slash_attention(q, k, v, lay)
+    assert torch.allclose(out, masked_attention(q, k, v, layout_mask(lay, 1, HQ, 200)), atol=1e-5)
+    out = flex_sparse_attention(q, k, v, vertical_slash_block_mask(vertical, slash, 200))
+    assert torch.allclose(out, masked_attention(q, k, v, vertical_slash_mask(200, vertical, slash)), atol=1e-5)
+
+
+def test_triton_a_shape_matches_reference() -> None:
+    q, k, v = qkv(150, seed=3)
+    cfg = AShape(sink=5, window=20)
+    lay = vertical_slash_layout(*a_shape_index(1, HQ, cfg, 150, q.device), 150, block_m=16, block_n=16)
+    out = vertical_slash_attention(q, k, v, lay)
+    assert torch.allclose(out, masked_attention(q, k, v, layout_mask(lay, 1, HQ, 150)), atol=1e-5)
+    rows = torch.arange(150)
+    assert (layout_mask(lay, 1, HQ, 150)(rows) >= a_shape_mask(150, cfg)(rows)).all()
+
+
+def test_flex_block_masks_match_reference() -> None:
+    q, k, v = qkv(384, seed=5)
+    cfg = AShape(sink=16, window=100)
+    out = flex_sparse_attention(q, k, v, a_shape_block_mask(384, cfg, q.device))
+    assert torch.allclose(out, masked_attention(q, k, v, a_shape_mask(384, cfg)), atol=1e-5)
+
+    vertical, slash = vertical_slash_index(q, k, VerticalSlash(vertical=12, slash=30, sink=4, window=8))
+    out = flex_sparse_attention(q, k, v, vertical_slash_block_mask(vertical, slash, 384))
+    assert torch.allclose(out, masked_attention(q, k, v, vertical_slash_mask(384, vertical, slash)), atol=1e-5)
+
+    blocks = block_sparse_index(q, k, BlockSparse(block=128, top=2))
+    out = flex_sparse_attention(q, k, v, block_sparse_block_mask(blocks, 384))
+    assert torch.allclose(out, masked_attention(q, k, v, block_sparse_mask(384, blocks, 128)), atol=1e-5)

@@ -1,0 +1,103 @@
+"""Index builders on planted patterns; the plain-torch reference against dense SDPA."""
+
+import torch
+import torch.nn.functional as F
+
+from kernels.index import block_sparse_index, vertical_slash_index
+from kernels.patterns import AShape, BlockSparse, VerticalSlash
+from kernels.reference import (
+    a_shape_mask,
+    attention_recall,
+    block_sparse_mask,
+    causal_mask,
+    masked_attention,
+    pattern_mask,
+    vertical_slash_mask,
+)
+
+HQ, HKV, D = 4, 2, 32
+
+
+def planted(length: int, columns: list[int], offset: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q/k where every query attends to `columns` (verticals) and to the key `offset` positions back (a slash)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, HQ, length, D, generator=g)
+    k = torch.randn(1, HKV, length, D, generator=g) * 0.3
+    q[..., 16:] = 0
+    # key j copies the query of j + offset (for the first query head of its group) in dims 0..15
+    k[..., : length - offset, :16] = 2 * q[:, :: HQ // HKV, offset:, :16]
+    q[..., 16] = 1.0
+    k[..., 16] = 0.0
+    k[..., columns, 16] = 40.0
+    return q, k
+
+
+def test_vertical_slash_index_finds_planted_columns_and_diagonal() -> None:
+    q, k = planted(512, columns=[300, 401], offset=50)
+    cfg = VerticalSlash(vertical=8, slash=12, last_q=64, sink=4, window=8)
+    vertical, slash = vertical_slash_index(q, k, cfg)
+    assert vertical.shape == (1, HQ, 8) and slash.shape == (1, HQ, 12)
+    for h in range(HQ):
+        v, s = set(vertical[0, h].tolist()), set(slash[0, h].tolist())
+        assert {0, 1, 2, 3, 300, 401} <= v
+        assert set(range(8)) <= s
+    # the diagonal was planted for the first query head of each KV group
+    assert 50 in set(slash[0, 0].tolist()) and 50 in set(slash[0, 2].tolist())
+    assert torch.equal(vertical, vertical.sort(dim=-1).values)
+
+
+def test_mass_cut_keeps_planted_pattern_and_drops_noise() -> None:
+    q, k = planted(512, columns=[300, 401], offset=50)
+    cfg = VerticalSlash(vertical=64, slash=64, last_q=64, sink=4, window=8, mass=0.5)
+    vertical, slash = vertical_slash_index(q, k, cfg)
+    for h in range(HQ):
+        v = vertical[0, h][vertical[0, h] < 512].tolist()
+        assert {0, 1, 2, 3, 300, 401} <= set(v) and len(v) < 64
+        assert set(range(8)) <= set(slash[0, h].tolist())
+    assert 50 in set(slash[0, 0].tolist())
+    assert (slash[0, 0] == 0).sum() > 1  # unused slots repeat offset 0
+
+
+def test_block_sparse_index_finds_planted_block() -> None:
+    q, k = planted(512, columns=list(range(192, 256)), offset=50)
+    mask = block_sparse_index(q, k, BlockSparse(block=64, top=3))
+    assert mask.shape == (1, HQ, 8, 8)
+    for m in range(8):
+        assert mask[0, :, m, 0].all() and mask[0, :, m, m].all()  # sink and diagonal blocks
+        assert not mask[0, :, m, m + 1 :].any()  # causal
+        if m >= 3:
+            assert mask[0, :, m, 3].all()
+        assert (mask[0, :, m].sum(-1) <= 3).all()
+
+
+def rows_of(text: str) -> torch.Tensor:
+    return torch.tensor([[int(c) for c in row] for row in text.split()])
+
+
+def test_masks_by_hand() -> None:
+    rows = torch.arange(6)
+    a = a_shape_mask(6, AShape(sink=1, window=2))(rows)[0, 0].int()
+    expected = rows_of("100000 110000 111000 101100 100110 100011")
+    assert torch.equal(a, expected)
+    vs = vertical_slash_mask(6, torch.tensor([[[2]]]), torch.tensor([[[0, 3]]]))(rows)[0, 0].int()
+    expected = rows_of("100000 010000 001000 101100 011010 001001")
+    assert torch.equal(vs, expected)
+    blocks = torch.tensor([[[[1, 0, 0], [1, 1, 0], [0, 1, 1]]]], dtype=torch.bool)
+    bs = block_sparse_mask(6, blocks, 2)(rows)[0, 0].int()
+    assert bs[5].tolist() == [0, 0, 1, 1, 1, 1] and bs[3].tolist() == [1, 1, 1, 1, 0, 0]
+
+
+def test_reference_equals_sdpa_where_the_mask_is_full() -> None:
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, h, 300, D, generator=g) for h in (HQ, HKV, HKV))
+    dense = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert torch.allclose(masked_attention(q, k, v, causal_mask(300), chunk=128), dense, atol=1e-5)
+    full_a = pattern_mask(q, k, AShape(sink=1, window=300))
+    full_vs = pattern_mask(q, k, VerticalSlash(vertical=1, slash=300, sink=1, window=1))
+    full_bs = pattern_mask(q, k, BlockSparse(block=64, top=5))
+    for mask in (full_a, full_vs, full_bs):
+        assert torch.allclose(masked_attention(q, k, v, mask, chunk=128), dense, atol=1e-5)
+        assert abs(attention_recall(q, k, mask, torch.arange(0, 300, 7)) - 1.0) < 1e-5
+    sparse = a_shape_mask(300, AShape(sink=4, window=16))
+    assert attention_recall(q, k, sparse, torch.arange(200, 300)) < 0.5
+    assert not torch.allclose(masked_attention(q, k, v, sparse), dense, atol=1e-3)

@@ -1,0 +1,184 @@
+"""memagent and rag on the real model, the real embedder and real Qdrant (local mode)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from engines.types import Document, Task
+from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
+from memory.rag import Rag, RagConfig, RagInputError
+from memory.spans import split_sentences
+from tests.conftest import EXAMPLES
+
+FACT = "The lighthouse keeper's dog was called Biscuit Magnolia."
+QUESTION = "What was the lighthouse keeper's dog called?"
+
+
+def long_document(engine, fact: str, tokens: int, depth: float) -> Document:
+    """About `tokens` tokens of Walden with `fact` planted at a paragraph boundary near `depth`."""
+    body = engine.detokenize(engine.tokenize((EXAMPLES / "walden_long.txt").read_text())[:tokens])
+    paragraphs = body.split("\n\n")
+    at = max(1, int(len(paragraphs) * depth))
+    return Document("\n\n".join(paragraphs[:at] + [fact] + paragraphs[at:]))
+
+
+@pytest.fixture(scope="module")
+def doc16k(native_engine) -> Document:
+    return long_document(native_engine, FACT, 16_000, 0.6)
+
+
+@pytest.fixture
+def rag(tmp_path) -> Rag:
+    return Rag(RagConfig(qdrant_path=tmp_path / "qdrant"))
+
+
+# -- pure pieces ---------------------------------------------------------------------------------------------------
+
+
+def test_snap_keeps_only_document_sentences():
+    text = (
+        "The sky was grey. The special code for the red door is 4817263. "
+        "The special code for the blue gate is 5550123. Nothing else happened here."
+    )
+    sources = split_sentences(text)
+    question = "What is the special code for the red door?"
+    lines = [
+        "- The special code for the red door is 4817263.",  # a copy: kept
+        "The special code for the red door is 4817263.",  # repeated: kept once
+        "The special code for the red door is 1.",  # the question reworded with an invented value: dropped
+        "The special code for the red door is 5550123.",  # one needle's key with another's value: dropped
+        "the blue gate is 5550123",  # a partial copy that adds what the question lacks: kept
+        "The answer is probably the red door, I think.",  # not in the text: dropped
+    ]
+    picked = snap(lines, text, sources, question)
+    assert [text[s:e] for s, e in picked] == [
+        "The special code for the red door is 4817263.",
+        "The special code for the blue gate is 5550123.",
+    ]
+
+
+# -- memagent ------------------------------------------------------------------------------------------------------
+
+
+def test_memagent_answers_a_planted_fact_in_16k_tokens_through_the_job_graph(native_engine, doc16k):
+    from workflows.graph import run_job
+
+    assert native_engine.count_tokens(doc16k.text) > native_engine.max_context  # the full strategy cannot read it
+    seen: list[tuple[int, int, str]] = []
+    result = run_job(doc16k, [Task(QUESTION)], native_engine, strategy="memagent", progress=lambda *a: seen.append(a))
+    answer = result.answers[0]
+    assert "biscuit" in answer.text.lower()
+    assert any(FACT in e.text for e in answer.evidence)  # the remembered sentence is the evidence
+    segments = answer.details["segments"]
+    assert segments >= 5 and answer.cost.calls == segments + 1
+    assert [d for d, _, m in seen if m.startswith("read segment")] == list(range(1, segments + 1))
+    assert answer.cost.tokens_read > native_engine.count_tokens(doc16k.text)
+
+
+def test_memagent_resumes_after_a_crash_without_rereading_finished_segments(native_engine, tmp_path, monkeypatch):
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from workflows import registry
+    from workflows.graph import run_job
+
+    # Small segments keep this quick on a CPU; the loop and the checkpoints are the same at any size.
+    monkeypatch.setitem(registry.STRATEGIES, "memagent", MemAgent(MemAgentConfig(segment_tokens=512, memory_tokens=96)))
+    doc = long_document(native_engine, FACT, 1800, 0.8)
+    task = Task(QUESTION, max_answer_tokens=24)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_two(done: int, total: int, message: str) -> None:
+        if message.startswith("read segment") and done == 2:
+            raise Crash("worker died")
+
+    db = tmp_path / "checkpoints.sqlite"
+    with sqlite3.connect(db, check_same_thread=False) as conn:
+        with pytest.raises(Crash):
+            run_job(doc, [task], native_engine, "memagent", crash_after_two, SqliteSaver(conn), thread_id="job-1")
+    resumed: list[str] = []
+    with sqlite3.connect(db, check_same_thread=False) as conn:  # a new connection: as a restarted worker
+        result = run_job(
+            doc, [task], native_engine, "memagent", lambda d, t, m: resumed.append(m), SqliteSaver(conn), "job-1"
+        )
+    answer = result.answers[0]
+    total = answer.details["segments"]
+    assert total >= 4
+    # The crash hit while reporting segment 2, so segment 2 is read again; segment 1 never is.
+    reads = [m for m in resumed if m.startswith("read segment")]
+    assert reads == [f"read segment {i}/{total}" for i in range(2, total + 1)]
+    assert [step["segment"] for step in answer.details["trace"]] == list(range(total))
+    assert answer.cost.calls == total + 1  # the memory's cost survives the restart
+    assert "biscuit" in answer.text.lower()
+
+
+def test_memagent_rejects_bad_input_clearly(native_engine):
+    agent = MemAgent()
+    with pytest.raises(MemAgentInputError, match="empty"):
+        agent.run(Document("   "), [Task(QUESTION)], native_engine, lambda *a: None)
+    long_question = Task("Why? " * 5000)
+    assert not agent.fits(50_000, [long_question], native_engine)
+    with pytest.raises(MemAgentInputError, match="shorten the question"):
+        agent.run(Document("Some text."), [long_question], native_engine, lambda *a: None)
+
+
+# -- rag -----------------------------------------------------------------------------------------------------------
+
+
+def test_rag_answers_a_planted_fact_in_16k_tokens_and_reuses_its_index(native_engine, doc16k, rag):
+    first = rag.run(doc16k, [Task(QUESTION)], native_engine, lambda *a: None)[0]
+    assert "biscuit" in first.text.lower()
+    assert first.details["index"] == "built"
+    assert any(FACT in e.text for e in first.evidence)
+    assert first.evidence == sorted(first.evidence, key=lambda e: e.start)  # document order
+    read = sum(native_engine.count_tokens(e.text) for e in first.evidence)
+    assert read <= native_engine.max_context and first.cost.calls == 1
+    again = rag.run(doc16k, [Task("Where did the author build his house?")], native_engine, lambda *a: None)[0]
+    assert again.details["index"] == "reused"
+
+
+def test_rag_rebuilds_an_index_built_by_another_embedder(native_engine, rag):
+    from memory.index import collection_name, open_client
+
+    doc = long_document(native_engine, FACT, 3000, 0.5)
+    task = Task(QUESTION)
+
+    def retrieve():
+        return rag.retrieve(doc, [task], native_engine, lambda *a: None)[0]
+
+    assert retrieve().index == "built"
+    assert retrieve().index == "reused"
+    client = open_client(rag.config.qdrant_path, None)
+    # What an index made by a different model looks like: its metadata names that model and its size.
+    client.update_collection(
+        collection_name(doc.content_hash),
+        metadata={"embedder": "bge-large-en", "dim": 1024, "passage_tokens": 510, "version": 1, "complete": True},
+    )
+    rebuilt = retrieve()
+    assert rebuilt.index.startswith("rebuilt (built with 'bge-large-en'")
+    assert any(s <= doc.text.index(FACT) < e for s, e in rebuilt.units)  # the rebuilt index finds the fact
+    assert retrieve().index == "reused"
+    # A build that died half-way (metadata never marked complete) is rebuilt too.
+    client.update_collection(collection_name(doc.content_hash), metadata={"complete": False})
+    assert retrieve().index == "rebuilt (incomplete)"
+
+
+def test_rag_rejects_bad_input_clearly(native_engine, rag):
+    with pytest.raises(RagInputError, match="empty"):
+        rag.run(Document(""), [Task(QUESTION)], native_engine, lambda *a: None)
+    long_question = Task("Why? " * 5000)
+    assert not rag.fits(50_000, [long_question], native_engine)
+    with pytest.raises(RagInputError, match="shorten the question"):
+        rag.run(Document("Some text."), [long_question], native_engine, lambda *a: None)
+
+
+def test_router_picks_a_memory_strategy_when_the_document_does_not_fit(native_engine):
+    from workflows.router import choose_strategy
+
+    name, reason = choose_strategy("auto", 100_000, [Task(QUESTION)], native_engine)
+    assert name in {"rag", "memagent"} and "more than" in reason
+    name, _ = choose_strategy("auto", 100_000, [Task("Summarize the book.", kind="summary")], native_engine)
+    assert name != "rag"  # retrieval does not summarise

@@ -1,0 +1,65 @@
+"""The memagent loop as graph nodes: plan the segments, read one segment per node run, answer from memory.
+
+Each node run is a LangGraph superstep, so a persistent checkpointer stores the memories after every
+segment and a resumed job (same thread id) continues with the next unread segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, StateGraph
+
+from engines.base import Engine
+from engines.types import Document, Progress, Task
+from memory.memagent import MemAgent
+from workflows.registry import get_strategy
+
+Node = Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]
+
+
+def add_memagent_loop(
+    graph: StateGraph,
+    engine_of: Callable[[RunnableConfig], Engine],
+    progress_of: Callable[[RunnableConfig], Progress],
+    tasks_of: Callable[[Any], list[Task]],
+) -> str:
+    """Add the loop's nodes (they end the graph) and return the name of its entry node."""
+
+    def agent() -> MemAgent:
+        strategy = get_strategy("memagent")
+        assert isinstance(strategy, MemAgent)
+        return strategy
+
+    def plan(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        reading = agent().start(Document(**state["document"]), tasks_of(state), engine_of(config))
+        total = len(reading["segments"])
+        progress_of(config)(0, total + 1, f"reading {total} segments")
+        return {"reading": reading}
+
+    def read(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        reading = agent().step(state["reading"], Document(**state["document"]), tasks_of(state), engine_of(config))
+        total = len(reading["segments"])
+        progress_of(config)(reading["done"], total + 1, f"read segment {reading['done']}/{total}")
+        return {"reading": reading}
+
+    def answer(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        reading = state["reading"]
+        answers = agent().finish(reading, Document(**state["document"]), tasks_of(state), engine_of(config))
+        total = len(reading["segments"])
+        progress_of(config)(total + 1, total + 1, "answered from memory")
+        return {"answers": [a.to_dict() for a in answers]}
+
+    def next_step(state: Any) -> str:
+        reading = state["reading"]
+        return "memagent_read" if reading["done"] < len(reading["segments"]) else "memagent_answer"
+
+    graph.add_node("memagent_plan", plan)
+    graph.add_node("memagent_read", read)
+    graph.add_node("memagent_answer", answer)
+    graph.add_conditional_edges("memagent_plan", next_step, ["memagent_read", "memagent_answer"])
+    graph.add_conditional_edges("memagent_read", next_step, ["memagent_read", "memagent_answer"])
+    graph.add_edge("memagent_answer", END)
+    return "memagent_plan"
