@@ -93,7 +93,7 @@ def main() -> int:
     for label, n in zip(lengths, counts, strict=True):
         probe = Task("What is the special magic number for amber-harbor mentioned in the provided text?", 32)
         # "8k" is the most that fits the 8K-context model beside the prompt, so `full` has a baseline there.
-        size = min(SIZES[label], engine.max_context - answer_overhead(engine, probe) - 32)
+        size = SIZES[label] if label != "8k" else engine.max_context - answer_overhead(engine, probe) - 32
         methods = args.methods.split(",")
         results: dict[str, list[dict[str, Any]]] = {m: [] for m in ("full", "gemfilter", "hard")}
         rng = random.Random(label)
