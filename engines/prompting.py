@@ -28,8 +28,14 @@ def answer_messages(context: str, task: Task) -> list[Message]:
 
 
 def answer_overhead(engine: Engine, task: Task) -> int:
-    """Tokens a prompt needs besides the context itself (template, question, answer budget)."""
-    return engine.count_chat_tokens(answer_messages("", task)) + task.max_answer_tokens
+    """Tokens a prompt needs besides the context itself (template, question, answer budget).
+
+    Measured around a one-word stand-in: with an empty context the newlines on both sides would merge into
+    one token, and the estimate would come out one short of the real prompt.
+    """
+    stand_in = "text"
+    template = engine.count_chat_tokens(answer_messages(stand_in, task)) - engine.count_tokens(stand_in)
+    return template + task.max_answer_tokens
 
 
 def answer_from_context(

@@ -49,17 +49,19 @@ def cmd_ask(args: argparse.Namespace) -> int:
             "answer": answer.text,
             "strategy": result.strategy,
             "reason": result.reason,
+            "kind": result.kind,
+            "attempts": result.attempts,
             "document": {
                 "source": document.source,
                 "content_hash": document.content_hash,
                 "tokens": result.document_tokens,
             },
             "engine": {"kind": engine.name, "model": engine.model_name, "max_context": engine.max_context},
-            "cost": {
-                "calls": answer.cost.calls,
-                "tokens_read": answer.cost.tokens_read,
-                "tokens_generated": answer.cost.tokens_generated,
-                "seconds": round(answer.cost.seconds, 3),
+            "cost": {  # every attempt together, fallbacks included
+                "calls": result.cost.calls,
+                "tokens_read": result.cost.tokens_read,
+                "tokens_generated": result.cost.tokens_generated,
+                "seconds": round(result.cost.seconds, 3),
             },
             "evidence": [{"start": e.start, "end": e.end, "text": e.text} for e in answer.evidence],
         }
@@ -67,7 +69,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     else:
         print(answer.text)
         print(f"\nstrategy: {result.strategy} ({result.reason})", file=sys.stderr)
-        c = answer.cost
+        c = result.cost
         print(f"cost: {c.calls} model call(s), {c.tokens_read} tokens read, {c.seconds:.1f} s", file=sys.stderr)
     return 0
 
@@ -122,6 +124,29 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router_fit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workflows.policy import POLICIES, fit_files
+
+    paths = [Path(p) for p in args.results]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"tome: error: no such results file: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    policy = fit_files(paths)
+    out = Path(args.out) if args.out else POLICIES / f"{args.model}.json"
+    policy.save(out)
+    print(f"{out}: {len(policy.entries)} entries from {len(paths)} file(s)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evals.cli import main as eval_main  # the yardstick: imported only when `tome eval` runs
+
+    return eval_main(args.eval_argv)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -166,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object (documented in README)")
     ask.set_defaults(func=cmd_ask)
 
+    router = sub.add_parser("router", help="the routing policy").add_subparsers(dest="router_command", required=True)
+    fit = router.add_parser("fit", help="turn eval results (bench/results/eval-*.json) into a policy file")
+    fit.add_argument("results", nargs="+")
+    fit.add_argument("--model", default="smollm2", help="the model alias the policy is for (its file name)")
+    fit.add_argument("--out", default=None, help="default: workflows/policies/<model>.json")
+    fit.set_defaults(func=cmd_router_fit)
+
     setup = sub.add_parser("setup", help="prepare the default models (converts the GGUF once)")
     setup.set_defaults(func=cmd_setup)
 
@@ -184,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="create an API key (prints it once; stores its hash)")
     keys.add_argument("name")
     keys.set_defaults(func=cmd_keys)
+    # Options belong to evals/cli.py (`tome eval --help`); they pass through untouched.
+    evaluate = sub.add_parser("eval", help="run the evaluation harness (evals/): tome eval --help", add_help=False)
+    evaluate.set_defaults(func=cmd_eval)
 
     calibrate = sub.add_parser("calibrate", help="tune a compressor for the model (gemfilter: its filter layer)")
     calibrate.add_argument("compressor", choices=["gemfilter"])
@@ -198,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "eval":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.eval_argv = rest
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from engines.base import ContextOverflowError

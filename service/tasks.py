@@ -97,6 +97,9 @@ def result_dict(result: JobResult, tasks: list[Any]) -> dict[str, Any]:
         "answers": answers,
         "strategy": result.strategy,
         "reason": result.reason,
+        "kind": result.kind,
+        "attempts": result.attempts,  # what ran and fell back, in order
+        "cost": vars(result.cost),
         "document_tokens": result.document_tokens,
     }
 

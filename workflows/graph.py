@@ -1,4 +1,5 @@
-"""The job graph: analyse -> route -> run. Same graph in the CLI and in a worker.
+"""The job graph: analyse -> route -> run -> verify (-> run the next strategy if unsupported). Same graph in the
+CLI and in a worker.
 
 State holds plain data only, so a persistent checkpointer (thread id = job id) can resume a job from
 its last finished node; the engine and the progress callback travel in the run config.
@@ -18,7 +19,8 @@ from engines.base import Engine
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
 from workflows.memagent import add_memagent_loop
 from workflows.registry import get_strategy
-from workflows.router import choose_strategy
+from workflows.router import Budget, choose_strategy
+from workflows.verify import answer_supported
 
 # memagent takes one graph step per segment: a 10M-token document is well under this.
 RECURSION_LIMIT = 10_000
@@ -31,8 +33,13 @@ class JobState(TypedDict, total=False):
     document_tokens: int
     strategy: str
     reason: str
+    kind: str
+    budget: dict[str, Any]
+    fallbacks: list[str]  # strategies still to try, best first
     answers: list[dict[str, Any]]
     reading: dict[str, Any]  # memagent: segments, memories and costs so far (checkpointed per segment)
+    attempts: list[dict[str, Any]]  # every strategy that ran: its answers and whether they were supported
+    done: bool
 
 
 @dataclass
@@ -41,7 +48,9 @@ class JobResult:
     strategy: str
     reason: str
     document_tokens: int
-    cost: Cost = field(default_factory=Cost)
+    cost: Cost = field(default_factory=Cost)  # all attempts together, fallbacks included
+    kind: str = "lookup"
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,14 +73,33 @@ def analyse(state: JobState, config: RunnableConfig) -> JobState:
 
 
 def route(state: JobState, config: RunnableConfig) -> JobState:
-    name, reason = choose_strategy(state["requested"], state["document_tokens"], _tasks(state), _engine(config))
-    return {"strategy": name, "reason": reason}
+    r = choose_strategy(
+        state["requested"], state["document_tokens"], _tasks(state), _engine(config), budget=Budget(**state["budget"])
+    )
+    return {"strategy": r.strategy, "reason": r.reason, "kind": r.kind, "fallbacks": r.fallbacks, "attempts": []}
 
 
 def run(state: JobState, config: RunnableConfig) -> JobState:
     strategy = get_strategy(state["strategy"])
     answers = strategy.run(Document(**state["document"]), _tasks(state), _engine(config), _progress(config))
     return {"answers": [a.to_dict() for a in answers]}
+
+
+def verify(state: JobState, config: RunnableConfig) -> JobState:
+    """Keep the answers if the evidence supports them; otherwise try the next strategy while the budget allows."""
+    text = state["document"]["text"]
+    supported = [answer_supported(_answer(a), t, text) for a, t in zip(state["answers"], _tasks(state), strict=True)]
+    attempts = [
+        *state["attempts"],
+        {"strategy": state["strategy"], "answers": state["answers"], "supported": supported},
+    ]
+    if all(supported) or not state["fallbacks"]:
+        # Nothing better to try: keep the attempt with the most supported answers (the router's first on a tie).
+        best = max(attempts, key=lambda a: sum(a["supported"]))
+        return {"attempts": attempts, "answers": best["answers"], "strategy": best["strategy"], "done": True}
+    nxt, rest = state["fallbacks"][0], state["fallbacks"][1:]
+    reason = f"{state['reason']}; fell back to {nxt}: {state['strategy']}'s answer was not supported by its evidence"
+    return {"attempts": attempts, "strategy": nxt, "fallbacks": rest, "reason": reason, "done": False}
 
 
 def build_graph(checkpointer: Checkpointer = None) -> Any:
@@ -81,10 +109,16 @@ def build_graph(checkpointer: Checkpointer = None) -> Any:
     graph.add_node("run", run)
     graph.add_edge(START, "analyse")
     graph.add_edge("analyse", "route")
-    memagent = add_memagent_loop(graph, _engine, _progress, _tasks)
-    # memagent runs as a loop of nodes so that every segment is checkpointed; the others in one node.
-    graph.add_conditional_edges("route", lambda s: memagent if s["strategy"] == "memagent" else "run")
-    graph.add_edge("run", END)
+    graph.add_node("verify", verify)
+    memagent = add_memagent_loop(graph, _engine, _progress, _tasks, then="verify")
+
+    def runner(state: JobState) -> str:
+        # memagent runs as a loop of nodes so that every segment is checkpointed; the others in one node.
+        return memagent if state["strategy"] == "memagent" else "run"
+
+    graph.add_conditional_edges("route", runner, [memagent, "run"])
+    graph.add_edge("run", "verify")
+    graph.add_conditional_edges("verify", lambda s: END if s["done"] else runner(s), [END, memagent, "run"])
     return graph.compile(checkpointer=checkpointer)
 
 
@@ -106,6 +140,7 @@ def run_job(
     progress: Progress | None = None,
     checkpointer: Checkpointer = None,
     thread_id: str | None = None,
+    budget: Budget | None = None,
 ) -> JobResult:
     """Run the graph to the end. With a checkpointer and the same thread id, a rerun resumes."""
     if not tasks:
@@ -119,11 +154,18 @@ def run_job(
         "document": asdict(document),
         "tasks": [asdict(t) for t in tasks],
         "requested": strategy,
+        "budget": asdict(budget or Budget()),
     }
     resume = checkpointer is not None and graph.get_state(config).next
-    final = graph.invoke(None if resume else state, config)
+    # Synchronous checkpoints: a job's route and each finished node are visible (and resumable) at once.
+    kwargs: dict[str, Any] = {"durability": "sync"} if checkpointer is not None else {}
+    final = graph.invoke(None if resume else state, config, **kwargs)
     answers = [_answer(a) for a in final["answers"]]
     total = Cost()
-    for a in answers:
-        total = total.add(a.cost)
-    return JobResult(answers, final["strategy"], final["reason"], final["document_tokens"], total)
+    for attempt in final["attempts"]:
+        for a in attempt["answers"]:
+            total = total.add(Cost(**a["cost"]))
+    attempts = [{"strategy": a["strategy"], "supported": a["supported"]} for a in final["attempts"]]
+    return JobResult(
+        answers, final["strategy"], final["reason"], final["document_tokens"], total, final["kind"], attempts
+    )

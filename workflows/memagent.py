@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, StateGraph
+from langgraph.graph import StateGraph
 
 from engines.base import Engine
 from engines.types import Document, Progress, Task
@@ -25,8 +25,9 @@ def add_memagent_loop(
     engine_of: Callable[[RunnableConfig], Engine],
     progress_of: Callable[[RunnableConfig], Progress],
     tasks_of: Callable[[Any], list[Task]],
+    then: str,
 ) -> str:
-    """Add the loop's nodes (they end the graph) and return the name of its entry node."""
+    """Add the loop's nodes (the last one goes on to `then`) and return the name of its entry node."""
 
     def agent() -> MemAgent:
         strategy = get_strategy("memagent")
@@ -61,5 +62,5 @@ def add_memagent_loop(
     graph.add_node("memagent_answer", answer)
     graph.add_conditional_edges("memagent_plan", next_step, ["memagent_read", "memagent_answer"])
     graph.add_conditional_edges("memagent_read", next_step, ["memagent_read", "memagent_answer"])
-    graph.add_edge("memagent_answer", END)
+    graph.add_edge("memagent_answer", then)
     return "memagent_plan"

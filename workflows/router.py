@@ -1,37 +1,86 @@
-"""Choosing a strategy for a request, and saying why."""
+"""Choosing a strategy for a request, saying why, and lining up the fallbacks.
+
+The choice is data: a policy of measured accuracy and cost per strategy x task kind x length (workflows/policy.py,
+fitted from eval results by `tome router fit`). The request's budget filters; what fits and is best measured wins;
+the rest, in rank order, are the fallbacks the verify step may use.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from engines.base import Engine
 from engines.types import Task
+from workflows import registry
+from workflows.analysis import task_kind
 from workflows.full import FullContext
-from workflows.registry import PREFERENCE, STRATEGIES, get_strategy
+from workflows.policy import Policy
 
 
 class NoStrategyError(ValueError):
     """Nothing registered can run this request; the message carries the token counts."""
 
 
-def choose_strategy(requested: str, document_tokens: int, tasks: Sequence[Task], engine: Engine) -> tuple[str, str]:
-    full = FullContext()
-    needed = full.needed_tokens(document_tokens, tasks, engine)
+@dataclass(frozen=True)
+class Budget:
+    """Limits a request may set; the router only picks strategies measured within them."""
+
+    max_tokens_read: int | None = None
+    max_fallbacks: int = 1
+
+
+@dataclass(frozen=True)
+class Route:
+    strategy: str
+    reason: str
+    kind: str
+    fallbacks: list[str] = field(default_factory=list)
+
+
+def request_kind(tasks: Sequence[Task]) -> str:
+    kinds = Counter(task_kind(t) for t in tasks)
+    return kinds.most_common(1)[0][0]
+
+
+def choose_strategy(
+    requested: str,
+    document_tokens: int,
+    tasks: Sequence[Task],
+    engine: Engine,
+    policy: Policy | None = None,
+    budget: Budget | None = None,
+) -> Route:
+    budget = budget or Budget()
+    kind = request_kind(tasks)
+    needed = FullContext().needed_tokens(document_tokens, tasks, engine)
     context = engine.max_context
-    if requested != "auto":
-        strategy = get_strategy(requested)
-        if not strategy.fits(document_tokens, tasks, engine):
-            raise NoStrategyError(
-                f"strategy {requested!r} cannot run this request: the document is {document_tokens} tokens "
-                f"({needed} with the question and answer budget) and the engine's context is {context} tokens"
-            )
-        return requested, f"requested by the caller ({document_tokens} document tokens, context {context})"
-    if needed <= context:
-        return "full", f"the whole document fits: {needed} of {context} tokens with the question and answer"
-    for name in PREFERENCE:
-        if name != "full" and STRATEGIES[name].fits(document_tokens, tasks, engine):
-            return name, f"the document needs {needed} tokens, more than the {context}-token context; {name} fits"
-    raise NoStrategyError(
-        f"the document needs {needed} tokens with the question and answer budget but the engine's context is "
-        f"{context} tokens, and no strategy for longer documents is available"
+    sizes = (
+        f"the document is {document_tokens} tokens ({needed} with the question and answer budget), context {context}"
     )
+    if requested != "auto":
+        if not registry.get_strategy(requested).fits(document_tokens, tasks, engine):
+            raise NoStrategyError(f"strategy {requested!r} cannot run this request: {sizes}")
+        return Route(requested, f"requested by the caller; {sizes}", kind)
+    order = [*registry.PREFERENCE, *(n for n in registry.STRATEGIES if n not in registry.PREFERENCE)]
+    candidates = [n for n in order if registry.STRATEGIES[n].fits(document_tokens, tasks, engine)]
+    if not candidates:
+        raise NoStrategyError(f"no strategy can run this request: {sizes}")
+    policy = policy or Policy.for_model(engine.model_name)
+    ranked = policy.rank(candidates, kind, document_tokens, budget.max_tokens_read)
+    if not ranked:
+        raise NoStrategyError(
+            f"no strategy was measured within the budget of {budget.max_tokens_read} tokens read for this request; "
+            f"{sizes}; candidates: {', '.join(candidates)}"
+        )
+    name, entry = ranked[0]
+    if entry is None:
+        why = f"no measurements for a {kind} task at this length; first that fits in the default order"
+    else:
+        why = (
+            f"best measured for {kind} tasks near {entry.length} tokens: accuracy {entry.accuracy:.2f} reading "
+            f"{entry.tokens_read:.0f} tokens (n={entry.n})"
+        )
+    fallbacks = [n for n, _ in ranked[1 : 1 + budget.max_fallbacks]]
+    return Route(name, f"{why}; {sizes}", kind, fallbacks)

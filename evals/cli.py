@@ -1,0 +1,119 @@
+"""`tome eval` (also `python -m evals`): run strategies over the long-context tasks and write the report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def parse_length(text: str) -> int:
+    text = text.strip().upper()
+    return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tome eval",
+        description="Evaluate strategies on RULER/BABILong-style tasks; writes bench/results/eval-NAME.{json,md,png}.",
+    )
+    p.add_argument("--strategy", default="all", help="all (default: every registered strategy), auto, or a comma list")
+    p.add_argument("--preset", default="smoke", help="smoke (minutes) or full (about an hour a strategy)")
+    p.add_argument("--tasks", default=None, help="comma list of tasks (default: the preset's)")
+    p.add_argument("--lengths", default=None, help="comma list such as 2K,4K or 2048 (default: the preset's)")
+    p.add_argument("--samples", type=int, default=None, help="questions per task and length (default: the preset's)")
+    p.add_argument("--name", default=None, help="results name (default: the preset name)")
+    p.add_argument("--out", default="bench/results", help="results folder")
+    p.add_argument("--engine", choices=["native", "vllm"], default=None, help="default: TOME_ENGINE or native")
+    p.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the native engine (TOME_THREADS)")
+    p.add_argument("--fresh", action="store_true", help="discard an earlier log of this name instead of resuming it")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="ask nothing: write the report from the questions already in the log (e.g. of a stopped run)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engines import create_engine
+    from evals import report
+    from evals.presets import PRESETS
+    from evals.runner import Plan, read_log, run_plan, strategy_names
+    from evals.tasks import TASKS
+    from service.settings import Settings
+
+    if args.preset not in PRESETS:
+        print(f"tome eval: error: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    preset = PRESETS[args.preset]
+    try:
+        strategies = strategy_names(args.strategy)
+        tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else preset.tasks
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+        lengths = tuple(parse_length(n) for n in args.lengths.split(",")) if args.lengths else preset.lengths
+    except ValueError as exc:
+        print(f"tome eval: error: {exc}", file=sys.stderr)
+        return 2
+    samples = {n: args.samples or preset.samples.get(n, 1) for n in lengths}
+    name = args.name or preset.name
+    out = Path(args.out)
+    log_path = out / f"eval-{name}.questions.jsonl"
+    if args.fresh and log_path.exists():
+        log_path.unlink()
+
+    settings = Settings()
+    plan = Plan(strategies, tasks, lengths, samples)
+    started = time.perf_counter()
+    if args.report_only:
+        wanted = {(s, t, n, d) for s in strategies for t, n, d in plan.questions()}
+        records = [r for r in read_log(log_path) if (r["strategy"], r["task"], r["length"], r["seed"]) in wanted]
+        if not records:
+            print(f"tome eval: error: no questions of this plan in {log_path}", file=sys.stderr)
+            return 2
+        engine_meta = {
+            "model": records[0].get("model", args.model or settings.model),
+            "engine": records[0].get("engine", args.engine or settings.engine),
+            "max_context": settings.max_context,
+        }
+        commit = None  # unknown: the log may come from several runs
+    else:
+        commit = report.commit()  # the code that ran, taken before the (long) run
+        engine = create_engine(settings.engine_config(kind=args.engine, model=args.model, threads=args.threads))
+        engine_meta = {"model": engine.model_name, "engine": engine.name, "max_context": engine.max_context}
+
+        def progress(done: int, total: int, message: str) -> None:
+            print(f"[{done}/{total} {time.perf_counter() - started:.0f}s] {message}", file=sys.stderr, flush=True)
+
+        records = run_plan(plan, engine, log_path, progress)
+    meta = {
+        "commit": commit or f"{report.commit()} (report only; questions from {log_path.name})",
+        **engine_meta,
+        "threads": settings.threads if args.threads is None else args.threads,
+        "preset": preset.name,
+        "strategies": list(strategies),
+        "tasks": list(tasks),
+        "lengths": list(lengths),
+        "samples": {str(n): k for n, k in samples.items()},
+        "questions_planned": plan.total,
+        "questions_answered": len(records),
+        "wall_seconds": round(time.perf_counter() - started, 1),  # this invocation only (a resumed run adds up)
+        "question_seconds_total": round(sum(r.get("seconds") or 0 for r in records), 1),
+        "questions_log": log_path.name,
+    }
+    for path in report.write(name, records, meta, out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The held-out real text the evals read: haystacks, BABILong background, QA passages, word lists.
+
+These documents are shipped in evals/data/corpus (copied from the project corpus) so the evals run offline
+and in CI. They are reserved for evaluation: training code must skip every file named in EVAL_DOCS.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+CORPUS_DIR = Path(__file__).parent / "data" / "corpus"
+
+# Held out from any training: the evals' haystacks and QA questions come from these documents only.
+EVAL_DOCS: tuple[str, ...] = (
+    "thoreau_walden_and_civil_disobedience.txt",
+    "conrad_heart_of_darkness.txt",
+    "franklin_autobiography.txt",
+)
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+
+
+def normalize(text: str) -> str:
+    """Unwrap hard-wrapped lines: one line per paragraph, paragraphs separated by a blank line."""
+    paragraphs = re.split(r"\n\s*\n", text.replace("\r", ""))
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+
+
+@cache
+def read_doc(name: str) -> str:
+    """A held-out document, unwrapped (QA passage locations refer to this normalized text)."""
+    if name not in EVAL_DOCS:
+        raise ValueError(f"{name!r} is not an evaluation document: {', '.join(EVAL_DOCS)}")
+    return normalize((CORPUS_DIR / name).read_text(encoding="utf-8"))
+
+
+@cache
+def words_of(text: str) -> tuple[str, ...]:
+    """Words with their trailing whitespace: joining them gives the text back."""
+    return tuple(re.findall(r"\S+\s*", text))
+
+
+def ends_sentence(word: str) -> bool:
+    return bool(_SENTENCE_END.search(word.rstrip()))
+
+
+@cache
+def haystack_words() -> tuple[str, ...]:
+    """All held-out documents as one word stream (about 300K tokens), the source of real-text haystacks."""
+    return words_of("\n\n".join(read_doc(name) for name in EVAL_DOCS))
+
+
+@cache
+def vocabulary() -> tuple[str, ...]:
+    """Plain lower-case English words (4-10 letters) of the held-out text, sorted."""
+    words = set(re.findall(r"\b[a-z]{4,10}\b", "\n".join(read_doc(name) for name in EVAL_DOCS)))
+    return tuple(sorted(words))

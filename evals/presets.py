@@ -1,0 +1,28 @@
+"""How many questions a run asks: `smoke` for tests (minutes), `full` for a baseline (about an hour a strategy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from evals.tasks import LENGTHS, TASKS
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    lengths: tuple[int, ...]
+    samples: dict[int, int]  # questions per task at each length; fewer where one question costs more
+    tasks: tuple[str, ...] = tuple(TASKS)
+
+
+PRESETS: dict[str, Preset] = {
+    # Every task at 2K, and 16K once to show what a strategy does beyond an 8K context.
+    "smoke": Preset("smoke", (2048, 16384), {2048: 1, 16384: 1}),
+    # Seeds 0..4 at 2K put every needle task at every depth of the grid once. A strategy that reads every
+    # token (about 2.4M tokens over the grid, most of them at 32K-128K) takes about an hour on 2 cores.
+    "full": Preset(
+        "full",
+        LENGTHS,
+        {2048: 5, 4096: 3, 8192: 2, 16384: 2, 32768: 1, 65536: 1, 131072: 1},
+    ),
+}

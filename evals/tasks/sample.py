@@ -1,0 +1,117 @@
+"""One evaluation question, and what every generator needs: seeds, the token budget, values, the depth grid."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engines.base import Message
+from engines.prompting import answer_overhead
+from engines.types import Document, Task
+from evals.corpus import vocabulary
+
+# Needle depths as a fraction of the document: sample `seed` sits at DEPTHS[seed % len(DEPTHS)].
+DEPTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class Tokenizer(Protocol):
+    """The part of an Engine that generators need: lengths are counted in the engine's own tokens."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def count_chat_tokens(self, messages: list[Message]) -> int: ...
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A document, one question about it and the reference answers.
+
+    `length` is the size RULER counts: document + question prompt + answer budget, in the engine's tokens;
+    so `full` fits every length up to its context, and `document_tokens` is slightly less than `length`.
+    """
+
+    task: str
+    length: int
+    seed: int
+    document: Document
+    question: Task
+    answers: tuple[str, ...]
+    metric: str  # "all" (string_match_all) or "part" (string_match_part)
+    document_tokens: int
+    depth: float | None = None  # where the (first) needle sits, 0..1; None for tasks without needles
+    unique: tuple[str, ...] = ()  # strings the task places exactly once in the document
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The tokens `full` needs for this sample (what `length` targets)."""
+        return self.length - self.info["budget_gap"]
+
+
+def rng_for(task: str, length: int, seed: int) -> random.Random:
+    return random.Random(f"{task}:{length}:{seed}")  # str seeds hash deterministically across runs
+
+
+def depth_for(seed: int) -> float:
+    return DEPTHS[seed % len(DEPTHS)]
+
+
+def document_budget(tok: Tokenizer, length: int, question: Task) -> int:
+    """Document tokens that leave room for the question prompt and the answer within `length`."""
+    return length - answer_overhead(tok, question)  # type: ignore[arg-type]
+
+
+def word_key(rng: random.Random) -> str:
+    """An adjective-noun-like key such as `harbour-silence`: two held-out words that never occur together."""
+    words = vocabulary()
+    return f"{rng.choice(words)}-{rng.choice(words)}"
+
+
+VALUE_KINDS = ("number", "word", "uuid")
+
+
+def value_of(kind: str, rng: random.Random) -> str:
+    if kind == "number":
+        return str(rng.randint(1_000_000, 9_999_999))
+    if kind == "word":
+        return word_key(rng)
+    if kind == "uuid":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    raise ValueError(f"unknown value kind {kind!r}")
+
+
+def finish(
+    task: str,
+    length: int,
+    seed: int,
+    tok: Tokenizer,
+    question: Task,
+    text: str,
+    answers: tuple[str, ...],
+    metric: str,
+    **extra: Any,
+) -> Sample:
+    """Wrap a built document into a Sample, recording its exact token counts."""
+    doc_tokens = tok.count_tokens(text)
+    needed = doc_tokens + answer_overhead(tok, question)  # type: ignore[arg-type]
+    info = {**extra.pop("info", {}), "budget_gap": length - needed}
+    document = Document(text, source=f"eval:{task}:{length}:{seed}", metadata={"task": task, "length": length})
+    return Sample(task, length, seed, document, question, answers, metric, doc_tokens, info=info, **extra)
+
+
+def unique_in(text: str, values: tuple[str, ...]) -> bool:
+    return all(text.count(v) == 1 for v in values)
+
+
+def with_unique_values(
+    make: Callable[[random.Random], tuple[str, tuple[str, ...]]], rng: random.Random, what: str
+) -> tuple[str, tuple[str, ...]]:
+    """Build until every value occurs exactly once (a drawn word could, rarely, already be in the haystack)."""
+    for _ in range(20):
+        text, values = make(rng)
+        if unique_in(text, values):
+            return text, values
+    raise RuntimeError(f"could not place unique values for {what} in 20 draws")

@@ -1,0 +1,58 @@
+"""Cheap features of a request that the router reads: sizes, task kind, what is already prepared."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engines.types import Task, TaskKind
+
+# Harness task names -> the kinds of question they stand for; `tome router fit` reads eval rows through this.
+KIND_OF_EVAL_TASK = {
+    "niah_single": "lookup",
+    "niah_multikey": "lookup",
+    "niah_multivalue": "lookup",
+    "niah_multiquery": "lookup",
+    "qa": "lookup",
+    "vt": "multihop",
+    "babilong": "multihop",
+    "cwe": "aggregation",
+    "fwe": "aggregation",
+}
+KINDS = ("lookup", "multihop", "aggregation", "summary", "extraction")
+
+_AGGREGATION = re.compile(
+    r"\b(most (common|frequent|often|used)|how many (times|of)|list (all|every)|all (the|of the)|every|each|count|"
+    r"frequen|recurr|throughout)\w*",
+    re.I,
+)
+_MULTIHOP = re.compile(
+    r"\b(variables?|assigned|chain|which .* (same|also)|before|after|where (is|was) the .* (now|then)|"
+    r"both|combin|relat)\w*",
+    re.I,
+)
+
+
+def task_kind(task: Task) -> str:
+    if task.kind == TaskKind.SUMMARY:
+        return "summary"
+    if task.kind == TaskKind.EXTRACT:
+        return "extraction"
+    if _AGGREGATION.search(task.question):
+        return "aggregation"
+    if _MULTIHOP.search(task.question):
+        return "multihop"
+    return "lookup"
+
+
+@dataclass(frozen=True)
+class Features:
+    document_tokens: int
+    context: int
+    kind: str
+    fits_whole: bool
+    indexed: bool = False
+
+    def describe(self) -> str:
+        prepared = ", already indexed" if self.indexed else ""
+        return f"{self.kind} task, {self.document_tokens} document tokens, context {self.context}{prepared}"
