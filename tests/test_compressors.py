@@ -137,12 +137,15 @@ def test_chunked_selection_finds_facts_at_start_middle_and_end_of_32k(engine: En
         needles.append(plant_needle(text, depth, rng, key="silent-lantern"))
         text = needles[-1].text
     question = "What are all the special magic numbers for silent-lantern mentioned in the provided text?"
-    chosen = select(engine, text, Task(question), GemFilterConfig(top_k=256))
+    chosen = select(engine, text, Task(question))  # the default: 1024 tokens kept
     assert chosen.passes >= 5  # four or five 8K chunks, then a round over their survivors
-    assert len(chosen.positions) == 256
-    for needle in needles:
-        assert needle.answer in chosen.text, (needle.answer, chosen.text[:400])
-        assert any(needle.answer in e.text for e in chosen.spans)
+    assert len(chosen.positions) == 1024
+    missing = [
+        (depth, n.answer)
+        for depth, n in zip(("start", "middle", "end"), needles, strict=True)
+        if not any(n.answer in e.text for e in chosen.spans)
+    ]
+    assert not missing, missing
 
 
 def test_calibration_measures_every_layer_and_is_stored(engine: Engine, tmp_path: Path) -> None:
