@@ -147,6 +147,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(args.eval_argv)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from compressors.calibration import calibrate
+    from compressors.layer_store import STORE, save_entry
+    from engines import create_engine
+    from service.documents import load_document
+    from service.settings import Settings
+
+    settings = Settings()
+    example = Path(__file__).resolve().parents[1] / "examples" / "walden_long.txt"
+    haystack = Path(args.haystack) if args.haystack else example
+    if not haystack.exists():
+        print(f"tome: error: haystack {haystack} not found; pass --haystack FILE (any long text)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    engine = create_engine(settings.engine_config(kind="native", model=args.model))
+    result = calibrate(
+        engine, load_document(haystack).text, samples=args.samples, length=args.length, progress=_progress_bar()
+    )
+    target = Path(args.output) if args.output else settings.home / STORE
+    save_entry(result, target)
+    curve = " ".join(f"{i}:{r:.2f}" for i, r in enumerate(result.recall_by_layer, start=1))
+    print(f"{result.model}: layer {result.layer} of {result.num_layers} (needle recall by layer {curve}) -> {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tome", description="Answer questions about documents longer than a model's context."
@@ -193,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     # Options belong to evals/cli.py (`tome eval --help`); they pass through untouched.
     evaluate = sub.add_parser("eval", help="run the evaluation harness (evals/): tome eval --help", add_help=False)
     evaluate.set_defaults(func=cmd_eval)
+
+    calibrate = sub.add_parser("calibrate", help="tune a compressor for the model (gemfilter: its filter layer)")
+    calibrate.add_argument("compressor", choices=["gemfilter"])
+    calibrate.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
+    calibrate.add_argument("--haystack", default=None, help="text to plant needles in (default: Walden example)")
+    calibrate.add_argument("--samples", type=int, default=8)
+    calibrate.add_argument("--length", type=int, default=3000, help="tokens per sample")
+    calibrate.add_argument("--output", default=None, help="JSON file to write (default: TOME_HOME/calibration/)")
+    calibrate.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from compressors.gemfilter import GemFilter
+from compressors.hard import HardCompression
 from engines.strategy import Strategy
 from memory.memagent import MemAgent
 from memory.rag import Rag
@@ -14,14 +16,14 @@ class UnknownStrategyError(ValueError):
 
 
 def _build() -> dict[str, Strategy]:
-    strategies: list[Strategy] = [FullContext(), MapReduce(), Rag(), MemAgent()]
+    strategies: list[Strategy] = [FullContext(), MapReduce(), Rag(), MemAgent(), GemFilter(), HardCompression()]
     return {s.name: s for s in strategies}
 
 
 STRATEGIES: dict[str, Strategy] = _build()
 
 # Preference when several fit: cheaper and more faithful first (the router issue replaces this with a fitted policy).
-PREFERENCE = ["full", "rag", "mapreduce", "memagent"]
+PREFERENCE = ["full", "rag", "mapreduce", "memagent", "gemfilter", "hard"]
 
 
 def get_strategy(name: str) -> Strategy:

@@ -1,0 +1,176 @@
+"""The `hard` and `gemfilter` compressors on the real SmolLM2 and real corpus text."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compressors.attention import num_layers
+from compressors.calibration import calibrate, plant_needle
+from compressors.gemfilter import GemFilterConfig, NoLayerAccessError, prompt_around, select
+from compressors.hard import HardConfig, compress
+from compressors.layer_store import SHIPPED, load_store, model_key, save_entry, stored_layer
+from engines import EngineConfig, create_engine
+from engines.base import Engine, Generation, Message, SamplingParams
+from engines.types import Document, Task
+from workflows.graph import run_job
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FACTION = "What are the two methods of curing the mischiefs of faction?"
+
+
+class TextOnlyEngine:
+    """A real engine seen through the base protocol alone, as the vLLM engines are: no layer access."""
+
+    name = "text-only"
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.model_name = inner.model_name
+
+    @property
+    def max_context(self) -> int:
+        return self.inner.max_context
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.inner.tokenize(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.inner.detokenize(ids)
+
+    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        return self.inner.chat(conversations, params)
+
+    def count_chat_tokens(self, messages: Sequence[Message]) -> int:
+        return self.inner.count_chat_tokens(messages)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return create_engine(EngineConfig(kind="native", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def federalist() -> str:
+    return (EXAMPLES / "federalist_10.md").read_text(encoding="utf-8")
+
+
+def within(actual: int, target: int, tolerance: float = 0.05) -> bool:
+    return abs(actual - target) <= tolerance * target
+
+
+def test_hard_meets_token_and_rate_budgets(engine: Engine, federalist: str) -> None:
+    document_tokens = engine.count_tokens(federalist)
+    by_tokens = compress(engine, federalist, FACTION, HardConfig(target_tokens=400))
+    assert by_tokens.stages == "coarse+fine"
+    assert by_tokens.tokens == engine.count_tokens(by_tokens.text)
+    assert within(by_tokens.tokens, 400), by_tokens.tokens
+    by_rate = compress(engine, federalist, FACTION, HardConfig(rate=0.15))
+    assert within(by_rate.tokens, round(0.15 * document_tokens)), (by_rate.tokens, document_tokens)
+    # The evidence is the document's own sentences, readable as they stand.
+    assert by_rate.spans and all(federalist[e.start : e.end] == e.text for e in by_rate.spans)
+
+
+def test_hard_without_layer_access_is_coarse_only_and_meets_budget(engine: Engine, federalist: str) -> None:
+    plain = TextOnlyEngine(engine)
+    result = compress(plain, federalist, FACTION, HardConfig(rate=0.25))
+    assert result.stages == "coarse" and result.passes == 0
+    assert within(result.tokens, round(0.25 * engine.count_tokens(federalist))), result.tokens
+    with pytest.raises(NoLayerAccessError, match="native engine"):
+        select(plain, federalist, Task(FACTION))
+
+
+def test_hard_keeps_the_relevant_number(engine: Engine, federalist: str) -> None:
+    middle = federalist.index("\n\n", len(federalist) // 2)
+    text = federalist[:middle] + "\n\nThe convention counted 4411 delegates at the final vote." + federalist[middle:]
+    question = "How many delegates did the convention count at the final vote?"
+    result = compress(engine, text, question, HardConfig(rate=0.1))
+    assert "4411" in result.text
+    assert within(result.tokens, round(0.1 * engine.count_tokens(text)))
+
+
+def test_gemfilter_with_all_layers_equals_plain_attention_ranking() -> None:
+    exact = create_engine(EngineConfig(kind="native", device="cpu", dtype="float32"))
+    model = exact.hf_model  # type: ignore[attr-defined]
+    text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")[:3000]
+    task = Task("What is the name of the cruising yawl?")
+    layers = num_layers(model)
+    before, after = prompt_around(exact, task)
+    context = exact.tokenize(text)
+    ids = torch.tensor([[*before, *context, *after]])
+    model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            attentions = model(input_ids=ids, output_attentions=True, use_cache=False).attentions
+    finally:
+        model.set_attn_implementation("sdpa")
+    # Plain attention of the last layer, summed over heads: from the last position, or averaged over the question's.
+    last_layer = attentions[layers - 1][0, :, :, len(before) : len(before) + len(context)].sum(dim=0)
+    for queries, rows in (("last", last_layer[-1:]), ("question", last_layer[-len(after) :])):
+        plain = rows.mean(dim=0)
+        smoothed = F.avg_pool1d(plain[None, None], 5, stride=1, padding=2, count_include_pad=False)[0, 0]
+        chosen = select(exact, text, task, GemFilterConfig(layer=layers, top_k=64, queries=queries))
+        assert chosen.passes == 1 and len(chosen.positions) == 64
+        assert chosen.positions == sorted(smoothed.topk(64).indices.tolist()), queries
+
+
+def walden(engine: Engine, tokens: int) -> str:
+    ids = engine.tokenize((EXAMPLES / "walden_long.txt").read_text(encoding="utf-8"))
+    assert len(ids) >= tokens, "the Walden example is shorter than the test needs"
+    return engine.detokenize(ids[:tokens])
+
+
+def test_chunked_selection_finds_facts_at_start_middle_and_end_of_32k(engine: Engine) -> None:
+    # Three values for one key (RULER's multi-value needle): one selection must keep all three.
+    text = walden(engine, 32_000)
+    rng = random.Random(7)
+    needles = []
+    for depth in (0.02, 0.5, 0.98):
+        needles.append(plant_needle(text, depth, rng, key="silent-lantern"))
+        text = needles[-1].text
+    question = "What are all the special magic numbers for silent-lantern mentioned in the provided text?"
+    chosen = select(engine, text, Task(question))  # the default: 1024 tokens kept
+    assert chosen.passes >= 5  # four or five 8K chunks, then a round over their survivors
+    assert len(chosen.positions) == 1024
+    missing = [
+        (depth, n.answer)
+        for depth, n in zip(("start", "middle", "end"), needles, strict=True)
+        if not any(n.answer in e.text for e in chosen.spans)
+    ]
+    assert not missing, missing
+
+
+def test_calibration_measures_every_layer_and_is_stored(engine: Engine, tmp_path: Path) -> None:
+    haystack = (EXAMPLES / "walden_long.txt").read_text(encoding="utf-8")
+    result = calibrate(engine, haystack, samples=1, length=600)
+    model = engine.hf_model  # type: ignore[attr-defined]
+    assert result.model == model_key(model) == "SmolLM2-135M-Instruct"
+    assert len(result.recall_by_layer) == result.num_layers == num_layers(model)
+    assert 1 <= result.layer <= result.num_layers
+    save_entry(result, tmp_path / "calibration" / "gemfilter.json")
+    assert stored_layer(result.model, result.num_layers, tmp_path) == result.layer
+    shipped = load_store(SHIPPED)[result.model]["layer"]
+    assert stored_layer(result.model, result.num_layers, None) == shipped
+
+
+def test_strategies_answer_a_needle_through_the_job_graph(engine: Engine) -> None:
+    needle = plant_needle(walden(engine, 3000), 0.5, random.Random(3))
+    task = Task(needle.question, max_answer_tokens=32)
+    result = run_job(Document(needle.text), [task], engine, strategy="gemfilter")
+    answer = result.answers[0]
+    assert result.strategy == "gemfilter" and answer.details["kept_tokens"] == 1024
+    assert needle.answer in answer.text, answer.text
+    assert any(needle.answer in e.text for e in answer.evidence)
+    result = run_job(Document(needle.text), [task], TextOnlyEngine(engine), strategy="hard")
+    answer = result.answers[0]
+    assert answer.details["stages"] == "coarse"
+    assert within(answer.details["compressed_tokens"], answer.details["target_tokens"])
+    assert needle.answer in answer.text, answer.text
