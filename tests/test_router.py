@@ -88,6 +88,15 @@ def test_unmeasured_model_uses_the_default_order(native_engine: Engine) -> None:
     assert choose_strategy("auto", 3000, [LOOKUP], native_engine, empty).strategy == "full"
     long = choose_strategy("auto", 30000, [LOOKUP], native_engine, empty)
     assert long.strategy == registry.PREFERENCE[1] and "no measurements" in long.reason
+    whole = choose_strategy("auto", 30000, [Task("", kind=TaskKind.SUMMARY)], native_engine, empty)
+    assert whole.strategy == "mapreduce"
+
+
+def test_a_measurement_speaks_only_for_nearby_lengths(native_engine: Engine) -> None:
+    assert policy().estimate("rag", "lookup", 16384).length == 8192
+    assert policy().estimate("rag", "lookup", 2048).length == 4096  # a factor of 2 is still near
+    assert policy().estimate("rag", "lookup", 1024) is None
+    assert policy().estimate("full", "lookup", 128000) is None
 
 
 def test_requested_strategy_that_cannot_fit_names_both_sizes(native_engine: Engine) -> None:
@@ -159,7 +168,7 @@ def test_unsupported_answer_falls_back_to_the_next_strategy(
     native_engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(registry.STRATEGIES, "closed_book", ClosedBook())
-    monkeypatch.setattr(registry, "PREFERENCE", ["closed_book", *registry.PREFERENCE])
+    monkeypatch.setattr(registry, "PREFERENCE", ["closed_book", "full"])
     # An unmeasured model: the default order puts the closed book first and `full` behind it.
     monkeypatch.setattr("workflows.policy.POLICIES", tmp_path)
     text = planted_document(native_engine, "The lighthouse keeper's dog was called Biscuit.", 2000, 0.6)

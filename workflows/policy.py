@@ -18,6 +18,7 @@ from workflows.analysis import KIND_OF_EVAL_TASK
 
 POLICIES = Path(__file__).with_name("policies")  # shipped with the model settings: <model alias>.json
 TOLERANCE = 0.02  # accuracies this close count as equal, and the cheaper strategy wins
+MAX_LOG2_DISTANCE = 1.0  # an entry speaks for lengths within a factor of 2 of its own
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,12 @@ class Policy:
     sources: list[str] = field(default_factory=list)
 
     def estimate(self, strategy: str, kind: str, length: int) -> Entry | None:
-        """The entry measured nearest to this length (in log scale) for this strategy and kind."""
+        """The entry measured nearest to this length for this strategy and kind; none beyond a factor of 2 away
+        (accuracy at 8K says little about 128K or 2K)."""
         rows = [e for e in self.entries if e.strategy == strategy and e.kind == kind]
+        rows = [e for e in rows if abs(math.log2(max(e.length, 1) / max(length, 1))) <= MAX_LOG2_DISTANCE]
         if not rows:
-            rows = [e for e in self.entries if e.strategy == strategy]  # kind never measured: any kind
-            if not rows:
-                return None
+            return None
         return min(rows, key=lambda e: (abs(math.log2(max(e.length, 1) / max(length, 1))), -e.n))
 
     def rank(

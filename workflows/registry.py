@@ -22,8 +22,16 @@ def _build() -> dict[str, Strategy]:
 
 STRATEGIES: dict[str, Strategy] = _build()
 
-# Preference when several fit: cheaper and more faithful first (the router issue replaces this with a fitted policy).
+# The order where the policy has no measurement: cheaper and more faithful first.
 PREFERENCE = ["full", "rag", "mapreduce", "memagent", "gemfilter", "hard"]
+# Tasks that need the whole document (summaries, extraction, counting) read every segment before retrieving.
+WHOLE_DOCUMENT_KINDS = ("summary", "extraction", "aggregation")
+WHOLE_DOCUMENT_PREFERENCE = ["full", "mapreduce", "memagent", "rag", "gemfilter", "hard"]
+
+
+def default_order(kind: str) -> list[str]:
+    first = WHOLE_DOCUMENT_PREFERENCE if kind in WHOLE_DOCUMENT_KINDS else PREFERENCE
+    return [*first, *(n for n in STRATEGIES if n not in first)]
 
 
 def get_strategy(name: str) -> Strategy:

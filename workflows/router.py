@@ -63,7 +63,7 @@ def choose_strategy(
         if not registry.get_strategy(requested).fits(document_tokens, tasks, engine):
             raise NoStrategyError(f"strategy {requested!r} cannot run this request: {sizes}")
         return Route(requested, f"requested by the caller; {sizes}", kind)
-    order = [*registry.PREFERENCE, *(n for n in registry.STRATEGIES if n not in registry.PREFERENCE)]
+    order = registry.default_order(kind)
     candidates = [n for n in order if registry.STRATEGIES[n].fits(document_tokens, tasks, engine)]
     if not candidates:
         raise NoStrategyError(f"no strategy can run this request: {sizes}")
