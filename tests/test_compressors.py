@@ -128,6 +128,7 @@ def walden(engine: Engine, tokens: int) -> str:
     return engine.detokenize(ids[:tokens])
 
 
+@pytest.mark.slow
 def test_chunked_selection_finds_facts_at_start_middle_and_end_of_32k(engine: Engine) -> None:
     # One fact per question, as in niah_single. (One question for three values of one key keeps only the last
     # value at 32K: a measured limit of single-pass selection with SmolLM2, not asserted here.)

@@ -67,6 +67,7 @@ def test_snap_keeps_only_document_sentences():
 # -- memagent ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_memagent_answers_a_planted_fact_in_16k_tokens_through_the_job_graph(native_engine, doc16k):
     from workflows.graph import run_job
 
@@ -133,6 +134,7 @@ def test_memagent_rejects_bad_input_clearly(native_engine):
 # -- rag -----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rag_answers_a_planted_fact_in_16k_tokens_and_reuses_its_index(native_engine, doc16k, rag):
     first = rag.run(doc16k, [Task(QUESTION)], native_engine, lambda *a: None)[0]
     assert "biscuit" in first.text.lower()
