@@ -144,7 +144,17 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from evals.cli import main as eval_main  # the yardstick: imported only when `tome eval` runs
 
-    return eval_main(args.eval_argv)
+    return eval_main(args.passthrough_argv)
+
+
+# `tome train TARGET ...`: each trainer owns its options (`tome train TARGET --help`); module -> main(argv).
+TRAINERS: dict[str, str] = {}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import importlib
+
+    return importlib.import_module(TRAINERS[args.target]).main(args.passthrough_argv)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -220,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="run the evaluation harness (evals/): tome eval --help", add_help=False)
     evaluate.set_defaults(func=cmd_eval)
 
+    train = sub.add_parser("train", help="train an adapter for the model: tome train TARGET --help", add_help=False)
+    train.add_argument("target", choices=sorted(TRAINERS))
+    train.set_defaults(func=cmd_train)
+
     calibrate = sub.add_parser("calibrate", help="tune a compressor for the model (gemfilter: its filter layer)")
     calibrate.add_argument("compressor", choices=["gemfilter"])
     calibrate.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
@@ -234,9 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "eval":
+    if rest and args.command not in ("eval", "train"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.eval_argv = rest
+    args.passthrough_argv = rest
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from engines.base import ContextOverflowError
