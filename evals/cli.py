@@ -26,6 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="comma list of tasks (default: the preset's)")
     p.add_argument("--lengths", default=None, help="comma list such as 2K,4K or 2048 (default: the preset's)")
     p.add_argument("--samples", type=int, default=None, help="questions per task and length (default: the preset's)")
+    p.add_argument(
+        "--seeds-from",
+        type=int,
+        default=0,
+        help="first seed (default 0); a fresh range gives questions no earlier run (or fitted policy) has seen",
+    )
+    p.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="routing policy file for `auto` (default: the model's shipped one); `tome router fit` makes one",
+    )
     p.add_argument("--name", default=None, help="results name (default: the preset name)")
     p.add_argument("--out", default="bench/results", help="results folder")
     p.add_argument("--engine", choices=["native", "vllm"], default=None, help="default: TOME_ENGINE or native")
@@ -48,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from evals.runner import Plan, read_log, run_plan, strategy_names
     from evals.tasks import TASKS
     from service.settings import Settings
+    from workflows.policy import Policy
 
     if args.preset not in PRESETS:
         print(f"tome eval: error: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}", file=sys.stderr)
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path.unlink()
 
     settings = Settings()
-    plan = Plan(strategies, tasks, lengths, samples)
+    plan = Plan(strategies, tasks, lengths, samples, seeds_from=args.seeds_from)
     started = time.perf_counter()
     if args.report_only:
         wanted = {(s, t, n, d) for s in strategies for t, n, d in plan.questions()}
@@ -93,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         def progress(done: int, total: int, message: str) -> None:
             print(f"[{done}/{total} {time.perf_counter() - started:.0f}s] {message}", file=sys.stderr, flush=True)
 
-        records = run_plan(plan, engine, log_path, progress)
+        policy = Policy.load(args.policy) if args.policy else None
+        records = run_plan(plan, engine, log_path, progress, policy)
     meta = {
         "commit": commit or f"{report.commit()} (report only; questions from {log_path.name})",
         **engine_meta,
@@ -103,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": list(tasks),
         "lengths": list(lengths),
         "samples": {str(n): k for n, k in samples.items()},
+        "seeds_from": args.seeds_from,
+        "policy": str(args.policy) if args.policy else "shipped",
         "questions_planned": plan.total,
         "questions_answered": len(records),
         "wall_seconds": round(time.perf_counter() - started, 1),  # this invocation only (a resumed run adds up)

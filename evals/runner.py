@@ -22,6 +22,7 @@ from engines.base import ContextOverflowError, Engine
 from evals.metrics import score
 from evals.tasks import Sample, generate
 from workflows.graph import run_job
+from workflows.policy import Policy
 from workflows.registry import STRATEGIES
 from workflows.router import NoStrategyError
 
@@ -79,7 +80,7 @@ class PeakMemory:
                 self.cuda_peak = torch.cuda.max_memory_allocated()
 
 
-def run_question(strategy: str, sample: Sample, engine: Engine) -> dict[str, Any]:
+def run_question(strategy: str, sample: Sample, engine: Engine, policy: Policy | None = None) -> dict[str, Any]:
     """One question through run_job. A strategy that cannot take the document says so; nothing is truncated."""
     record: dict[str, Any] = {
         "strategy": strategy,
@@ -98,7 +99,7 @@ def run_question(strategy: str, sample: Sample, engine: Engine) -> dict[str, Any
     start = time.perf_counter()
     try:
         with memory.track():
-            result = run_job(sample.document, [sample.question], engine, strategy=strategy)
+            result = run_job(sample.document, [sample.question], engine, strategy=strategy, policy=policy)
     except NoStrategyError as exc:  # raised by the router before any model call
         return {**record, "status": "does_not_fit", "accuracy": None, "reason": str(exc)}
     except ContextOverflowError as exc:  # the strategy said it fits but the engine disagreed: a strategy bug
@@ -171,6 +172,7 @@ def run_plan(
     engine: Engine,
     log_path: Path,
     progress: Callable[[int, int, str], None] | None = None,
+    policy: Policy | None = None,
 ) -> list[dict[str, Any]]:
     """Ask every planned question of every strategy; records already in `log_path` are kept, not rerun."""
     records = read_log(log_path)
@@ -186,7 +188,7 @@ def run_plan(
             for strategy in todo:
                 if progress:
                     progress(count, plan.total, f"{strategy} {task} {length} #{seed}")
-                record = run_question(strategy, sample, engine)
+                record = run_question(strategy, sample, engine, policy)
                 records.append(record)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()

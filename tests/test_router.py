@@ -178,3 +178,18 @@ def test_unsupported_answer_falls_back_to_the_next_strategy(
     assert result.strategy == "full" and "fell back to full" in result.reason
     assert "biscuit" in result.answers[0].text.lower()
     assert result.cost.calls == 2  # both attempts are paid for
+
+
+def test_a_policy_given_to_the_job_replaces_the_shipped_one(
+    native_engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(registry.STRATEGIES, "closed_book", ClosedBook())
+    monkeypatch.setattr(registry, "PREFERENCE", ["closed_book", "full"])
+    monkeypatch.setattr("workflows.policy.POLICIES", tmp_path)  # no shipped policy: closed_book would go first
+    measured = Policy(
+        "m", [Entry("full", "lookup", 2048, 0.9, 2000, 1.0, 5), Entry("closed_book", "lookup", 2048, 0.1, 20, 1.0, 5)]
+    )
+    text = planted_document(native_engine, "The lighthouse keeper's dog was called Biscuit.", 2000, 0.6)
+    result = run_job(Document(text), [LOOKUP], native_engine, policy=measured)
+    assert [a["strategy"] for a in result.attempts] == ["full"]
+    assert "biscuit" in result.answers[0].text.lower()

@@ -18,6 +18,7 @@ from langgraph.types import Checkpointer
 from engines.base import Engine
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
 from workflows.memagent import add_memagent_loop
+from workflows.policy import Policy
 from workflows.registry import get_strategy
 from workflows.router import Budget, choose_strategy
 from workflows.verify import answer_supported
@@ -74,7 +75,12 @@ def analyse(state: JobState, config: RunnableConfig) -> JobState:
 
 def route(state: JobState, config: RunnableConfig) -> JobState:
     r = choose_strategy(
-        state["requested"], state["document_tokens"], _tasks(state), _engine(config), budget=Budget(**state["budget"])
+        state["requested"],
+        state["document_tokens"],
+        _tasks(state),
+        _engine(config),
+        policy=config["configurable"].get("policy"),
+        budget=Budget(**state["budget"]),
     )
     return {"strategy": r.strategy, "reason": r.reason, "kind": r.kind, "fallbacks": r.fallbacks, "attempts": []}
 
@@ -141,11 +147,14 @@ def run_job(
     checkpointer: Checkpointer = None,
     thread_id: str | None = None,
     budget: Budget | None = None,
+    policy: Policy | None = None,
 ) -> JobResult:
-    """Run the graph to the end. With a checkpointer and the same thread id, a rerun resumes."""
+    """Run the graph to the end. With a checkpointer and the same thread id, a rerun resumes.
+
+    `policy` replaces the model's shipped routing policy (e.g. one fitted on other questions, for evaluation)."""
     if not tasks:
         raise ValueError("a job needs at least one task")
-    configurable: dict[str, Any] = {"engine": engine, "progress": progress}
+    configurable: dict[str, Any] = {"engine": engine, "progress": progress, "policy": policy}
     if checkpointer is not None:
         configurable["thread_id"] = thread_id or document.content_hash
     config: RunnableConfig = {"configurable": configurable, "recursion_limit": RECURSION_LIMIT}
