@@ -39,7 +39,7 @@ _STRUCTURE = re.compile(r"^\s*(?:\n|#+|[-*\u2022|>]|\d+[.)])")
 
 @dataclass(frozen=True)
 class HardConfig:
-    rate: float = 1 / 3  # kept share of the document's tokens
+    rate: float = 1 / 3  # kept share of the tokens (the strategy counts the prompt's too: HardCompression.budget)
     target_tokens: int | None = None  # an absolute budget instead of the rate
     tolerance: float = 0.05  # the result's token count lands within this share of the target
     coarse_slack: float = 1.5  # the coarse stage keeps this multiple of the target; the fine stage cuts the rest
@@ -261,8 +261,16 @@ class HardCompression:
         self.config = config
 
     def budget(self, document_tokens: int, task: Task, engine: Engine) -> int:
-        """The configured budget, capped so that the compressed text fits the engine beside the prompt."""
-        return min(target_for(document_tokens, self.config), engine.max_context - answer_overhead(engine, task))
+        """The compressed text's budget, capped so that it fits the engine beside the prompt.
+
+        The rate applies to everything the answering model reads, the prompt's own tokens included: `rate=1/3`
+        sends 3x fewer tokens than the uncompressed prompt, not 3x fewer document tokens plus the prompt."""
+        overhead = answer_overhead(engine, task)
+        if self.config.target_tokens is None:
+            wanted = target_for(document_tokens + overhead, self.config) - overhead
+        else:
+            wanted = self.config.target_tokens
+        return min(wanted, engine.max_context - overhead)
 
     def fits(self, document_tokens: int, tasks: Sequence[Task], engine: Engine) -> bool:
         return all(self.budget(document_tokens, t, engine) > 0 for t in tasks)

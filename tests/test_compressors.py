@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from compressors.attention import num_layers
 from compressors.calibration import calibrate, plant_needle
 from compressors.gemfilter import GemFilterConfig, NoLayerAccessError, prompt_around, select
-from compressors.hard import HardConfig, compress
+from compressors.hard import HardCompression, HardConfig, compress
 from compressors.layer_store import SHIPPED, load_store, model_key, save_entry, stored_layer
 from engines import EngineConfig, create_engine
 from engines.base import Engine, Generation, Message, SamplingParams
+from engines.prompting import answer_overhead
 from engines.types import Document, Task
 from workflows.graph import run_job
 
@@ -77,6 +78,15 @@ def test_hard_meets_token_and_rate_budgets(engine: Engine, federalist: str) -> N
     assert within(by_rate.tokens, round(0.15 * document_tokens)), (by_rate.tokens, document_tokens)
     # The evidence is the document's own sentences, readable as they stand.
     assert by_rate.spans and all(federalist[e.start : e.end] == e.text for e in by_rate.spans)
+
+
+def test_hard_strategy_rate_counts_the_whole_prompt(engine: Engine) -> None:
+    """`rate=1/3` means the answering model reads at most a third of what the uncompressed prompt holds."""
+    task = Task(FACTION)
+    overhead = answer_overhead(engine, task)
+    for document_tokens in (3000, 8000):
+        budget = HardCompression().budget(document_tokens, task, engine)
+        assert 0 < budget and 3 * (budget + overhead) <= document_tokens + overhead + 3
 
 
 def test_hard_without_layer_access_is_coarse_only_and_meets_budget(engine: Engine, federalist: str) -> None:
