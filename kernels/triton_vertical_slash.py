@@ -27,6 +27,7 @@ class Layout:
     chunk_start: torch.Tensor  # [BH, C] int32: chunk start relative to the query block's first row, ascending
     chunk_begin: torch.Tensor  # [BH, nM] int32: first chunk that reaches column 0 for this query block
     chunk_count: torch.Tensor  # [BH] int32
+    chunk_diag: torch.Tensor  # [BH] int32: first chunk that may reach past a query row (needs the causal mask)
     vertical: torch.Tensor  # [BH, NV] int32, ascending
     vertical_count: torch.Tensor  # [BH, nM] int32: verticals before this query block's end
     covered: torch.Tensor  # [BH, L + BM + BN] int8: 1 where offset - L (relative to the block start) is in a chunk
@@ -75,10 +76,14 @@ def vertical_slash_layout(
 
     vert = vertical.reshape(bh, -1).contiguous()
     vertical_count = torch.searchsorted(vert, (block_first_col + block_m)[None, :].expand(bh, -1).contiguous())
+    # a chunk ending at or before the block's first row (start <= 1 - BN) is below every row of the block
+    below = torch.full((bh, 1), 1 - block_n, dtype=torch.long, device=dev)
+    chunk_diag = torch.searchsorted(chunk_start, below, right=True)
     return Layout(
         chunk_start.to(torch.int32).contiguous(),
         chunk_begin.to(torch.int32).contiguous(),
         per_head.to(torch.int32),
+        chunk_diag[:, 0].to(torch.int32).contiguous(),
         vert.to(torch.int32),
         vertical_count.to(torch.int32).contiguous(),
         covered.contiguous(),
@@ -88,12 +93,17 @@ def vertical_slash_layout(
 
 
 @triton.jit
-def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk_scale):
-    k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
-    v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
-    qk = tl.dot(q, tl.trans(k))
-    keep = valid[None, :] & (cols[None, :] <= rows[:, None])
-    qk = tl.where(keep, qk * qk_scale, float("-inf"))
+def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr):
+    if MASKED:
+        k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k))
+        keep = valid[None, :] & (cols[None, :] <= rows[:, None])
+        qk = tl.where(keep, qk * qk_scale, float("-inf"))
+    else:  # every column exists and lies at or before every row: no masks, no selects
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet: keep everything at zero
     p = tl.math.exp2(qk - m_safe[:, None])
@@ -112,6 +122,7 @@ def _vertical_slash_fwd(
     chunk_start,
     chunk_begin,
     chunk_count,
+    chunk_diag,
     vertical,
     vertical_count,
     covered,
@@ -139,8 +150,10 @@ def _vertical_slash_fwd(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
+    # the heaviest (last) query blocks start first
+    pid_bh = tl.program_id(0)
+    pid_m = n_m - 1 - tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     hkv = h // GROUP
@@ -155,24 +168,58 @@ def _vertical_slash_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     block_start = pid_m * BLOCK_M
 
-    # Slash lines: contiguous chunks, already sorted so that the first useful one is known.
+    # Slash lines: contiguous chunks, sorted, so that the first useful one is known. Masks are needed only on the
+    # chunk that starts before column 0 (at most one: chunks never overlap) and on those reaching the diagonal.
     c_lo = tl.load(chunk_begin + pid_bh * n_m + pid_m)
     c_hi = tl.load(chunk_count + pid_bh)
-    for c in range(c_lo, c_hi):
-        start = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
-        cols = start + n
-        valid = (cols >= 0) & (cols < length)
+    c_diag = tl.load(chunk_diag + pid_bh)
+    first = tl.load(chunk_start + pid_bh * n_chunk_cols + c_lo, mask=c_lo < c_hi, other=0)
+    c_full = c_lo + ((c_lo < c_hi) & (block_start + first < 0)).to(tl.int32)
+    c_mid = tl.maximum(c_full, c_diag)
+    for c in range(c_lo, c_full):
+        cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
         m_i, l_i, acc = _online_softmax_step(
             q,
             k_base + cols[:, None] * skn + d[None, :],
             v_base + cols[:, None] * svn + d[None, :],
-            valid,
+            (cols >= 0) & (cols < length),
             rows,
             cols,
             m_i,
             l_i,
             acc,
             qk_scale,
+            True,
+        )
+    for c in range(c_full, c_mid):
+        cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
+        m_i, l_i, acc = _online_softmax_step(
+            q,
+            k_base + cols[:, None] * skn + d[None, :],
+            v_base + cols[:, None] * svn + d[None, :],
+            cols >= 0,
+            rows,
+            cols,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+            False,
+        )
+    for c in range(c_mid, c_hi):
+        cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
+        m_i, l_i, acc = _online_softmax_step(
+            q,
+            k_base + cols[:, None] * skn + d[None, :],
+            v_base + cols[:, None] * svn + d[None, :],
+            (cols >= 0) & (cols < length),
+            rows,
+            cols,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+            True,
         )
 
     # Vertical columns: gathered; those a chunk already covered are skipped so nothing is counted twice.
@@ -194,6 +241,7 @@ def _vertical_slash_fwd(
             l_i,
             acc,
             qk_scale,
+            True,
         )
 
     acc = acc / l_i[:, None]
@@ -220,7 +268,7 @@ def vertical_slash_attention(
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     out = torch.empty(b, length, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     n_m = -(-length // layout.block_m)
-    grid = (n_m, b * hq)
+    grid = (b * hq, n_m)
     _vertical_slash_fwd[grid](
         q,
         k,
@@ -229,6 +277,7 @@ def vertical_slash_attention(
         layout.chunk_start,
         layout.chunk_begin,
         layout.chunk_count,
+        layout.chunk_diag,
         layout.vertical,
         layout.vertical_count,
         layout.covered,
