@@ -41,8 +41,16 @@ def vertical_slash_index(
     s[..., length - r :].masked_fill_(torch.ones(r, r, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     p = torch.softmax(s, dim=-1, dtype=torch.float32)
     del s
-    vertical = top_indices(p.sum(dim=2), cfg.sink, cfg.vertical, cfg.mass, pad=length)
-    slash = top_indices(diagonal_sums(p), cfg.window, cfg.slash, cfg.mass, pad=0)
+    vertical_score, slash_score = p.sum(dim=2), diagonal_sums(p)
+    del p
+    if cfg.shared:  # one index per KV group, repeated for its query heads
+        group = hq // hkv
+        vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)
+        slash_score = slash_score.reshape(b, hkv, group, length).sum(2)
+    vertical = top_indices(vertical_score, cfg.sink, cfg.vertical, cfg.mass, pad=length)
+    slash = top_indices(slash_score, cfg.window, cfg.slash, cfg.mass, pad=0)
+    if cfg.shared:
+        vertical, slash = vertical.repeat_interleave(group, 1), slash.repeat_interleave(group, 1)
     return vertical, slash
 
 

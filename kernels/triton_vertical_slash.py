@@ -146,27 +146,33 @@ def _vertical_slash_fwd(
     son,
     H: tl.constexpr,
     GROUP: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
     # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
     # the heaviest (last) query blocks start first
+    # With PACK > 1 one layout row serves PACK query heads of a KV group (a shared index): their BLOCK_M rows are
+    # stacked into one tile, so each K/V tile is read once for all of them.
     pid_bh = tl.program_id(0)
     pid_m = n_m - 1 - tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    hkv = h // GROUP
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b = (pid_bh // (H // PACK)).to(tl.int64)
+    h0 = (pid_bh % (H // PACK)).to(tl.int64) * PACK
+    hkv = h0 // GROUP
+    block_start = pid_m * BLOCK_M
+    r = tl.arange(0, PACK * BLOCK_M)
+    heads = h0 + r // BLOCK_M
+    rows = block_start + r % BLOCK_M
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, BLOCK_N)
-    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + d[None, :], mask=rows[:, None] < length, other=0.0)
+    q_ptrs = Q + b * sqb + heads[:, None] * sqh + rows[:, None] * sqn + d[None, :]
+    q = tl.load(q_ptrs, mask=rows[:, None] < length, other=0.0)
     k_base = K + b * skb + hkv * skh
     v_base = V + b * svb + hkv * svh
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    block_start = pid_m * BLOCK_M
+    m_i = tl.full([PACK * BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([PACK * BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([PACK * BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     # Slash lines: contiguous chunks, sorted, so that the first useful one is known. Masks are needed only on the
     # chunk that starts before column 0 (at most one: chunks never overlap) and on those reaching the diagonal.
@@ -245,7 +251,7 @@ def _vertical_slash_fwd(
         )
 
     acc = acc / l_i[:, None]
-    o_ptrs = Out + b * sob + h * soh + rows[:, None] * son + d[None, :]
+    o_ptrs = Out + b * sob + heads[:, None] * soh + rows[:, None] * son + d[None, :]
     tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=rows[:, None] < length)
 
 
@@ -260,15 +266,18 @@ def vertical_slash_attention(
 ) -> torch.Tensor:
     """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
 
+    The layout has a row per query head, or per KV head for a shared index (built from `vertical[:, ::group]`).
     Returns [B, Hq, L, D], a transposed view of a [B, L, Hq, D] tensor (what transformers wants back).
     """
     b, hq, length, d = q.shape
     hkv = k.shape[1]
+    pack = b * hq // layout.chunk_count.numel()
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "head dim must be contiguous"
+    assert pack * layout.chunk_count.numel() == b * hq and (hq // hkv) % pack == 0, "one layout row per head or group"
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     out = torch.empty(b, length, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     n_m = -(-length // layout.block_m)
-    grid = (b * hq, n_m)
+    grid = (b * hq // pack, n_m)
     _vertical_slash_fwd[grid](
         q,
         k,
@@ -301,6 +310,7 @@ def vertical_slash_attention(
         out.stride(2),
         H=hq,
         GROUP=hq // hkv,
+        PACK=pack,
         BLOCK_M=layout.block_m,
         BLOCK_N=layout.block_n,
         HEAD_DIM=d,
