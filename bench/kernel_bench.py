@@ -330,6 +330,20 @@ def correctness_checks(length: int = 4096) -> dict[str, float]:
     return checks
 
 
+def full_layout_efficiency(length: int = 65536, reps: int = 3) -> dict[str, float]:
+    """The Triton kernel with every diagonal selected (dense causal attention through the sparse machinery) against
+    dense SDPA: how fast the kernel's inner loop is per computed tile, apart from any sparsity."""
+    q, k, v = structured_qkv(length, "cuda", seed=2)
+    slash = torch.arange(length, device="cuda").expand(1, HQ, -1)
+    lay = vertical_slash_layout(slash[..., :1], slash, length)
+    kv = (k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1))
+    sdpa = gpu_ms(partial(F.scaled_dot_product_attention, q, *kv, is_causal=True), reps)
+    triton_ms = gpu_ms(partial(vertical_slash_attention, q, k, v, lay), reps)
+    result = {"length": length, "sdpa_ms": round(sdpa, 3), "triton_ms": round(triton_ms, 3)}
+    print("full layout", result, flush=True)
+    return result
+
+
 def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
     """Whole prefill of a Llama-3.2-1B-shaped model (random weights), dense SDPA against sparse prefill.
 
@@ -401,7 +415,8 @@ def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
             model.set_attn_implementation(name)
             with torch.inference_mode():
                 ms[name] = gpu_ms(partial(model, ids, logits_to_keep=1), reps)
-            print(f"  e2e {length} {name}: {ms[name]:.1f} ms", flush=True)
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # FlexAttention recompiles, if any
+            print(f"  e2e {length} {name}: {ms[name]:.1f} ms (compiled graphs so far: {graphs})", flush=True)
         for name, (inputs, pattern, impl) in impls.items():
             out.append(
                 _row(
@@ -451,6 +466,7 @@ def main() -> None:
             return default
 
     meta["checks"] = attempt(correctness_checks, {})
+    meta["triton_full_layout"] = attempt(full_layout_efficiency, {})
     rows: list[dict] = []
 
     def save() -> None:
