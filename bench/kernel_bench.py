@@ -56,9 +56,9 @@ VS_ADAPTIVE = [VerticalSlash(mass=0.95)]
 VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95)]
 A_SHAPE = AShape(sink=64, window=4096)
 BLOCK_SPARSE = BlockSparse(block=128, top=64)
-# (BLOCK_M, BLOCK_N, num_warps, num_stages): the best per length is kept
-TRITON_CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 4, 3)]
-SHARED_CONFIGS = [(32, 64, 4, 3), (32, 64, 8, 3), (16, 64, 4, 3)]  # BLOCK_M rows per head, 4 heads per tile
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through tensor descriptors): the best per length is kept
+TRITON_CONFIGS = [(64, 64, 4, 3, True), (64, 64, 4, 3, False), (128, 64, 8, 3, True), (64, 64, 8, 3, True)]
+SHARED_CONFIGS = [(16, 64, 4, 3, True), (16, 64, 4, 3, False), (32, 64, 8, 3, True), (32, 64, 8, 3, False)]
 
 for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_cache_size_limit", 4096)):
     if hasattr(torch._dynamo.config, name):  # one compiled FlexAttention per length and pattern
@@ -198,7 +198,7 @@ def bench_family(
     family: str,
     dense_ms: float,
     out: list[dict],
-) -> tuple[int, int, int, int]:
+) -> tuple:
     q, k, v = structured_qkv(length, "cuda", family=family)
     rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
     recall = lambda mask: round(attention_recall(q, k, mask, rows_at, chunk=16), 4)  # noqa: E731
@@ -206,17 +206,22 @@ def bench_family(
     print(f"{family} {length}: oracle top-4096 recall {oracle}", flush=True)
     row = partial(_row, inputs=family, oracle_recall_4096=oracle)  # noqa: F841 (used by the closures below)
 
-    def vs_triton(pattern: VerticalSlash, configs: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    def vs_triton(pattern: VerticalSlash, configs: list[tuple]) -> tuple:
         index_ms = gpu_ms(lambda: vertical_slash_index(q, k, pattern), reps)
         vertical, slash = vertical_slash_index(q, k, pattern)
         g = HQ // HKV if pattern.shared else 1  # a shared index: one layout row per KV head
         best = None
-        for bm, bn, warps, stages in configs:
+        for bm, bn, warps, stages, tma in configs:
             lay = vertical_slash_layout(vertical[:, ::g], slash[:, ::g], length, bm, bn)
-            t = gpu_ms(partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages), reps)
-            print(f"  triton config {(bm, bn, warps, stages)}: {t:.2f} ms", flush=True)
+            run = partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages, tma=tma)
+            try:
+                t = gpu_ms(run, reps)
+            except Exception as exc:  # noqa: BLE001 (a config that does not compile here must not lose the others)
+                print(f"  triton config {(bm, bn, warps, stages, tma)} failed: {exc!r}"[:300], flush=True)
+                continue
+            print(f"  triton config {(bm, bn, warps, stages, tma)}: {t:.2f} ms", flush=True)
             if best is None or t < best[0]:
-                best = (t, (bm, bn, warps, stages), lay)
+                best = (t, (bm, bn, warps, stages, tma), lay)
         kernel_ms, config, lay = best
         layout_ms = gpu_ms(lambda: vertical_slash_layout(vertical[:, ::g], slash[:, ::g], length, *config[:2]), reps)
         mask = lambda rows: layout_mask(lay, 1, HQ // g, length)(rows).repeat_interleave(g, 1)  # noqa: E731
@@ -265,10 +270,11 @@ def bench_family(
         )
 
     # a_shape: Triton (the vertical-slash kernel with sinks as verticals and the window as slashes) and FlexAttention
-    def a_shape_triton(config: tuple[int, int, int, int]) -> None:
-        bm, bn, warps, stages = config
+    def a_shape_triton(config: tuple) -> None:
+        bm, bn, warps, stages, tma = config
         a_lay = vertical_slash_layout(*a_shape_index(1, HQ, A_SHAPE, length, q.device), length, bm, bn)
-        a_ms = gpu_ms(partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages), reps)
+        run = partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages, tma=tma)
+        a_ms = gpu_ms(run, reps)
         out.append(row("a_shape", "triton", length, dense_ms, 0.0, a_ms, recall=recall(a_shape_mask(length, A_SHAPE))))
 
     def a_shape_flex() -> None:
@@ -338,8 +344,11 @@ def full_layout_efficiency(length: int = 65536, reps: int = 3) -> dict[str, floa
     lay = vertical_slash_layout(slash[..., :1], slash, length)
     kv = (k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1))
     sdpa = gpu_ms(partial(F.scaled_dot_product_attention, q, *kv, is_causal=True), reps)
-    triton_ms = gpu_ms(partial(vertical_slash_attention, q, k, v, lay), reps)
-    result = {"length": length, "sdpa_ms": round(sdpa, 3), "triton_ms": round(triton_ms, 3)}
+    result = {"length": length, "sdpa_ms": round(sdpa, 3)}
+    for tma in (True, False):
+        result[f"triton_ms_tma_{tma}"] = round(
+            gpu_ms(partial(vertical_slash_attention, q, k, v, lay, tma=tma), reps), 3
+        )
     print("full layout", result, flush=True)
     return result
 
@@ -447,6 +456,7 @@ def main() -> None:
     FAMILIES[:] = args.families
     props = torch.cuda.get_device_properties(0)
     meta = {
+        "commit": os.environ.get("KERNELS_COMMIT", "unknown"),  # the GPU gets a copy of the tree without our git
         "code_commit": os.environ.get("KERNELS_COMMIT", "unknown"),  # the GPU gets a copy of the tree without git
         "machine": f"{props.name}, torch {torch.__version__}",
         "heads": f"{HQ} query / {HKV} KV, head dim {D}, bf16",

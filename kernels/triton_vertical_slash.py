@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.patterns import AShape
 
@@ -93,17 +94,12 @@ def vertical_slash_layout(
 
 
 @triton.jit
-def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr):
-    if MASKED:
-        k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
-        qk = tl.dot(q, tl.trans(k))
-        keep = valid[None, :] & (cols[None, :] <= rows[:, None])
-        qk = tl.where(keep, qk * qk_scale, float("-inf"))
-    else:  # every column exists and lies at or before every row: no masks, no selects
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
+def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk_scale):
+    k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
+    v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+    qk = tl.dot(q, tl.trans(k))
+    keep = valid[None, :] & (cols[None, :] <= rows[:, None])
+    qk = tl.where(keep, qk * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet: keep everything at zero
     p = tl.math.exp2(qk - m_safe[:, None])
@@ -114,10 +110,24 @@ def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk
 
 
 @triton.jit
+def _online_softmax_tile(q, k, v, m_i, l_i, acc, qk_scale):
+    """A tile whose columns all exist and lie at or before every row: no masks, no selects."""
+    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _vertical_slash_fwd(
     Q,
     K,
     V,
+    K_desc,
+    V_desc,
     Out,
     chunk_start,
     chunk_begin,
@@ -150,6 +160,7 @@ def _vertical_slash_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
     # the heaviest (last) query blocks start first
@@ -195,23 +206,16 @@ def _vertical_slash_fwd(
             l_i,
             acc,
             qk_scale,
-            True,
         )
     for c in range(c_full, c_mid):
-        cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
-        m_i, l_i, acc = _online_softmax_step(
-            q,
-            k_base + cols[:, None] * skn + d[None, :],
-            v_base + cols[:, None] * svn + d[None, :],
-            cols >= 0,
-            rows,
-            cols,
-            m_i,
-            l_i,
-            acc,
-            qk_scale,
-            False,
-        )
+        col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
+        if TMA:  # the bulk copy engine (Hopper): one descriptor load per tile, no address arithmetic per element
+            k = K_desc.load([b.to(tl.int32), hkv.to(tl.int32), col0, 0]).reshape(BLOCK_N, HEAD_DIM)
+            v = V_desc.load([b.to(tl.int32), hkv.to(tl.int32), col0, 0]).reshape(BLOCK_N, HEAD_DIM)
+        else:
+            k = tl.load(k_base + (col0 + n)[:, None] * skn + d[None, :])
+            v = tl.load(v_base + (col0 + n)[:, None] * svn + d[None, :])
+        m_i, l_i, acc = _online_softmax_tile(q, k, v, m_i, l_i, acc, qk_scale)
     for c in range(c_mid, c_hi):
         cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
         m_i, l_i, acc = _online_softmax_step(
@@ -225,7 +229,6 @@ def _vertical_slash_fwd(
             l_i,
             acc,
             qk_scale,
-            True,
         )
 
     # Vertical columns: gathered; those a chunk already covered are skipped so nothing is counted twice.
@@ -247,7 +250,6 @@ def _vertical_slash_fwd(
             l_i,
             acc,
             qk_scale,
-            True,
         )
 
     acc = acc / l_i[:, None]
@@ -263,6 +265,7 @@ def vertical_slash_attention(
     scale: float | None = None,
     num_warps: int = 4,
     num_stages: int = 3,  # best on the H100 at 32K-256K (bench/kernel_bench.py)
+    tma: bool | None = None,  # K/V tiles through tensor descriptors; default: on Hopper and newer, and on CPU
 ) -> torch.Tensor:
     """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
 
@@ -278,10 +281,14 @@ def vertical_slash_attention(
     out = torch.empty(b, length, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     n_m = -(-length // layout.block_m)
     grid = (b * hq // pack, n_m)
+    if tma is None:
+        tma = not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] >= 9
+    descs = [TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, layout.block_n, d]) for x in (k, v)]
     _vertical_slash_fwd[grid](
         q,
         k,
         v,
+        *descs,
         out,
         layout.chunk_start,
         layout.chunk_begin,
@@ -314,6 +321,7 @@ def vertical_slash_attention(
         BLOCK_M=layout.block_m,
         BLOCK_N=layout.block_n,
         HEAD_DIM=d,
+        TMA=tma,
         num_warps=num_warps,
         num_stages=num_stages,
     )

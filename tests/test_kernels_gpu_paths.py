@@ -57,6 +57,7 @@ def test_triton_vertical_slash_matches_reference() -> None:
     out = vertical_slash_attention(q, k, v, lay)
     mask = layout_mask(lay, 1, HQ, 200)
     assert torch.allclose(out, masked_attention(q, k, v, mask), atol=1e-5)
+    assert torch.allclose(vertical_slash_attention(q, k, v, lay, tma=False), out, atol=1e-5)  # pointer loads
     rows = torch.arange(200)
     pattern = vertical_slash_mask(200, vertical, slash)(rows)
     computed = mask(rows)
