@@ -56,10 +56,9 @@ VS_ADAPTIVE = [VerticalSlash(mass=0.95)]
 VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95)]
 A_SHAPE = AShape(sink=64, window=4096)
 BLOCK_SPARSE = BlockSparse(block=128, top=64)
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V loads: True tensor descriptors, False pointers, "ws" descriptors with
-# warp specialization): the best per length is kept
-TRITON_CONFIGS = [(64, 64, 4, 3, True), (64, 64, 4, 3, False), (64, 64, 4, 3, "ws"), (128, 64, 8, 3, "ws")]
-SHARED_CONFIGS = [(16, 64, 4, 3, True), (32, 64, 8, 3, False), (16, 64, 4, 3, "ws"), (32, 64, 8, 3, "ws")]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through tensor descriptors): the best per length is kept
+TRITON_CONFIGS = [(64, 64, 4, 3, True), (64, 64, 4, 3, False), (128, 64, 8, 3, True), (64, 64, 8, 3, True)]
+SHARED_CONFIGS = [(16, 64, 4, 3, True), (16, 64, 4, 3, False), (32, 64, 8, 3, True), (32, 64, 8, 3, False)]
 
 for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_cache_size_limit", 4096)):
     if hasattr(torch._dynamo.config, name):  # one compiled FlexAttention per length and pattern
@@ -138,10 +137,6 @@ def oracle_recall(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, top: int
     return round(torch.cat(kept, -1).mean().item(), 4)
 
 
-def loads(tma: bool | str) -> dict[str, bool]:
-    return {"tma": bool(tma), "warp_specialize": tma == "ws"}
-
-
 def gpu_ms(fn: Callable[[], Any], reps: int) -> float:
     fn()
     torch.cuda.synchronize()
@@ -218,7 +213,7 @@ def bench_family(
         best = None
         for bm, bn, warps, stages, tma in configs:
             lay = vertical_slash_layout(vertical[:, ::g], slash[:, ::g], length, bm, bn)
-            run = partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages, **loads(tma))
+            run = partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages, tma=tma)
             try:
                 t = gpu_ms(run, reps)
             except Exception as exc:  # noqa: BLE001 (a config that does not compile here must not lose the others)
@@ -278,7 +273,7 @@ def bench_family(
     def a_shape_triton(config: tuple) -> None:
         bm, bn, warps, stages, tma = config
         a_lay = vertical_slash_layout(*a_shape_index(1, HQ, A_SHAPE, length, q.device), length, bm, bn)
-        run = partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages, **loads(tma))
+        run = partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages, tma=tma)
         a_ms = gpu_ms(run, reps)
         out.append(row("a_shape", "triton", length, dense_ms, 0.0, a_ms, recall=recall(a_shape_mask(length, A_SHAPE))))
 

@@ -161,7 +161,6 @@ def _vertical_slash_fwd(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
 ):
     # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
     # the heaviest (last) query blocks start first
@@ -208,7 +207,7 @@ def _vertical_slash_fwd(
             acc,
             qk_scale,
         )
-    for c in tl.range(c_full, c_mid, warp_specialize=WARP_SPECIALIZE):
+    for c in range(c_full, c_mid):
         col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
         if TMA:  # the bulk copy engine (Hopper): one descriptor load per tile, no address arithmetic per element
             k = K_desc.load([b.to(tl.int32), hkv.to(tl.int32), col0, 0]).reshape(BLOCK_N, HEAD_DIM)
@@ -267,7 +266,6 @@ def vertical_slash_attention(
     num_warps: int = 4,
     num_stages: int = 3,  # best on the H100 at 32K-256K (bench/kernel_bench.py)
     tma: bool | None = None,  # K/V tiles through tensor descriptors; default: on Hopper and newer, and on CPU
-    warp_specialize: bool = False,  # producer/consumer warps for the unmasked loop (Triton's warp specialization)
 ) -> torch.Tensor:
     """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
 
@@ -324,7 +322,6 @@ def vertical_slash_attention(
         BLOCK_N=layout.block_n,
         HEAD_DIM=d,
         TMA=tma,
-        WARP_SPECIALIZE=warp_specialize,
         num_warps=num_warps,
         num_stages=num_stages,
     )
