@@ -57,8 +57,8 @@ VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95)]
 A_SHAPE = AShape(sink=64, window=4096)
 BLOCK_SPARSE = BlockSparse(block=128, top=64)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through tensor descriptors): the best per length is kept
-TRITON_CONFIGS = [(64, 64, 4, 3, True), (64, 64, 4, 3, False), (128, 64, 8, 3, True), (64, 64, 8, 3, True)]
-SHARED_CONFIGS = [(16, 64, 4, 3, True), (16, 64, 4, 3, False), (32, 64, 8, 3, True), (32, 64, 8, 3, False)]
+TRITON_CONFIGS = [(64, 64, 4, 3, True), (64, 64, 4, 3, False), (128, 64, 8, 3, True)]
+SHARED_CONFIGS = [(16, 64, 4, 3, True), (32, 64, 8, 3, True), (32, 64, 8, 3, False)]
 
 for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_cache_size_limit", 4096)):
     if hasattr(torch._dynamo.config, name):  # one compiled FlexAttention per length and pattern
