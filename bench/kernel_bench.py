@@ -3,9 +3,11 @@
 bf16, 32 query / 8 KV heads, head dim 128. For each length: dense SDPA (the baseline), the Triton vertical-slash kernel
 and FlexAttention on the same vertical-slash pattern, A-shape (Triton and FlexAttention), block-sparse
 (FlexAttention). `ms` is index building + kernel; `index_ms` and `kernel_ms` split it. `recall` is the share of the
-dense attention mass inside what the kernel computes, on sampled query rows of structured synthetic q/k (see
-`structured_qkv`). Then `e2e_llama1b`: a whole prefill of a Llama-3.2-1B-shaped model with random weights, dense SDPA
-against vertical-slash prefill through the transformers attention registration.
+dense attention mass inside what the kernel computes, on sampled query rows of structured synthetic q/k of two
+families (`topical`, `diffuse`: see `structured_qkv`); vertical-slash runs with MInference's budget, as caps cut at
+95% of the mass, and with one index per KV group (`shared`). Then `e2e_llama1b`: a whole prefill of a
+Llama-3.2-1B-shaped model with random weights, dense SDPA against sparse prefill through the transformers attention
+registration, on the model's own q/k and on topical q/k (see `bench_e2e_llama1b`).
 
 Results: bench/results/kernel-sparse.json and .md.   Run: python -m bench.kernel_bench [--lengths 32768 65536 ...]
 """

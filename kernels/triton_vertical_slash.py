@@ -5,6 +5,10 @@ As in MInference's mixed kernel, each query block walks (1) contiguous key chunk
 list depends only on the head, not on the query block: a slash at offset s needs columns [m·BM - s, m·BM - s + BM)
 for query block m, so in coordinates relative to the block start the union of those ranges is the same for every
 block. That makes the layout a few vectorised torch ops instead of a per-block CUDA pass.
+
+Chunks that lie wholly below a block's rows (all but the few at the diagonal and the one straddling column 0) run
+without masks, their K/V tiles through tensor descriptors on Hopper. With a shared index (one layout row per KV
+head) the query heads of a group are stacked into one tile, so each K/V tile is read once for the whole group.
 """
 
 from __future__ import annotations
