@@ -3,9 +3,11 @@
 bf16, 32 query / 8 KV heads, head dim 128. For each length: dense SDPA (the baseline), the Triton vertical-slash kernel
 and FlexAttention on the same vertical-slash pattern, A-shape (Triton and FlexAttention), block-sparse
 (FlexAttention). `ms` is index building + kernel; `index_ms` and `kernel_ms` split it. `recall` is the share of the
-dense attention mass inside what the kernel computes, on sampled query rows of structured synthetic q/k (see
-`structured_qkv`). Then `e2e_llama1b`: a whole prefill of a Llama-3.2-1B-shaped model with random weights, dense SDPA
-against vertical-slash prefill through the transformers attention registration.
+dense attention mass inside what the kernel computes, on sampled query rows of structured synthetic q/k of two
+families (`topical`, `diffuse`: see `structured_qkv`); vertical-slash runs with MInference's budget, as caps cut at
+95% of the mass, and with one index per KV group (`shared`). Then `e2e_llama1b`: a whole prefill of a
+Llama-3.2-1B-shaped model with random weights, dense SDPA against sparse prefill through the transformers attention
+registration, on the model's own q/k and on topical q/k (see `bench_e2e_llama1b`).
 
 Results: bench/results/kernel-sparse.json and .md.   Run: python -m bench.kernel_bench [--lengths 32768 65536 ...]
 """
@@ -26,13 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import write_results
+from kernels.attention import sparse_attention
 from kernels.flex import (
     a_shape_block_mask,
     block_sparse_block_mask,
     flex_sparse_attention,
     vertical_slash_block_mask,
 )
-from kernels.index import block_sparse_index, vertical_slash_index
+from kernels.index import block_sparse_index, grouped_scores, vertical_slash_index
 from kernels.patterns import AShape, BlockSparse, VerticalSlash
 from kernels.reference import (
     a_shape_mask,
@@ -45,13 +48,19 @@ from kernels.reference import (
 from kernels.triton_vertical_slash import a_shape_index, layout_mask, vertical_slash_attention, vertical_slash_layout
 
 HQ, HKV, D = 32, 8, 128
+FAMILIES = ["topical", "diffuse"]  # synthetic inputs, see structured_qkv
+TOPIC_WINDOWS = (16, 64, 256, 1024, 4096, 16384, 65536)
+TOPIC_STRENGTH = 0.42
 VS = VerticalSlash()  # MInference's default budget: 1000 vertical, 6096 slash
 # the same budget as caps, cut where the kept columns / diagonals hold this share of the estimated mass
-VS_ADAPTIVE = [VerticalSlash(mass=0.95), VerticalSlash(mass=0.9)]
+VS_ADAPTIVE = [VerticalSlash(mass=0.95)]
+# one index per KV group (scores summed over its 4 query heads): the kernel packs the group's heads into one tile
+VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95)]
 A_SHAPE = AShape(sink=64, window=4096)
 BLOCK_SPARSE = BlockSparse(block=128, top=64)
-# (BLOCK_M, BLOCK_N, num_warps, num_stages): the best per length is kept
-TRITON_CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 2), (128, 64, 4, 2)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through tensor descriptors): the best per length is kept
+TRITON_CONFIGS = [(64, 64, 4, 3, True), (64, 64, 4, 3, False), (128, 64, 8, 3, True)]
+SHARED_CONFIGS = [(16, 64, 4, 3, True), (32, 64, 8, 3, True), (32, 64, 8, 3, False)]
 
 for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_cache_size_limit", 4096)):
     if hasattr(torch._dynamo.config, name):  # one compiled FlexAttention per length and pattern
@@ -67,29 +76,67 @@ def rope(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
-def structured_qkv(length: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Synthetic q/k with the structure real heads show: locality (a shared component that RoPE turns into a
-    distance-decaying bias), heavy key columns (sinks and 64 random 'vertical' keys per KV head that all queries
-    like), and echoes (keys that resemble the query a fixed distance later: slash lines at a few offsets)."""
+def structured_qkv(
+    length: int, device: str, seed: int = 0, family: str = "diffuse", hq: int = HQ, hkv: int = HKV, d: int = D
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Synthetic q/k with the structure real heads show: heavy key columns (sinks and 64 random 'vertical' keys per
+    KV head that all queries like), echoes (keys that resemble the query a fixed distance later: slash lines at a
+    few offsets) and locality, in one of two forms:
+    - `diffuse`: a shared component that RoPE turns into a distance-dependent bias. Its interference pattern is
+      the same for every row, so far offsets get pseudo-random bumps, and at 128K most of the attention mass is a
+      diffuse background (the oracle top-4096 columns hold well under half of it): a head that vertical-slash
+      fits badly, the kind an offline search would not give it.
+    - `topical`: topic drift at every scale (moving sums of noise over 16 to 64K tokens), shared by q and k in
+      channels that RoPE leaves unrotated (the lowest frequencies, which trained models use for content). Nearby
+      tokens attend to each other with a smooth, roughly power-law decay, and far regions that share the current
+      topic get attention too. Its strength is set so that the oracle top-4096 columns of a row hold about 96% of
+      the mass at 128K, what MInference reports for LLaMA-3-8B (`oracle_recall_4096` in the results checks this).
+    """
     g = torch.Generator(device=device).manual_seed(seed)
-    group = HQ // HKV
+    group = hq // hkv
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g, device=device)
 
-    base = randn(HKV, D) * 0.8
-    u = randn(HKV, D)
-    u = u / u.norm(dim=-1, keepdim=True) * math.sqrt(D)
-    k = randn(1, HKV, length, D) * 0.5 + base[None, :, None]
-    q = randn(1, HQ, length, D) * 0.5 + (base + 0.3 * u).repeat_interleave(group, 0)[None, :, None]
+    base = randn(hkv, d) * 0.8  # drawn for both families, so that `diffuse` keeps its earlier random draws
+    u = randn(hkv, d)
+    u = u / u.norm(dim=-1, keepdim=True) * math.sqrt(d)
+    if family == "diffuse":
+        k = randn(1, hkv, length, d) * 0.5 + base[None, :, None]
+        q = randn(1, hq, length, d) * 0.5 + (base + 0.3 * u).repeat_interleave(group, 0)[None, :, None]
+    elif family == "topical":
+        k = randn(1, hkv, length, d) * 0.5
+        q = randn(1, hq, length, d) * 0.5 + 0.3 * u.repeat_interleave(group, 0)[None, :, None]
+    else:
+        raise ValueError(family)
     heavy = torch.cat([torch.arange(4, device=device), torch.randint(4, length, (64,), generator=g, device=device)])
     k[:, :, heavy] += 0.8 * u[None, :, None]
     for off in (517, 2048, 9999):
         if off < length:
             echo = q[:, ::group, off:]
             k[:, :, : length - off] += 0.4 * echo
-    v = randn(1, HKV, length, D)
-    return rope(q).bfloat16(), rope(k).bfloat16(), v.bfloat16()
+    v = randn(1, hkv, length, d)
+    q, k = rope(q), rope(k)
+    if family == "topical":
+        topic = torch.zeros(hkv, length, d, device=device)
+        for w in TOPIC_WINDOWS:  # a moving sum of w noise vectors, scaled to unit variance: correlation 1 - lag / w
+            steps = torch.nn.functional.pad(randn(hkv, length + w, d).double().cumsum(1), (0, 0, 1, 0))
+            topic += (TOPIC_STRENGTH * (steps[:, w : w + length] - steps[:, :length]) / math.sqrt(w)).float()
+        q += topic.repeat_interleave(group, 0)[None]
+        k += topic[None]
+    # every q·k term grows with d and the softmax scale is 1/sqrt(d): this keeps the logits of head dim D at any d
+    q = q * (D / d) ** 0.5
+    return q.bfloat16(), k.bfloat16(), v.bfloat16()
+
+
+def oracle_recall(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, top: int = 4096) -> float:
+    """Attention mass in each row's own top `top` keys (the sparsity of the input itself, for calibration)."""
+    kept = []
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    for r in rows.split(8):
+        s = grouped_scores(q[:, :, r], k, scale).masked_fill(~causal_mask(k.shape[2])(r), float("-inf"))
+        kept.append(torch.softmax(s, -1).topk(min(top, k.shape[2]), -1).values.sum(-1))
+    return round(torch.cat(kept, -1).mean().item(), 4)
 
 
 def gpu_ms(fn: Callable[[], Any], reps: int) -> float:
@@ -112,7 +159,7 @@ def density(mask, rows: torch.Tensor, length: int) -> float:
     return kept / causal
 
 
-def row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, kernel_ms: float, **extra: Any) -> dict:
+def _row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, kernel_ms: float, **extra: Any) -> dict:
     ms = index_ms + kernel_ms
     r = {
         "kernel": kernel,
@@ -132,30 +179,54 @@ def row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, k
 
 
 def bench_length(length: int, reps: int, attempt: Callable[[Callable[[], Any], Any], Any]) -> list[dict]:
-    q, k, v = structured_qkv(length, "cuda")
-    rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
-    recall = lambda mask: round(attention_recall(q, k, mask, rows_at, chunk=16), 4)  # noqa: E731
     out: list[dict] = []
-
+    q, k, v = structured_qkv(length, "cuda")
     # KV heads repeated outside the timing, so SDPA takes its fastest (non-GQA) kernel
     kv = (k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1))
     dense_ms = gpu_ms(partial(F.scaled_dot_product_attention, q, *kv, is_causal=True), reps)
-    del kv
-    out.append(row("dense_sdpa", "sdpa", length, dense_ms, 0.0, dense_ms, recall=1.0, density=1.0))
+    del kv, q, k, v
+    out.append(_row("dense_sdpa", "sdpa", length, dense_ms, 0.0, dense_ms, recall=1.0, density=1.0))
+    config = TRITON_CONFIGS[0]
+    for family in FAMILIES:
+        config = attempt(partial(bench_family, length, reps, attempt, family, dense_ms, out), config)
+        torch.cuda.empty_cache()
+    return out
 
-    def vs_triton(pattern: VerticalSlash, configs: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+
+def bench_family(
+    length: int,
+    reps: int,
+    attempt: Callable[[Callable[[], Any], Any], Any],
+    family: str,
+    dense_ms: float,
+    out: list[dict],
+) -> tuple:
+    q, k, v = structured_qkv(length, "cuda", family=family)
+    rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
+    recall = lambda mask: round(attention_recall(q, k, mask, rows_at, chunk=16), 4)  # noqa: E731
+    oracle = oracle_recall(q, k, rows_at)
+    print(f"{family} {length}: oracle top-4096 recall {oracle}", flush=True)
+    row = partial(_row, inputs=family, oracle_recall_4096=oracle)  # noqa: F841 (used by the closures below)
+
+    def vs_triton(pattern: VerticalSlash, configs: list[tuple]) -> tuple:
         index_ms = gpu_ms(lambda: vertical_slash_index(q, k, pattern), reps)
         vertical, slash = vertical_slash_index(q, k, pattern)
+        g = HQ // HKV if pattern.shared else 1  # a shared index: one layout row per KV head
         best = None
-        for bm, bn, warps, stages in configs:
-            lay = vertical_slash_layout(vertical, slash, length, bm, bn)
-            t = gpu_ms(partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages), reps)
-            print(f"  triton config {(bm, bn, warps, stages)}: {t:.2f} ms", flush=True)
+        for bm, bn, warps, stages, tma in configs:
+            lay = vertical_slash_layout(vertical[:, ::g], slash[:, ::g], length, bm, bn)
+            run = partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages, tma=tma)
+            try:
+                t = gpu_ms(run, reps)
+            except Exception as exc:  # noqa: BLE001 (a config that does not compile here must not lose the others)
+                print(f"  triton config {(bm, bn, warps, stages, tma)} failed: {exc!r}"[:300], flush=True)
+                continue
+            print(f"  triton config {(bm, bn, warps, stages, tma)}: {t:.2f} ms", flush=True)
             if best is None or t < best[0]:
-                best = (t, (bm, bn, warps, stages), lay)
+                best = (t, (bm, bn, warps, stages, tma), lay)
         kernel_ms, config, lay = best
-        layout_ms = gpu_ms(lambda: vertical_slash_layout(vertical, slash, length, config[0], config[1]), reps)
-        mask = layout_mask(lay, 1, HQ, length)
+        layout_ms = gpu_ms(lambda: vertical_slash_layout(vertical[:, ::g], slash[:, ::g], length, *config[:2]), reps)
+        mask = lambda rows: layout_mask(lay, 1, HQ // g, length)(rows).repeat_interleave(g, 1)  # noqa: E731
         out.append(
             row(
                 "vertical_slash",
@@ -168,6 +239,8 @@ def bench_length(length: int, reps: int, attempt: Callable[[Callable[[], Any], A
                 density=round(density(mask, rows_at, length), 4),
                 pattern=str(pattern),
                 config=str(config),
+                estimate_ms=round(index_ms, 3),
+                layout_ms=round(layout_ms, 3),
                 chunks_per_head=round(lay.chunk_count.float().mean().item(), 1),
                 verticals_per_head=round((vertical < length).sum(-1).float().mean().item(), 1),
             )
@@ -199,10 +272,11 @@ def bench_length(length: int, reps: int, attempt: Callable[[Callable[[], Any], A
         )
 
     # a_shape: Triton (the vertical-slash kernel with sinks as verticals and the window as slashes) and FlexAttention
-    def a_shape_triton(config: tuple[int, int, int, int]) -> None:
-        bm, bn, warps, stages = config
+    def a_shape_triton(config: tuple) -> None:
+        bm, bn, warps, stages, tma = config
         a_lay = vertical_slash_layout(*a_shape_index(1, HQ, A_SHAPE, length, q.device), length, bm, bn)
-        a_ms = gpu_ms(partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages), reps)
+        run = partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages, tma=tma)
+        a_ms = gpu_ms(run, reps)
         out.append(row("a_shape", "triton", length, dense_ms, 0.0, a_ms, recall=recall(a_shape_mask(length, A_SHAPE))))
 
     def a_shape_flex() -> None:
@@ -224,10 +298,13 @@ def bench_length(length: int, reps: int, attempt: Callable[[Callable[[], Any], A
     config = attempt(partial(vs_triton, VS, TRITON_CONFIGS), TRITON_CONFIGS[0])
     for pattern in VS_ADAPTIVE:
         attempt(partial(vs_triton, pattern, [config]), None)
+    shared_config = attempt(partial(vs_triton, VS_SHARED[0], SHARED_CONFIGS), SHARED_CONFIGS[0])
+    for pattern in VS_SHARED[1:]:
+        attempt(partial(vs_triton, pattern, [shared_config]), None)
     attempt(partial(a_shape_triton, config), None)
     attempt(a_shape_flex, None)
     attempt(block_sparse_flex, None)
-    return out
+    return config
 
 
 def correctness_checks(length: int = 4096) -> dict[str, float]:
@@ -261,10 +338,35 @@ def correctness_checks(length: int = 4096) -> dict[str, float]:
     return checks
 
 
+def full_layout_efficiency(length: int = 65536, reps: int = 3) -> dict[str, float]:
+    """The Triton kernel with every diagonal selected (dense causal attention through the sparse machinery) against
+    dense SDPA: how fast the kernel's inner loop is per computed tile, apart from any sparsity."""
+    q, k, v = structured_qkv(length, "cuda", seed=2)
+    slash = torch.arange(length, device="cuda").expand(1, HQ, -1)
+    lay = vertical_slash_layout(slash[..., :1], slash, length)
+    kv = (k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1))
+    sdpa = gpu_ms(partial(F.scaled_dot_product_attention, q, *kv, is_causal=True), reps)
+    result = {"length": length, "sdpa_ms": round(sdpa, 3)}
+    for tma in (True, False):
+        result[f"triton_ms_tma_{tma}"] = round(
+            gpu_ms(partial(vertical_slash_attention, q, k, v, lay, tma=tma), reps), 3
+        )
+    print("full layout", result, flush=True)
+    return result
+
+
 def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
+    """Whole prefill of a Llama-3.2-1B-shaped model (random weights), dense SDPA against sparse prefill.
+
+    Random weights make every head diffuse (its q/k carry no structure), so `inputs=model` shows vertical-slash on
+    heads it does not fit. `inputs=topical` assumes heads with the structure of the `topical` synthetic inputs: every
+    layer's attention reads the topical q/k of the same shape (head dim 64) instead of its own, v and everything else
+    stay the model's, and every head is vertical-slash (the assignment a search would make for such heads). Its
+    FlexAttention row runs the same pattern as a block mask in the same model.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engines.sparse_attention import attention_implementation, register_sparse_attention
+    from engines.sparse_attention import attention_implementation, register_sparse_attention_function
 
     cfg = LlamaConfig(
         hidden_size=2048,
@@ -281,32 +383,67 @@ def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
-    impls = {
-        attention_implementation("vertical_slash", "llama1b"): VS,
-        register_sparse_attention("vertical_slash_m95", VS_ADAPTIVE[0]): VS_ADAPTIVE[0],
-    }
     out = []
     for length in lengths:
+        qk = structured_qkv(length, "cuda", family="topical", d=cfg.head_dim)[:2]
+
+        def on_topical(attend: Callable[..., torch.Tensor], qk=qk) -> Callable[..., tuple[torch.Tensor, None]]:
+            def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+                return attend(*qk, value, scaling).transpose(1, 2).contiguous(), None
+
+            return attention
+
+        def flex_vs(q, k, v, scale):
+            return flex_sparse_attention(
+                q, k, v, vertical_slash_block_mask(*vertical_slash_index(q, k, VS, scale), q.shape[2]), scale
+            )
+
+        impls = {  # name: (inputs, pattern, impl)
+            attention_implementation("vertical_slash", "llama1b"): ("model", VS, "triton"),
+            attention_implementation("a_shape", "llama1b"): ("model", A_SHAPE, "triton"),
+        }
+        for name, pattern, impl, attend in (
+            ("topical_vs", VS, "triton", lambda q, k, v, s: sparse_attention(q, k, v, VS, s)),
+            (
+                "topical_vs_m95",
+                VS_ADAPTIVE[0],
+                "triton",
+                lambda q, k, v, s: sparse_attention(q, k, v, VS_ADAPTIVE[0], s),
+            ),
+            (
+                "topical_vs_shared",
+                VS_SHARED[0],
+                "triton",
+                lambda q, k, v, s: sparse_attention(q, k, v, VS_SHARED[0], s),
+            ),
+            ("topical_vs_flex", VS, "flex", flex_vs),
+        ):
+            register_sparse_attention_function(name, on_topical(attend))
+            impls[name] = ("topical", pattern, impl)
         ids = torch.randint(0, cfg.vocab_size, (1, length), device="cuda")
         ms = {}
-        for impl in ("sdpa", *impls):
-            model.set_attn_implementation(impl)
+        for name in ("sdpa", *impls):
+            model.set_attn_implementation(name)
             with torch.inference_mode():
-                ms[impl] = gpu_ms(partial(model, ids, logits_to_keep=1), reps)
-        for impl, pattern in impls.items():
+                ms[name] = gpu_ms(partial(model, ids, logits_to_keep=1), reps)
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # FlexAttention recompiles, if any
+            print(f"  e2e {length} {name}: {ms[name]:.1f} ms (compiled graphs so far: {graphs})", flush=True)
+        for name, (inputs, pattern, impl) in impls.items():
             out.append(
-                row(
+                _row(
                     "e2e_llama1b",
-                    "vertical_slash",
+                    impl,
                     length,
                     ms["sdpa"],
                     0.0,
-                    ms[impl],
+                    ms[name],
                     recall=None,
                     pattern=str(pattern),
+                    inputs=inputs,
                     model="Llama-3.2-1B shape, random weights",
                 )
             )
+        torch.cuda.empty_cache()
     return out
 
 
@@ -315,10 +452,13 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072, 262144])
     ap.add_argument("--e2e-lengths", type=int, nargs="*", default=[65536, 131072])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
     ap.add_argument("--name", default="kernel-sparse")
     args = ap.parse_args()
+    FAMILIES[:] = args.families
     props = torch.cuda.get_device_properties(0)
     meta = {
+        "commit": os.environ.get("KERNELS_COMMIT", "unknown"),  # the GPU gets a copy of the tree without our git
         "code_commit": os.environ.get("KERNELS_COMMIT", "unknown"),  # the GPU gets a copy of the tree without git
         "machine": f"{props.name}, torch {torch.__version__}",
         "heads": f"{HQ} query / {HKV} KV, head dim {D}, bf16",
@@ -338,6 +478,7 @@ def main() -> None:
             return default
 
     meta["checks"] = attempt(correctness_checks, {})
+    meta["triton_full_layout"] = attempt(full_layout_efficiency, {})
     rows: list[dict] = []
 
     def save() -> None:

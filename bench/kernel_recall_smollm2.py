@@ -18,6 +18,7 @@ import torch
 from bench.common import write_results
 from engines import EngineConfig, create_engine
 from engines.sparse_attention import capture_qk
+from kernels.attention import SHARED_BLOCK_M
 from kernels.index import block_sparse_index, grouped_scores, vertical_slash_index
 from kernels.patterns import AShape, BlockSparse, VerticalSlash
 from kernels.reference import a_shape_mask, block_sparse_mask, causal_mask, vertical_slash_mask
@@ -28,6 +29,7 @@ PATTERNS = {
     "vertical_slash": VerticalSlash(),  # MInference's default budget
     "vertical_slash_m95": VerticalSlash(mass=0.95),  # the same budget cut at 95% of the estimated mass
     "vertical_slash_m90": VerticalSlash(mass=0.9),
+    "vertical_slash_shared": VerticalSlash(shared=True),  # one index per KV group
     "vertical_slash_small": VerticalSlash(vertical=64, slash=384),  # the default's density at 128K, scaled to 8K
     "a_shape": AShape(sink=64, window=1024),
     "block_sparse": BlockSparse(block=128, top=8),
@@ -69,7 +71,9 @@ def main() -> None:
                     vertical, slash = vertical_slash_index(q, k, pattern, scale)
                     mask = vertical_slash_mask(length, vertical, slash)
                     if impl == "triton":
-                        mask = layout_mask(vertical_slash_layout(vertical, slash, length), 1, q.shape[1], length)
+                        block_m = SHARED_BLOCK_M if pattern.shared else 64
+                        lay = vertical_slash_layout(vertical, slash, length, block_m=block_m)
+                        mask = layout_mask(lay, 1, q.shape[1], length)
                 elif isinstance(pattern, AShape):
                     mask = a_shape_mask(length, pattern)
                 else:

@@ -9,6 +9,8 @@ from kernels.index import vertical_slash_index
 from kernels.patterns import AShape, BlockSparse, Pattern, VerticalSlash
 from kernels.reference import masked_attention, pattern_mask, vertical_slash_mask
 
+SHARED_BLOCK_M = 32  # query rows per head when a KV group's heads share one tile (4 heads: 128 rows)
+
 
 def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, scale: float | None = None
@@ -17,7 +19,8 @@ def sparse_attention(
     if not q.is_cuda:
         return masked_attention(q, k, v, pattern_mask(q, k, pattern, scale), scale)
     if isinstance(pattern, VerticalSlash):
-        return vertical_slash_from_index(q, k, v, *vertical_slash_index(q, k, pattern, scale), scale)
+        index = vertical_slash_index(q, k, pattern, scale)
+        return vertical_slash_from_index(q, k, v, *index, scale, shared=pattern.shared)
     if isinstance(pattern, AShape):
         from kernels.triton_vertical_slash import a_shape_index
 
@@ -37,10 +40,16 @@ def vertical_slash_from_index(
     vertical: torch.Tensor,
     slash: torch.Tensor,
     scale: float | None = None,
+    shared: bool = False,
 ) -> torch.Tensor:
-    """Causal attention over a given vertical-slash index (Triton on CUDA, the reference elsewhere)."""
+    """Causal attention over a given vertical-slash index (Triton on CUDA, the reference elsewhere). `shared`: the
+    index is the same for the query heads of each KV group (VerticalSlash.shared), so the kernel packs them."""
     if not q.is_cuda:
         return masked_attention(q, k, v, vertical_slash_mask(q.shape[2], vertical, slash), scale)
     from kernels.triton_vertical_slash import vertical_slash_attention, vertical_slash_layout
 
+    if shared:
+        group = q.shape[1] // k.shape[1]
+        lay = vertical_slash_layout(vertical[:, ::group], slash[:, ::group], q.shape[2], block_m=SHARED_BLOCK_M)
+        return vertical_slash_attention(q, k, v, lay, scale)
     return vertical_slash_attention(q, k, v, vertical_slash_layout(vertical, slash, q.shape[2]), scale)

@@ -32,25 +32,44 @@ def vertical_slash_index(
     length = q.shape[2]
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     r = min(cfg.last_q, length)
-    s = grouped_scores(q[:, :, -r:], k, scale)  # [B, H, r, L]
-    rows = torch.arange(length - r, length, device=q.device)[:, None]
-    cols = torch.arange(length, device=q.device)[None, :]
-    s.masked_fill_(cols > rows, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-
-    vertical_score = p.sum(dim=2)
+    b, hq, _, d = q.shape
+    hkv = k.shape[1]
+    # scores in the input dtype (half the bytes of float32; they only rank columns), softmax in float32
+    qg = (q[:, :, -r:] * scale).reshape(b, hkv, (hq // hkv) * r, d)
+    s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, r, length)
+    # only the last r columns can lie past a row (the r x r corner)
+    s[..., length - r :].masked_fill_(torch.ones(r, r, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    p = torch.softmax(s, dim=-1, dtype=torch.float32)
+    del s
+    vertical_score, slash_score = p.sum(dim=2), diagonal_sums(p)
+    del p
+    if cfg.shared:  # one index per KV group, repeated for its query heads
+        group = hq // hkv
+        vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)
+        slash_score = slash_score.reshape(b, hkv, group, length).sum(2)
     vertical = top_indices(vertical_score, cfg.sink, cfg.vertical, cfg.mass, pad=length)
-
-    # Diagonal sums: flip the columns so that offset o of row i sits at column o + (r - 1 - i), then read the
-    # diagonals as columns of a strided view (MInference's sum_all_diagonal_matrix idea).
-    b, h = p.shape[:2]
-    buf = torch.zeros(b, h, r, length + r, dtype=p.dtype, device=p.device)
-    buf[..., :length] = p.flip(-1)
-    width = length + r
-    skew = buf.as_strided((b, h, r, length), (h * r * width, r * width, width - 1, 1), storage_offset=r - 1)
-    slash_score = skew.sum(dim=2)
     slash = top_indices(slash_score, cfg.window, cfg.slash, cfg.mass, pad=0)
+    if cfg.shared:
+        vertical, slash = vertical.repeat_interleave(group, 1), slash.repeat_interleave(group, 1)
     return vertical, slash
+
+
+def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
+    """Sum of p [B, H, r, L] (the last r query rows against all L keys) along each diagonal, by offset q_pos - k_pos:
+    [B, H, L]. Read in place through a strided view: row i's entry for offset o sits at column L - r + i - o, so with a
+    row stride of L + 1 each diagonal is a column of the view (MInference's sum_all_diagonal_matrix, without a copy)."""
+    b, h, r, length = p.shape
+    p = p.contiguous()
+    # offsets 0 .. L - r: every row reaches them
+    skew = p.as_strided((b, h, r, length - r + 1), (h * r * length, r * length, length + 1, 1))
+    out = torch.zeros(b, h, length, dtype=p.dtype, device=p.device)
+    out[..., : length - r + 1] = skew.sum(dim=2).flip(-1)
+    if r > 1:  # offsets L - r + 1 .. L - 1 reach only the first r - 1 columns: the same trick on that small corner
+        corner = torch.nn.functional.pad(p[..., : r - 1], (r - 1, 0))  # [B, H, r, 2r - 2], zeros left of column 0
+        w = 2 * r - 2
+        tail = corner.as_strided((b, h, r, r - 1), (h * r * w, r * w, w + 1, 1), storage_offset=0).sum(dim=2)
+        out[..., length - r + 1 :] = tail.flip(-1)
+    return out
 
 
 def top_indices(score: torch.Tensor, forced: int, budget: int, mass: float | None, pad: int) -> torch.Tensor:

@@ -26,6 +26,9 @@ class VerticalSlash:
     # the estimated attention mass (FlexPrefill's cumulative threshold). Scattered low-score picks cost whole key
     # chunks in the kernel while adding almost no mass.
     mass: float | None = None
+    # One index per KV head (scores summed over its query heads): the kernel then stacks the group's query heads into
+    # one tile and reads each K/V tile once for all of them, instead of once per query head.
+    shared: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ As in MInference's mixed kernel, each query block walks (1) contiguous key chunk
 list depends only on the head, not on the query block: a slash at offset s needs columns [m·BM - s, m·BM - s + BM)
 for query block m, so in coordinates relative to the block start the union of those ranges is the same for every
 block. That makes the layout a few vectorised torch ops instead of a per-block CUDA pass.
+
+Chunks that lie wholly below a block's rows (all but the few at the diagonal and the one straddling column 0) run
+without masks, their K/V tiles through tensor descriptors on Hopper. With a shared index (one layout row per KV
+head) the query heads of a group are stacked into one tile, so each K/V tile is read once for the whole group.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.patterns import AShape
 
@@ -27,6 +32,7 @@ class Layout:
     chunk_start: torch.Tensor  # [BH, C] int32: chunk start relative to the query block's first row, ascending
     chunk_begin: torch.Tensor  # [BH, nM] int32: first chunk that reaches column 0 for this query block
     chunk_count: torch.Tensor  # [BH] int32
+    chunk_diag: torch.Tensor  # [BH] int32: first chunk that may reach past a query row (needs the causal mask)
     vertical: torch.Tensor  # [BH, NV] int32, ascending
     vertical_count: torch.Tensor  # [BH, nM] int32: verticals before this query block's end
     covered: torch.Tensor  # [BH, L + BM + BN] int8: 1 where offset - L (relative to the block start) is in a chunk
@@ -75,10 +81,14 @@ def vertical_slash_layout(
 
     vert = vertical.reshape(bh, -1).contiguous()
     vertical_count = torch.searchsorted(vert, (block_first_col + block_m)[None, :].expand(bh, -1).contiguous())
+    # a chunk ending at or before the block's first row (start <= 1 - BN) is below every row of the block
+    below = torch.full((bh, 1), 1 - block_n, dtype=torch.long, device=dev)
+    chunk_diag = torch.searchsorted(chunk_start, below, right=True)
     return Layout(
         chunk_start.to(torch.int32).contiguous(),
         chunk_begin.to(torch.int32).contiguous(),
         per_head.to(torch.int32),
+        chunk_diag[:, 0].to(torch.int32).contiguous(),
         vert.to(torch.int32),
         vertical_count.to(torch.int32).contiguous(),
         covered.contiguous(),
@@ -104,14 +114,29 @@ def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk
 
 
 @triton.jit
+def _online_softmax_tile(q, k, v, m_i, l_i, acc, qk_scale):
+    """A tile whose columns all exist and lie at or before every row: no masks, no selects."""
+    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _vertical_slash_fwd(
     Q,
     K,
     V,
+    K_desc,
+    V_desc,
     Out,
     chunk_start,
     chunk_begin,
     chunk_count,
+    chunk_diag,
     vertical,
     vertical_count,
     covered,
@@ -135,38 +160,73 @@ def _vertical_slash_fwd(
     son,
     H: tl.constexpr,
     GROUP: tl.constexpr,
+    PACK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    hkv = h // GROUP
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
+    # the heaviest (last) query blocks start first
+    # With PACK > 1 one layout row serves PACK query heads of a KV group (a shared index): their BLOCK_M rows are
+    # stacked into one tile, so each K/V tile is read once for all of them.
+    pid_bh = tl.program_id(0)
+    pid_m = n_m - 1 - tl.program_id(1)
+    b = (pid_bh // (H // PACK)).to(tl.int64)
+    h0 = (pid_bh % (H // PACK)).to(tl.int64) * PACK
+    hkv = h0 // GROUP
+    block_start = pid_m * BLOCK_M
+    r = tl.arange(0, PACK * BLOCK_M)
+    heads = h0 + r // BLOCK_M
+    rows = block_start + r % BLOCK_M
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, BLOCK_N)
-    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + d[None, :], mask=rows[:, None] < length, other=0.0)
+    q_ptrs = Q + b * sqb + heads[:, None] * sqh + rows[:, None] * sqn + d[None, :]
+    q = tl.load(q_ptrs, mask=rows[:, None] < length, other=0.0)
     k_base = K + b * skb + hkv * skh
     v_base = V + b * svb + hkv * svh
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    block_start = pid_m * BLOCK_M
+    m_i = tl.full([PACK * BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([PACK * BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([PACK * BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # Slash lines: contiguous chunks, already sorted so that the first useful one is known.
+    # Slash lines: contiguous chunks, sorted, so that the first useful one is known. Masks are needed only on the
+    # chunk that starts before column 0 (at most one: chunks never overlap) and on those reaching the diagonal.
     c_lo = tl.load(chunk_begin + pid_bh * n_m + pid_m)
     c_hi = tl.load(chunk_count + pid_bh)
-    for c in range(c_lo, c_hi):
-        start = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
-        cols = start + n
-        valid = (cols >= 0) & (cols < length)
+    c_diag = tl.load(chunk_diag + pid_bh)
+    first = tl.load(chunk_start + pid_bh * n_chunk_cols + c_lo, mask=c_lo < c_hi, other=0)
+    c_full = c_lo + ((c_lo < c_hi) & (block_start + first < 0)).to(tl.int32)
+    c_mid = tl.maximum(c_full, c_diag)
+    for c in range(c_lo, c_full):
+        cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
         m_i, l_i, acc = _online_softmax_step(
             q,
             k_base + cols[:, None] * skn + d[None, :],
             v_base + cols[:, None] * svn + d[None, :],
-            valid,
+            (cols >= 0) & (cols < length),
+            rows,
+            cols,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+        )
+    for c in range(c_full, c_mid):
+        col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
+        if TMA:  # the bulk copy engine (Hopper): one descriptor load per tile, no address arithmetic per element
+            k = K_desc.load([b.to(tl.int32), hkv.to(tl.int32), col0, 0]).reshape(BLOCK_N, HEAD_DIM)
+            v = V_desc.load([b.to(tl.int32), hkv.to(tl.int32), col0, 0]).reshape(BLOCK_N, HEAD_DIM)
+        else:
+            k = tl.load(k_base + (col0 + n)[:, None] * skn + d[None, :])
+            v = tl.load(v_base + (col0 + n)[:, None] * svn + d[None, :])
+        m_i, l_i, acc = _online_softmax_tile(q, k, v, m_i, l_i, acc, qk_scale)
+    for c in range(c_mid, c_hi):
+        cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
+        m_i, l_i, acc = _online_softmax_step(
+            q,
+            k_base + cols[:, None] * skn + d[None, :],
+            v_base + cols[:, None] * svn + d[None, :],
+            (cols >= 0) & (cols < length),
             rows,
             cols,
             m_i,
@@ -197,7 +257,7 @@ def _vertical_slash_fwd(
         )
 
     acc = acc / l_i[:, None]
-    o_ptrs = Out + b * sob + h * soh + rows[:, None] * son + d[None, :]
+    o_ptrs = Out + b * sob + heads[:, None] * soh + rows[:, None] * son + d[None, :]
     tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=rows[:, None] < length)
 
 
@@ -209,26 +269,35 @@ def vertical_slash_attention(
     scale: float | None = None,
     num_warps: int = 4,
     num_stages: int = 3,  # best on the H100 at 32K-256K (bench/kernel_bench.py)
+    tma: bool | None = None,  # K/V tiles through tensor descriptors; default: on Hopper and newer, and on CPU
 ) -> torch.Tensor:
     """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
 
+    The layout has a row per query head, or per KV head for a shared index (built from `vertical[:, ::group]`).
     Returns [B, Hq, L, D], a transposed view of a [B, L, Hq, D] tensor (what transformers wants back).
     """
     b, hq, length, d = q.shape
     hkv = k.shape[1]
+    pack = b * hq // layout.chunk_count.numel()
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "head dim must be contiguous"
+    assert pack * layout.chunk_count.numel() == b * hq and (hq // hkv) % pack == 0, "one layout row per head or group"
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     out = torch.empty(b, length, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     n_m = -(-length // layout.block_m)
-    grid = (n_m, b * hq)
+    grid = (b * hq // pack, n_m)
+    if tma is None:
+        tma = not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] >= 9
+    descs = [TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, layout.block_n, d]) for x in (k, v)]
     _vertical_slash_fwd[grid](
         q,
         k,
         v,
+        *descs,
         out,
         layout.chunk_start,
         layout.chunk_begin,
         layout.chunk_count,
+        layout.chunk_diag,
         layout.vertical,
         layout.vertical_count,
         layout.covered,
@@ -252,9 +321,11 @@ def vertical_slash_attention(
         out.stride(2),
         H=hq,
         GROUP=hq // hkv,
+        PACK=pack,
         BLOCK_M=layout.block_m,
         BLOCK_N=layout.block_n,
         HEAD_DIM=d,
+        TMA=tma,
         num_warps=num_warps,
         num_stages=num_stages,
     )

@@ -57,6 +57,7 @@ def test_triton_vertical_slash_matches_reference() -> None:
     out = vertical_slash_attention(q, k, v, lay)
     mask = layout_mask(lay, 1, HQ, 200)
     assert torch.allclose(out, masked_attention(q, k, v, mask), atol=1e-5)
+    assert torch.allclose(vertical_slash_attention(q, k, v, lay, tma=False), out, atol=1e-5)  # pointer loads
     rows = torch.arange(200)
     pattern = vertical_slash_mask(200, vertical, slash)(rows)
     computed = mask(rows)
@@ -101,3 +102,17 @@ def test_flex_block_masks_match_reference() -> None:
     blocks = block_sparse_index(q, k, BlockSparse(block=128, top=2))
     out = flex_sparse_attention(q, k, v, block_sparse_block_mask(blocks, 384))
     assert torch.allclose(out, masked_attention(q, k, v, block_sparse_mask(384, blocks, 128)), atol=1e-5)
+
+
+def test_triton_shared_index_packs_the_group() -> None:
+    q, k, v = qkv(200, seed=7)
+    vertical, slash = vertical_slash_index(q, k, VerticalSlash(vertical=10, slash=20, sink=3, window=5, shared=True))
+    group = HQ // HKV
+    assert torch.equal(vertical[:, ::group].repeat_interleave(group, 1), vertical)  # one index per KV group
+    lay = vertical_slash_layout(vertical[:, ::group], slash[:, ::group], 200, block_m=16, block_n=16)
+    out = vertical_slash_attention(q, k, v, lay)  # a layout row per KV head: the group's query heads in one tile
+
+    def mask(rows: torch.Tensor) -> torch.Tensor:
+        return layout_mask(lay, 1, HKV, 200)(rows).repeat_interleave(group, 1)
+
+    assert torch.allclose(out, masked_attention(q, k, v, mask), atol=1e-5)

@@ -101,3 +101,17 @@ def test_reference_equals_sdpa_where_the_mask_is_full() -> None:
     sparse = a_shape_mask(300, AShape(sink=4, window=16))
     assert attention_recall(q, k, sparse, torch.arange(200, 300)) < 0.5
     assert not torch.allclose(masked_attention(q, k, v, sparse), dense, atol=1e-3)
+
+
+def test_diagonal_sums_match_a_loop() -> None:
+    from kernels.index import diagonal_sums
+
+    for r, length in ((4, 11), (5, 5), (1, 7)):
+        p = torch.rand(2, 3, r, length)
+        want = torch.zeros(2, 3, length)
+        for i in range(r):
+            for j in range(length):
+                offset = length - r + i - j
+                if offset >= 0:
+                    want[..., offset] += p[..., i, j]
+        assert torch.allclose(diagonal_sums(p), want, atol=1e-6)
