@@ -191,8 +191,8 @@ shorter than it is used, to fit a CPU). {summary["data"]["none_share"]:.0%} of t
 
 LoRA rank {summary["rank"]}, alpha {summary["alpha"]}, on {", ".join(summary["target_modules"])};
 AdamW, lr {summary["lr"]}, warmup then cosine decay, batch 1, {summary["steps"]} steps, loss on the reply tokens
-only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["threads"]} CPU thread of a shared
-2-core host. Held-out loss (other seeds): {held}. Saved as bf16 safetensors.
+only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["threads"]}
+CPU thread of a shared 2-core host. Held-out loss (other seeds): {held}. Saved as bf16 safetensors.
 
 ![loss](loss.png)
 
