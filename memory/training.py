@@ -38,8 +38,12 @@ def load_base(model: str, home: Path, dtype: str = "bfloat16") -> tuple[Any, Any
     return base, tokenizer
 
 
-def with_lora(base: Any, rank: int, alpha: int) -> Any:
-    from peft import LoraConfig, get_peft_model
+def with_lora(base: Any, rank: int, alpha: int, init: Path | None = None) -> Any:
+    """A fresh LoRA, or (init) a saved adapter to train further."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init is not None:
+        return PeftModel.from_pretrained(base, str(init), is_trainable=True)
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(TARGET_MODULES))
     return get_peft_model(base, config)
@@ -59,12 +63,18 @@ def encode_all(tokenizer: Any, examples: Sequence[Example], max_tokens: int) -> 
     return [e for e in (encode(tokenizer, x, max_tokens) for x in examples) if e is not None]
 
 
-def loss_on(model: Any, item: dict[str, list[int]]) -> Any:
+def loss_on(model: Any, item: dict[str, list[int]], first_weight: float = 1.0) -> Any:
+    """Mean cross-entropy over the reply, its first token weighted `first_weight` times: that token is the
+    decision (NONE or a copy) and the copy itself is easy, so an unweighted mean hides a wrong decision."""
     import torch
 
     ids = torch.tensor([item["input_ids"]])
-    labels = torch.tensor([item["labels"]])
-    return model(input_ids=ids, labels=labels).loss
+    labels = torch.tensor(item["labels"][1:])
+    logits = model(input_ids=ids).logits[0, :-1].float()
+    ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
+    weights = (labels != IGNORE).float()
+    weights[int(weights.argmax())] = first_weight
+    return (ce * weights).sum() / weights.sum()
 
 
 def mean_loss(model: Any, items: Sequence[dict[str, list[int]]]) -> float:
@@ -72,6 +82,19 @@ def mean_loss(model: Any, items: Sequence[dict[str, list[int]]]) -> float:
 
     with torch.no_grad():
         return sum(float(loss_on(model, it)) for it in items) / max(1, len(items))
+
+
+def decision_accuracy(model: Any, items: Sequence[dict[str, list[int]]]) -> float:
+    """Share of items whose first reply token (NONE or the start of a copy) is the greedy choice."""
+    import torch
+
+    right = 0
+    with torch.no_grad():
+        for it in items:
+            first = next(i for i, label in enumerate(it["labels"]) if label != IGNORE)
+            logits = model(input_ids=torch.tensor([it["input_ids"][:first]])).logits[0, -1]
+            right += int(logits.argmax()) == it["labels"][first]
+    return right / max(1, len(items))
 
 
 def train(
@@ -83,6 +106,7 @@ def train(
     save: Any = None,
     save_every: int = 0,
     warmup: int = 10,
+    first_weight: float = 1.0,
 ) -> list[dict[str, float]]:
     """AdamW on the LoRA weights, batch 1, linear warmup then cosine decay; returns the per-step losses."""
     import torch
@@ -97,7 +121,7 @@ def train(
     start = time.perf_counter()
     for step in range(steps):
         item = items[step % len(items)]
-        loss = loss_on(model, item)
+        loss = loss_on(model, item, first_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -207,6 +231,18 @@ Reproduce: `tome train memagent --steps {summary["steps"]} --segment-tokens {lo}
     (out / "MODEL_CARD.md").write_text(card)
 
 
+def merge(adapter: Path, model: str, home: Path, out: Path) -> None:
+    """The base model with the adapter folded into its weights, as a plain HF folder any engine loads at full
+    speed (vLLM's LoRA path on CPU is several times slower than its base model)."""
+    import torch
+    from peft import PeftModel
+
+    base, tokenizer = load_base(model, home, "float32")
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tome train memagent", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (batch 1)")
@@ -224,12 +260,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default=os.environ.get("TOME_MODEL", "smollm2"))
     p.add_argument("--threads", type=int, default=int(os.environ.get("TOME_THREADS", "1")))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-seed", type=int, default=TRAIN_SEED_START, help="first example seed (not an eval seed)")
+    p.add_argument("--first-token-weight", type=float, default=10.0, help="loss weight of the reply's first token")
+    p.add_argument("--init", type=Path, default=None, help="continue training this adapter folder")
+    p.add_argument("--merge-to", type=Path, default=None, help="only write --out's adapter merged into the model here")
     args = p.parse_args(argv)
 
     import torch
 
     from service.settings import Settings
 
+    if args.merge_to:
+        merge(args.out, args.model, Settings().home, args.merge_to)
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -237,38 +280,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     lo, hi = (int(x) for x in args.segment_tokens.split(","))
     n = args.examples or args.steps
-    examples = make_examples(count, n, segment_tokens=(lo, hi), corpus=args.corpus)
+    examples = make_examples(count, n, args.first_seed, segment_tokens=(lo, hi), corpus=args.corpus)
     items = encode_all(tokenizer, examples, args.max_tokens)
     held = encode_all(
         tokenizer,
-        make_examples(count, args.held_out, first_seed=TRAIN_SEED_START + 10 * n + 1000, corpus=args.corpus),
+        make_examples(count, args.held_out, first_seed=args.first_seed + 10 * n + 1000, corpus=args.corpus),
         args.max_tokens,
     )
-    model = with_lora(base, args.rank, args.alpha)
+    model = with_lora(base, args.rank, args.alpha, args.init)
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "train_log.jsonl", "w")
     held_losses: list[tuple[int, float]] = [(0, mean_loss(model, held))]
-    print(json.dumps({"examples": len(items), "held_out": len(held), "held_loss": held_losses[0][1]}), flush=True)
+    decisions: list[tuple[int, float]] = [(0, decision_accuracy(model, held))]
+    print(json.dumps({"examples": len(items), "held_out": len(held), "held_loss": held_losses[0][1],
+                      "held_decisions": decisions[0][1]}), flush=True)  # fmt: skip
 
     def log(row: dict[str, float]) -> None:
         if args.eval_every and row["step"] % args.eval_every == 0:
             model.eval()
             held_losses.append((int(row["step"]), mean_loss(model, held)))
+            decisions.append((int(row["step"]), decision_accuracy(model, held)))
             model.train()
-            row = {**row, "held_loss": held_losses[-1][1]}
+            row = {**row, "held_loss": held_losses[-1][1], "held_decisions": decisions[-1][1]}
         log_file.write(json.dumps(row) + "\n")
         log_file.flush()
         print(json.dumps(row), flush=True)
 
-    curve = train(model, items, args.steps, args.lr, log, lambda s: save_adapter(model, args.out), args.save_every)
+    save = lambda step: save_adapter(model, args.out)  # noqa: E731
+    curve = train(model, items, args.steps, args.lr, log, save, args.save_every, first_weight=args.first_token_weight)
     if not args.eval_every or args.steps % args.eval_every:
         held_losses.append((args.steps, mean_loss(model, held)))
+        decisions.append((args.steps, decision_accuracy(model, held)))
     save_adapter(model, args.out)
     plot_curve(curve, held_losses, args.out / "loss.png")
     summary = {
         "model": args.model, "steps": args.steps, "examples": len(items), "rank": args.rank, "alpha": args.alpha,
         "lr": args.lr, "target_modules": list(TARGET_MODULES), "max_tokens": args.max_tokens,
-        "segment_tokens": [lo, hi], "first_seed": TRAIN_SEED_START, "held_out_loss": held_losses,
+        "segment_tokens": [lo, hi], "first_seed": args.first_seed, "held_out_loss": held_losses,
+        "held_out_decisions": decisions, "first_token_weight": args.first_token_weight,
+        "init": json.loads((args.init / "training.json").read_text()) if args.init else None,
         "seconds": curve[-1]["seconds"] if curve else 0, "threads": args.threads, "data": data_stats(examples),
     }  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
