@@ -10,9 +10,9 @@ help answer the question. Code then holds it to that:
 - the memory budget is enforced in tokens, in code, cutting in the order the model listed the sentences;
 - an update with no usable sentence (NONE, or degenerate output) keeps the previous memory.
 
-With the default model the update and the final answer run through a LoRA adapter trained for exactly this
-format (memory/adapters/, `tome train memagent`); without it (missing, another model, an engine without
-adapters, or TOME_MEMAGENT_ADAPTER=none) the base model reads the same way.
+A LoRA adapter trained for exactly these two calls (`tome train memagent`) runs them when one is listed for the
+engine's model in ADAPTERS or named by TOME_MEMAGENT_ADAPTER; otherwise (none listed, a missing folder, an engine
+without adapters, or TOME_MEMAGENT_ADAPTER=none) the base model reads the same way.
 
 All state between segments is plain data (`Reading`), so the job graph checkpoints it after every segment.
 """
@@ -42,8 +42,11 @@ NONE = "NONE"
 # A small model that has said NONE, or starts a new "Question:"/"Answer:", only rambles on: stop decoding there.
 UPDATE_STOP = (NONE, "Question:", "Answer:")
 
-# Adapters trained for this strategy's prompts, by model alias (memory/training.py writes them).
-ADAPTERS: dict[str, Path] = {"smollm2": Path(__file__).parent / "adapters" / "smollm2-memagent"}
+# The adapter memory/training.py trained for SmolLM2. It ships but is not a default: it measured worse than the
+# base model (it answers NONE to every 2K-token update; adapters/smollm2-memagent/MODEL_CARD.md).
+SMOLLM2_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-memagent"
+# Adapters used by default ("auto"), by model alias: list one here once it measures better than its base model.
+ADAPTERS: dict[str, Path] = {}
 ADAPTER_NAME = "memagent"
 
 UPDATE_SYSTEM = "You copy sentences exactly as written. You never answer the question and never explain."
@@ -66,7 +69,7 @@ class MemAgentConfig:
     min_segment_tokens: int = 256  # below this the question leaves no room to read
     margin_tokens: int = 64  # chat-template and tokenisation slack
     update: Literal["overwrite", "append"] = "overwrite"  # append: keep old notes, add what the model copied
-    # "auto": the trained adapter of the engine's model if one ships; "none": the base model; or an adapter folder.
+    # "auto": the adapter ADAPTERS lists for the engine's model, if any; "none": the base model; or an adapter folder.
     adapter: str = field(default_factory=lambda: os.environ.get("TOME_MEMAGENT_ADAPTER", "auto"))
 
 

@@ -194,9 +194,9 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
 
 A LoRA adapter that teaches the default model the two calls of the `memagent` strategy (memory/memagent.py): the
 memory update after each segment (copy, word for word and one per line, every sentence of the notes and the segment
-that helps answer; NONE when the segment adds nothing) and the final answer from the memory. `memagent` uses it by
-default when the engine runs the default model (`TOME_MEMAGENT_ADAPTER=none` turns it off); both engines load it
-(native: transformers' PEFT integration; vLLM: `LoRARequest`).
+that helps answer; NONE when the segment adds nothing) and the final answer from the memory. `memagent` runs it when
+`memory.memagent.ADAPTERS` lists it for the engine's model or `TOME_MEMAGENT_ADAPTER` names its folder; both engines
+load it (native: transformers' PEFT integration; vLLM: `LoRARequest`).
 
 ## Data (memory/training_data.py)
 
@@ -221,7 +221,8 @@ CPU thread of a shared 2-core host. Held-out loss (other seeds): {held}. Saved a
 ![loss](loss.png)
 
 Reproduce: `tome train memagent --steps {summary["steps"]} --segment-tokens {lo},{hi}
---max-tokens {summary["max_tokens"]}` (log: `train_log.jsonl`, summary: `training.json`).
+--max-tokens {summary["max_tokens"]} --lr {summary["lr"]} --first-token-weight {summary.get("first_token_weight", 1.0)}`
+(log: `train_log.jsonl`, summary: `training.json`).
 
 ## Measured
 
@@ -261,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=int(os.environ.get("TOME_THREADS", "1")))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--first-seed", type=int, default=TRAIN_SEED_START, help="first example seed (not an eval seed)")
-    p.add_argument("--first-token-weight", type=float, default=10.0, help="loss weight of the reply's first token")
+    p.add_argument("--first-token-weight", type=float, default=1.0, help="loss weight of the reply's first token")
     p.add_argument("--init", type=Path, default=None, help="continue training this adapter folder")
     p.add_argument("--merge-to", type=Path, default=None, help="only write --out's adapter merged into the model here")
     args = p.parse_args(argv)

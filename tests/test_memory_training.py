@@ -11,12 +11,12 @@ from engines.base import SamplingParams
 from engines.types import Document, Task
 from evals.corpus import EVAL_DOCS, read_doc
 from evals.tasks import EVAL_SEEDS, generate
-from memory.memagent import ADAPTER_NAME, ADAPTERS, MemAgent, MemAgentConfig
+from memory.memagent import ADAPTER_NAME, ADAPTERS, SMOLLM2_ADAPTER, MemAgent, MemAgentConfig
 from memory.training_data import DEFAULT_CORPUS, TRAIN_SEED_START, make_examples, training_documents
 
 pytestmark = pytest.mark.skipif(not DEFAULT_CORPUS.is_dir(), reason=f"the training corpus {DEFAULT_CORPUS} is absent")
 
-ADAPTER = ADAPTERS["smollm2"]
+ADAPTER = SMOLLM2_ADAPTER
 
 
 def _sentences(text: str) -> list[str]:
@@ -97,7 +97,7 @@ def test_memagent_reads_with_the_base_model_when_the_adapter_is_missing(native_e
     [answer] = agent.run(document, [Task("What was the harbour master's cat called?")], native_engine, lambda *a: None)
     assert answer.details["adapter"] is None and answer.details["segments"] >= 2
     assert "Pepper Willow" in answer.text
-    if (ADAPTER / "adapter_model.safetensors").exists():  # and the shipped one is picked when it is there
+    if (ADAPTER / "adapter_model.safetensors").exists():  # a listed adapter is picked by default
         monkeypatch.setitem(ADAPTERS, "smollm2", ADAPTER)
         assert MemAgent().adapter(native_engine) == ADAPTER_NAME
         native_engine.chat([[{"role": "user", "content": "Hi"}]], SamplingParams(max_tokens=2, adapter=ADAPTER_NAME))
