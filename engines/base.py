@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
@@ -14,6 +15,7 @@ class SamplingParams:
     max_tokens: int = 64
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    adapter: str | None = None  # a LoRA adapter loaded under this name (SupportsAdapters); None: the base model
 
 
 @dataclass
@@ -66,6 +68,15 @@ class SupportsLayers(Protocol):
 
     @property
     def hf_tokenizer(self) -> Any: ...
+
+
+@runtime_checkable
+class SupportsAdapters(Protocol):
+    """LoRA adapters over the base model, chosen per call by `SamplingParams.adapter` (the base model otherwise)."""
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Load the adapter folder (PEFT format) under `name`; loading a name again is a no-op."""
+        ...
 
 
 @runtime_checkable

@@ -20,5 +20,6 @@ class EngineConfig:
     vllm_url: str | None = None  # remote vLLM (`vllm serve`); None runs vllm.LLM in-process
     vllm_memory_fraction: float = 0.3
     vllm_enforce_eager: bool = True  # skips ~100 s of compile at start on CPU
+    vllm_max_lora_rank: int = 16  # LoRA adapters up to this rank can be loaded (vLLM sizes for it at start); 0: none
     attention: str = "sdpa"  # native engine prefill attention: "sdpa" or a kernels/ pattern name
     threads: int | None = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +52,7 @@ class NativeEngine:
         self.model.eval()
         model_context = getattr(self.model.config, "max_position_embeddings", config.max_context)
         self._max_context = min(config.max_context, model_context)
+        self.adapters: set[str] = set()
 
     @property
     def max_context(self) -> int:
@@ -78,6 +81,27 @@ class NativeEngine:
 
     def count_chat_tokens(self, messages: Sequence[Message]) -> int:
         return len(self._template(messages))
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        if name in self.adapters:
+            return
+        self.model.load_adapter(str(path), adapter_name=name)  # transformers' PEFT integration
+        self.model.disable_adapters()  # adapters act only inside the calls that ask for them (`using`)
+        self.adapters.add(name)
+
+    @contextmanager
+    def using(self, adapter: str | None) -> Iterator[None]:
+        if adapter is None:
+            yield
+            return
+        if adapter not in self.adapters:
+            raise KeyError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
+        self.model.set_adapter(adapter)
+        self.model.enable_adapters()
+        try:
+            yield
+        finally:
+            self.model.disable_adapters()
 
     @torch.inference_mode()
     def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
@@ -114,7 +138,8 @@ class NativeEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
-        out = self.model.generate(**enc, **kwargs)
+        with self.using(params.adapter):
+            out = self.model.generate(**enc, **kwargs)
         seconds = time.perf_counter() - start
         width = enc["input_ids"].shape[1]
         for row, i in enumerate(batch):

@@ -58,11 +58,12 @@ def answer_each(
     strategy: str,
     evidences: Sequence[list[Evidence]],
     extra_costs: Sequence[Cost],
+    adapter: str | None = None,
 ) -> list[Answer]:
     """Ask each task over its own context (what it retrieved or remembered), all in one batched engine call."""
     max_tokens = max(t.max_answer_tokens for t in tasks)
     conversations = [answer_messages(c, t) for c, t in zip(contexts, tasks, strict=True)]
-    generations = engine.chat(conversations, SamplingParams(max_tokens=max_tokens))
+    generations = engine.chat(conversations, SamplingParams(max_tokens=max_tokens, adapter=adapter))
     answers = []
     for g, evidence, extra in zip(generations, evidences, extra_costs, strict=True):
         cost = Cost(calls=1, tokens_read=g.prompt_tokens, tokens_generated=g.completion_tokens, seconds=g.seconds)

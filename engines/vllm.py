@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,9 +41,22 @@ class VllmEngine:
             gpu_memory_utilization=config.vllm_memory_fraction,
             enforce_eager=config.vllm_enforce_eager,
             enable_prefix_caching=True,
+            enable_lora=config.vllm_max_lora_rank > 0,
+            max_lora_rank=config.vllm_max_lora_rank or 16,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._max_context = config.max_context
+        self.adapters: dict[str, Any] = {}  # name -> vllm LoRARequest
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        if name in self.adapters:
+            return
+        if self.config.vllm_max_lora_rank <= 0:
+            raise ValueError("this vLLM engine was started without LoRA (vllm_max_lora_rank=0)")
+        from vllm.lora.request import LoRARequest
+
+        # vLLM reads the adapter from disk when a request first names it.
+        self.adapters[name] = LoRARequest(name, len(self.adapters) + 1, str(path))
 
     @property
     def max_context(self) -> int:
@@ -72,7 +86,8 @@ class VllmEngine:
             max_tokens=params.max_tokens, temperature=params.temperature, stop=list(params.stop) or None
         )
         start = time.perf_counter()
-        outputs = self.llm.chat([list(c) for c in conversations], sampling, use_tqdm=False)
+        lora = self.adapters[params.adapter] if params.adapter else None
+        outputs = self.llm.chat([list(c) for c in conversations], sampling, use_tqdm=False, lora_request=lora)
         per = (time.perf_counter() - start) / max(1, len(conversations))
         return [
             Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids), per)

@@ -122,6 +122,7 @@ def run_question(strategy: str, sample: Sample, engine: Engine, policy: Policy |
         "seconds": round(time.perf_counter() - start, 3),
         "peak_rss_mb": round(memory.peak_rss / 2**20, 1),
         "peak_cuda_mb": round(memory.cuda_peak / 2**20, 1) if memory.cuda_peak else None,
+        "details": answer.details or None,  # a strategy's own account (memagent: the per-segment trace)
     }
 
 

@@ -10,21 +10,30 @@ help answer the question. Code then holds it to that:
 - the memory budget is enforced in tokens, in code, cutting in the order the model listed the sentences;
 - an update with no usable sentence (NONE, or degenerate output) keeps the previous memory.
 
+A LoRA adapter trained for exactly these two calls (`tome train memagent`) runs them when one is listed for the
+engine's model in ADAPTERS or named by TOME_MEMAGENT_ADAPTER; otherwise (none listed, a missing folder, an engine
+without adapters, or TOME_MEMAGENT_ADAPTER=none) the base model reads the same way.
+
 All state between segments is plain data (`Reading`), so the job graph checkpoints it after every segment.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from engines.base import Engine, Message, SamplingParams
+from engines.base import Engine, Message, SamplingParams, SupportsAdapters
 from engines.prompting import answer_each, answer_overhead
 from engines.segmenting import split_segments
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task
 from memory.spans import Span, split_sentences
+
+log = logging.getLogger(__name__)
 
 Reading = dict[str, Any]  # plain data (JSON-able) so a LangGraph checkpointer can store it between segments
 
@@ -32,6 +41,13 @@ NONE = "NONE"
 
 # A small model that has said NONE, or starts a new "Question:"/"Answer:", only rambles on: stop decoding there.
 UPDATE_STOP = (NONE, "Question:", "Answer:")
+
+# The adapter memory/training.py trained for SmolLM2. It ships but is not a default: it measured worse than the
+# base model (it answers NONE to every 2K-token update; adapters/smollm2-memagent/MODEL_CARD.md).
+SMOLLM2_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-memagent"
+# Adapters used by default ("auto"), by model alias: list one here once it measures better than its base model.
+ADAPTERS: dict[str, Path] = {}
+ADAPTER_NAME = "memagent"
 
 UPDATE_SYSTEM = "You copy sentences exactly as written. You never answer the question and never explain."
 
@@ -53,6 +69,8 @@ class MemAgentConfig:
     min_segment_tokens: int = 256  # below this the question leaves no room to read
     margin_tokens: int = 64  # chat-template and tokenisation slack
     update: Literal["overwrite", "append"] = "overwrite"  # append: keep old notes, add what the model copied
+    # "auto": the adapter ADAPTERS lists for the engine's model, if any; "none": the base model; or an adapter folder.
+    adapter: str = field(default_factory=lambda: os.environ.get("TOME_MEMAGENT_ADAPTER", "auto"))
 
 
 class MemAgentInputError(ValueError):
@@ -132,8 +150,26 @@ class MemAgent:
             {"role": "user", "content": update_prompt(task.question, notes, segment)},
         ]
 
-    def update_params(self) -> SamplingParams:
-        return SamplingParams(max_tokens=self.config.memory_tokens, stop=UPDATE_STOP)
+    def update_params(self, adapter: str | None = None) -> SamplingParams:
+        return SamplingParams(max_tokens=self.config.memory_tokens, stop=UPDATE_STOP, adapter=adapter)
+
+    def adapter(self, engine: Engine) -> str | None:
+        """The adapter name to read with on this engine (loaded on first use), or None for the base model."""
+        setting = self.config.adapter
+        if setting == "none":
+            return None
+        path = ADAPTERS.get(engine.model_name) if setting == "auto" else Path(setting)
+        shipped = path is not None and (path / "adapter_model.safetensors").exists()
+        if not shipped or not isinstance(engine, SupportsAdapters):
+            if setting != "auto":
+                log.warning("memagent adapter %s not usable on this engine: reading with the base model", setting)
+            return None
+        try:
+            engine.load_adapter(ADAPTER_NAME, path)  # type: ignore[arg-type]
+        except Exception:  # a broken or incompatible adapter must not stop the reading: the base model still reads
+            log.exception("could not load the memagent adapter %s: reading with the base model", path)
+            return None
+        return ADAPTER_NAME
 
     def segment_budget(self, tasks: Sequence[Task], engine: Engine) -> int:
         """Tokens of document per segment: the context minus template, question, notes and the update's output."""
@@ -173,6 +209,7 @@ class MemAgent:
             "memories": [[] for _ in tasks],
             "costs": [Cost().__dict__ for _ in tasks],
             "trace": [[] for _ in tasks],
+            "adapter": self.adapter(engine),
         }
 
     def step(self, reading: Reading, document: Document, tasks: Sequence[Task], engine: Engine) -> Reading:
@@ -183,7 +220,7 @@ class MemAgent:
         segment_sentences = split_sentences(text, s, e)
         notes = [[tuple(span) for span in m] for m in reading["memories"]]
         conversations = [self.update_messages(t, memory_text(text, notes[i]), text[s:e]) for i, t in enumerate(tasks)]
-        gens = engine.chat(conversations, self.update_params())
+        gens = engine.chat(conversations, self.update_params(self._adapter(reading, engine)))
         memories, costs, trace = [], [], []
         for i, g in enumerate(gens):
             new, action = self.apply_update(text, notes[i], segment_sentences, g.text, tasks[i].question, engine)
@@ -193,6 +230,10 @@ class MemAgent:
             step = {"segment": index, "action": action, "memory": len(new), "output": g.text[:300]}
             trace.append(reading["trace"][i] + [step])
         return {**reading, "done": index + 1, "memories": memories, "costs": costs, "trace": trace}
+
+    def _adapter(self, reading: Reading, engine: Engine) -> str | None:
+        """The adapter the reading started with (loaded again in a resumed process)."""
+        return self.adapter(engine) if reading.get("adapter") else None
 
     def apply_update(
         self, text: str, notes: list[Span], segment: list[Span], output: str, question: str, engine: Engine
@@ -221,9 +262,10 @@ class MemAgent:
             self.name,
             evidences,
             [Cost(**c) for c in reading["costs"]],
+            adapter=self._adapter(reading, engine),
         )
         for a, trace in zip(answers, reading["trace"], strict=True):
-            a.details = {"segments": len(reading["segments"]), "trace": trace}
+            a.details = {"segments": len(reading["segments"]), "adapter": reading.get("adapter"), "trace": trace}
         return answers
 
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:

@@ -1,0 +1,328 @@
+"""`tome train memagent`: LoRA SFT of the default model on the memagent update step and its final answer.
+
+CPU-sized: short synthetic steps (memory.training_data), batch 1, a small LoRA rank; loss on the reply only.
+The adapter (bf16 safetensors, a few MB) is saved every `--save-every` steps, so a stopped run is usable, and
+at the end with the loss curve (JSON lines and PNG) beside it.
+
+    tome train memagent --steps 300 --out memory/adapters/smollm2-memagent
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from memory.training_data import DEFAULT_CORPUS, TRAIN_SEED_START, Example, make_examples
+
+ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-memagent"
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+IGNORE = -100
+
+
+def load_base(model: str, home: Path, dtype: str = "bfloat16") -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engines.models import resolve_model
+
+    path = resolve_model(model, home)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    return base, tokenizer
+
+
+def with_lora(base: Any, rank: int, alpha: int, init: Path | None = None) -> Any:
+    """A fresh LoRA, or (init) a saved adapter to train further."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init is not None:
+        return PeftModel.from_pretrained(base, str(init), is_trainable=True)
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(TARGET_MODULES))
+    return get_peft_model(base, config)
+
+
+def encode(tokenizer: Any, example: Example, max_tokens: int) -> dict[str, list[int]] | None:
+    """Prompt (as the strategy sends it) + reply + end of turn; labels only on the reply. None if too long."""
+    out = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=True)
+    prompt = list(out["input_ids"] if hasattr(out, "keys") else out)
+    reply = tokenizer(example.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(prompt) + len(reply) > max_tokens:
+        return None
+    return {"input_ids": prompt + reply, "labels": [IGNORE] * len(prompt) + reply}
+
+
+def encode_all(tokenizer: Any, examples: Sequence[Example], max_tokens: int) -> list[dict[str, list[int]]]:
+    return [e for e in (encode(tokenizer, x, max_tokens) for x in examples) if e is not None]
+
+
+def loss_on(model: Any, item: dict[str, list[int]], first_weight: float = 1.0) -> Any:
+    """Mean cross-entropy over the reply, its first token weighted `first_weight` times: that token is the
+    decision (NONE or a copy) and the copy itself is easy, so an unweighted mean hides a wrong decision."""
+    import torch
+
+    ids = torch.tensor([item["input_ids"]])
+    labels = torch.tensor(item["labels"][1:])
+    logits = model(input_ids=ids).logits[0, :-1].float()
+    ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
+    weights = (labels != IGNORE).float()
+    weights[int(weights.argmax())] = first_weight
+    return (ce * weights).sum() / weights.sum()
+
+
+def mean_loss(model: Any, items: Sequence[dict[str, list[int]]]) -> float:
+    import torch
+
+    with torch.no_grad():
+        return sum(float(loss_on(model, it)) for it in items) / max(1, len(items))
+
+
+def decision_accuracy(model: Any, items: Sequence[dict[str, list[int]]]) -> float:
+    """Share of items whose first reply token (NONE or the start of a copy) is the greedy choice."""
+    import torch
+
+    right = 0
+    with torch.no_grad():
+        for it in items:
+            first = next(i for i, label in enumerate(it["labels"]) if label != IGNORE)
+            logits = model(input_ids=torch.tensor([it["input_ids"][:first]])).logits[0, -1]
+            right += int(logits.argmax()) == it["labels"][first]
+    return right / max(1, len(items))
+
+
+def train(
+    model: Any,
+    items: Sequence[dict[str, list[int]]],
+    steps: int,
+    lr: float,
+    log: Any = None,
+    save: Any = None,
+    save_every: int = 0,
+    warmup: int = 10,
+    first_weight: float = 1.0,
+) -> list[dict[str, float]]:
+    """AdamW on the LoRA weights, batch 1, linear warmup then cosine decay; returns the per-step losses."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+    )
+    model.train()
+    curve = []
+    start = time.perf_counter()
+    for step in range(steps):
+        item = items[step % len(items)]
+        loss = loss_on(model, item, first_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        row = {"step": step + 1, "loss": loss.item(), "tokens": len(item["input_ids"]),
+               "seconds": round(time.perf_counter() - start, 1), "lr": sched.get_last_lr()[0]}  # fmt: skip
+        curve.append(row)
+        if log is not None:
+            log(row)
+        if save is not None and save_every and (step + 1) % save_every == 0:
+            save(step + 1)
+    model.eval()
+    return curve
+
+
+def save_adapter(model: Any, out: Path) -> None:
+    """bf16 safetensors: half the size of fp32, and what both engines load."""
+    import torch
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.peft_config["default"].save_pretrained(out)
+    from peft import get_peft_model_state_dict
+
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(state, out / "adapter_model.safetensors")
+
+
+def plot_curve(curve: Sequence[dict[str, float]], held_out: Sequence[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in curve]
+    losses = [r["loss"] for r in curve]
+    window = 20
+    smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+              for i in range(len(losses))]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, color="#bbb", lw=0.8, label="train loss (per step)")
+    ax.plot(steps, smooth, color="C0", label=f"train loss ({window}-step mean)")
+    if held_out:
+        ax.plot([s for s, _ in held_out], [v for _, v in held_out], "o-", color="C3", label="held-out steps")
+    ax.set_xlabel("step (batch 1)")
+    ax.set_ylabel("loss on the reply")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def data_stats(examples: Sequence[Example]) -> dict[str, Any]:
+    mix: dict[str, int] = {}
+    for e in examples:
+        mix[f"{e.kind}:{e.family}"] = mix.get(f"{e.kind}:{e.family}", 0) + 1
+    updates = [e for e in examples if e.kind == "update"]
+    none = sum(e.target == "NONE" for e in updates) / max(1, len(updates))
+    return {"mix": dict(sorted(mix.items())), "none_share": none}
+
+
+def write_card(summary: dict[str, Any], out: Path) -> None:
+    """MODEL_CARD.md beside the adapter, from what this run did."""
+    mix = "\n".join(f"| {k.split(':')[0]} | {k.split(':')[1]} | {v} |" for k, v in summary["data"]["mix"].items())
+    held = ", ".join(f"{loss:.3f} (step {step})" for step, loss in summary["held_out_loss"])
+    lo, hi = summary["segment_tokens"]
+    card = f"""# memagent adapter for SmolLM2-135M-Instruct
+
+A LoRA adapter that teaches the default model the two calls of the `memagent` strategy (memory/memagent.py): the
+memory update after each segment (copy, word for word and one per line, every sentence of the notes and the segment
+that helps answer; NONE when the segment adds nothing) and the final answer from the memory. `memagent` runs it when
+`memory.memagent.ADAPTERS` lists it for the engine's model or `TOME_MEMAGENT_ADAPTER` names its folder; both engines
+load it (native: transformers' PEFT integration; vLLM: `LoRARequest`).
+
+## Data (memory/training_data.py)
+
+{summary["examples"]} synthetic examples, built with the evaluation harness's templates (RULER needles, variable
+chains, bAbI facts) in text from the project corpus **without** the documents held out for evaluation
+(`evals.corpus.EVAL_DOCS`), keys made of words from those training documents only, and seeds from
+{summary["first_seed"]} up (the evaluation seeds are below). No `qa` examples: its questions come from held-out
+documents. Update segments are {lo}-{hi} tokens (the strategy reads 2K-token segments: the adapter is trained
+shorter than it is used, to fit a CPU). {summary["data"]["none_share"]:.0%} of the update targets are NONE.
+
+| call | family | examples |
+|---|---|---|
+{mix}
+
+## Training (memory/training.py)
+
+LoRA rank {summary["rank"]}, alpha {summary["alpha"]}, on {", ".join(summary["target_modules"])};
+AdamW, lr {summary["lr"]}, warmup then cosine decay, batch 1, {summary["steps"]} steps, loss on the reply tokens
+only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["threads"]}
+CPU thread of a shared 2-core host. Held-out loss (other seeds): {held}. Saved as bf16 safetensors.
+
+![loss](loss.png)
+
+Reproduce: `tome train memagent --steps {summary["steps"]} --segment-tokens {lo},{hi}
+--max-tokens {summary["max_tokens"]} --lr {summary["lr"]} --first-token-weight {summary.get("first_token_weight", 1.0)}`
+(log: `train_log.jsonl`, summary: `training.json`).
+
+## Measured
+
+`tome eval --strategy memagent` with and without the adapter: `bench/results/eval-memory-memagent-lora.md` and
+`bench/results/eval-memory-memagent-base.md` (same engine, tasks, lengths and seeds).
+"""
+    (out / "MODEL_CARD.md").write_text(card)
+
+
+def merge(adapter: Path, model: str, home: Path, out: Path) -> None:
+    """The base model with the adapter folded into its weights, as a plain HF folder any engine loads at full
+    speed (vLLM's LoRA path on CPU is several times slower than its base model)."""
+    import torch
+    from peft import PeftModel
+
+    base, tokenizer = load_base(model, home, "float32")
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tome train memagent", description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (batch 1)")
+    p.add_argument("--examples", type=int, default=0, help="distinct training examples (default: one per step)")
+    p.add_argument("--held-out", type=int, default=24, help="examples (other seeds) to measure the loss on")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--max-tokens", type=int, default=768, help="longest training sequence")
+    p.add_argument("--segment-tokens", default="192,448", help="segment sizes of the update steps: MIN,MAX")
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    p.add_argument("--out", type=Path, default=ADAPTER_DIR)
+    p.add_argument("--model", default=os.environ.get("TOME_MODEL", "smollm2"))
+    p.add_argument("--threads", type=int, default=int(os.environ.get("TOME_THREADS", "1")))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-seed", type=int, default=TRAIN_SEED_START, help="first example seed (not an eval seed)")
+    p.add_argument("--first-token-weight", type=float, default=1.0, help="loss weight of the reply's first token")
+    p.add_argument("--init", type=Path, default=None, help="continue training this adapter folder")
+    p.add_argument("--merge-to", type=Path, default=None, help="only write --out's adapter merged into the model here")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from service.settings import Settings
+
+    if args.merge_to:
+        merge(args.out, args.model, Settings().home, args.merge_to)
+        return 0
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    base, tokenizer = load_base(args.model, Settings().home)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    lo, hi = (int(x) for x in args.segment_tokens.split(","))
+    n = args.examples or args.steps
+    examples = make_examples(count, n, args.first_seed, segment_tokens=(lo, hi), corpus=args.corpus)
+    items = encode_all(tokenizer, examples, args.max_tokens)
+    held = encode_all(
+        tokenizer,
+        make_examples(count, args.held_out, first_seed=args.first_seed + 10 * n + 1000, corpus=args.corpus),
+        args.max_tokens,
+    )
+    model = with_lora(base, args.rank, args.alpha, args.init)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = open(args.out / "train_log.jsonl", "w")
+    held_losses: list[tuple[int, float]] = [(0, mean_loss(model, held))]
+    decisions: list[tuple[int, float]] = [(0, decision_accuracy(model, held))]
+    print(json.dumps({"examples": len(items), "held_out": len(held), "held_loss": held_losses[0][1],
+                      "held_decisions": decisions[0][1]}), flush=True)  # fmt: skip
+
+    def log(row: dict[str, float]) -> None:
+        if args.eval_every and row["step"] % args.eval_every == 0:
+            model.eval()
+            held_losses.append((int(row["step"]), mean_loss(model, held)))
+            decisions.append((int(row["step"]), decision_accuracy(model, held)))
+            model.train()
+            row = {**row, "held_loss": held_losses[-1][1], "held_decisions": decisions[-1][1]}
+        log_file.write(json.dumps(row) + "\n")
+        log_file.flush()
+        print(json.dumps(row), flush=True)
+
+    save = lambda step: save_adapter(model, args.out)  # noqa: E731
+    curve = train(model, items, args.steps, args.lr, log, save, args.save_every, first_weight=args.first_token_weight)
+    if not args.eval_every or args.steps % args.eval_every:
+        held_losses.append((args.steps, mean_loss(model, held)))
+        decisions.append((args.steps, decision_accuracy(model, held)))
+    save_adapter(model, args.out)
+    plot_curve(curve, held_losses, args.out / "loss.png")
+    summary = {
+        "model": args.model, "steps": args.steps, "examples": len(items), "rank": args.rank, "alpha": args.alpha,
+        "lr": args.lr, "target_modules": list(TARGET_MODULES), "max_tokens": args.max_tokens,
+        "segment_tokens": [lo, hi], "first_seed": args.first_seed, "held_out_loss": held_losses,
+        "held_out_decisions": decisions, "first_token_weight": args.first_token_weight,
+        "init": json.loads((args.init / "training.json").read_text()) if args.init else None,
+        "seconds": curve[-1]["seconds"] if curve else 0, "threads": args.threads, "data": data_stats(examples),
+    }  # fmt: skip
+    (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_card(summary, args.out)
+    print(json.dumps(summary), flush=True)
+    return 0

@@ -1,0 +1,104 @@
+"""Training the memagent step: no evaluation item leaks into the data, training learns, the adapter loads in both
+engines and changes what they say, and memagent reads with the base model when the adapter is missing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from engines.base import SamplingParams
+from engines.types import Document, Task
+from evals.corpus import EVAL_DOCS, read_doc
+from evals.tasks import EVAL_SEEDS, generate
+from memory.memagent import ADAPTER_NAME, ADAPTERS, SMOLLM2_ADAPTER, MemAgent, MemAgentConfig
+from memory.training_data import DEFAULT_CORPUS, TRAIN_SEED_START, make_examples, training_documents
+
+pytestmark = pytest.mark.skipif(not DEFAULT_CORPUS.is_dir(), reason=f"the training corpus {DEFAULT_CORPUS} is absent")
+
+ADAPTER = SMOLLM2_ADAPTER
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s) >= 40]
+
+
+def test_training_data_never_uses_evaluation_documents_or_seeds(native_engine):
+    docs = training_documents()
+    assert docs and not {d.name for d in docs} & set(EVAL_DOCS)
+    with pytest.raises(ValueError):
+        make_examples(native_engine.count_tokens, 1, first_seed=EVAL_SEEDS.stop - 1)
+    examples = make_examples(native_engine.count_tokens, 40, segment_tokens=(128, 256))
+    assert TRAIN_SEED_START >= EVAL_SEEDS.stop and all(e.seed >= EVAL_SEEDS.stop for e in examples)
+    assert {e.kind for e in examples} == {"update", "answer"}
+    held_out = "\n".join(read_doc(name) for name in EVAL_DOCS)
+    training_text = "\n".join(m["content"] + "\n" + e.target for e in examples for m in e.messages)
+    sentences = _sentences(training_text)
+    assert len(sentences) > 200  # real text was read, so the check below means something
+    leaked = [s for s in sentences if s in held_out and not s.startswith(("Copy word for word", "You copy"))]
+    assert not leaked, leaked[:3]
+    # The evaluation's own items (their needles, keys and values) never occur in training text.
+    # (bAbI facts are left out: like bAbI's own splits, train and test share its few names and places.)
+    for task in ("niah_single", "niah_multikey", "vt"):
+        for seed in range(3):
+            for item in generate(task, native_engine, 2048, seed).unique:
+                assert item not in training_text, (task, seed, item)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(native_engine):
+    import torch
+
+    from memory.training import encode_all, load_base, mean_loss, train, with_lora
+    from service.settings import Settings
+
+    torch.manual_seed(0)
+    base, tokenizer = load_base("smollm2", Settings().home)
+    batch = encode_all(tokenizer, make_examples(native_engine.count_tokens, 3, segment_tokens=(160, 200)), 512)
+    model = with_lora(base, rank=8, alpha=16)
+    before = mean_loss(model, batch)
+    train(model, batch, steps=9, lr=1e-3, warmup=1)
+    after = mean_loss(model, batch)
+    assert after < 0.7 * before, (before, after)
+
+
+def _update_probe(engine) -> list[list[dict[str, str]]]:
+    """A multikey update step (training-style seeds above the held-out ones): copy only the asked needle."""
+    example = next(
+        e
+        for e in make_examples(engine.count_tokens, 30, first_seed=TRAIN_SEED_START + 900_000, segment_tokens=(96, 160))
+        if e.kind == "update" and e.family == "niah_multikey" and e.target != "NONE"
+    )
+    return [example.messages]
+
+
+@pytest.mark.skipif(not (ADAPTER / "adapter_model.safetensors").exists(), reason="no trained adapter shipped")
+@pytest.mark.parametrize("kind", ["native", "vllm"])
+def test_adapter_loads_in_both_engines_and_changes_the_output(kind, request):
+    engine = request.getfixturevalue(f"{kind}_engine")
+    probe = _update_probe(engine)
+    params = MemAgent().update_params()
+    base = engine.chat(probe, params)[0].text
+    engine.load_adapter(ADAPTER_NAME, ADAPTER)
+    engine.load_adapter(ADAPTER_NAME, ADAPTER)  # loading again is a no-op
+    tuned = engine.chat(probe, MemAgent().update_params(ADAPTER_NAME))[0].text
+    assert tuned != base
+    assert engine.chat(probe, params)[0].text == base  # calls without the adapter still get the base model
+
+
+def test_memagent_reads_with_the_base_model_when_the_adapter_is_missing(native_engine, tmp_path, monkeypatch):
+    monkeypatch.setitem(ADAPTERS, "smollm2", tmp_path / "no-adapter")
+    agent = MemAgent(MemAgentConfig(segment_tokens=300))
+    assert agent.adapter(native_engine) is None
+    assert MemAgent(MemAgentConfig(adapter=str(tmp_path / "missing"))).adapter(native_engine) is None
+    assert MemAgent(MemAgentConfig(adapter="none")).adapter(native_engine) is None
+    fact = "The harbour master's cat was called Pepper Willow."
+    filler = " ".join(["The tide came in slowly over the grey stones of the quay."] * 12)
+    document = Document(f"{filler}\n\n{fact}\n\n{filler}")
+    [answer] = agent.run(document, [Task("What was the harbour master's cat called?")], native_engine, lambda *a: None)
+    # It read every segment and answered, all with the base model (the answer's quality is the evals' business).
+    assert answer.details["adapter"] is None and answer.details["segments"] >= 2
+    assert answer.cost.calls == answer.details["segments"] + 1 and answer.text
+    if (ADAPTER / "adapter_model.safetensors").exists():  # a listed adapter is picked by default
+        monkeypatch.setitem(ADAPTERS, "smollm2", ADAPTER)
+        assert MemAgent().adapter(native_engine) == ADAPTER_NAME
+        native_engine.chat([[{"role": "user", "content": "Hi"}]], SamplingParams(max_tokens=2, adapter=ADAPTER_NAME))
