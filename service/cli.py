@@ -148,7 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # `tome train TARGET ...`: each trainer owns its options (`tome train TARGET --help`); module -> main(argv).
-TRAINERS: dict[str, str] = {}
+TRAINERS: dict[str, str] = {
+    "compllm": "compressors.soft.train",
+}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
