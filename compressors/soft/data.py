@@ -106,6 +106,6 @@ class ExampleMaker:
 
     def __call__(self) -> Example:
         pick = self.rng.random()
-        if pick < 0.5:
+        if pick < 0.6:
             return self.fact()
-        return self.quote() if pick < 0.8 else self.continuation()
+        return self.quote() if pick < 0.85 else self.continuation()
