@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from compressors.attention import num_layers, probe_attention
-from compressors.gemfilter import layer_model, prompt_around, query_rows, smooth
+from compressors.gemfilter import layer_model, query_rows, smooth
 from compressors.layer_store import model_key
+from engines.prompting import prompt_around
 from engines.types import Progress, Task, no_progress
 
 _KEY_WORDS = (

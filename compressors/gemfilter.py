@@ -26,10 +26,8 @@ import torch.nn.functional as F
 from compressors.attention import num_layers, probe_attention
 from compressors.layer_store import model_key, stored_layer
 from engines.base import Engine, SupportsLayers
-from engines.prompting import answer_from_context, answer_messages
+from engines.prompting import answer_from_context, prompt_around
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
-
-_SLOT = "\u2063CONTEXT\u2063"  # stands for the document when the chat template is rendered around it
 
 
 class NoLayerAccessError(TypeError):
@@ -65,14 +63,6 @@ def layer_model(engine: Engine) -> Any:
             "engine does not expose; use the native engine (TOME_ENGINE=native)"
         )
     return engine.hf_model
-
-
-def prompt_around(engine: Engine, task: Task) -> tuple[list[int], list[int]]:
-    """Token ids of the answer prompt before and after the context, exactly as the engine will build it."""
-    tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
-    rendered = tokenizer.apply_chat_template(answer_messages(_SLOT, task), add_generation_prompt=True, tokenize=False)
-    before, after = (list(tokenizer(part, add_special_tokens=False)["input_ids"]) for part in rendered.split(_SLOT))
-    return before, after
 
 
 def smooth(scores: torch.Tensor, width: int) -> torch.Tensor:

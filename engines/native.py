@@ -131,6 +131,14 @@ class NativeEngine:
     ) -> None:
         start = time.perf_counter()
         enc = self.tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt").to(self.device)
+        with self.using(params.adapter):
+            out = self.model.generate(**enc, **self._generation_kwargs(params))
+        seconds = time.perf_counter() - start
+        width = enc["input_ids"].shape[1]
+        for row, i in enumerate(batch):
+            results[i] = self._generation(out[row, width:], params, len(prompts[i]), seconds / len(batch))
+
+    def _generation_kwargs(self, params: SamplingParams) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": params.max_tokens, "pad_token_id": self.tokenizer.pad_token_id}
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature)
@@ -138,15 +146,34 @@ class NativeEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def _generation(self, new: torch.Tensor, params: SamplingParams, prompt_tokens: int, seconds: float) -> Generation:
+        new = new[new != self.tokenizer.pad_token_id]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        for s in params.stop:  # stop strings are matched on tokens; cut the text at the string itself
+            if s in text:
+                text = text[: text.index(s)]
+        return Generation(text.strip(), prompt_tokens, int(new.numel()), seconds)
+
+    @torch.inference_mode()
+    def chat_from_embeddings(self, embeddings: Sequence[torch.Tensor], params: SamplingParams) -> list[Generation]:
+        """Generate from whole prompts given as [length, hidden] input embeddings (template already inside).
+
+        Rows are left-padded into one batch, as token prompts are; `prompt_tokens` counts the vectors read.
+        """
+        for e in embeddings:
+            if e.shape[0] + params.max_tokens > self.max_context:
+                raise ContextOverflowError(e.shape[0] + params.max_tokens, self.max_context, "prompt + answer")
+        start = time.perf_counter()
+        width = max(e.shape[0] for e in embeddings)
+        dtype = self.model.get_input_embeddings().weight.dtype
+        rows = [torch.cat([e.new_zeros(width - e.shape[0], e.shape[1]), e]).to(self.device, dtype) for e in embeddings]
+        mask = torch.stack([torch.arange(width) >= width - e.shape[0] for e in embeddings]).long().to(self.device)
+        # With embeddings and no ids, generate returns the new tokens only.
         with self.using(params.adapter):
-            out = self.model.generate(**enc, **kwargs)
-        seconds = time.perf_counter() - start
-        width = enc["input_ids"].shape[1]
-        for row, i in enumerate(batch):
-            new = out[row, width:]
-            new = new[new != self.tokenizer.pad_token_id]
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            for s in params.stop:  # stop strings are matched on tokens; cut the text at the string itself
-                if s in text:
-                    text = text[: text.index(s)]
-            results[i] = Generation(text.strip(), len(prompts[i]), int(new.numel()), seconds / len(batch))
+            out = self.model.generate(
+                inputs_embeds=torch.stack(rows), attention_mask=mask, **self._generation_kwargs(params)
+            )
+        seconds = (time.perf_counter() - start) / len(embeddings)
+        return [self._generation(out[i], params, e.shape[0], seconds) for i, e in enumerate(embeddings)]

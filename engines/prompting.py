@@ -27,6 +27,25 @@ def answer_messages(context: str, task: Task) -> list[Message]:
     ]
 
 
+CONTEXT_SLOT = "\u2063CONTEXT\u2063"  # stands for the context when the chat template is rendered around it
+
+
+def prompt_around(engine: Engine, task: Task) -> tuple[list[int], list[int]]:
+    """Token ids of the answer prompt before and after the context, exactly as the engine builds it.
+
+    For strategies that put something other than text in the context's place (scores, soft embeddings);
+    needs an engine with a tokenizer (SupportsLayers).
+    """
+    tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
+    rendered = tokenizer.apply_chat_template(
+        answer_messages(CONTEXT_SLOT, task), add_generation_prompt=True, tokenize=False
+    )
+    before, after = (
+        list(tokenizer(part, add_special_tokens=False)["input_ids"]) for part in rendered.split(CONTEXT_SLOT)
+    )
+    return before, after
+
+
 def answer_overhead(engine: Engine, task: Task) -> int:
     """Tokens a prompt needs besides the context itself (template, question, answer budget).
 

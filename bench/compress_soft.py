@@ -1,0 +1,193 @@
+"""Soft compression (`compllm` at 2x and 4x) against the uncompressed prompt (`full`), SmolLM2 on this machine.
+
+Two parts, each measured against its baseline in the same run:
+- accuracy: the harness tasks that fit the 8K context (niah_single, qa, babilong; evaluation seeds 0..n-1, the
+  harness's own scoring), `full` and `compllm` at each rate on the same samples;
+- ttft: time to the first token (one generated token, so prefill plus one step) and input vectors for a
+  4K and an 8K document: `full`; `compllm` cold (every segment compressed now); `compllm` warm (a second
+  question over the same document: every segment read from the content-hash cache). KV size is the
+  engine's KV cache for the prompt (layers x 2 x kv heads x head dim x bytes per input position).
+
+    PYTHONPATH=. TOME_THREADS=1 nice python -m bench.compress_soft [--part accuracy,ttft] [--lengths 2048,4096]
+        [--n 3] [--rates 2,4] [--tasks niah_single,qa,babilong]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import machine, write_results
+from compressors.soft.strategy import CompLLM, CompLLMConfig, compress, prompt_embeddings
+from engines import EngineConfig, create_engine
+from engines.base import Engine, SamplingParams
+from engines.prompting import answer_messages
+from engines.types import Task, no_progress
+from evals.corpus import haystack_words
+from evals.metrics import score
+from evals.tasks import generate
+from workflows.full import FullContext
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def kv_mb(engine: Engine, positions: int) -> float:
+    c = engine.hf_model.config  # type: ignore[attr-defined]
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_position = c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * 2  # bf16
+    return round(per_position * positions / 2**20, 2)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def accuracy_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for length in args.lengths:
+        for task in args.tasks:
+            samples = [generate(task, engine, length, seed) for seed in range(args.n)]
+            results: dict[str, list[dict[str, Any]]] = {}
+            for name, strategy in [("full", FullContext())] + [
+                (f"compllm@{r}", CompLLM(CompLLMConfig(rate=r, cache=False))) for r in args.rates
+            ]:
+                got = []
+                for s in samples:
+                    start = time.perf_counter()
+                    answer = strategy.run(s.document, [s.question], engine, no_progress)[0]
+                    got.append(
+                        {
+                            "accuracy": score(s.metric, answer.text, s.answers),
+                            "input": answer.details.get("input_vectors") or answer.cost.tokens_read,
+                            "seconds": time.perf_counter() - start,
+                        }
+                    )
+                    print(
+                        f"{length} {task} #{s.seed} {name}: {got[-1]} {answer.text[:60]!r}", file=sys.stderr, flush=True
+                    )
+                results[name] = got
+            base = results["full"]
+            for r in args.rates:
+                got = results[f"compllm@{r}"]
+                rows.append(
+                    {
+                        "compressor": "compllm",
+                        "rate": r,
+                        "task": task,
+                        "length": length,
+                        "n": len(got),
+                        "accuracy": round(mean([g["accuracy"] for g in got]), 3),
+                        "baseline_accuracy": round(mean([g["accuracy"] for g in base]), 3),
+                        "ttft_ms": None,  # see the ttft part: here whole answers are timed
+                        "baseline_ttft_ms": None,
+                        "input_tokens": round(mean([g["input"] for g in got])),
+                        "baseline_input_tokens": round(mean([g["input"] for g in base])),
+                        "seconds": round(mean([g["seconds"] for g in got]), 1),
+                        "baseline_seconds": round(mean([g["seconds"] for g in base]), 1),
+                    }
+                )
+    return rows
+
+
+def document_of(engine: Engine, tokens: int) -> str:
+    words = haystack_words()
+    return engine.detokenize(engine.tokenize("".join(words[:tokens]))[:tokens])
+
+
+def first_token_ms(engine: Engine, prompt: Any) -> tuple[float, int]:
+    """(ms to the first generated token, input positions) for a text conversation or an embedding prompt."""
+    one = SamplingParams(max_tokens=1)
+    start = time.perf_counter()
+    if isinstance(prompt, torch.Tensor):
+        g = engine.chat_from_embeddings([prompt], one)[0]  # type: ignore[attr-defined]
+    else:
+        g = engine.chat([prompt], one)[0]
+    return 1000 * (time.perf_counter() - start), g.prompt_tokens
+
+
+def ttft_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    question = Task("Who is the narrator talking to?", max_answer_tokens=32)
+    second = Task("What does the narrator do at the end?", max_answer_tokens=32)
+    for length in args.ttft_lengths:
+        text = document_of(engine, length - 120)
+        base_ms, base_in = [], 0
+        for _ in range(args.repeats):
+            ms, base_in = first_token_ms(engine, answer_messages(text, question))
+            base_ms.append(ms)
+        for r in args.rates:
+            cold, warm, inputs = [], [], 0
+            for _ in range(args.repeats):
+                shutil.rmtree(engine.config.home / "cache" / "compllm", ignore_errors=True)  # type: ignore[attr-defined]
+                for phase, task, out in (("cold", question, cold), ("warm", second, warm)):
+                    start = time.perf_counter()
+                    compressed = compress(engine, text, CompLLMConfig(rate=r))
+                    if phase == "warm" and compressed.cached != compressed.segments:
+                        raise RuntimeError("the second question did not find its segments in the cache")
+                    ms, inputs = first_token_ms(engine, prompt_embeddings(engine, compressed.vectors, task))
+                    out.append(1000 * (time.perf_counter() - start))  # compression or cache reads included
+            for phase, values in (("cold", cold), ("warm", warm)):
+                rows.append(
+                    {
+                        "compressor": "compllm",
+                        "rate": r,
+                        "cache": phase,
+                        "length": base_in,
+                        "n": len(values),
+                        "accuracy": None,  # see the accuracy part
+                        "baseline_accuracy": None,
+                        "ttft_ms": round(mean(values)),
+                        "baseline_ttft_ms": round(mean(base_ms)),
+                        "speedup": round(mean(base_ms) / mean(values), 2),
+                        "input_tokens": inputs,
+                        "baseline_input_tokens": base_in,
+                        "kv_mb": kv_mb(engine, inputs),
+                        "baseline_kv_mb": kv_mb(engine, base_in),
+                    }
+                )
+                print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="accuracy,ttft")
+    parser.add_argument("--tasks", default="niah_single,qa,babilong")
+    parser.add_argument("--lengths", default="2048,4096", help="accuracy part")
+    parser.add_argument("--ttft-lengths", default="4096,8192")
+    parser.add_argument("--n", type=int, default=3, help="questions per task and length (evaluation seeds 0..n-1)")
+    parser.add_argument("--repeats", type=int, default=1, help="ttft measurements per cell")
+    parser.add_argument("--rates", default="2,4")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="compress-soft")
+    args = parser.parse_args(argv)
+    args.tasks = args.tasks.split(",")
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.ttft_lengths = [int(x) for x in args.ttft_lengths.split(",")]
+    args.rates = [int(x) for x in args.rates.split(",")]
+    home = Path(tempfile.mkdtemp(prefix="tome-soft-bench-"))  # a private segment cache, models linked in
+    (home / "models").symlink_to(EngineConfig().home / "models")
+    engine = create_engine(EngineConfig(kind="native", threads=args.threads, home=home))
+    where = f"{machine()}, {args.threads} torch thread(s)"
+    parts = args.part.split(",")
+    if "accuracy" in parts:
+        rows = accuracy_part(engine, args)
+        write_results(f"{args.name}-accuracy", "compllm vs full: harness tasks within 8K", MODEL, rows, machine=where)
+    if "ttft" in parts:
+        rows = ttft_part(engine, args)
+        write_results(
+            f"{args.name}-ttft", "compllm vs full: time to first token, input and KV size", MODEL, rows, machine=where
+        )
+    shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""`compllm` soft compression on the real SmolLM2: cache round trip, exact rates, the trained adapter."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compressors.soft.cache import SegmentCache, segment_key
+from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config
+from compressors.soft.strategy import CompLLM, CompLLMConfig, compress, compressed_length, prompt_embeddings
+from compressors.soft.train import answer_logits
+from engines import EngineConfig, create_engine
+from engines.base import Engine, SamplingParams
+from engines.prompting import prompt_around
+from engines.types import Document, Task
+from workflows.graph import run_job
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no trained adapter: run `tome train compllm`")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    home = tmp_path_factory.mktemp("tome-home")  # a private segment cache; the models are the real ones
+    (home / "models").symlink_to(EngineConfig().home / "models")
+    return create_engine(EngineConfig(kind="native", device="cpu", home=home))
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")
+
+
+def test_cached_segment_round_trips_bit_identical(engine: Engine, text: str, tmp_path: Path) -> None:
+    compressor = load_compressor(engine.hf_model)
+    ids = engine.tokenize(text)[:32]
+    with torch.inference_mode():
+        vectors = compressor([ids], 2)[0]
+    cache = SegmentCache(tmp_path)
+    key = segment_key("adapter", 2, ids)
+    assert cache.get(key) is None
+    cache.put(key, vectors)
+    back = cache.get(key)
+    assert back is not None and back.dtype == vectors.dtype and torch.equal(back, vectors)
+    assert segment_key("adapter", 4, ids) != key and segment_key("other", 2, ids) != key
+
+    # Through the strategy's path: a second pass over the same text computes nothing and gives the same bytes.
+    first = compress(engine, text[:3000], CompLLMConfig(rate=2))
+    second = compress(engine, text[:3000], CompLLMConfig(rate=2))
+    assert first.cached == 0 and second.cached == second.segments == first.segments
+    assert second.passes == 0 and torch.equal(first.vectors, second.vectors)
+
+
+@pytest.mark.parametrize("rate", [2, 4])
+def test_compressed_input_is_rate_times_shorter(engine: Engine, text: str, rate: int) -> None:
+    size = read_config(SHIPPED).segment_tokens
+    ids = engine.tokenize(text)
+    exact = engine.detokenize(ids[: 8 * size])
+    n = engine.count_tokens(exact)
+    got = compress(engine, exact, CompLLMConfig(rate=rate, cache=False))
+    assert got.document_tokens == n
+    assert got.vectors.shape == (compressed_length(n, size, rate), engine.hf_model.config.hidden_size)
+    if n % size == 0:
+        assert got.vectors.shape[0] * rate == n
+    task = Task("Who is speaking?")
+    before, after = prompt_around(engine, task)
+    prompt = prompt_embeddings(engine, got.vectors, task)
+    assert prompt.shape[0] == len(before) + got.vectors.shape[0] + len(after)
+    generation = engine.chat_from_embeddings([prompt], SamplingParams(max_tokens=4))[0]
+    assert generation.prompt_tokens == prompt.shape[0] and generation.completion_tokens >= 1
+
+
+def test_fits_needs_input_embeddings_and_room(engine: Engine) -> None:
+    from tests.test_compressors import TextOnlyEngine
+
+    task = [Task("What is it?")]
+    assert CompLLM().fits(12_000, task, engine)  # 2x: 6K vectors, where `full` could not take 12K tokens
+    assert not CompLLM().fits(20_000, task, engine)
+    assert CompLLM(CompLLMConfig(rate=4)).fits(20_000, task, engine)
+    assert not CompLLM().fits(1000, task, TextOnlyEngine(engine))
+    assert not CompLLM(CompLLMConfig(adapter=Path("/nonexistent.safetensors"))).fits(1000, task, engine)
+
+
+def test_job_answers_and_second_question_reuses_segments(engine: Engine, text: str) -> None:
+    document = Document(text[:2500])
+    first = run_job(document, [Task("Where is the ship?", max_answer_tokens=8)], engine, strategy="compllm")
+    second = run_job(document, [Task("Who tells the story?", max_answer_tokens=8)], engine, strategy="compllm")
+    a, b = first.answers[0], second.answers[0]
+    assert first.strategy == second.strategy == "compllm" and a.text and b.text
+    assert a.details["cached_segments"] == 0 and b.details["cached_segments"] == b.details["segments"]
+    assert b.cost.calls == 1 < a.cost.calls  # the second question runs no compressor pass
+
+
+def planted(engine: Engine, text: str, rng: random.Random) -> tuple[list[int], Task, list[int]]:
+    """About 150 tokens of held-out text (an evaluation document) with a fact of the test's own making."""
+    words = [w for w in text.split() if w.isalpha() and w.islower() and len(w) > 4]
+    key, value = f"{rng.choice(words)} {rng.choice(words)}", str(rng.randint(1000, 99999))
+    start = rng.randrange(0, len(text) - 2000)
+    body = text[start : start + 700]
+    cut = body.index(". ", len(body) // 3) + 2
+    context = engine.tokenize(body[:cut] + f"The {key} code is {value}. " + body[cut:])
+    return context, Task(f"What is the {key} code?"), engine.tokenize(value)
+
+
+@torch.no_grad()
+def answer_nll(engine: Engine, compressor: SegmentCompressor, needles: list, rate: int) -> float:
+    model, size = engine.hf_model, compressor.config.segment_tokens
+    embed = model.get_input_embeddings()
+    total = count = 0.0
+    for context, task, answer in needles:
+        vectors = torch.cat(compressor([context[i : i + size] for i in range(0, len(context), size)], rate))
+        before, after = prompt_around(engine, task)
+        row = torch.cat([embed(torch.tensor(before)), vectors, embed(torch.tensor(after + answer))])
+        logits = answer_logits(model, [row], [len(before) + vectors.shape[0] + len(after)], [len(answer)])
+        total += F.cross_entropy(logits, torch.tensor(answer), reduction="sum").item()
+        count += len(answer)
+    return total / count
+
+
+def test_trained_adapter_beats_untrained_on_held_out_needles(engine: Engine, text: str) -> None:
+    rng = random.Random("held-out-needles")
+    needles = [planted(engine, text, rng) for _ in range(8)]
+    trained = load_compressor(engine.hf_model)
+    untrained = SegmentCompressor(engine.hf_model, read_config(SHIPPED)).eval()  # same shape, LoRA and head at init
+    for rate in (2, 4):
+        better, worse = answer_nll(engine, trained, needles, rate), answer_nll(engine, untrained, needles, rate)
+        assert better < worse, (rate, better, worse)
