@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from compressors.attention import num_layers, probe_attention
 from compressors.layer_store import model_key, stored_layer
-from engines.base import Engine, SupportsLayers
+from engines.base import Engine, SupportsLayers, engine_home
 from engines.prompting import answer_from_context, prompt_around
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
 
@@ -103,15 +103,10 @@ def score_context(
 def resolve_layer(engine: Engine, config: GemFilterConfig) -> int:
     model = layer_model(engine)
     total = num_layers(model)
-    layer = config.layer or stored_layer(model_key(model), total, config.home or _engine_home(engine))
+    layer = config.layer or stored_layer(model_key(model), total, config.home or engine_home(engine))
     if not 1 <= layer <= total:
         raise ValueError(f"gemfilter layer must be in 1..{total} for this model, got {layer}")
     return layer
-
-
-def _engine_home(engine: Engine) -> Path | None:
-    config = getattr(engine, "config", None)
-    return getattr(config, "home", None)
 
 
 def select(

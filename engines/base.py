@@ -84,3 +84,8 @@ class SupportsInputEmbeddings(Protocol):
     """Generation from input embeddings instead of token ids (soft compression)."""
 
     def chat_from_embeddings(self, embeddings: Sequence[Any], params: SamplingParams) -> list[Generation]: ...
+
+
+def engine_home(engine: Engine) -> Path | None:
+    """The TOME_HOME an in-process engine was configured with (caches, calibration), if it has one."""
+    return getattr(getattr(engine, "config", None), "home", None)

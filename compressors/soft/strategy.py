@@ -20,7 +20,7 @@ import torch
 
 from compressors.soft.cache import FOLDER, SegmentCache, file_digest, segment_key
 from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config
-from engines.base import Engine, SamplingParams, SupportsInputEmbeddings, SupportsLayers
+from engines.base import Engine, SamplingParams, SupportsInputEmbeddings, SupportsLayers, engine_home
 from engines.prompting import answer_overhead, prompt_around
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
 
@@ -59,7 +59,7 @@ def compressor_for(engine: Engine, adapter: Path) -> tuple[SegmentCompressor, st
 
 
 def cache_for(engine: Engine) -> SegmentCache | None:
-    home = getattr(getattr(engine, "config", None), "home", None)
+    home = engine_home(engine)
     return SegmentCache(Path(home) / FOLDER) if home else None
 
 
