@@ -208,6 +208,14 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
     lo, hi = summary["segment_tokens"]
     gpu = "CPU" not in summary.get("hardware", "CPU")
     device = f" --device cuda --minutes {summary['seconds'] / 60:.0f}" if gpu else ""
+    first = summary.get("init")
+    stage = (
+        f"\nContinued from a first stage of {first['steps']} steps on {first['examples']} examples (seeds from "
+        f"{first['first_seed']}, lr {first['lr']}; its summary is `training.json`'s `init`), on new seeds."
+        if first
+        else ""
+    )
+    resume = f" --first-seed {summary['first_seed']} --init FIRST_STAGE" if first else ""
     card = f"""# memagent adapter for SmolLM2-135M-Instruct
 
 A LoRA adapter that teaches the default model the two calls of the `memagent` strategy (memory/memagent.py): the
@@ -234,13 +242,13 @@ documents. Update segments are {lo}-{hi} tokens (the strategy reads segments of 
 LoRA rank {summary["rank"]}, alpha {summary["alpha"]}, on {", ".join(summary["target_modules"])};
 AdamW, lr {summary["lr"]}, warmup then cosine decay, batch 1, {summary["steps"]} steps, loss on the reply tokens
 only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["hardware"]}.
-Held-out loss (other seeds): {held}. Saved as bf16 safetensors.
+Held-out loss (other seeds): {held}. Saved as bf16 safetensors.{stage}
 
 ![loss](loss.png)
 
 Reproduce: `tome train memagent --steps {summary.get("planned_steps", summary["steps"])}
 --examples {summary["examples"]} --segment-tokens {lo},{hi} --max-tokens {summary["max_tokens"]} --lr {summary["lr"]}
---first-token-weight {summary.get("first_token_weight", 1.0)}{device}`
+--first-token-weight {summary.get("first_token_weight", 1.0)}{device}{resume}`
 (log: `train_log.jsonl`, summary: `training.json`).
 
 ## Measured
