@@ -86,6 +86,14 @@ class SupportsInputEmbeddings(Protocol):
     def chat_from_embeddings(self, embeddings: Sequence[Any], params: SamplingParams) -> list[Generation]: ...
 
 
+def reply_end_ids(tokenizer: Any, eos: int | list[int] | None) -> list[int]:
+    """Token ids that end a chat reply: the end-of-sequence ids, and the start of a new sequence or turn (BOS; in
+    ChatML, SmolLM2's template, that is `<|im_start|>`). A reply that opens another turn is over, and stopping there
+    keeps the next turn's invented text out of the answer (an adapter trained with another end token does this)."""
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id, tokenizer.bos_token_id}
+    return sorted(i for i in ids if i is not None)
+
+
 def engine_home(engine: Engine) -> Path | None:
     """The TOME_HOME an in-process engine was configured with (caches, calibration), if it has one."""
     return getattr(getattr(engine, "config", None), "home", None)

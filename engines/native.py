@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from engines.base import ContextOverflowError, Generation, Message, SamplingParams
+from engines.base import ContextOverflowError, Generation, Message, SamplingParams, reply_end_ids
 from engines.config import EngineConfig
 from engines.models import resolve_model
 from engines.sparse_attention import attention_implementation
@@ -139,7 +139,11 @@ class NativeEngine:
             results[i] = self._generation(out[row, width:], params, len(prompts[i]), seconds / len(batch))
 
     def _generation_kwargs(self, params: SamplingParams) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": params.max_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": reply_end_ids(self.tokenizer, self.model.generation_config.eos_token_id),
+        }
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature)
         else:

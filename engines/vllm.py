@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from engines.base import ContextOverflowError, Generation, Message, SamplingParams
+from engines.base import ContextOverflowError, Generation, Message, SamplingParams, reply_end_ids
 from engines.config import EngineConfig
 from engines.models import ALIASES, resolve_model
 
@@ -83,7 +83,10 @@ class VllmEngine:
             if needed > self.max_context:
                 raise ContextOverflowError(needed, self.max_context, "prompt + answer")
         sampling = VllmSampling(
-            max_tokens=params.max_tokens, temperature=params.temperature, stop=list(params.stop) or None
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            stop=list(params.stop) or None,
+            stop_token_ids=reply_end_ids(self.tokenizer, self.tokenizer.eos_token_id),
         )
         start = time.perf_counter()
         lora = self.adapters[params.adapter] if params.adapter else None

@@ -60,13 +60,22 @@ def with_lora(base: Any, rank: int, alpha: int, init: Path | None = None) -> Any
 
 
 def encode(tokenizer: Any, example: Example, max_tokens: int) -> dict[str, list[int]] | None:
-    """Prompt (as the strategy sends it) + reply + end of turn; labels only on the reply. None if too long."""
-    out = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=True)
-    prompt = list(out["input_ids"] if hasattr(out, "keys") else out)
-    reply = tokenizer(example.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    if len(prompt) + len(reply) > max_tokens:
+    """Prompt (as the strategy sends it) + the reply as the chat template closes it; labels only on the reply.
+    None if too long. The end of the reply comes from the template, not from `tokenizer.eos_token_id`: a tokenizer
+    rebuilt from a GGUF on another transformers version named BOS as its EOS, and an adapter trained that way
+    ended its replies by opening a new turn."""
+
+    def ids(out: Any) -> list[int]:
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    prompt = ids(tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=True))
+    turn = [*example.messages, {"role": "assistant", "content": example.target}]
+    full = ids(tokenizer.apply_chat_template(turn, tokenize=True))
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template renders the prompt differently inside a whole conversation")
+    if len(full) > max_tokens:
         return None
-    return {"input_ids": prompt + reply, "labels": [IGNORE] * len(prompt) + reply}
+    return {"input_ids": full, "labels": [IGNORE] * len(prompt) + full[len(prompt) :]}
 
 
 def encode_all(tokenizer: Any, examples: Sequence[Example], max_tokens: int) -> list[dict[str, list[int]]]:
