@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from engines.base import ContextOverflowError, Generation, Message, SamplingParams, reply_end_ids
-from engines.config import EngineConfig
+from engines.config import EngineConfig, resolve_dtype
 from engines.models import resolve_model
 from engines.sparse_attention import attention_implementation
 
@@ -32,21 +32,22 @@ class NativeEngine:
     name = "native"
 
     def __init__(self, config: EngineConfig) -> None:
-        if config.dtype not in DTYPES:
-            raise ValueError(f"dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+        if config.dtype not in DTYPES and config.dtype != "auto":
+            raise ValueError(f"dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
         self.model_name = config.model
         self.path = resolve_model(config.model, config.home)
         self.device = pick_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.tokenizer.padding_side = "left"  # batched generation continues every row from its end
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
             self.path,
-            dtype=DTYPES[config.dtype],
+            dtype=DTYPES[self.dtype],
             attn_implementation=attention_implementation(config.attention, config.model),
         ).to(self.device)
         self.model.eval()

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from engines.base import ContextOverflowError, Generation, Message, SamplingParams, reply_end_ids
-from engines.config import EngineConfig
+from engines.config import EngineConfig, resolve_dtype
 from engines.models import ALIASES, resolve_model
 
 # vLLM logs to stdout by default, which would corrupt `tome ask --json`; its import reads these.
@@ -36,7 +36,7 @@ class VllmEngine:
         path = resolve_model(config.model, config.home)
         self.llm = LLM(
             model=str(path),
-            dtype=config.dtype,
+            dtype=resolve_dtype(config.dtype, "cuda" if _cuda() else "cpu"),
             max_model_len=config.max_context,
             gpu_memory_utilization=config.vllm_memory_fraction,
             enforce_eager=config.vllm_enforce_eager,
@@ -96,6 +96,12 @@ class VllmEngine:
             Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids), per)
             for o in outputs
         ]
+
+
+def _cuda() -> bool:
+    import torch  # vLLM brings torch; imported here so the remote engine needs neither
+
+    return torch.cuda.is_available()
 
 
 class RemoteVllmEngine:

@@ -26,12 +26,14 @@ TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 IGNORE = -100
 
 
-def load_base(model: str, home: Path, dtype: str = "bfloat16", device: str = "cpu") -> tuple[Any, Any]:
+def load_base(model: str, home: Path, dtype: str = "auto", device: str = "cpu") -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from engines.config import resolve_dtype
     from engines.models import resolve_model
 
+    dtype = resolve_dtype(dtype, device)
     path = resolve_model(model, home)
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)

@@ -6,6 +6,7 @@ import pytest
 
 from engines import EngineConfig, SamplingParams, create_engine
 from engines.base import ContextOverflowError, Engine, SupportsLayers
+from engines.config import resolve_dtype
 from engines.models import ModelNotFoundError
 from service.settings import Settings
 
@@ -67,6 +68,15 @@ def test_settings_override_model_and_context(monkeypatch: pytest.MonkeyPatch, na
     engine = create_engine(config)
     assert engine.max_context == 2048 and engine.model_name == str(folder)
     assert str(engine.hf_model.dtype) == "torch.float32"  # type: ignore[attr-defined]
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(native_engine: Engine) -> None:
+    assert resolve_dtype("float16", "cpu") == "float16" and resolve_dtype("auto", "cuda") == "bfloat16"
+    flags = open("/proc/cpuinfo").read()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    expected = resolve_dtype(native_engine.config.dtype, native_engine.device)  # type: ignore[attr-defined]
+    assert str(native_engine.hf_model.dtype) == f"torch.{expected}"  # type: ignore[attr-defined]
 
 
 def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
