@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from compressors.soft.model import adapter_config, load_lora_state, lora_copy, lora_state, save_adapter
+from engines.types import Progress, no_progress
 
 SHIPPED = Path(__file__).with_name("gist.safetensors")
 
@@ -198,7 +199,14 @@ class GistModel(nn.Module):
         return self.lm.lm_head(picked).float()
 
     @torch.inference_mode()
-    def compress(self, base: nn.Module, prefix: Sequence[int], context: Sequence[int], rate: int) -> GistCache:
+    def compress(
+        self,
+        base: nn.Module,
+        prefix: Sequence[int],
+        context: Sequence[int],
+        rate: int,
+        progress: Progress = no_progress,
+    ) -> GistCache:
         """The document read chunk by chunk; after each chunk its raw tokens' KV is dropped, its gists' kept.
 
         `base` is the engine's own model (the prefix runs without the LoRA, as in training).
@@ -213,7 +221,10 @@ class GistModel(nn.Module):
         positions = torch.arange(len(prefix), device=self.device)[None]
         base.model(input_ids=ids, position_ids=positions, past_key_values=cache)
         k, kept, chunks = self.config.chunk_tokens, len(prefix), 0
+        total = math.ceil(len(context) / k)
         for begin in range(0, len(context), k):
+            if chunks % 16 == 0:
+                progress(chunks, total, f"gist: reading chunk {chunks + 1} of {total}")
             chunk = list(context[begin : begin + k])
             x = layout([], chunk, [], self.config, rate)
             positions = torch.tensor([p + len(prefix) + begin for p in x.positions], device=self.device)

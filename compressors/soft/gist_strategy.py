@@ -47,9 +47,8 @@ def compress(
     """The document as the KV of [answer prompt prefix; gists]."""
     gist = gist_model_for(engine, config.adapter)
     before, _ = prompt_around(engine, Task(""))  # the part before the context does not depend on the task
-    ids = engine.tokenize(text)
-    progress(0, 1, f"gist: reading {len(ids)} tokens in chunks of {gist.config.chunk_tokens}")
-    return gist.compress(engine.hf_model, before, ids, config.rate)  # type: ignore[attr-defined]
+    model = engine.hf_model  # type: ignore[attr-defined]
+    return gist.compress(model, before, engine.tokenize(text), config.rate, progress)
 
 
 class Gist:
