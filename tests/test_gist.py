@@ -81,8 +81,8 @@ def test_inference_keeps_only_gist_kv(engine: Engine, text: str, rate: int) -> N
 def test_strategy_answers_and_reports_cost(engine: Engine, text: str) -> None:
     from tests.test_compressors import TextOnlyEngine
 
-    document = Document(text[:1500])
-    tasks = [Task("Where is the ship?", max_answer_tokens=8), Task("Who tells the story?", max_answer_tokens=8)]
+    document = Document(text[:700])
+    tasks = [Task("Where is the ship?", max_answer_tokens=4), Task("Who tells the story?", max_answer_tokens=4)]
     result = run_job(document, tasks, engine, strategy="gist")
     first, second = result.answers
     assert result.strategy == "gist" and first.text and second.text
@@ -104,7 +104,7 @@ def test_training_steps_lower_the_loss(engine: Engine, text: str) -> None:
     gist = GistModel(engine.hf_model, GistConfig()).train()
     ids = engine.tokenize(text)
     batch = [
-        Example(ids[:40] + engine.tokenize(" The ship code is 48213.") + ids[40:60], "What is the ship code?",
+        Example(ids[:30] + engine.tokenize(" The ship code is 48213.") + ids[30:40], "What is the ship code?",
                 engine.tokenize("48213"), "fact"),
     ]  # fmt: skip
     optimizer = torch.optim.AdamW([p for p in gist.parameters() if p.requires_grad], lr=3e-3)

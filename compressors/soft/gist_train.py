@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loss", choices=("kl", "ce"), default="kl")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: a shared CPU)")
     parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--eval-every", type=int, default=50, help="held-out measure every N steps (and at the end)")
     parser.add_argument("--heldout", type=int, default=8, help="held-out examples (seed + 10000)")
