@@ -26,7 +26,7 @@ TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 IGNORE = -100
 
 
-def load_base(model: str, home: Path, dtype: str = "bfloat16") -> tuple[Any, Any]:
+def load_base(model: str, home: Path, dtype: str = "bfloat16", device: str = "cpu") -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -34,8 +34,18 @@ def load_base(model: str, home: Path, dtype: str = "bfloat16") -> tuple[Any, Any
 
     path = resolve_model(model, home)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
     return base, tokenizer
+
+
+def model_home(model: str) -> Path:
+    """TOME_HOME for an alias; a model folder needs none, so a GPU host without the service's packages
+    (pydantic-settings) can train from a copied folder."""
+    if (Path(model) / "config.json").exists():
+        return Path(model)
+    from service.settings import Settings
+
+    return Settings().home
 
 
 def with_lora(base: Any, rank: int, alpha: int, init: Path | None = None) -> Any:
@@ -68,8 +78,9 @@ def loss_on(model: Any, item: dict[str, list[int]], first_weight: float = 1.0) -
     decision (NONE or a copy) and the copy itself is easy, so an unweighted mean hides a wrong decision."""
     import torch
 
-    ids = torch.tensor([item["input_ids"]])
-    labels = torch.tensor(item["labels"][1:])
+    device = next(model.parameters()).device
+    ids = torch.tensor([item["input_ids"]], device=device)
+    labels = torch.tensor(item["labels"][1:], device=device)
     logits = model(input_ids=ids).logits[0, :-1].float()
     ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
     weights = (labels != IGNORE).float()
@@ -92,7 +103,8 @@ def decision_accuracy(model: Any, items: Sequence[dict[str, list[int]]]) -> floa
     with torch.no_grad():
         for it in items:
             first = next(i for i, label in enumerate(it["labels"]) if label != IGNORE)
-            logits = model(input_ids=torch.tensor([it["input_ids"][:first]])).logits[0, -1]
+            ids = torch.tensor([it["input_ids"][:first]], device=next(model.parameters()).device)
+            logits = model(input_ids=ids).logits[0, -1]
             right += int(logits.argmax()) == it["labels"][first]
     return right / max(1, len(items))
 
@@ -107,8 +119,10 @@ def train(
     save_every: int = 0,
     warmup: int = 10,
     first_weight: float = 1.0,
+    minutes: float = 0.0,
 ) -> list[dict[str, float]]:
-    """AdamW on the LoRA weights, batch 1, linear warmup then cosine decay; returns the per-step losses."""
+    """AdamW on the LoRA weights, batch 1, linear warmup then cosine decay; returns the per-step losses.
+    `minutes` (0: none) stops early, so a leased GPU's time limit ends a run with a saved adapter."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -134,6 +148,8 @@ def train(
             log(row)
         if save is not None and save_every and (step + 1) % save_every == 0:
             save(step + 1)
+        if minutes and time.perf_counter() - start > minutes * 60:
+            break
     model.eval()
     return curve
 
@@ -147,7 +163,7 @@ def save_adapter(model: Any, out: Path) -> None:
     model.peft_config["default"].save_pretrained(out)
     from peft import get_peft_model_state_dict
 
-    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    state = {k: v.detach().to(torch.bfloat16).cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(state, out / "adapter_model.safetensors")
 
 
@@ -190,6 +206,16 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
     mix = "\n".join(f"| {k.split(':')[0]} | {k.split(':')[1]} | {v} |" for k, v in summary["data"]["mix"].items())
     held = ", ".join(f"{loss:.3f} (step {step})" for step, loss in summary["held_out_loss"])
     lo, hi = summary["segment_tokens"]
+    gpu = "CPU" not in summary.get("hardware", "CPU")
+    device = f" --device cuda --minutes {summary['seconds'] / 60:.0f}" if gpu else ""
+    first = summary.get("init")
+    stage = (
+        f"\nContinued from a first stage of {first['steps']} steps on {first['examples']} examples (seeds from "
+        f"{first['first_seed']}, lr {first['lr']}; its summary is `training.json`'s `init`), on new seeds."
+        if first
+        else ""
+    )
+    resume = f" --first-seed {summary['first_seed']} --init FIRST_STAGE" if first else ""
     card = f"""# memagent adapter for SmolLM2-135M-Instruct
 
 A LoRA adapter that teaches the default model the two calls of the `memagent` strategy (memory/memagent.py): the
@@ -204,8 +230,8 @@ load it (native: transformers' PEFT integration; vLLM: `LoRARequest`).
 chains, bAbI facts) in text from the project corpus **without** the documents held out for evaluation
 (`evals.corpus.EVAL_DOCS`), keys made of words from those training documents only, and seeds from
 {summary["first_seed"]} up (the evaluation seeds are below). No `qa` examples: its questions come from held-out
-documents. Update segments are {lo}-{hi} tokens (the strategy reads 2K-token segments: the adapter is trained
-shorter than it is used, to fit a CPU). {summary["data"]["none_share"]:.0%} of the update targets are NONE.
+documents. Update segments are {lo}-{hi} tokens (the strategy reads segments of up to 2K tokens).
+{summary["data"]["none_share"]:.0%} of the update targets are NONE.
 
 | call | family | examples |
 |---|---|---|
@@ -215,13 +241,14 @@ shorter than it is used, to fit a CPU). {summary["data"]["none_share"]:.0%} of t
 
 LoRA rank {summary["rank"]}, alpha {summary["alpha"]}, on {", ".join(summary["target_modules"])};
 AdamW, lr {summary["lr"]}, warmup then cosine decay, batch 1, {summary["steps"]} steps, loss on the reply tokens
-only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["threads"]}
-CPU thread of a shared 2-core host. Held-out loss (other seeds): {held}. Saved as bf16 safetensors.
+only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["hardware"]}.
+Held-out loss (other seeds): {held}. Saved as bf16 safetensors.{stage}
 
 ![loss](loss.png)
 
-Reproduce: `tome train memagent --steps {summary["steps"]} --segment-tokens {lo},{hi}
---max-tokens {summary["max_tokens"]} --lr {summary["lr"]} --first-token-weight {summary.get("first_token_weight", 1.0)}`
+Reproduce: `tome train memagent --steps {summary.get("planned_steps", summary["steps"])}
+--examples {summary["examples"]} --segment-tokens {lo},{hi} --max-tokens {summary["max_tokens"]} --lr {summary["lr"]}
+--first-token-weight {summary.get("first_token_weight", 1.0)}{device}{resume}`
 (log: `train_log.jsonl`, summary: `training.json`).
 
 ## Measured
@@ -260,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ADAPTER_DIR)
     p.add_argument("--model", default=os.environ.get("TOME_MODEL", "smollm2"))
     p.add_argument("--threads", type=int, default=int(os.environ.get("TOME_THREADS", "1")))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--minutes", type=float, default=0.0, help="wall-clock limit of the training loop (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--first-seed", type=int, default=TRAIN_SEED_START, help="first example seed (not an eval seed)")
     p.add_argument("--first-token-weight", type=float, default=1.0, help="loss weight of the reply's first token")
@@ -269,15 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from service.settings import Settings
-
     if args.merge_to:
-        merge(args.out, args.model, Settings().home, args.merge_to)
+        merge(args.out, args.model, model_home(args.model), args.merge_to)
         return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    base, tokenizer = load_base(args.model, Settings().home)
+    base, tokenizer = load_base(args.model, model_home(args.model), device=args.device)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     lo, hi = (int(x) for x in args.segment_tokens.split(","))
     n = args.examples or args.steps
@@ -285,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = encode_all(tokenizer, examples, args.max_tokens)
     held = encode_all(
         tokenizer,
-        make_examples(count, args.held_out, first_seed=args.first_seed + 10 * n + 1000, corpus=args.corpus),
+        make_examples(count, args.held_out, args.first_seed + 10 * n + 1000, 0.25, (lo, hi), args.corpus),
         args.max_tokens,
     )
     model = with_lora(base, args.rank, args.alpha, args.init)
@@ -308,21 +335,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
 
     save = lambda step: save_adapter(model, args.out)  # noqa: E731
-    curve = train(model, items, args.steps, args.lr, log, save, args.save_every, first_weight=args.first_token_weight)
-    if not args.eval_every or args.steps % args.eval_every:
-        held_losses.append((args.steps, mean_loss(model, held)))
-        decisions.append((args.steps, decision_accuracy(model, held)))
+    curve = train(
+        model, items, args.steps, args.lr, log, save, args.save_every,
+        first_weight=args.first_token_weight, minutes=args.minutes,
+    )  # fmt: skip
+    done = len(curve)
+    if not args.eval_every or done % args.eval_every:
+        held_losses.append((done, mean_loss(model, held)))
+        decisions.append((done, decision_accuracy(model, held)))
     save_adapter(model, args.out)
     plot_curve(curve, held_losses, args.out / "loss.png")
     summary = {
-        "model": args.model, "steps": args.steps, "examples": len(items), "rank": args.rank, "alpha": args.alpha,
+        "model": Path(args.model).name, "steps": done, "planned_steps": args.steps, "examples": len(items),
+        "rank": args.rank, "alpha": args.alpha,
         "lr": args.lr, "target_modules": list(TARGET_MODULES), "max_tokens": args.max_tokens,
         "segment_tokens": [lo, hi], "first_seed": args.first_seed, "held_out_loss": held_losses,
         "held_out_decisions": decisions, "first_token_weight": args.first_token_weight,
         "init": json.loads((args.init / "training.json").read_text()) if args.init else None,
         "seconds": curve[-1]["seconds"] if curve else 0, "threads": args.threads, "data": data_stats(examples),
+        "hardware": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU thread(s)",
     }  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_card(summary, args.out)
     print(json.dumps(summary), flush=True)
     return 0
+
+
+if __name__ == "__main__":  # `python -m memory.training`: the GPU host's way in, without the service's CLI
+    raise SystemExit(main())

@@ -69,11 +69,17 @@ class ExampleMaker:
         return f"{self.rng.choice(self.words)}-{self.rng.randint(10, 99)}"
 
     def fit(self, sentences: list[str], limit: int) -> list[str]:
+        """The leading sentences that fit `limit` tokens. Counted sentence by sentence (re-tokenizing the growing
+        text was quadratic and starved a GPU trainer), then checked once whole, since a join can tokenize longer."""
         out: list[str] = []
+        used = 0
         for s in sentences:
-            if len(self.ids("".join([*out, s]))) > limit:
+            used += len(self.ids(s))
+            if used > limit:
                 break
             out.append(s)
+        while out and len(self.ids("".join(out))) > limit:
+            out.pop()
         return out or [self.tok.decode(self.ids(sentences[0])[:limit])]
 
     def fact(self) -> Example:

@@ -124,27 +124,43 @@ class SegmentCompressor(nn.Module):
         return self.lm.get_input_embeddings()(ids)
 
     def forward(self, segments: Sequence[Sequence[int]], rate: int) -> list[torch.Tensor]:
-        """One [ceil(len/rate), hidden] tensor per segment, in the model's dtype; segments run as one batch."""
+        """One [ceil(len/rate), hidden] tensor per segment, in the model's dtype; segments run as one batch.
+
+        Built as whole-batch tensor ops (a pooling matrix, one gather for the slots): a loop per segment and slot
+        was thousands of tiny kernels a step, which left a GPU idle and cost the CPU path time too."""
         if rate not in self.config.rates:
             raise ValueError(f"this adapter was trained for rates {self.config.rates}, not {rate}")
         dtype = self.lm.get_input_embeddings().weight.dtype
-        counts = [self.config.slots(len(s), rate) for s in segments]
-        width = max(len(s) + k for s, k in zip(segments, counts, strict=True))
-        rows, masks = [], []
-        for s, k in zip(segments, counts, strict=True):
-            ids = torch.tensor(list(s), device=self.device, dtype=torch.long)
-            row = torch.cat([self.embed(ids), self.slots[:k].to(dtype)])
-            pad = width - row.shape[0]  # right padding: causal attention never lets real positions see it
-            rows.append(torch.cat([row, row.new_zeros(pad, row.shape[1])]))
-            masks.append(torch.tensor([1] * row.shape[0] + [0] * pad, device=self.device))
-        hidden = self.lm.model(inputs_embeds=torch.stack(rows), attention_mask=torch.stack(masks)).last_hidden_state
-        out = []
-        for i, (row, s, k) in enumerate(zip(rows, segments, counts, strict=True)):
-            slot_states = hidden[i, len(s) : len(s) + k].float()
-            tokens = row[: len(s)].float()
-            pooled = torch.stack([tokens[j * rate : (j + 1) * rate].mean(0) for j in range(k)])
-            out.append((pooled + self.head(slot_states)).to(dtype))
-        return out
+        device = self.device
+        lengths = torch.tensor([len(s) for s in segments], device=device)
+        counts = (lengths + rate - 1) // rate
+        longest, most = int(lengths.max()), int(counts.max())
+        width = int((lengths + counts).max())
+        ids = torch.zeros(len(segments), longest, dtype=torch.long, device=device)
+        for i, seg in enumerate(segments):
+            ids[i, : len(seg)] = torch.tensor(list(seg), dtype=torch.long)
+        tokens = self.embed(ids)  # [B, longest, H]; padding rows are masked out below
+        pos = torch.arange(width, device=device)
+        slot_index = (pos[None, :] - lengths[:, None]).clamp(0, self.config.max_slots - 1)
+        is_slot = (pos[None, :] >= lengths[:, None]) & (pos[None, :] < (lengths + counts)[:, None])
+        rows = torch.where(
+            is_slot[..., None],
+            self.slots.to(dtype)[slot_index],
+            torch.nn.functional.pad(tokens, (0, 0, 0, width - longest)),
+        )
+        mask = (pos[None, :] < (lengths + counts)[:, None]).long()  # right padding: causal attention never sees it
+        hidden = self.lm.model(inputs_embeds=rows, attention_mask=mask).last_hidden_state
+        slot_at = (lengths[:, None] + torch.arange(most, device=device)[None, :]).clamp(max=width - 1)
+        slot_states = hidden.gather(1, slot_at[..., None].expand(-1, -1, hidden.shape[-1])).float()
+        # pool[b, j, t] = 1/|group j| for the segment's tokens t in [j*rate, (j+1)*rate): mean pooling as one matmul.
+        t = torch.arange(longest, device=device)
+        group = (t[None, None, :] // rate == torch.arange(most, device=device)[None, :, None]) & (
+            t[None, None, :] < lengths[:, None, None]
+        )
+        pool = group.float() / group.sum(-1, keepdim=True).clamp(min=1)
+        pooled = pool @ tokens.float()
+        vectors = (pooled + self.head(slot_states)).to(dtype)
+        return [vectors[i, : int(k)] for i, k in enumerate(counts)]
 
     # -- the shipped file: LoRA weights, slots and head in one safetensors, the config in its metadata --
 

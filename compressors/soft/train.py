@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from compressors.soft.data import Example, ExampleMaker, training_texts
 from compressors.soft.model import SHIPPED, CompressorConfig, SegmentCompressor
-from engines import create_engine
+from engines import EngineConfig, create_engine
 from engines.prompting import prompt_around
 from engines.types import Task
 
@@ -107,11 +107,19 @@ def plot_losses(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_card(path: Path, args: argparse.Namespace, config: CompressorConfig, log: list[dict], seconds: float) -> None:
+def write_card(
+    path: Path,
+    args: argparse.Namespace,
+    config: CompressorConfig,
+    log: list[dict],
+    seconds: float,
+    device: torch.device,
+) -> None:
     def mean(rows: list[dict], key: str) -> float:
         return sum(r[key] for r in rows) / max(1, len(rows))
 
     k = max(1, len(log) // 10)
+    hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
     first, last = log[:k], log[-k:]
     kinds = "planted facts 60%, quoted-sentence continuation 25%, next sentence 15%"
     text = f"""# CompLLM segment compressor for {config.base_model}
@@ -129,7 +137,7 @@ Written by `tome train compllm` (compressors/soft/train.py); the numbers below c
   tokens, answers of up to {args.answer_tokens} tokens, batches of {args.batch}; the rate alternates per step.
 - Objective: KL(teacher || student) over the answer tokens' next-token distributions; teacher = the frozen model
   on the full context, student = the same frozen model on the compressed context. Only LoRA, slots and head learn.
-- Run: {len(log)} steps in {seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s), AdamW lr {args.lr}
+- Run: {len(log)} steps in {seconds / 60:.1f} min on {hardware}, AdamW lr {args.lr}
   (head: {args.lr * args.head_lr_scale:g}).
 - Loss (mean of the first / last {k} steps): KL {mean(first, "loss"):.3f} -> {mean(last, "loss"):.3f};
   student CE on the answer {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f}
@@ -137,10 +145,23 @@ Written by `tome train compllm` (compressors/soft/train.py); the numbers below c
 
 ![loss]({args.output.stem}-loss.png)
 
-Limits: trained for minutes on a CPU with short contexts; how well it answers from long compressed documents is
+Limits: trained for minutes with short contexts; how well it answers from long compressed documents is
 measured in bench/results/compress-soft*.md, not assumed from the loss.
 """
     path.write_text(text, encoding="utf-8")
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The native engine to train on: an explicit folder needs no service settings (and none of their packages),
+    which is how a GPU host with only torch, transformers and peft runs the trainer."""
+    if args.model_dir is not None:
+        return EngineConfig(
+            kind="native", model=str(args.model_dir), device=args.device or "auto", threads=args.threads
+        )
+    from service.settings import Settings
+
+    device = {"device": args.device} if args.device else {}
+    return Settings().engine_config(kind="native", threads=args.threads, model=args.model, **device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,13 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="an HF model folder; skips the service settings (GPU hosts)"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: TOME_DEVICE)")
     args = parser.parse_args(argv)
-
-    from service.settings import Settings
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
-    engine = create_engine(Settings().engine_config(kind="native", threads=args.threads, model=args.model))
+    engine = create_engine(engine_config(args))
     model = engine.hf_model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -223,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 compressor.save(args.output)
                 plot_losses(log, args.output.with_name(args.output.stem + "-loss.png"))
-                write_card(args.output.with_name("MODEL_CARD.md"), args, config, log, elapsed)
+                write_card(args.output.with_name("MODEL_CARD.md"), args, config, log, elapsed, compressor.device)
             if done:
                 break
     print(f"saved {args.output} after {len(log)} steps, {(time.perf_counter() - start) / 60:.1f} min", flush=True)
