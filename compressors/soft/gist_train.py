@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from compressors.soft.data import Example, ExampleMaker, training_texts
 from compressors.soft.gist import SHIPPED, GistConfig, GistModel, layout
-from compressors.soft.train import CORPUS, answer_logits, plot_losses
-from engines import EngineConfig, create_engine
+from compressors.soft.train import CORPUS, answer_logits, engine_config, plot_losses
+from engines import create_engine
 from engines.base import Engine
 from engines.native import pick_device
 from engines.prompting import prompt_around
@@ -93,6 +93,7 @@ def write_card(path: Path, output: Path, run: dict, log: list[dict], evals: list
             f"CE {a[f'heldout_ce@{r}']:.3f} -> {b[f'heldout_ce@{r}']:.3f}"
             for r in c["rates"]
         )
+    dtype = f", frozen model in {run['dtype']}" if "dtype" in run else ""  # logs before the dtype was recorded lack it
     section = f"""{CARD_SECTION} for {c["base_model"]}
 
 Written by `tome train gist` (compressors/soft/gist_train.py) from its log (`{output.stem}.log.jsonl`).
@@ -106,7 +107,7 @@ Written by `tome train gist` (compressors/soft/gist_train.py) from its log (`{ou
   {run["context_tokens"]} tokens, answers of up to {run["answer_tokens"]}, batches of {run["batch"]}.
 - Objective: {"KL(teacher || student)" if run["loss"] == "kl" else "the student's cross-entropy"} on the answer
   tokens; teacher = the frozen model on the full context, student = the model reading through gists.
-- Run: {len(log)} steps in {run["minutes"]:.1f} min on {run["device"]}, AdamW lr {run["lr"]}.
+- Run: {len(log)} steps in {run["minutes"]:.1f} min on {run["device"]}{dtype}, AdamW lr {run["lr"]}.
 - Training batches (mean of the first / last {k} steps): KL {mean(first, "loss"):.3f} -> {mean(last, "loss"):.3f};
   student CE {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f} (teacher on the full context:
   {mean(log, "teacher_ce"):.3f}){held}.
@@ -132,23 +133,11 @@ def report(output: Path) -> None:
     write_card(output.with_name("MODEL_CARD.md"), output, run, log, evals)
 
 
-def load_engine(args: argparse.Namespace) -> Engine:
-    if args.model_dir:  # a bare host: no service settings, the folder as it is
-        config = EngineConfig(
-            kind="native", model=str(args.model_dir), device=args.device, dtype=args.dtype, threads=args.threads
-        )
-        return create_engine(config)
-    from service.settings import Settings  # pydantic-settings: only where the service is installed
-
-    overrides = {"kind": "native", "device": args.device, "threads": args.threads, "model": args.model}
-    return create_engine(Settings().engine_config(**overrides))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tome train gist", description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="an HF model folder (skips TOME_* settings)")
     parser.add_argument("--model", default=None, help="without --model-dir: a model alias (default TOME_MODEL)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: TOME_DEVICE, or auto)")
     parser.add_argument(
         "--dtype", default="auto", help="the frozen model's dtype; auto: bfloat16 on CUDA, float32 on CPU"
     )
@@ -175,16 +164,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
+    config = engine_config(args)  # compllm's: with --model-dir no service settings are imported
     if args.dtype == "auto":
         # On the 2-core CPU a bf16 training step (204 tokens) took 12 s forward and 65 s backward against 1.7 and
         # 1.6 s in float32: bf16 matmuls there are slow, their backward above all.
-        args.dtype = "bfloat16" if pick_device(args.device) == "cuda" else "float32"
-    engine = load_engine(args)
+        args.dtype = "bfloat16" if pick_device(config.device) == "cuda" else "float32"
+    engine = create_engine(replace(config, dtype=args.dtype))
     model = engine.hf_model  # type: ignore[attr-defined]
     for p in model.parameters():
         p.requires_grad_(False)
-    config = GistConfig(chunk_tokens=args.chunk_tokens, base_model=Path(str(engine.path)).name)  # type: ignore[attr-defined]
-    gist = GistModel(model, config, seed=args.seed).to(model.device)
+    gist_config = GistConfig(chunk_tokens=args.chunk_tokens, base_model=Path(str(engine.path)).name)  # type: ignore[attr-defined]
+    gist = GistModel(model, gist_config, seed=args.seed).to(model.device)
     texts = training_texts(args.corpus)
     tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
     maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed)
@@ -202,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if gist.device.type == "cpu":
         device += f", {torch.get_num_threads()} thread(s)"
     run = {
-        "config": {k: v for k, v in vars(config).items() if k != "extra"},
+        "config": {k: v for k, v in vars(gist_config).items() if k != "extra"},
         "corpus": str(args.corpus),
         "seed": args.seed,
         "context_tokens": args.context_tokens,
@@ -210,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": args.batch,
         "loss": args.loss,
         "lr": args.lr,
+        "dtype": args.dtype,
         "device": device,
         "heldout": args.heldout,
         "minutes": 0.0,
@@ -228,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write({"step": 0, **held_out(engine, gist, heldout, args.batch)})
         for step in range(1, args.steps + 1):
             t0 = time.perf_counter()
-            rate = config.rates[step % len(config.rates)]
+            rate = gist_config.rates[step % len(gist_config.rates)]
             loss, stats = gist_step(engine, gist, [maker() for _ in range(args.batch)], rate, args.loss)
             optimizer.zero_grad()
             loss.backward()
@@ -244,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write({"step": step, **held_out(engine, gist, heldout, args.batch)})
             if step % args.save_every == 0 or done:
                 minutes = (time.perf_counter() - start) / 60
-                gist.config = replace(config, extra={"steps": step, "minutes": round(minutes, 1), "seed": args.seed})
+                extra = {"steps": step, "minutes": round(minutes, 1), "seed": args.seed}
+                gist.config = replace(gist_config, extra=extra)
                 gist.save(args.output)
             if done:
                 break
