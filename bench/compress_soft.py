@@ -1,15 +1,16 @@
-"""Soft compression (`compllm` at 2x and 4x) against the uncompressed prompt (`full`), SmolLM2 on this machine.
+"""Soft compression (`compllm` or `gist` at 2x and 4x) against the uncompressed prompt (`full`), SmolLM2 here.
 
 Two parts, each measured against its baseline in the same run:
 - accuracy: the harness tasks that fit the 8K context (niah_single, qa, babilong; evaluation seeds 0..n-1, the
-  harness's own scoring), `full` and `compllm` at each rate on the same samples;
+  harness's own scoring), `full` and the compressor at each rate on the same samples;
 - ttft: time to the first token (one generated token, so prefill plus one step) and input vectors for a
-  4K and an 8K document: `full`; `compllm` cold (every segment compressed now); `compllm` warm (a second
-  question over the same document: every segment read from the content-hash cache). KV size is the
-  engine's KV cache for the prompt (layers x 2 x kv heads x head dim x bytes per input position).
+  4K and an 8K document: `full`; the compressor cold (the document compressed now) and warm (a second
+  question over the same document: compllm reads every segment from the content-hash cache, gist continues
+  the same gist KV). KV size is the engine's KV cache for the prompt (layers x 2 x kv heads x head dim x bytes
+  per input position); for gist the input positions are the kept KV (prompt prefix and gists) and the question.
 
-    PYTHONPATH=. TOME_THREADS=1 nice python -m bench.compress_soft [--part accuracy,ttft] [--lengths 2048,4096]
-        [--n 3] [--rates 2,4] [--tasks niah_single,qa,babilong]
+    PYTHONPATH=. TOME_THREADS=1 nice python -m bench.compress_soft [--compressor compllm|gist] [--part accuracy,ttft]
+        [--lengths 2048,4096] [--n 3] [--rates 2,4] [--tasks niah_single,qa,babilong] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from typing import Any
 import torch
 
 from bench.common import machine, write_results
+from compressors.soft import gist_strategy
+from compressors.soft.gist import kv_bytes
+from compressors.soft.gist_strategy import Gist, GistStrategyConfig
 from compressors.soft.strategy import CompLLM, CompLLMConfig, compress, prompt_embeddings
 from engines import EngineConfig, create_engine
 from engines.base import Engine, SamplingParams
-from engines.prompting import answer_messages
+from engines.prompting import answer_messages, prompt_around
+from engines.strategy import Strategy
 from engines.types import Task, no_progress
 from evals.corpus import haystack_words
 from evals.metrics import score
@@ -39,10 +44,14 @@ MODEL = "SmolLM2-135M-Instruct"
 
 
 def kv_mb(engine: Engine, positions: int) -> float:
-    c = engine.hf_model.config  # type: ignore[attr-defined]
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    per_position = c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * 2  # bf16
-    return round(per_position * positions / 2**20, 2)
+    model = engine.hf_model  # type: ignore[attr-defined]
+    return round(kv_bytes(model.config, positions, next(model.parameters()).element_size()) / 2**20, 2)
+
+
+def strategy_for(compressor: str, rate: int) -> Strategy:
+    if compressor == "gist":
+        return Gist(GistStrategyConfig(rate=rate))
+    return CompLLM(CompLLMConfig(rate=rate, cache=False))
 
 
 def mean(values: list[float]) -> float:
@@ -56,7 +65,7 @@ def accuracy_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, An
             samples = [generate(task, engine, length, seed) for seed in range(args.n)]
             results: dict[str, list[dict[str, Any]]] = {}
             for name, strategy in [("full", FullContext())] + [
-                (f"compllm@{r}", CompLLM(CompLLMConfig(rate=r, cache=False))) for r in args.rates
+                (f"{args.compressor}@{r}", strategy_for(args.compressor, r)) for r in args.rates
             ]:
                 got = []
                 for s in samples:
@@ -75,10 +84,10 @@ def accuracy_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, An
                 results[name] = got
             base = results["full"]
             for r in args.rates:
-                got = results[f"compllm@{r}"]
+                got = results[f"{args.compressor}@{r}"]
                 rows.append(
                     {
-                        "compressor": "compllm",
+                        "compressor": args.compressor,
                         "rate": r,
                         "task": task,
                         "length": length,
@@ -112,31 +121,58 @@ def first_token_ms(engine: Engine, prompt: Any) -> tuple[float, int]:
     return 1000 * (time.perf_counter() - start), g.prompt_tokens
 
 
+def compllm_ttft(engine: Engine, text: str, rate: int, tasks: tuple[Task, Task]) -> tuple[float, float, int]:
+    """(cold ms, warm ms, input vectors): the first question compresses every segment, the second reads them back."""
+    shutil.rmtree(engine.config.home / "cache" / "compllm", ignore_errors=True)  # type: ignore[attr-defined]
+    times, inputs = [], 0
+    for phase, task in zip(("cold", "warm"), tasks, strict=True):
+        start = time.perf_counter()
+        compressed = compress(engine, text, CompLLMConfig(rate=rate))
+        if phase == "warm" and compressed.cached != compressed.segments:
+            raise RuntimeError("the second question did not find its segments in the cache")
+        _, inputs = first_token_ms(engine, prompt_embeddings(engine, compressed.vectors, task))
+        times.append(1000 * (time.perf_counter() - start))  # compression or cache reads included
+    return times[0], times[1], inputs
+
+
+def gist_ttft(engine: Engine, text: str, rate: int, tasks: tuple[Task, Task]) -> tuple[float, float, int]:
+    """(cold ms, warm ms, input positions): the first question compresses, the second continues the same gist KV."""
+    one = SamplingParams(max_tokens=1)
+    start = time.perf_counter()
+    compressed = gist_strategy.compress(engine, text, GistStrategyConfig(rate=rate))
+    times, inputs = [], 0
+    for task in tasks:
+        _, after = prompt_around(engine, task)
+        g = engine.chat_from_cache(compressed.cache, after, compressed.next_position, one)  # type: ignore[attr-defined]
+        times.append(1000 * (time.perf_counter() - start))
+        inputs = g.prompt_tokens
+        start = time.perf_counter()
+    return times[0], times[1], inputs
+
+
 def ttft_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    question = Task("Who is the narrator talking to?", max_answer_tokens=32)
-    second = Task("What does the narrator do at the end?", max_answer_tokens=32)
+    tasks = (
+        Task("Who is the narrator talking to?", max_answer_tokens=32),
+        Task("What does the narrator do at the end?", max_answer_tokens=32),
+    )
+    measure = gist_ttft if args.compressor == "gist" else compllm_ttft
     for length in args.ttft_lengths:
         text = document_of(engine, length - 120)
         base_ms, base_in = [], 0
         for _ in range(args.repeats):
-            ms, base_in = first_token_ms(engine, answer_messages(text, question))
+            ms, base_in = first_token_ms(engine, answer_messages(text, tasks[0]))
             base_ms.append(ms)
         for r in args.rates:
             cold, warm, inputs = [], [], 0
             for _ in range(args.repeats):
-                shutil.rmtree(engine.config.home / "cache" / "compllm", ignore_errors=True)  # type: ignore[attr-defined]
-                for phase, task, out in (("cold", question, cold), ("warm", second, warm)):
-                    start = time.perf_counter()
-                    compressed = compress(engine, text, CompLLMConfig(rate=r))
-                    if phase == "warm" and compressed.cached != compressed.segments:
-                        raise RuntimeError("the second question did not find its segments in the cache")
-                    ms, inputs = first_token_ms(engine, prompt_embeddings(engine, compressed.vectors, task))
-                    out.append(1000 * (time.perf_counter() - start))  # compression or cache reads included
+                c, w, inputs = measure(engine, text, r, tasks)
+                cold.append(c)
+                warm.append(w)
             for phase, values in (("cold", cold), ("warm", warm)):
                 rows.append(
                     {
-                        "compressor": "compllm",
+                        "compressor": args.compressor,
                         "rate": r,
                         "cache": phase,
                         "length": base_in,
@@ -158,6 +194,7 @@ def ttft_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compressor", choices=("compllm", "gist"), default="compllm")
     parser.add_argument("--part", default="accuracy,ttft")
     parser.add_argument("--tasks", default="niah_single,qa,babilong")
     parser.add_argument("--lengths", default="2048,4096", help="accuracy part")
@@ -166,25 +203,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="ttft measurements per cell")
     parser.add_argument("--rates", default="2,4")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--name", default="compress-soft")
+    parser.add_argument("--dtype", default=EngineConfig.dtype, help="float32 where the CPU has no fast bf16")
+    parser.add_argument("--name", default=None, help="default: compress-soft (compllm), compress-soft-gist (gist)")
     args = parser.parse_args(argv)
     args.tasks = args.tasks.split(",")
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.ttft_lengths = [int(x) for x in args.ttft_lengths.split(",")]
     args.rates = [int(x) for x in args.rates.split(",")]
+    args.name = args.name or ("compress-soft" if args.compressor == "compllm" else f"compress-soft-{args.compressor}")
     home = Path(tempfile.mkdtemp(prefix="tome-soft-bench-"))  # a private segment cache, models linked in
     (home / "models").symlink_to(EngineConfig().home / "models")
-    engine = create_engine(EngineConfig(kind="native", threads=args.threads, home=home))
-    where = f"{machine()}, {args.threads} torch thread(s)"
+    engine = create_engine(EngineConfig(kind="native", threads=args.threads, home=home, dtype=args.dtype))
+    where = f"{machine()}, {args.threads} torch thread(s), {args.dtype}"
     parts = args.part.split(",")
     if "accuracy" in parts:
         rows = accuracy_part(engine, args)
-        write_results(f"{args.name}-accuracy", "compllm vs full: harness tasks within 8K", MODEL, rows, machine=where)
+        what = f"{args.compressor} vs full: harness tasks within 8K"
+        write_results(f"{args.name}-accuracy", what, MODEL, rows, machine=where)
     if "ttft" in parts:
         rows = ttft_part(engine, args)
-        write_results(
-            f"{args.name}-ttft", "compllm vs full: time to first token, input and KV size", MODEL, rows, machine=where
-        )
+        what = f"{args.compressor} vs full: time to first token, input and KV size"
+        write_results(f"{args.name}-ttft", what, MODEL, rows, machine=where)
     shutil.rmtree(home, ignore_errors=True)
     return 0
 

@@ -94,6 +94,19 @@ def reply_end_ids(tokenizer: Any, eos: int | list[int] | None) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+@runtime_checkable
+class SupportsKVCache(Protocol):
+    """Generation that continues a KV cache built outside the engine (gist tokens: a document compressed into KV).
+
+    RoPE positions start at `first_position`, which may exceed the cache's length (a compressed cache stands for
+    more positions than it holds); the cache is left as it was given, so one cache serves many prompts.
+    """
+
+    def chat_from_cache(
+        self, cache: Any, prompt: Sequence[int], first_position: int, params: SamplingParams
+    ) -> Generation: ...
+
+
 def engine_home(engine: Engine) -> Path | None:
     """The TOME_HOME an in-process engine was configured with (caches, calibration), if it has one."""
     return getattr(getattr(engine, "config", None), "home", None)

@@ -182,3 +182,45 @@ class NativeEngine:
             )
         seconds = (time.perf_counter() - start) / len(embeddings)
         return [self._generation(out[i], params, e.shape[0], seconds) for i, e in enumerate(embeddings)]
+
+    @torch.inference_mode()
+    def chat_from_cache(
+        self, cache: Any, prompt: Sequence[int], first_position: int, params: SamplingParams
+    ) -> Generation:
+        """Continue `cache` (a transformers Cache) with the prompt's token ids and decode (SupportsKVCache).
+
+        `prompt_tokens` counts what the answer reads: the cache's entries and the prompt.
+        """
+        if first_position + len(prompt) + params.max_tokens > self.max_context:
+            needed = first_position + len(prompt) + params.max_tokens
+            raise ContextOverflowError(needed, self.max_context, "prompt + answer")
+        start = time.perf_counter()
+        kept = cache.get_seq_length()
+        stops = set(reply_end_ids(self.tokenizer, self.model.generation_config.eos_token_id))
+        ids, position, new = list(prompt), first_position, []
+        try:
+            with self.using(params.adapter):
+                while len(new) < params.max_tokens:
+                    step = torch.tensor([ids], device=self.device)
+                    positions = torch.arange(position, position + len(ids), device=self.device)[None]
+                    logits = self.model(input_ids=step, position_ids=positions, past_key_values=cache).logits[0, -1]
+                    position += len(ids)
+                    token = self._pick(logits.float(), params.temperature)
+                    if token in stops:
+                        break
+                    new.append(token)
+                    ids = [token]
+                    if params.stop and any(s in self.tokenizer.decode(new) for s in params.stop):
+                        break
+        finally:
+            if cache.get_seq_length() > kept:  # drop the prompt and answer: the cache is the caller's, as it came
+                cache.crop(kept - cache.get_seq_length())  # negative: tokens to remove (transformers 5.x)
+        generation = self._generation(torch.tensor(new, dtype=torch.long), params, kept + len(prompt), 0.0)
+        generation.seconds = time.perf_counter() - start
+        return generation
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float) -> int:
+        if temperature <= 0:
+            return int(logits.argmax())
+        return int(torch.multinomial(torch.softmax(logits / temperature, -1), 1))

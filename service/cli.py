@@ -148,7 +148,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # `tome train TARGET ...`: each trainer owns its options (`tome train TARGET --help`); module -> main(argv).
-TRAINERS: dict[str, str] = {"compllm": "compressors.soft.train", "memagent": "memory.training"}
+TRAINERS: dict[str, str] = {
+    "compllm": "compressors.soft.train",
+    "gist": "compressors.soft.gist_train",
+    "memagent": "memory.training",
+}
 
 
 def cmd_train(args: argparse.Namespace) -> int:

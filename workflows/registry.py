@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from compressors.gemfilter import GemFilter
 from compressors.hard import HardCompression
+from compressors.soft.gist_strategy import Gist
 from compressors.soft.strategy import CompLLM
 from engines.strategy import Strategy
 from memory.memagent import MemAgent
@@ -18,7 +19,7 @@ class UnknownStrategyError(ValueError):
 
 def _build() -> dict[str, Strategy]:
     strategies: list[Strategy] = [FullContext(), MapReduce(), Rag(), MemAgent(), GemFilter(), HardCompression()]
-    strategies += [CompLLM()]
+    strategies += [CompLLM(), Gist()]
     return {s.name: s for s in strategies}
 
 

@@ -54,33 +54,67 @@ def shared_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def lora_copy(model: nn.Module, rank: int, alpha: int, target_modules: Sequence[str]) -> nn.Module:
+    """A shared copy of `model` with fresh LoRA layers: the base stays frozen, only the (float32) LoRA learns."""
+    from peft import LoraConfig, inject_adapter_in_model  # heavy import: only where an adapter is built
+
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules))
+    base = shared_copy(model)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    lm = inject_adapter_in_model(lora, base)
+    for name, p in lm.named_parameters():
+        p.requires_grad_("lora_" in name)
+        if "lora_" in name:
+            p.data = p.data.float()
+    return lm
+
+
+# -- adapter files: trainable tensors in one bf16 safetensors, the config as JSON in its metadata --
+
+
+def lora_state(lm: nn.Module) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {f"lora.{k}": v for k, v in get_peft_model_state_dict(lm).items()}
+
+
+def load_lora_state(lm: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
+    result = set_peft_model_state_dict(lm, lora)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"adapter keys do not fit this model: {result.unexpected_keys[:3]}")
+
+
+def save_adapter(path: Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")  # a rename, so a reader never loads half a file
+    tensors = {k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(config)})
+    tmp.replace(path)
+
+
+def adapter_config(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["config"])
+
+
 class SegmentCompressor(nn.Module):
     def __init__(self, model: nn.Module, config: CompressorConfig) -> None:
-        from peft import LoraConfig, inject_adapter_in_model  # heavy import: only where a compressor is built
-
         super().__init__()
         self.config = config
         hidden = model.config.hidden_size
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=list(config.target_modules),
-        )
-        base = shared_copy(model)
-        for p in base.parameters():
-            p.requires_grad_(False)
-        self.lm = inject_adapter_in_model(lora, base)
+        self.lm = lora_copy(model, config.lora_rank, config.lora_alpha, config.target_modules)
         embed = model.get_input_embeddings().weight
         # Slots start as the average token embedding (a neutral input), one learned vector per slot index.
         self.slots = nn.Parameter(embed.detach().float().mean(0).repeat(config.max_slots, 1))
         self.head = nn.Linear(hidden, hidden)
         nn.init.zeros_(self.head.weight)  # starts as mean pooling (see the module docstring)
         nn.init.zeros_(self.head.bias)
-        for name, p in self.lm.named_parameters():
-            p.requires_grad_("lora_" in name)
-            if "lora_" in name:
-                p.data = p.data.float()
 
     @property
     def device(self) -> torch.device:
@@ -131,28 +165,18 @@ class SegmentCompressor(nn.Module):
     # -- the shipped file: LoRA weights, slots and head in one safetensors, the config in its metadata --
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.lm).items()}
-        state["slots"] = self.slots.data
-        state["head.weight"] = self.head.weight.data
-        state["head.bias"] = self.head.bias.data
-        return {k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in state.items()}
+        return {
+            **lora_state(self.lm),
+            "slots": self.slots.data,
+            "head.weight": self.head.weight.data,
+            "head.bias": self.head.bias.data,
+        }
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        meta = {"config": json.dumps(asdict(self.config))}
-        save_file(self.trainable_state(), str(tmp), metadata=meta)
-        tmp.replace(path)
+        save_adapter(path, self.trainable_state(), asdict(self.config))
 
     def load_trained(self, state: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
-        lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
-        result = set_peft_model_state_dict(self.lm, lora)
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"adapter keys do not fit this model: {result.unexpected_keys[:3]}")
+        load_lora_state(self.lm, state)
         with torch.no_grad():
             self.slots.copy_(state["slots"].float())
             self.head.weight.copy_(state["head.weight"].float())
@@ -160,10 +184,7 @@ class SegmentCompressor(nn.Module):
 
 
 def read_config(path: Path) -> CompressorConfig:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        raw = json.loads(f.metadata()["config"])
+    raw = adapter_config(path)
     raw["rates"] = tuple(raw["rates"])
     raw["target_modules"] = tuple(raw["target_modules"])
     return CompressorConfig(**raw)

@@ -1,0 +1,253 @@
+"""`tome train gist`: train gist tokens (LoRA + gist embeddings) by distillation on corpus text, CPU or GPU.
+
+Teacher: the frozen model reading [prompt; full context; question; answer]. Student: the same model reading the
+context in gist form (compressors/soft/gist.py: gists after every chunk, the gist mask), LoRA on chunks and
+gists only. The objective is KL(teacher || student) over the answer tokens' next-token distributions
+(`--loss kl`, the default), or the student's cross-entropy on the answer (`--loss ce`); both are logged either
+way. The rate alternates per step over the adapter's rates.
+
+This entry point runs where only torch, transformers, peft, safetensors and numpy are installed (a GPU host):
+with `--model-dir` it loads the model straight from an HF folder and never imports the service's settings;
+without it the model comes from the TOME_* settings. matplotlib, where missing, only skips the loss-curve PNG
+(`--report-only` draws it and the card later from the log).
+
+    python -m compressors.soft.gist_train --model-dir DIR --device cuda --corpus DIR --output FILE --minutes N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from compressors.soft.data import Example, ExampleMaker, training_texts
+from compressors.soft.gist import SHIPPED, GistConfig, GistModel, layout
+from compressors.soft.train import CORPUS, answer_logits, engine_config, plot_losses
+from engines import create_engine
+from engines.base import Engine
+from engines.native import pick_device
+from engines.prompting import prompt_around
+from engines.types import Task
+
+CARD_SECTION = "## Gist tokens"  # the trainer rewrites MODEL_CARD.md from this heading on
+
+
+def gist_step(
+    engine: Engine, gist: GistModel, examples: Sequence[Example], rate: int, loss: str = "kl"
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The objective on a batch and its measures: `loss` (KL, whatever is optimised), student and teacher CE."""
+    model = engine.hf_model  # type: ignore[attr-defined]
+    embed = model.get_input_embeddings()
+    device = gist.device
+    layouts, teacher_rows, starts, lengths = [], [], [], []
+    for ex in examples:
+        before, after = prompt_around(engine, Task(ex.question))
+        layouts.append(layout(before, ex.context, after + ex.answer, gist.config, rate))
+        teacher_rows.append(embed(torch.tensor(before + ex.context + after + ex.answer, device=device)))
+        starts.append(len(before) + len(ex.context) + len(after))
+        lengths.append(len(ex.answer))
+    with torch.no_grad():
+        teacher = answer_logits(model, teacher_rows, starts, lengths)
+    student = gist.answer_logits(layouts, lengths)
+    kl = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+    gold = torch.tensor([t for ex in examples for t in ex.answer], device=device)
+    ce = F.cross_entropy(student, gold)
+    stats = {"loss": kl.item(), "student_ce": ce.item(), "teacher_ce": F.cross_entropy(teacher, gold).item()}
+    return (kl if loss == "kl" else ce), stats
+
+
+@torch.no_grad()
+def held_out(engine: Engine, gist: GistModel, examples: Sequence[Example], batch: int) -> dict[str, float]:
+    """Mean KL and student CE per rate on a fixed set of examples the training never sees."""
+    out: dict[str, float] = {}
+    gist.eval()
+    for rate in gist.config.rates:
+        parts = [gist_step(engine, gist, examples[i : i + batch], rate)[1] for i in range(0, len(examples), batch)]
+        out[f"heldout_kl@{rate}"] = round(sum(p["loss"] for p in parts) / len(parts), 4)
+        out[f"heldout_ce@{rate}"] = round(sum(p["student_ce"] for p in parts) / len(parts), 4)
+    gist.train()
+    return out
+
+
+def write_card(path: Path, output: Path, run: dict, log: list[dict], evals: list[dict]) -> None:
+    """The gist section of MODEL_CARD.md (whatever the file holds before the section is kept)."""
+
+    def mean(rows: list[dict], key: str) -> float:
+        return sum(r[key] for r in rows) / max(1, len(rows))
+
+    k = max(1, len(log) // 10)
+    first, last = log[:k], log[-k:]
+    c = run["config"]
+    held = ""
+    if evals:
+        a, b = evals[0], evals[-1]
+        held = "; held-out ({} examples, step {} -> {}): ".format(run["heldout"], a["step"], b["step"]) + ", ".join(
+            f"{r}x KL {a[f'heldout_kl@{r}']:.3f} -> {b[f'heldout_kl@{r}']:.3f}, "
+            f"CE {a[f'heldout_ce@{r}']:.3f} -> {b[f'heldout_ce@{r}']:.3f}"
+            for r in c["rates"]
+        )
+    dtype = f", frozen model in {run['dtype']}" if "dtype" in run else ""  # logs before the dtype was recorded lack it
+    section = f"""{CARD_SECTION} for {c["base_model"]}
+
+Written by `tome train gist` (compressors/soft/gist_train.py) from its log (`{output.stem}.log.jsonl`).
+
+- Adapter: `{output.name}` (LoRA rank {c["lora_rank"]}, alpha {c["lora_alpha"]} on {", ".join(c["target_modules"])},
+  acting on chunks and gists only; {math.ceil(c["chunk_tokens"] / min(c["rates"]))} gist embeddings), bf16 safetensors,
+  config in the file's metadata. Gists after every {c["chunk_tokens"]} tokens, rates
+  {", ".join(f"{r}x" for r in c["rates"])} (chunk tokens / gists per chunk), alternating per step.
+- Data: the compllm generator (compressors/soft/data.py) on `{run["corpus"]}` minus the evaluation documents,
+  seed {run["seed"]}: planted facts 60%, quoted-sentence continuation 25%, next sentence 15%; contexts of up to
+  {run["context_tokens"]} tokens, answers of up to {run["answer_tokens"]}, batches of {run["batch"]}.
+- Objective: {"KL(teacher || student)" if run["loss"] == "kl" else "the student's cross-entropy"} on the answer
+  tokens; teacher = the frozen model on the full context, student = the model reading through gists.
+- Run: {len(log)} steps in {run["minutes"]:.1f} min on {run["device"]}{dtype}, AdamW lr {run["lr"]}.
+- Training batches (mean of the first / last {k} steps): KL {mean(first, "loss"):.3f} -> {mean(last, "loss"):.3f};
+  student CE {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f} (teacher on the full context:
+  {mean(log, "teacher_ce"):.3f}){held}.
+
+![gist loss]({output.stem}-loss.png)
+"""
+    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    if CARD_SECTION in before:
+        before = before[: before.index(CARD_SECTION)]
+    path.write_text((before.rstrip() + "\n\n" if before.strip() else "") + section, encoding="utf-8")
+
+
+def report(output: Path) -> None:
+    """Loss curve and card from the log beside `output` (skipped without matplotlib: a bare GPU host)."""
+    rows = [json.loads(line) for line in output.with_name(output.stem + ".log.jsonl").read_text().splitlines()]
+    run = next(r for r in rows if "config" in r)
+    log = [r for r in rows if "step" in r and "loss" in r]
+    evals = [r for r in rows if "step" in r and any(k.startswith("heldout_") for k in r)]
+    try:
+        plot_losses(log, output.with_name(output.stem + "-loss.png"))
+    except ImportError:
+        print("matplotlib missing: no loss curve (run --report-only where it is installed)", flush=True)
+    write_card(output.with_name("MODEL_CARD.md"), output, run, log, evals)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tome train gist", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=None, help="an HF model folder (skips TOME_* settings)")
+    parser.add_argument("--model", default=None, help="without --model-dir: a model alias (default TOME_MODEL)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: TOME_DEVICE, or auto)")
+    parser.add_argument(
+        "--dtype", default="auto", help="the frozen model's dtype; auto: bfloat16 on CUDA, float32 on CPU"
+    )
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--output", type=Path, default=SHIPPED)
+    parser.add_argument("--steps", type=int, default=400, help="cosine schedule length; --minutes may stop earlier")
+    parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock limit; stops with a saved adapter")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--context-tokens", type=int, default=160)
+    parser.add_argument("--answer-tokens", type=int, default=16)
+    parser.add_argument("--chunk-tokens", type=int, default=GistConfig.chunk_tokens)
+    parser.add_argument("--loss", choices=("kl", "ce"), default="kl")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: a shared CPU)")
+    parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--eval-every", type=int, default=50, help="held-out measure every N steps (and at the end)")
+    parser.add_argument("--heldout", type=int, default=8, help="held-out examples (seed + 10000)")
+    parser.add_argument("--report-only", action="store_true", help="draw the curve and card from --output's log")
+    args = parser.parse_args(argv)
+    if args.report_only:
+        report(args.output)
+        return 0
+
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    config = engine_config(args)  # compllm's: with --model-dir no service settings are imported
+    if args.dtype == "auto":
+        # On the 2-core CPU a bf16 training step (204 tokens) took 12 s forward and 65 s backward against 1.7 and
+        # 1.6 s in float32: bf16 matmuls there are slow, their backward above all.
+        args.dtype = "bfloat16" if pick_device(config.device) == "cuda" else "float32"
+    engine = create_engine(replace(config, dtype=args.dtype))
+    model = engine.hf_model  # type: ignore[attr-defined]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gist_config = GistConfig(chunk_tokens=args.chunk_tokens, base_model=Path(str(engine.path)).name)  # type: ignore[attr-defined]
+    gist = GistModel(model, gist_config, seed=args.seed).to(model.device)
+    texts = training_texts(args.corpus)
+    tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
+    maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed)
+    heldout_maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
+    heldout = [heldout_maker() for _ in range(args.heldout)]
+    trainable = [p for p in gist.parameters() if p.requires_grad]
+    print(f"trainable parameters: {sum(p.numel() for p in trainable):,} on {gist.device}", flush=True)
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+    warmup = max(1, args.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)),
+    )
+    device = f"{gist.device.type}" + (f" ({torch.cuda.get_device_name()})" if gist.device.type == "cuda" else "")
+    if gist.device.type == "cpu":
+        device += f", {torch.get_num_threads()} thread(s)"
+    run = {
+        "config": {k: v for k, v in vars(gist_config).items() if k != "extra"},
+        "corpus": str(args.corpus),
+        "seed": args.seed,
+        "context_tokens": args.context_tokens,
+        "answer_tokens": args.answer_tokens,
+        "batch": args.batch,
+        "loss": args.loss,
+        "lr": args.lr,
+        "dtype": args.dtype,
+        "device": device,
+        "heldout": args.heldout,
+        "minutes": 0.0,
+    }
+    log_path = args.output.with_name(args.output.stem + ".log.jsonl")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    gist.train()
+    with log_path.open("w", encoding="utf-8") as out:
+
+        def write(row: dict) -> None:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(json.dumps(row), flush=True)
+
+        write(run)
+        write({"step": 0, **held_out(engine, gist, heldout, args.batch)})
+        for step in range(1, args.steps + 1):
+            t0 = time.perf_counter()
+            rate = gist_config.rates[step % len(gist_config.rates)]
+            loss, stats = gist_step(engine, gist, [maker() for _ in range(args.batch)], rate, args.loss)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            seconds = time.perf_counter() - t0
+            measures = {k: round(v, 4) for k, v in stats.items()}
+            write({"step": step, "rate": rate, **measures, "seconds": round(seconds, 2)})
+            elapsed = time.perf_counter() - start
+            done = step == args.steps or elapsed + 2 * seconds > args.minutes * 60
+            if step % args.eval_every == 0 or done:
+                write({"step": step, **held_out(engine, gist, heldout, args.batch)})
+            if step % args.save_every == 0 or done:
+                minutes = (time.perf_counter() - start) / 60
+                extra = {"steps": step, "minutes": round(minutes, 1), "seed": args.seed}
+                gist.config = replace(gist_config, extra=extra)
+                gist.save(args.output)
+            if done:
+                break
+    run["minutes"] = (time.perf_counter() - start) / 60
+    # The run's total time goes into the log's first row, which the card reads.
+    rows = log_path.read_text(encoding="utf-8").splitlines()
+    log_path.write_text("\n".join([json.dumps(run), *rows[1:]]) + "\n", encoding="utf-8")
+    report(args.output)
+    print(f"saved {args.output} after {step} steps, {run['minutes']:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
