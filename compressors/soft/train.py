@@ -148,7 +148,10 @@ Written by `tome train compllm` (compressors/soft/train.py); the numbers below c
 Limits: trained for minutes with short contexts; how well it answers from long compressed documents is
 measured in bench/results/compress-soft*.md, not assumed from the loss.
 """
-    path.write_text(text, encoding="utf-8")
+    # The card is shared: sections of other adapters (gist's, from its "## " heading on) stay as they are.
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    others = old[old.index("\n## ") :] if "\n## " in old else ""
+    path.write_text(text + others, encoding="utf-8")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
