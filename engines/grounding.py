@@ -33,3 +33,37 @@ def support(claim: str, source: str) -> float:
 def is_abstention(text: str) -> bool:
     t = text.strip().strip(".").upper()
     return not t or t.startswith("NONE") or "NOT MENTION" in t or "DOES NOT" in t or "NO INFORMATION" in t
+
+
+# A word as an answer copies it: letters and digits, joined by inner hyphens (keys, UUIDs, compound names).
+_COPY_WORD = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
+
+
+def complete_fragments(
+    answer: str, source: str, question: str = "", min_chars: int = 4
+) -> tuple[str, list[tuple[str, str]]]:
+    """The answer with every cut-off copy of a source word completed to that word, and the (piece, word) pairs.
+
+    Small models copying a long rare word from the source drop a piece at its start or end (`solvent-musing`
+    for `insolvent-musing`). An answer word that is not itself a word of the source but starts or ends exactly
+    one source word is replaced by it. Words of the question are left alone (the model echoes the question),
+    and so are pieces shorter than `min_chars`, or matching several source words, which prove nothing.
+    """
+    source_words: dict[str, str] = {}
+    for w in _COPY_WORD.findall(source):
+        source_words.setdefault(w.lower(), w)
+    asked = {w.lower() for w in _COPY_WORD.findall(question)}
+    completed: list[tuple[str, str]] = []
+
+    def complete(m: re.Match[str]) -> str:
+        piece = m.group(0)
+        low = piece.lower()
+        if len(low) < min_chars or low in source_words or low in asked:
+            return piece
+        whole = [w for w in source_words if w != low and (w.startswith(low) or w.endswith(low))]
+        if len(whole) != 1:
+            return piece
+        completed.append((piece, source_words[whole[0]]))
+        return source_words[whole[0]]
+
+    return _COPY_WORD.sub(complete, answer), completed
