@@ -4,9 +4,10 @@ Passages of at most the embedder's window (256 word pieces for MiniLM) are embed
 document. A retrieval unit is a few thousand engine tokens of consecutive passages, scored by its best
 passage (max pooling: one sentence holding the answer is enough to pick its unit). Units are taken best
 first up to the read budget, then put back in document order so the model reads a coherent text. A unit whose
-best passage scores clearly below the best unit's is left out even when the budget has room: a small model that
-copies a fact correctly from 1K tokens invents one from 3K (bench/results/rag-reading.md), so a clear match is
-read alone and only close scores share the budget.
+best passage scores clearly below the best unit's is left out even when the budget has room: SmolLM2-135M copies
+a fact from the 1K tokens of its unit where it invents one from the 3K around it (the old and new runs on the
+same questions: bench/results/rag-traces-rag128-niah-128k.md), so a clear match is read alone and only close
+scores share the budget.
 
 The answer is then checked against what was read: a small model copying a long rare word often drops a piece
 of it (`solvent-musing` for `insolvent-musing`), so an answer word that is only a cut-off piece of one word of the
