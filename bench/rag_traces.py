@@ -1,4 +1,4 @@
-"""Why `rag` missed: for every question of an eval log, where the facts it needed were ranked and whether they were read.
+"""Why `rag` missed: for each question of an eval log, where the facts it needed were ranked and if they were read.
 
 Reads `tome eval --strategy rag` logs (bench/results/eval-NAME.questions.jsonl, whose `details` hold the units
 read and the best ranked units), regenerates each question's document (deterministic by task, length and seed)
