@@ -10,8 +10,8 @@ same questions: bench/results/rag-traces-rag128-niah-128k.md), so a clear match 
 scores share the budget.
 
 The answer is then checked against what was read: a small model copying a long rare word often drops a piece
-of it (`solvent-musing` for `insolvent-musing`), so an answer word that is only a cut-off piece of one word of the
-read text is completed to that word (engines.grounding.complete_fragments).
+of it (`solvent-musing` for `insolvent-musing`), so an answer word that is one word of the read text with one
+piece left out is completed to that word (engines.grounding.complete_fragments).
 """
 
 from __future__ import annotations

@@ -198,6 +198,10 @@ def test_complete_fragments_restores_cut_off_copies_only():
     assert complete_fragments("He wal there.", source) == ("He wal there.", [])  # too short a piece
     assert complete_fragments("He walk there.", source) == ("He walk there.", [])  # two source words start so
     assert complete_fragments("He walki there.", source) == ("He walking there.", [("walki", "walking")])
+    # A piece left out inside a word, as in a UUID's group or a compound key's first half.
+    inner = complete_fragments("It is inspect-relish.", "The key is inspector-relish, not the inspector.")
+    assert inner == ("It is inspector-relish.", [("inspect-relish", "inspector-relish")])
+    assert complete_fragments("He walkes there.", source) == ("He walkes there.", [])  # a changed letter is no drop
     assert complete_fragments("The gate is 4817.", source) == ("The gate is 4817.", [])  # nothing to complete
 
 
