@@ -4,7 +4,8 @@ Reads `tome eval --strategy rag` logs (bench/results/eval-NAME.questions.jsonl, 
 read and the best ranked units), regenerates each question's document (deterministic by task, length and seed)
 to find the facts the answer needs, and writes one row per question: the rank of the unit holding each fact
 among the ranked units (None: not among them), how many facts were inside the units read, and the answer's
-accuracy; with `--baseline LOG`, the accuracy the other log's run had on the same question.
+accuracy; with `--baseline LOG`, the accuracy the other log's run had on the same question. Only the questions
+that either run missed, unless `--all`.
 
     python bench/rag_traces.py eval-rag128-niah-128k --baseline eval-rag128-niah-128k-old
 """
@@ -45,6 +46,7 @@ def main() -> None:
     p.add_argument("log", help="eval name (bench/results/eval-NAME.questions.jsonl without the prefix and suffix)")
     p.add_argument("--baseline", default=None, help="another eval name asked the same questions")
     p.add_argument("--name", default=None, help="results name (default: rag-traces-LOG)")
+    p.add_argument("--all", action="store_true", help="every question, not only those missed by either run")
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native"))  # the tokenizer only: documents are counted in its tokens
@@ -52,14 +54,16 @@ def main() -> None:
     base = {(r["task"], r["length"], r["seed"]): r for r in read_log(path(args.baseline))} if args.baseline else {}
     rows = []
     for r in read_log(path(args.log)):
+        other = base.get((r["task"], r["length"], r["seed"]))
         if r["status"] != "ok" or r.get("strategy") != "rag":
             continue
+        if not args.all and r["accuracy"] == 1 and (other is None or other["accuracy"] == 1):
+            continue  # at 128K a document takes a minute to regenerate: by default only the misses are traced
         sample = generate(r["task"], engine, r["length"], r["seed"])
         text = sample.document.text
         read = r["details"]["read"]
         positions = [text.index(f) for f in needed_facts(sample)]
         ranks = [rank_of(at, r["details"]["ranked"]) for at in positions]
-        other = base.get((r["task"], r["length"], r["seed"]))
         rows.append(
             {
                 "task": r["task"],
