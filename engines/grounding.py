@@ -6,6 +6,7 @@ answer. Used to drop unsupported partial answers and by the router's verify step
 
 from __future__ import annotations
 
+import os
 import re
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
@@ -33,3 +34,45 @@ def support(claim: str, source: str) -> float:
 def is_abstention(text: str) -> bool:
     t = text.strip().strip(".").upper()
     return not t or t.startswith("NONE") or "NOT MENTION" in t or "DOES NOT" in t or "NO INFORMATION" in t
+
+
+# A word as an answer copies it: letters and digits, joined by inner hyphens (keys, UUIDs, compound names).
+_COPY_WORD = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
+
+
+def complete_fragments(
+    answer: str, source: str, question: str = "", min_chars: int = 4
+) -> tuple[str, list[tuple[str, str]]]:
+    """The answer with every broken copy of a source word completed to that word, and the (copy, word) pairs.
+
+    Small models copying a long rare word from the source drop one piece of it, a token or two, at its start,
+    end or inside (`solvent-musing` or `inspect-relish` for `insolvent-musing`, `inspector-relish`). An answer
+    word that is not itself a word of the source, but is exactly one source word with one piece left out, is
+    replaced by that word. Words of the question are left alone (the model echoes the question), and so are
+    copies shorter than `min_chars`, or fitting several source words, which prove nothing.
+    """
+    source_words: dict[str, str] = {}
+    for w in _COPY_WORD.findall(source):
+        source_words.setdefault(w.lower(), w)
+    asked = {w.lower() for w in _COPY_WORD.findall(question)}
+    completed: list[tuple[str, str]] = []
+
+    def complete(m: re.Match[str]) -> str:
+        piece = m.group(0)
+        low = piece.lower()
+        if len(low) < min_chars or low in source_words or low in asked:
+            return piece
+        whole = [w for w in source_words if len(w) > len(low) and _one_piece_dropped(low, w)]
+        if len(whole) != 1:
+            return piece
+        completed.append((piece, source_words[whole[0]]))
+        return source_words[whole[0]]
+
+    return _COPY_WORD.sub(complete, answer), completed
+
+
+def _one_piece_dropped(copy: str, word: str) -> bool:
+    """Whether `copy` is `word` with one contiguous piece left out (its start, its end or a run inside)."""
+    head = len(os.path.commonprefix([copy, word]))
+    tail = len(os.path.commonprefix([copy[::-1], word[::-1]]))
+    return head + tail >= len(copy)

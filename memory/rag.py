@@ -3,7 +3,15 @@
 Passages of at most the embedder's window (256 word pieces for MiniLM) are embedded and indexed once per
 document. A retrieval unit is a few thousand engine tokens of consecutive passages, scored by its best
 passage (max pooling: one sentence holding the answer is enough to pick its unit). Units are taken best
-first until the engine's context is full, then put back in document order so the model reads a coherent text.
+first up to the read budget, then put back in document order so the model reads a coherent text. A unit whose
+best passage scores clearly below the best unit's is left out even when the budget has room: SmolLM2-135M copies
+a fact from the 1K tokens of its unit where it invents one from the 3K around it (the old and new runs on the
+same questions: bench/results/rag-traces-rag128-niah-128k.md), so a clear match is read alone and only close
+scores share the budget.
+
+The answer is then checked against what was read: a small model copying a long rare word often drops a piece
+of it (`solvent-musing` for `insolvent-musing`), so an answer word that is one word of the read text with one
+piece left out is completed to that word (engines.grounding.complete_fragments).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.base import Engine
+from engines.grounding import complete_fragments
 from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind
 from memory.embedder import Embedder, get_embedder
@@ -34,6 +43,8 @@ class RagConfig:
     # tokens but not in 7K (bench/results/memory_needles_h100.md), so the default reads three units.
     read_tokens: int | None = 3072
     search_passages: int = 64  # passages fetched per question; units are scored from these
+    # A unit is read only if its score is within this (cosine) of the best unit's; None: fill the read budget.
+    focus_margin: float | None = 0.1
     margin_tokens: int = 64
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 
@@ -42,6 +53,7 @@ class RagConfig:
 class Retrieved:
     units: list[Span]  # what the model reads, in document order
     scores: list[float]  # each unit's best passage score
+    ranked: list[tuple[Span, float]]  # the best scoring units, read or not, best first (what a trace shows)
     index: str  # "built", "reused" or "rebuilt (why)"
     passages: int
 
@@ -131,16 +143,26 @@ class Rag:
             scores: dict[int, float] = {}  # a unit scores as its best passage
             for pid, score in index.search(q, min(c.search_passages, len(spans))):
                 scores[unit_of[pid]] = max(scores.get(unit_of[pid], -1.0), score)
+            ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+            floor = -1.0 if c.focus_margin is None else scores[ranked[0]] - c.focus_margin
             chosen: list[int] = []
             used = 0
-            for unit in sorted(scores, key=scores.__getitem__, reverse=True):
+            for unit in ranked:
+                if scores[unit] < floor:
+                    break
                 n = engine.count_tokens(text[units[unit][0] : units[unit][1]]) + 2
                 if used + n <= budget:
                     chosen.append(unit)
                     used += n
             chosen.sort()  # document order: the model reads the units as the text runs
             retrieved.append(
-                Retrieved([units[u] for u in chosen], [round(scores[u], 4) for u in chosen], built, len(spans))
+                Retrieved(
+                    [units[u] for u in chosen],
+                    [round(scores[u], 4) for u in chosen],
+                    [(units[u], round(scores[u], 4)) for u in ranked[:8]],
+                    built,
+                    len(spans),
+                )
             )
         return retrieved
 
@@ -152,7 +174,17 @@ class Rag:
         evidences = [[Evidence(s, e, text[s:e]) for s, e in r.units] for r in retrieved]
         retrieval = Cost(seconds=(time.perf_counter() - start) / len(tasks))
         answers = answer_each(engine, contexts, tasks, self.name, evidences, [retrieval] * len(tasks))
-        for a, r in zip(answers, retrieved, strict=True):
-            a.details = {"index": r.index, "scores": r.scores, "passages": r.passages}
+        for a, r, context, task in zip(answers, retrieved, contexts, tasks, strict=True):
+            completed: list[tuple[str, str]] = []
+            if task.kind == TaskKind.QA:  # extractions are JSON the schema check reads as written
+                a.text, completed = complete_fragments(a.text, context, task.question)
+            a.details = {
+                "index": r.index,
+                "scores": r.scores,
+                "passages": r.passages,
+                "read": [list(u) for u in r.units],
+                "ranked": [[*u, s] for u, s in r.ranked],
+                "completed": completed,
+            }
         progress(2, 2, "answered")
         return answers

@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 
+from engines.grounding import complete_fragments
 from engines.types import Document, Task
 from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
 from memory.rag import Rag, RagConfig, RagInputError
@@ -171,6 +172,37 @@ def test_rag_rebuilds_an_index_built_by_another_embedder(native_engine, rag):
     # A build that died half-way (metadata never marked complete) is rebuilt too.
     client.update_collection(collection_name(doc.content_hash), metadata={"complete": False})
     assert retrieve().index == "rebuilt (incomplete)"
+
+
+def test_rag_reads_a_clear_match_alone_and_answers_from_it(native_engine, tmp_path):
+    doc = long_document(native_engine, FACT, 6000, 0.5)
+    at = doc.text.index(FACT)
+    focused = Rag(RagConfig(qdrant_path=tmp_path / "qdrant"))
+    answer = focused.run(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
+    assert len(answer.evidence) == 1 and answer.evidence[0].start <= at < answer.evidence[0].end
+    assert "biscuit" in answer.text.lower()
+    best, second = (s for *_, s in answer.details["ranked"][:2])
+    assert best - second > focused.config.focus_margin  # why it read one unit: the others scored far below
+    # Without the margin the same index fills the read budget with units that do not hold the fact.
+    filled = Rag(RagConfig(qdrant_path=tmp_path / "qdrant", focus_margin=None))
+    units = filled.retrieve(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0].units
+    assert len(units) >= 3 and sum(s <= at < e for s, e in units) == 1
+
+
+def test_complete_fragments_restores_cut_off_copies_only():
+    source = "The code for the north gate is insolvent-musing. The word unmentioned is here. He walked, walking."
+    question = "What is the code for the north gate mentioned in the text?"
+    text, completed = complete_fragments('The code mentioned in the text is "solvent-musing".', source, question)
+    assert text == 'The code mentioned in the text is "insolvent-musing".'  # "mentioned" is the question's word
+    assert completed == [("solvent-musing", "insolvent-musing")]
+    assert complete_fragments("He wal there.", source) == ("He wal there.", [])  # too short a piece
+    assert complete_fragments("He walk there.", source) == ("He walk there.", [])  # two source words start so
+    assert complete_fragments("He walki there.", source) == ("He walking there.", [("walki", "walking")])
+    # A piece left out inside a word, as in a UUID's group or a compound key's first half.
+    inner = complete_fragments("It is inspect-relish.", "The key is inspector-relish, not the inspector.")
+    assert inner == ("It is inspector-relish.", [("inspect-relish", "inspector-relish")])
+    assert complete_fragments("He walkes there.", source) == ("He walkes there.", [])  # a changed letter is no drop
+    assert complete_fragments("The gate is 4817.", source) == ("The gate is 4817.", [])  # nothing to complete
 
 
 def test_rag_rejects_bad_input_clearly(native_engine, rag):
