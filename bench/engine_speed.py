@@ -25,9 +25,11 @@ def prompt_of(engine: Engine, text: str, tokens: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": "Continue this text:\n" + engine.detokenize(ids)}]
 
 
-def measure(kind: str, lengths: list[int], decode_tokens: int) -> list[dict[str, object]]:
+def measure(
+    kind: str, lengths: list[int], decode_tokens: int, dtype: str, threads: int | None
+) -> list[dict[str, object]]:
     start = time.perf_counter()
-    engine = create_engine(EngineConfig(kind=kind))  # type: ignore[arg-type]
+    engine = create_engine(EngineConfig(kind=kind, dtype=dtype, threads=threads))  # type: ignore[arg-type]
     load_s = time.perf_counter() - start
     text = (CORPUS / "darwin_origin_of_species_1st_ed.txt").read_text()
     rows: list[dict[str, object]] = []
@@ -46,6 +48,7 @@ def measure(kind: str, lengths: list[int], decode_tokens: int) -> list[dict[str,
         rows.append(
             {
                 "engine": kind,
+                "dtype": dtype,
                 "length": g1.prompt_tokens,
                 "prefill_tok_s": round(g1.prompt_tokens / prefill_s, 1),
                 "decode_tok_s": round(decode, 1),
@@ -63,15 +66,24 @@ def main() -> None:
     parser.add_argument("--engines", default="native,vllm")
     parser.add_argument("--lengths", default="1024,2048,4096,8000")
     parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--dtypes", default="bfloat16", help="comma list: auto, bfloat16, float32 (one run each)")
+    parser.add_argument("--name", default="engine-speed")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     rows = []
     for kind in args.engines.split(","):
-        rows += measure(kind, lengths, args.decode_tokens)
+        for dtype in args.dtypes.split(","):
+            rows += measure(kind, lengths, args.decode_tokens, dtype, args.threads)
     # This host is often shared: the load average says how far to trust absolute numbers (ratios hold better).
     load = [round(x, 1) for x in os.getloadavg()]
     path = write_results(
-        "engine-speed", "engine prefill/decode speed", "SmolLM2-135M-Instruct bf16", rows, load_average=load
+        args.name,
+        "engine prefill/decode speed",
+        f"SmolLM2-135M-Instruct {args.dtypes}",
+        rows,
+        load_average=load,
+        threads=args.threads,
     )
     print(path)
 

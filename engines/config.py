@@ -28,8 +28,8 @@ class EngineConfig:
 def resolve_dtype(dtype: str, device: str) -> str:
     """`auto` is bfloat16 on a GPU and on CPUs with bf16 instructions (AVX512-BF16, AMX), float32 elsewhere.
 
-    Without them bf16 is emulated: on an AVX2-only EPYC a 1K-token SmolLM2 prefill took 34.9 s in bfloat16 and
-    5.8 s in float32 (one thread), so bf16 there is a 6x slowdown, not the 1.7x speedup it is on a bf16 CPU.
+    Without them bf16 is emulated: on an AVX2-only EPYC a SmolLM2 prefill ran 2.2-3.9x slower in bfloat16 than in
+    float32 (bench/results/engine-speed-dtype.md), not the 1.7x faster it is on a bf16-capable CPU.
     """
     if dtype != "auto":
         return dtype
