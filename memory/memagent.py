@@ -42,11 +42,11 @@ NONE = "NONE"
 # A small model that has said NONE, or starts a new "Question:"/"Answer:", only rambles on: stop decoding there.
 UPDATE_STOP = (NONE, "Question:", "Answer:")
 
-# The adapter memory/training.py trained for SmolLM2. It ships but is not a default: it measured worse than the
-# base model (it answers NONE to every 2K-token update; adapters/smollm2-memagent/MODEL_CARD.md).
+# The adapter memory/training.py trained for SmolLM2 (on a GPU; adapters/smollm2-memagent/MODEL_CARD.md).
 SMOLLM2_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-memagent"
-# Adapters used by default ("auto"), by model alias: list one here once it measures better than its base model.
-ADAPTERS: dict[str, Path] = {}
+# Adapters used by default ("auto"), by model alias: one is listed once it measures better than its base model
+# (SmolLM2's: bench/results/eval-memory-memagent-lora.md against eval-memory-memagent-base.md).
+ADAPTERS: dict[str, Path] = {"smollm2": SMOLLM2_ADAPTER}
 ADAPTER_NAME = "memagent"
 
 UPDATE_SYSTEM = "You copy sentences exactly as written. You never answer the question and never explain."
