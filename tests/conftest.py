@@ -6,14 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 # vLLM's engine core stays in this process: tests need no spawn guard and load the model once.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-if not torch.cuda.is_available():
-    # Triton kernels run on CPU tensors only under the interpreter, and Triton reads this when a kernel is
-    # decorated: set it before any test module's imports (engines.native brings triton in through transformers).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -32,7 +32,6 @@ from compressors.soft.gist import SHIPPED, GistConfig, GistModel, layout
 from compressors.soft.train import CORPUS, answer_logits, engine_config, plot_losses
 from engines import create_engine
 from engines.base import Engine
-from engines.native import pick_device
 from engines.prompting import prompt_around
 from engines.types import Task
 
@@ -168,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dtype == "auto":
         # On the 2-core CPU a bf16 training step (204 tokens) took 12 s forward and 65 s backward against 1.7 and
         # 1.6 s in float32: bf16 matmuls there are slow, their backward above all.
+        from engines.native import pick_device  # here: importing the native engine brings in triton, which must
+        # not happen before a test session sets TRITON_INTERPRET (tests/test_kernels_gpu_paths.py)
+
         args.dtype = "bfloat16" if pick_device(config.device) == "cuda" else "float32"
     engine = create_engine(replace(config, dtype=args.dtype))
     model = engine.hf_model  # type: ignore[attr-defined]
