@@ -58,9 +58,10 @@ VS_ADAPTIVE = [VerticalSlash(mass=0.95)]
 VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95)]
 A_SHAPE = AShape(sink=64, window=4096)
 BLOCK_SPARSE = BlockSparse(block=128, top=64)
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through tensor descriptors): the best per length is kept
-TRITON_CONFIGS = [(64, 64, 4, 3, True), (64, 64, 4, 3, False), (128, 64, 8, 3, True)]
-SHARED_CONFIGS = [(16, 64, 4, 3, True), (32, 64, 8, 3, True), (32, 64, 8, 3, False)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through tensor descriptors, q·kᵀ one tile ahead): the best per
+# length is kept (bench/kernel_tune.py sweeps more: bench/results/kernel-tune-h200.log)
+TRITON_CONFIGS = [(64, 64, 4, 3, True, False), (64, 64, 4, 3, True, True), (64, 32, 4, 3, True, False)]
+SHARED_CONFIGS = [(16, 64, 4, 3, True, False), (32, 64, 8, 3, True, False), (32, 64, 8, 3, False, False)]
 
 for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_cache_size_limit", 4096)):
     if hasattr(torch._dynamo.config, name):  # one compiled FlexAttention per length and pattern
@@ -213,17 +214,19 @@ def bench_family(
         vertical, slash = vertical_slash_index(q, k, pattern)
         g = HQ // HKV if pattern.shared else 1  # a shared index: one layout row per KV head
         best = None
-        for bm, bn, warps, stages, tma in configs:
+        for bm, bn, warps, stages, tma, pipe in configs:
             lay = vertical_slash_layout(vertical[:, ::g], slash[:, ::g], length, bm, bn)
-            run = partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages, tma=tma)
+            run = partial(
+                vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages, tma=tma, pipe=pipe
+            )
             try:
                 t = gpu_ms(run, reps)
             except Exception as exc:  # noqa: BLE001 (a config that does not compile here must not lose the others)
-                print(f"  triton config {(bm, bn, warps, stages, tma)} failed: {exc!r}"[:300], flush=True)
+                print(f"  triton config {(bm, bn, warps, stages, tma, pipe)} failed: {exc!r}"[:300], flush=True)
                 continue
-            print(f"  triton config {(bm, bn, warps, stages, tma)}: {t:.2f} ms", flush=True)
+            print(f"  triton config {(bm, bn, warps, stages, tma, pipe)}: {t:.2f} ms", flush=True)
             if best is None or t < best[0]:
-                best = (t, (bm, bn, warps, stages, tma), lay)
+                best = (t, (bm, bn, warps, stages, tma, pipe), lay)
         kernel_ms, config, lay = best
         layout_ms = gpu_ms(lambda: vertical_slash_layout(vertical[:, ::g], slash[:, ::g], length, *config[:2]), reps)
         mask = lambda rows: layout_mask(lay, 1, HQ // g, length)(rows).repeat_interleave(g, 1)  # noqa: E731
@@ -273,9 +276,9 @@ def bench_family(
 
     # a_shape: Triton (the vertical-slash kernel with sinks as verticals and the window as slashes) and FlexAttention
     def a_shape_triton(config: tuple) -> None:
-        bm, bn, warps, stages, tma = config
+        bm, bn, warps, stages, tma, pipe = config
         a_lay = vertical_slash_layout(*a_shape_index(1, HQ, A_SHAPE, length, q.device), length, bm, bn)
-        run = partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages, tma=tma)
+        run = partial(vertical_slash_attention, q, k, v, a_lay, num_warps=warps, num_stages=stages, tma=tma, pipe=pipe)
         a_ms = gpu_ms(run, reps)
         out.append(row("a_shape", "triton", length, dense_ms, 0.0, a_ms, recall=recall(a_shape_mask(length, A_SHAPE))))
 
@@ -351,6 +354,7 @@ def full_layout_efficiency(length: int = 65536, reps: int = 3) -> dict[str, floa
         result[f"triton_ms_tma_{tma}"] = round(
             gpu_ms(partial(vertical_slash_attention, q, k, v, lay, tma=tma), reps), 3
         )
+    result["triton_ms_pipe"] = round(gpu_ms(partial(vertical_slash_attention, q, k, v, lay, pipe=True), reps), 3)
     print("full layout", result, flush=True)
     return result
 

@@ -6,6 +6,10 @@ list depends only on the head, not on the query block: a slash at offset s needs
 for query block m, so in coordinates relative to the block start the union of those ranges is the same for every
 block. That makes the layout a few vectorised torch ops instead of a per-block CUDA pass.
 
+The chunks cover the slash ranges greedily (each starts at the first needed column the previous one left uncovered:
+the fewest BLOCK_N-wide chunks, found by a parallel scan over the ranges' segments), and the vertical loop stops where
+the chunk run around the diagonal begins, since every column from there on is already inside a chunk.
+
 Chunks that lie wholly below a block's rows (all but the few at the diagonal and the one straddling column 0) run
 without masks, their K/V tiles through tensor descriptors on Hopper. With a shared index (one layout row per KV
 head) the query heads of a group are stacked into one tile, so each K/V tile is read once for the whole group.
@@ -41,23 +45,35 @@ class Layout:
 
 
 def vertical_slash_layout(
-    vertical: torch.Tensor, slash: torch.Tensor, length: int, block_m: int = 64, block_n: int = 64
+    vertical: torch.Tensor,
+    slash: torch.Tensor,
+    length: int,
+    block_m: int = 64,
+    block_n: int = 64,
+    greedy: bool = True,
 ) -> Layout:
-    """Turn per-head vertical columns [B, H, NV] and slash offsets [B, H, NS] (sorted ascending) into a Layout."""
+    """Turn per-head vertical columns [B, H, NV] and slash offsets [B, H, NS] (sorted ascending) into a Layout.
+
+    `greedy`: cover the slash ranges with the fewest BLOCK_N-wide chunks (each chunk starts at the first needed column
+    the previous one left uncovered); otherwise ranges closer than BLOCK_M + BLOCK_N - 1 merge into runs of chunks."""
     dev = slash.device
     bh = slash.shape[0] * slash.shape[1]
     n_m = -(-length // block_m)
     # Column ranges of each slash relative to the block start, ascending: [a, a + BM - 1] with a = -s.
     a = -slash.reshape(bh, -1).flip(-1)
-    # Merge ranges into segments; ranges closer than BN columns merge too, so that chunks never overlap.
     new = torch.ones_like(a, dtype=torch.bool)
-    new[:, 1:] = (a[:, 1:] - a[:, :-1]) >= block_m + block_n - 1
+    if greedy:  # segments: the union of the ranges (touching ones join)
+        new[:, 1:] = (a[:, 1:] - a[:, :-1]) > block_m
+    else:  # ranges closer than BN columns merge too, so that chunks never overlap
+        new[:, 1:] = (a[:, 1:] - a[:, :-1]) >= block_m + block_n - 1
     last = torch.ones_like(new)
     last[:, :-1] = new[:, 1:]
     seg_start = a[new]  # flattened over heads, in order
     seg_end = a[last] + block_m - 1
     seg_head = torch.arange(bh, device=dev)[:, None].expand_as(a)[new]
-    n_chunks = (seg_end - seg_start + block_n) // block_n
+    if greedy:
+        seg_start = seg_start + _greedy_shift(seg_start, seg_end, seg_head, block_n)
+    n_chunks = (seg_end - seg_start + block_n).clamp(min=0) // block_n
     chunk_seg = torch.repeat_interleave(torch.arange(seg_start.numel(), device=dev), n_chunks)
     first_chunk_of_seg = torch.cumsum(n_chunks, 0) - n_chunks
     j = torch.arange(chunk_seg.numel(), device=dev) - first_chunk_of_seg[chunk_seg]
@@ -79,8 +95,14 @@ def vertical_slash_layout(
     edges.index_put_((heads, starts + length + block_n), -ones, accumulate=True)
     covered = (torch.cumsum(edges, -1)[:, :cw] > 0).to(torch.int8)
 
+    # Each head's last segment (it holds offset 0: the window) is one run of chunks from its start to past the
+    # diagonal, so verticals at or after that start are inside a chunk: the kernel stops its vertical loop there.
+    # (Only where the head has offset 0; otherwise the loop runs to the block's end.)
+    band = torch.full((bh,), block_m, dtype=torch.long, device=dev)
+    band = band.scatter_reduce(0, seg_head, seg_start, "amax", include_self=False)
+    band = torch.where(slash.reshape(bh, -1).amin(-1) == 0, band.clamp(max=block_m), block_m)
     vert = vertical.reshape(bh, -1).contiguous()
-    vertical_count = torch.searchsorted(vert, (block_first_col + block_m)[None, :].expand(bh, -1).contiguous())
+    vertical_count = torch.searchsorted(vert, (block_first_col[None, :] + band[:, None]).contiguous())
     # a chunk ending at or before the block's first row (start <= 1 - BN) is below every row of the block
     below = torch.full((bh, 1), 1 - block_n, dtype=torch.long, device=dev)
     chunk_diag = torch.searchsorted(chunk_start, below, right=True)
@@ -95,6 +117,37 @@ def vertical_slash_layout(
         block_m,
         block_n,
     )
+
+
+def _greedy_shift(seg_start: torch.Tensor, seg_end: torch.Tensor, seg_head: torch.Tensor, block_n: int) -> torch.Tensor:
+    """How far the previous segment's last chunk reaches into each segment (0 <= y < BLOCK_N - 1), so that chunks laid
+    from `seg_start + y` in steps of BLOCK_N cover the segments greedily without overlapping.
+
+    The overhang into segment j+1 is a function of the overhang into segment j (a table over 0..BN-1); the overhangs
+    are that function's prefix compositions, found by a parallel (Hillis-Steele) scan over the segments."""
+    n = seg_start.numel()
+    y = torch.arange(block_n, device=seg_start.device)
+    start = seg_start[:, None] + y  # [S, BN]: where the chunks start for each possible overhang
+    count = (seg_end[:, None] - start + block_n).clamp(min=0) // block_n
+    reach = torch.where(count > 0, start + count * block_n, start)  # one past the last chunk's column
+    nxt = torch.empty_like(seg_start)
+    nxt[:-1] = seg_start[1:]
+    nxt[-1:] = seg_end[-1:] + block_n  # the last segment reaches nothing
+    table = (reach - nxt[:, None]).clamp(min=0)
+    head_last = torch.ones(n, dtype=torch.bool, device=seg_start.device)
+    head_last[:-1] = seg_head[1:] != seg_head[:-1]
+    table[head_last] = 0  # each head's first segment starts from overhang 0
+    # chains of segments whose overhang can pass on; a constant-zero table ends a chain
+    breaks = (table == 0).all(1)
+    chain = torch.cumsum(breaks.long(), 0) - breaks.long()
+    longest = int(torch.bincount(chain).max().item()) if n else 0
+    step = 1
+    while step < longest:  # table[j] becomes the composition of tables j, j - 1, ..., j - 2 * step + 1
+        table = torch.cat([table[:step], torch.gather(table[step:], 1, table[:-step])])
+        step *= 2
+    shift = torch.zeros_like(seg_start)
+    shift[1:] = table[:-1, 0]
+    return shift
 
 
 @triton.jit
@@ -114,11 +167,22 @@ def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk
 
 
 @triton.jit
-def _online_softmax_tile(q, k, v, m_i, l_i, acc, qk_scale):
+def _load_tile(
+    desc, base, col0, b, hkv, n, d, stride, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr
+):
+    """K or V rows [col0, col0 + BLOCK_N), all present."""
+    if TMA:  # the bulk copy engine (Hopper): one descriptor load per tile, no address arithmetic per element
+        x = desc.load([b.to(tl.int32), hkv.to(tl.int32), col0, 0]).reshape(BLOCK_N, HEAD_DIM)
+    else:
+        x = tl.load(base + (col0 + n)[:, None] * stride + d[None, :])
+    return x
+
+
+@triton.jit
+def _softmax_pv(qk, v, m_i, l_i, acc, qk_scale):
     """A tile whose columns all exist and lie at or before every row: no masks, no selects."""
-    qk = tl.dot(q, tl.trans(k)) * qk_scale
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.math.exp2(qk - m_new[:, None])
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # the scale (log2 e folded in) rides on the max and one FMA
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
@@ -165,6 +229,7 @@ def _vertical_slash_fwd(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     TMA: tl.constexpr,
+    PIPE: tl.constexpr,
 ):
     # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
     # the heaviest (last) query blocks start first
@@ -211,15 +276,27 @@ def _vertical_slash_fwd(
             acc,
             qk_scale,
         )
-    for c in range(c_full, c_mid):
-        col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
-        if TMA:  # the bulk copy engine (Hopper): one descriptor load per tile, no address arithmetic per element
-            k = K_desc.load([b.to(tl.int32), hkv.to(tl.int32), col0, 0]).reshape(BLOCK_N, HEAD_DIM)
-            v = V_desc.load([b.to(tl.int32), hkv.to(tl.int32), col0, 0]).reshape(BLOCK_N, HEAD_DIM)
-        else:
-            k = tl.load(k_base + (col0 + n)[:, None] * skn + d[None, :])
-            v = tl.load(v_base + (col0 + n)[:, None] * svn + d[None, :])
-        m_i, l_i, acc = _online_softmax_tile(q, k, v, m_i, l_i, acc, qk_scale)
+    if PIPE:  # the next tile's q·kᵀ is issued before this tile's softmax, so the two can overlap (as FA3 does)
+        if c_full < c_mid:
+            col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c_full)
+            k = _load_tile(K_desc, k_base, col0, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
+            qk = tl.dot(q, tl.trans(k))
+            for c in range(c_full + 1, c_mid):
+                col1 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
+                k = _load_tile(K_desc, k_base, col1, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
+                qk_next = tl.dot(q, tl.trans(k))
+                v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
+                m_i, l_i, acc = _softmax_pv(qk, v, m_i, l_i, acc, qk_scale)
+                qk = qk_next
+                col0 = col1
+            v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
+            m_i, l_i, acc = _softmax_pv(qk, v, m_i, l_i, acc, qk_scale)
+    else:
+        for c in range(c_full, c_mid):
+            col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
+            k = _load_tile(K_desc, k_base, col0, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
+            v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
+            m_i, l_i, acc = _softmax_pv(tl.dot(q, tl.trans(k)), v, m_i, l_i, acc, qk_scale)
     for c in range(c_mid, c_hi):
         cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
         m_i, l_i, acc = _online_softmax_step(
@@ -270,6 +347,7 @@ def vertical_slash_attention(
     num_warps: int = 4,
     num_stages: int = 3,  # best on the H100 at 32K-256K (bench/kernel_bench.py)
     tma: bool | None = None,  # K/V tiles through tensor descriptors; default: on Hopper and newer, and on CPU
+    pipe: bool = False,  # issue the next tile's q·kᵀ before this tile's softmax (no faster on the H200 so far)
 ) -> torch.Tensor:
     """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
 
@@ -326,6 +404,7 @@ def vertical_slash_attention(
         BLOCK_N=layout.block_n,
         HEAD_DIM=d,
         TMA=tma,
+        PIPE=pipe,
         num_warps=num_warps,
         num_stages=num_stages,
     )

@@ -58,6 +58,7 @@ def test_triton_vertical_slash_matches_reference() -> None:
     mask = layout_mask(lay, 1, HQ, 200)
     assert torch.allclose(out, masked_attention(q, k, v, mask), atol=1e-5)
     assert torch.allclose(vertical_slash_attention(q, k, v, lay, tma=False), out, atol=1e-5)  # pointer loads
+    assert torch.allclose(vertical_slash_attention(q, k, v, lay, pipe=True), out, atol=1e-5)  # q·kᵀ one tile ahead
     rows = torch.arange(200)
     pattern = vertical_slash_mask(200, vertical, slash)(rows)
     computed = mask(rows)
@@ -116,3 +117,20 @@ def test_triton_shared_index_packs_the_group() -> None:
         return layout_mask(lay, 1, HKV, 200)(rows).repeat_interleave(group, 1)
 
     assert torch.allclose(out, masked_attention(q, k, v, mask), atol=1e-5)
+
+
+def test_triton_greedy_cover_and_vertical_band() -> None:
+    # scattered slashes: the greedy cover needs fewer chunks than merging, and both compute the same attention
+    q, k, v = qkv(300, seed=11)
+    slash = torch.tensor([0, 1, 2, 40, 60, 90, 130, 131, 200]).expand(1, HQ, -1)
+    vertical = torch.tensor([0, 150, 280, 290, 299]).expand(1, HQ, -1)  # some inside the band near the diagonal
+    greedy = vertical_slash_layout(vertical, slash, 300, block_m=16, block_n=16)
+    merged = vertical_slash_layout(vertical, slash, 300, block_m=16, block_n=16, greedy=False)
+    assert (greedy.chunk_count < merged.chunk_count).all()
+    for lay in (greedy, merged):
+        out = vertical_slash_attention(q, k, v, lay)
+        assert torch.allclose(out, masked_attention(q, k, v, layout_mask(lay, 1, HQ, 300)), atol=1e-5)
+    # without offset 0 the band ends before the diagonal: verticals there must still be read
+    lay = vertical_slash_layout(vertical, slash[..., 3:], 300, block_m=16, block_n=16)
+    out = vertical_slash_attention(q, k, v, lay)
+    assert torch.allclose(out, masked_attention(q, k, v, layout_mask(lay, 1, HQ, 300)), atol=1e-5)
