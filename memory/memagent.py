@@ -44,10 +44,11 @@ UPDATE_STOP = (NONE, "Question:", "Answer:")
 
 # The adapter memory/training.py trained for SmolLM2 (on a GPU; adapters/smollm2-memagent/MODEL_CARD.md).
 SMOLLM2_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-memagent"
-# Adapters used by default ("auto"), by model alias. SmolLM2's is not listed: better than the base model on the
-# harness's templated tasks (bench/results/eval-memory-memagent-lora.md), but it misanswered a plain-prose planted
-# fact that the base model gets (tests/test_memory.py's resume test): trained on templates, not yet general.
-ADAPTERS: dict[str, Path] = {}
+# Adapters used by default ("auto"), by model alias. SmolLM2's was trained on the harness's templates and on
+# plain-prose facts (names, places, dates, quantities, relations: memory/training_data.py), so it also answers a
+# planted prose fact (tests/test_memory.py) that the templates-only adapter missed;
+# bench/results/eval-memory-memagent-lora-prose.md for the harness tasks.
+ADAPTERS: dict[str, Path] = {"smollm2": SMOLLM2_ADAPTER}
 ADAPTER_NAME = "memagent"
 
 UPDATE_SYSTEM = "You copy sentences exactly as written. You never answer the question and never explain."

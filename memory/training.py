@@ -84,6 +84,36 @@ def encode_all(tokenizer: Any, examples: Sequence[Example], max_tokens: int) -> 
     return [e for e in (encode(tokenizer, x, max_tokens) for x in examples) if e is not None]
 
 
+def save_items(path: Path, items: Sequence[dict[str, list[int]]], held: Sequence[dict[str, list[int]]],
+               meta: dict[str, Any]) -> None:  # fmt: skip
+    """Encoded examples as one small file (uint16 token ids, the prompt's length each), so a GPU host trains on
+    exactly the examples made here, without the corpus or a tokenizer rebuilt from the GGUF on its side."""
+    import numpy as np
+
+    rows = [*items, *held]
+    ids = np.concatenate([np.asarray(r["input_ids"], dtype=np.uint16) for r in rows])
+    lengths = np.asarray([len(r["input_ids"]) for r in rows], dtype=np.int32)
+    prompts = np.asarray([sum(label == IGNORE for label in r["labels"]) for r in rows], dtype=np.int32)
+    if any(max(r["input_ids"]) >= 2**16 for r in rows):
+        raise ValueError("token ids beyond uint16")
+    meta = {**meta, "train": len(items), "held_out": len(held)}
+    np.savez_compressed(path, ids=ids, lengths=lengths, prompts=prompts, meta=np.asarray(json.dumps(meta)))
+
+
+def load_items(path: Path) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]], dict[str, Any]]:
+    """(training items, held-out items, meta) as `save_items` wrote them."""
+    import numpy as np
+
+    data = np.load(path)
+    meta = json.loads(str(data["meta"]))
+    rows, at = [], 0
+    for n, prompt in zip(data["lengths"].tolist(), data["prompts"].tolist(), strict=True):
+        ids = data["ids"][at : at + n].astype(np.int64).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE] * prompt + ids[prompt:]})
+        at += n
+    return rows[: meta["train"]], rows[meta["train"] :], meta
+
+
 def loss_on(model: Any, item: dict[str, list[int]], first_weight: float = 1.0) -> Any:
     """Mean cross-entropy over the reply, its first token weighted `first_weight` times: that token is the
     decision (NONE or a copy) and the copy itself is easy, so an unweighted mean hides a wrong decision."""
@@ -216,17 +246,42 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
     """MODEL_CARD.md beside the adapter, from what this run did."""
     mix = "\n".join(f"| {k.split(':')[0]} | {k.split(':')[1]} | {v} |" for k, v in summary["data"]["mix"].items())
     held = ", ".join(f"{loss:.3f} (step {step})" for step, loss in summary["held_out_loss"])
+    decided = ", ".join(f"{acc:.2f} (step {step})" for step, acc in summary.get("held_out_decisions", []))
+    by_family = "\n".join(
+        f"| {family} | {row['n']} | {row['loss']:.4f} | {row['decisions']:.2f} |"
+        for family, row in summary.get("held_out_by_family", {}).items()
+    )
+    families = (
+        f"\n\n| family (held out, last step) | n | loss | first token right |\n|---|---|---|---|\n{by_family}"
+        if by_family
+        else ""
+    )
     lo, hi = summary["segment_tokens"]
     gpu = "CPU" not in summary.get("hardware", "CPU")
     device = f" --device cuda --minutes {summary['seconds'] / 60:.0f}" if gpu else ""
-    first = summary.get("init")
+    stages, first = [], summary.get("init")
+    while first:  # the earlier stages this run continued from, latest first
+        stages.append(
+            f"{first['steps']} steps on {first['examples']} examples (seeds from {first['first_seed']}, "
+            f"lr {first['lr']}, {', '.join(sorted({k.split(':')[1] for k in first['data']['mix']}))})"
+        )
+        first = first.get("init")
     stage = (
-        f"\nContinued from a first stage of {first['steps']} steps on {first['examples']} examples (seeds from "
-        f"{first['first_seed']}, lr {first['lr']}; its summary is `training.json`'s `init`), on new seeds."
-        if first
+        "\nContinued, on new seeds, from earlier stages (their summaries are `training.json`'s nested `init`): "
+        + "; before that ".join(stages)
+        + "."
+        if stages
         else ""
     )
-    resume = f" --first-seed {summary['first_seed']} --init FIRST_STAGE" if first else ""
+    resume = " --init PREVIOUS_STAGE" if stages else ""
+    prose = summary["data"]["mix"].keys() >= {"update:prose"}
+    kinds = (
+        "the evaluation harness's templates (RULER needles, variable chains, bAbI facts) and plain-prose facts\n"
+        "(names, places, dates, quantities and relations about made-up people and trades, each in one of several\n"
+        "phrasings, asked in other words, among distractor facts)"
+        if prose
+        else "the evaluation harness's templates (RULER needles, variable chains, bAbI facts)"
+    )
     card = f"""# memagent adapter for SmolLM2-135M-Instruct
 
 A LoRA adapter that teaches the default model the two calls of the `memagent` strategy (memory/memagent.py): the
@@ -237,11 +292,11 @@ load it (native: transformers' PEFT integration; vLLM: `LoRARequest`).
 
 ## Data (memory/training_data.py)
 
-{summary["examples"]} synthetic examples, built with the evaluation harness's templates (RULER needles, variable
-chains, bAbI facts) in text from the project corpus **without** the documents held out for evaluation
-(`evals.corpus.EVAL_DOCS`), keys made of words from those training documents only, and seeds from
-{summary["first_seed"]} up (the evaluation seeds are below). No `qa` examples: its questions come from held-out
-documents. Update segments are {lo}-{hi} tokens (the strategy reads segments of up to 2K tokens).
+{summary["examples"]} synthetic examples, built with {kinds},
+in text from the project corpus **without** the documents held out for evaluation (`evals.corpus.EVAL_DOCS`),
+keys and names made of words from those training documents only (never the words of the tests' own planted
+facts), and seeds from {summary["first_seed"]} up (the evaluation seeds are below). No `qa` examples: its questions
+come from held-out documents. Update segments are {lo}-{hi} tokens (the strategy reads segments of up to 2K tokens).
 {summary["data"]["none_share"]:.0%} of the update targets are NONE.
 
 | call | family | examples |
@@ -253,19 +308,22 @@ documents. Update segments are {lo}-{hi} tokens (the strategy reads segments of 
 LoRA rank {summary["rank"]}, alpha {summary["alpha"]}, on {", ".join(summary["target_modules"])};
 AdamW, lr {summary["lr"]}, warmup then cosine decay, batch 1, {summary["steps"]} steps, loss on the reply tokens
 only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["hardware"]}.
-Held-out loss (other seeds): {held}. Saved as bf16 safetensors.{stage}
+Held-out loss (other seeds): {held}. First reply token right (NONE or the copy's start; the answer's start):
+{decided}. Saved as bf16 safetensors.{stage}{families}
 
 ![loss](loss.png)
 
-Reproduce: `tome train memagent --steps {summary.get("planned_steps", summary["steps"])}
---examples {summary["examples"]} --segment-tokens {lo},{hi} --max-tokens {summary["max_tokens"]} --lr {summary["lr"]}
---first-token-weight {summary.get("first_token_weight", 1.0)}{device}{resume}`
+Reproduce: `tome train memagent --prepare-to data.npz --examples {summary["examples"]} --held-out
+{sum(r["n"] for r in summary.get("held_out_by_family", {}).values()) or 24} --segment-tokens {lo},{hi}
+--max-tokens {summary["max_tokens"]} --first-seed {summary["first_seed"]}` on any host, then
+`python -m memory.training --data data.npz --steps {summary.get("planned_steps", summary["steps"])} --lr {summary["lr"]}
+--first-token-weight {summary.get("first_token_weight", 1.0)}{device}{resume}` on the GPU host
 (log: `train_log.jsonl`, summary: `training.json`).
 
 ## Measured
 
-`tome eval --strategy memagent` with and without the adapter: `bench/results/eval-memory-memagent-lora.md` and
-`bench/results/eval-memory-memagent-base.md` (same engine, tasks, lengths and seeds).
+`tome eval --strategy memagent` with and without the adapter: `bench/results/eval-memory-memagent-lora*.md` and
+`bench/results/eval-memory-memagent-base.md` (same tasks, lengths and seeds).
 """
     (out / "MODEL_CARD.md").write_text(card)
 
@@ -305,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--first-token-weight", type=float, default=1.0, help="loss weight of the reply's first token")
     p.add_argument("--init", type=Path, default=None, help="continue training this adapter folder")
     p.add_argument("--merge-to", type=Path, default=None, help="only write --out's adapter merged into the model here")
+    p.add_argument("--prepare-to", type=Path, default=None, help="only make and encode the examples into this file")
+    p.add_argument("--data", type=Path, default=None, help="train on a --prepare-to file (its data settings win)")
     args = p.parse_args(argv)
 
     import torch
@@ -315,17 +375,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    base, tokenizer = load_base(args.model, model_home(args.model), device=args.device)
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     lo, hi = (int(x) for x in args.segment_tokens.split(","))
-    n = args.examples or args.steps
-    examples = make_examples(count, n, args.first_seed, segment_tokens=(lo, hi), corpus=args.corpus)
-    items = encode_all(tokenizer, examples, args.max_tokens)
-    held = encode_all(
-        tokenizer,
-        make_examples(count, args.held_out, args.first_seed + 10 * n + 1000, 0.25, (lo, hi), args.corpus),
-        args.max_tokens,
-    )
+    if args.data:
+        items, held, meta = load_items(args.data)
+        args.first_seed, args.max_tokens, (lo, hi) = meta["first_seed"], meta["max_tokens"], meta["segment_tokens"]
+        stats, held_families = meta["data"], meta["held_families"]
+    else:
+        from transformers import AutoTokenizer
+
+        from engines.models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model, model_home(args.model)))
+        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        n = args.examples or args.steps
+        examples = make_examples(count, n, args.first_seed, segment_tokens=(lo, hi), corpus=args.corpus)
+        items = encode_all(tokenizer, examples, args.max_tokens)
+        held_examples = make_examples(
+            count, args.held_out, args.first_seed + 10 * n + 1000, 0.25, (lo, hi), args.corpus
+        )  # fmt: skip
+        encoded = [(e.family, encode(tokenizer, e, args.max_tokens)) for e in held_examples]
+        held = [x for _, x in encoded if x is not None]
+        held_families = [f for f, x in encoded if x is not None]
+        stats = data_stats(examples)
+        if args.prepare_to:
+            meta = {"data": stats, "held_families": held_families, "first_seed": args.first_seed,
+                    "max_tokens": args.max_tokens, "segment_tokens": [lo, hi]}  # fmt: skip
+            save_items(args.prepare_to, items, held, meta)
+            print(json.dumps({"examples": len(items), "held_out": len(held), **stats}), flush=True)
+            return 0
+    base, _ = load_base(args.model, model_home(args.model), device=args.device)
     model = with_lora(base, args.rank, args.alpha, args.init)
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "train_log.jsonl", "w")
@@ -356,14 +434,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         decisions.append((done, decision_accuracy(model, held)))
     save_adapter(model, args.out)
     plot_curve(curve, held_losses, args.out / "loss.png")
+    by_family: dict[str, dict[str, float]] = {}
+    for family in sorted(set(held_families)):
+        mine = [h for h, f in zip(held, held_families, strict=True) if f == family]
+        by_family[family] = {
+            "n": len(mine),
+            "loss": mean_loss(model, mine),
+            "decisions": decision_accuracy(model, mine),
+        }
     summary = {
         "model": Path(args.model).name, "steps": done, "planned_steps": args.steps, "examples": len(items),
         "rank": args.rank, "alpha": args.alpha,
         "lr": args.lr, "target_modules": list(TARGET_MODULES), "max_tokens": args.max_tokens,
         "segment_tokens": [lo, hi], "first_seed": args.first_seed, "held_out_loss": held_losses,
-        "held_out_decisions": decisions, "first_token_weight": args.first_token_weight,
+        "held_out_decisions": decisions, "held_out_by_family": by_family,
+        "first_token_weight": args.first_token_weight,
         "init": json.loads((args.init / "training.json").read_text()) if args.init else None,
-        "seconds": curve[-1]["seconds"] if curve else 0, "threads": args.threads, "data": data_stats(examples),
+        "seconds": curve[-1]["seconds"] if curve else 0, "threads": args.threads, "data": stats,
         "hardware": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU thread(s)",
     }  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -7,9 +7,12 @@ segment adds nothing (the strategy then keeps the notes as they are). An answer 
 final call: the memory's sentences and the question, with the short answer as the target.
 
 The steps are built like the harness's tasks (evals/tasks: needle sentences, variable chains, bAbI facts, with
-the harness's own templates), but never from its held-out material:
-- the haystack text and the words that make keys come from corpus files outside `evals.corpus.EVAL_DOCS`;
-- seeds start at `EVAL_SEEDS.stop`, so no training seed is an evaluation seed.
+the harness's own templates), plus plain-prose facts (`prose`: names, places, dates, quantities and relations,
+each written in one of several phrasings and asked in other words, among distractor facts about other subjects
+or other facts about the same one), but never from the harness's held-out material:
+- the haystack text and the words that make keys and names come from corpus files outside `evals.corpus.EVAL_DOCS`;
+- seeds start at `EVAL_SEEDS.stop`, so no training seed is an evaluation seed;
+- no word of the project's tests' own planted facts (TEST_WORDS) builds a prose fact.
 """
 
 from __future__ import annotations
@@ -37,8 +40,147 @@ from memory.memagent import NONE, UPDATE_SYSTEM, update_prompt
 DEFAULT_CORPUS = Path("/work/shared/data/corpus")
 TRAIN_SEED_START = EVAL_SEEDS.stop  # every training seed is outside the evaluation seeds
 
-FAMILIES = ("niah_single", "niah_multikey", "niah_multivalue", "vt", "babilong")
-WEIGHTS = (0.2, 0.3, 0.1, 0.2, 0.2)  # multikey gets the most: filing the asked key only is the hard part
+FAMILIES = ("niah_single", "niah_multikey", "niah_multivalue", "vt", "babilong", "prose")
+# multikey gets the most of the templated families (filing the asked key only is the hard part); prose facts a
+# third, so that the adapter learns to read plain text, not the harness's templates alone.
+WEIGHTS = (0.13, 0.2, 0.06, 0.13, 0.13, 0.35)
+
+# -- prose facts: natural-language planted facts, many phrasings, asked in other words ------------------------------
+
+# Words of the project's tests' own planted facts (tests/test_memory*.py, test_ask.py, test_router.py,
+# test_service.py): never used to build a training fact, so those tests measure reading, not recall.
+TEST_WORDS = frozenset({"lighthouse", "keeper", "dog", "biscuit", "magnolia", "harbour", "master", "pepper", "willow",
+                        "orla", "venn", "abel", "edmund", "harrow", "brell"})  # fmt: skip
+
+OCCUPATIONS = (
+    "miller", "baker", "blacksmith", "ferryman", "schoolmaster", "innkeeper", "shepherd", "carpenter", "weaver",
+    "vicar", "potter", "tanner", "cooper", "fisherman", "gardener", "stationmaster", "postmistress", "clockmaker",
+    "bookseller", "brewer", "saddler", "chandler", "stonemason", "glassblower", "tailor", "cobbler", "ropemaker",
+    "apothecary", "surveyor", "magistrate", "quarryman", "beekeeper", "boatwright", "organist", "printer", "dyer",
+    "farrier", "shipwright", "toll collector", "coachman", "washerwoman", "gamekeeper", "lamplighter", "cartographer",
+)  # fmt: skip
+PETS = ("horse", "cat", "goat", "mare", "boat", "parrot", "donkey", "cow", "hound", "mule", "pony", "spaniel",
+        "terrier", "ox", "canary", "barge", "rowing boat", "ferret", "sheepdog", "raven")  # fmt: skip
+FIRST_NAMES = (
+    "Agnes", "Albert", "Ambrose", "Beatrix", "Cecil", "Clara", "Cornelius", "Dorothea", "Elias", "Eliza", "Ezra",
+    "Florence", "Gideon", "Harriet", "Hugo", "Isolde", "Jasper", "Josephine", "Lionel", "Lucinda", "Matthias",
+    "Mabel", "Nathaniel", "Ophelia", "Percival", "Rosalind", "Silas", "Theodora", "Tobias", "Ursula", "Vivian",
+    "Winifred", "Alaric", "Bertram", "Cressida", "Dorian", "Evangeline", "Fenella", "Gregory", "Honora", "Ignatius",
+    "Leopold", "Marigold", "Octavia", "Rupert", "Seraphina", "Thaddeus", "Wilhelmina", "Benedict", "Imogen",
+)  # fmt: skip
+SURNAMES = (
+    "Ashcombe", "Blackwood", "Crane", "Dunmore", "Ellery", "Fairweather", "Greaves", "Hollins", "Ingram", "Jessop",
+    "Kettering", "Lockwood", "Marlowe", "Norcott", "Oakley", "Pennington", "Quarrie", "Rowntree", "Sallow",
+    "Thackeray", "Underhill", "Vance", "Whitlock", "Yardley", "Abernethy", "Birchall", "Calloway", "Dewhurst",
+    "Elsworth", "Fothergill", "Gantry", "Hargreave", "Kinloch", "Lomax", "Merriweather", "Nettleship", "Ormsby",
+    "Pickering", "Radcliffe", "Stainton", "Tolliver", "Wetherby",
+)  # fmt: skip
+TOWN_ENDINGS = ("ton", "bury", "ford", "field", "wick", "mouth", "by", "stead", "bridge", "combe", "ham", "thorpe")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")  # fmt: skip
+STOCK = ("sheep", "barrels of cider", "apple trees", "beehives", "chairs", "candles", "hens", "casks of ale",
+         "books", "fishing nets", "lanterns", "geese", "pigs", "rose bushes")  # fmt: skip
+KIN = ("cousin", "closest friend", "neighbour", "guardian", "apprentice", "landlord", "godparent", "business partner",
+       "physician", "tutor", "eldest child", "travelling companion")  # fmt: skip
+HIDDEN = ("key", "letter", "map", "ring", "purse", "diary", "pistol", "will", "locket", "ledger")
+SPOTS = ("loose floorboard", "kitchen hearth", "third stair", "rain barrel", "old oak tree", "bed in the attic",
+         "garden bench", "chapel altar", "stable door", "broken clock", "woodpile", "bottom drawer")  # fmt: skip
+COLOURS = ("green", "crimson", "yellow", "pale blue", "bright red", "black", "white", "dark green", "purple",
+           "orange", "grey", "sky blue", "deep maroon", "mustard yellow")  # fmt: skip
+PLAIN = frozenset("what which who whom whose where when how many much was were did does do is the of a an in on at by "
+                  "for to with".split())  # fmt: skip
+
+# Relation: (fact templates, question templates). Slots: {p} a person, {o} an occupation, {t} a thing, {v} the value.
+PROSE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "name": (
+        ("The {o}'s {t} was called {v}.", "The {o}'s {t} was named {v}.", "The {o} had named the {t} {v}.",
+         "Everyone in the village knew the {o}'s {t} as {v}.", "{v} was the name the {o} gave to the {t}.",
+         "The {o} always called the {t} {v}.", "The {t} that belonged to the {o} went by the name of {v}.",
+         "The {o} owned a {t} by the name of {v}."),
+        ("What was the {o}'s {t} called?", "What name did the {o} give the {t}?", "What was the name of the {o}'s {t}?",
+         "By what name was the {o}'s {t} known?", "What did the {o} call the {t}?",
+         "What was the {t} belonging to the {o} named?"),
+    ),
+    "born": (
+        ("{p} was born in {v}.", "{p} was born in the town of {v}.", "The birthplace of {p} was {v}.",
+         "{v} was the town where {p} was born.", "It was in {v} that {p} was born.",
+         "{p} came into the world in {v}, a small town by the river."),
+        ("Where was {p} born?", "In which town was {p} born?", "What was {p}'s birthplace?",
+         "Which town did {p} come from?", "What town saw the birth of {p}?"),
+    ),
+    "settled": (
+        ("In later years {p} settled in {v}.", "{p} moved to {v} and never left.",
+         "{p} spent the rest of a long life in {v}.", "{p} eventually made a home in {v}.",
+         "After the war {p} went to live in {v}."),
+        ("Where did {p} settle?", "In which town did {p} make a home in the end?", "Where did {p} finally live?",
+         "Which town did {p} move to for good?", "Where did {p} spend the last years?"),
+    ),
+    "sailed": (
+        ("{p} set sail on {v}.", "{p} sailed from the old port on {v}.", "It was on {v} that {p} set sail.",
+         "The ship carrying {p} departed on {v}.", "On {v}, {p} boarded a ship and left the country."),
+        ("On what date did {p} set sail?", "When did {p} leave by ship?",
+         "What was the date of {p}'s departure by sea?", "On which day did {p} sail away?",
+         "When did the ship carrying {p} leave?"),
+    ),
+    "married": (
+        ("{p} was married on {v}.", "The wedding of {p} took place on {v}.", "{p} got married on {v}.",
+         "On {v}, {p} was married in the parish church.", "{p} and the chosen partner wed on {v}."),
+        ("When was {p} married?", "On what date did {p}'s wedding take place?", "What was the date of {p}'s wedding?",
+         "When did {p} get married?", "On which day did {p} wed?"),
+    ),
+    "count": (
+        ("The {o} owned exactly {v} {t}.", "The {o} kept {v} {t} behind the house.",
+         "There were {v} {t} in the {o}'s care.", "The {o} counted {v} {t} that spring.",
+         "In all, the {o} had {v} {t}.", "The {o} was the owner of {v} {t}."),
+        ("How many {t} did the {o} have?", "What number of {t} belonged to the {o}?", "How many {t} did the {o} own?",
+         "How many {t} were kept by the {o}?", "What was the count of the {o}'s {t}?"),
+    ),
+    "kin": (
+        ("{p}'s {t} was {v}.", "{v} was {p}'s {t}.", "{p} had a {t} named {v}.", "{p} had only one {t}, {v}.",
+         "The {t} of {p} was called {v}."),
+        ("Who was {p}'s {t}?", "What was the name of {p}'s {t}?", "Whom did {p} have as a {t}?",
+         "Who was the {t} of {p}?", "What was {p}'s {t} called?"),
+    ),
+    "employer": (
+        ("{p} worked for {v} for many years.", "{p} was employed by {v}.", "{v} employed {p}.",
+         "For a decade {p} was in the service of {v}.", "{p} took a position with {v} and stayed there."),
+        ("Who employed {p}?", "For whom did {p} work?", "Who was {p}'s employer?", "Who gave {p} work?",
+         "In whose service was {p}?"),
+    ),
+    "hidden": (
+        ("The {o} hid the {t} under the {v}.", "The {t} was hidden by the {o} beneath the {v}.",
+         "Under the {v} the {o} had hidden the {t}.", "The {o} kept the {t} under the {v}, where nobody looked.",
+         "The {o} put the {t} away under the {v}."),
+        ("Where did the {o} hide the {t}?", "Where was the {o}'s {t} hidden?",
+         "Where was the {t} concealed by the {o}?", "Where could the {o}'s {t} be found?",
+         "In what place did the {o} put the {t}?"),
+    ),
+    "colour": (
+        ("The door of the {o}'s house was painted {v}.", "The {o} painted the front door {v}.",
+         "The {o}'s front door was {v}.", "A {v} door marked the house of the {o}.",
+         "The {o} chose {v} paint for the front door."),
+        ("What colour was the door of the {o}'s house?", "What colour had the {o} painted the front door?",
+         "Which colour was the {o}'s front door?", "What was the colour of the {o}'s door?"),
+    ),
+    "age": (
+        ("{p} was {v} years old when the war ended.", "When the war ended, {p} was {v} years old.",
+         "{p} had reached the age of {v} by the end of the war.", "At the end of the war {p} was {v}."),
+        ("How old was {p} when the war ended?", "At what age did {p} see the war end?",
+         "What was {p}'s age at the end of the war?", "How many years old was {p} at the war's end?"),
+    ),
+}  # fmt: skip
+
+
+def _article(sentence: str) -> str:
+    """A capital first letter, and "an" before a vowel."""
+    sentence = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", sentence)
+    return sentence[0].upper() + sentence[1:]
+
+
+def reworded(question: str, fact: str) -> bool:
+    """The question has a content word the fact lacks: it asks in other words, not the fact turned around."""
+    words = lambda s: set(re.findall(r"[a-z]+", s.lower()))  # noqa: E731
+    return bool(words(question) - words(fact) - PLAIN)
 
 
 Count = Callable[[str], int]
@@ -68,6 +210,27 @@ def _corpus(corpus: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     joined = "\n\n".join(texts)
     eval_free = sorted(set(re.findall(r"\b[a-z]{4,10}\b", joined)))
     return words_of(joined), tuple(eval_free)
+
+
+def insert_paragraphs(words: Sequence[str], needles: Sequence[tuple[float, str]]) -> str:
+    """Join `words` and put each needle, as a paragraph of its own, at the paragraph break nearest its depth."""
+    n = len(words)
+    breaks = [0] + [i + 1 for i, w in enumerate(words) if w.endswith("\n\n")] + [n]
+    at: dict[int, list[str]] = {}
+    last = 0
+    for depth, needle in needles:
+        b = min((b for b in breaks if b >= last), key=lambda b: abs(b - depth * n), default=n)
+        at.setdefault(b, []).append(needle)
+        last = b
+    parts: list[str] = []
+    for i in range(n + 1):
+        for needle in at.get(i, []):
+            if parts and not parts[-1].endswith("\n\n"):
+                parts.append("\n\n" if not parts[-1].endswith("\n") else "\n")
+            parts.append(needle + "\n\n")
+        if i < n:
+            parts.append(words[i])
+    return "".join(parts).strip()
 
 
 @dataclass
@@ -101,11 +264,13 @@ class StepMaker:
             start += 1
         return self.words[start : start + n]
 
-    def segment(self, rng: random.Random, filler: Sequence[str], planted: list[str], tokens: int) -> str:
+    def segment(
+        self, rng: random.Random, filler: Sequence[str], planted: list[str], tokens: int, paragraphs: bool = False
+    ) -> str:
         depths = sorted(rng.random() for _ in planted)
         needles = list(zip(depths, planted, strict=True))
-        return fit(lambda k: insert_at_boundaries(filler[:k], needles), self.count, tokens, int(tokens * 0.7),
-                   len(filler))  # fmt: skip
+        insert = insert_paragraphs if paragraphs else insert_at_boundaries
+        return fit(lambda k: insert(filler[:k], needles), self.count, tokens, int(tokens * 0.7), len(filler))
 
     # -- task families (the harness's templates) -------------------------------------------------------------------
 
@@ -162,11 +327,83 @@ class StepMaker:
         notes = [f for f in facts[:a] if f in relevant]
         return Facts(notes, facts[a:b], relevant, Task(f"{asked} Answer with one location."), answer, facts)
 
+    # -- prose facts -------------------------------------------------------------------------------------------------
+
+    def word(self, rng: random.Random, longest: int = 8) -> str:
+        while True:
+            w = rng.choice(self.vocabulary)
+            if len(w) <= longest and w not in TEST_WORDS:
+                return w
+
+    def person(self, rng: random.Random) -> str:
+        return f"{rng.choice(FIRST_NAMES)} {rng.choice(SURNAMES)}"
+
+    def prose_value(self, relation: str, rng: random.Random) -> str:
+        if relation == "name":  # a name made of one or two training words: "Tallow", "Ember Gravel"
+            return " ".join(self.word(rng).capitalize() for _ in range(rng.choice((1, 2, 2))))
+        if relation in ("born", "settled"):
+            return self.word(rng, 7).capitalize() + rng.choice(TOWN_ENDINGS)
+        if relation in ("sailed", "married"):
+            day, month, year = rng.randint(1, 28), rng.choice(MONTHS), rng.randint(1700, 1960)
+            return f"{day} {month} {year}" if rng.random() < 0.5 else f"{month} {day}, {year}"
+        if relation == "count":
+            return str(rng.randint(2, 400))
+        if relation == "age":
+            return str(rng.randint(6, 90))
+        if relation == "kin":
+            return self.person(rng) if rng.random() < 0.6 else rng.choice(FIRST_NAMES)
+        if relation == "employer":
+            return self.person(rng) if rng.random() < 0.7 else f"the {rng.choice(SURNAMES)} brothers"
+        if relation == "hidden":
+            return rng.choice(SPOTS)
+        return rng.choice(COLOURS)  # colour
+
+    def prose_subject(self, relation: str, rng: random.Random) -> dict[str, str]:
+        """The slots that name what a fact is about: a person, or an occupation and (for some) a thing."""
+        things = {"name": PETS, "count": STOCK, "kin": KIN, "hidden": HIDDEN}.get(relation, ("",))
+        return {"p": self.person(rng), "o": rng.choice(OCCUPATIONS), "t": rng.choice(things)}
+
+    def prose_fact(self, relation: str, subject: dict[str, str], value: str, rng: random.Random) -> str:
+        return _article(rng.choice(PROSE[relation][0]).format(**subject, v=value))
+
+    def prose(self, rng: random.Random) -> Facts:
+        """A plain-language fact (a name, place, date, quantity or relation) among distractors: the same kind of
+        fact about someone else, or another fact about the same subject. The question is worded differently."""
+        relation = rng.choice(sorted(PROSE))
+        subject, value = self.prose_subject(relation, rng), self.prose_value(relation, rng)
+        fact = self.prose_fact(relation, subject, value, rng)
+        questions = [q for q in PROSE[relation][1] if reworded(q.format(**subject), fact)]
+        question = _article(rng.choice(questions).format(**subject))
+        answer = f"under the {value}" if relation == "hidden" else value
+        by_person = relation in ("born", "settled", "sailed", "married", "kin", "employer", "age")
+        distract: list[str] = []
+        for _ in range(rng.randint(0, 3)):
+            if rng.random() < 0.5:  # the same kind of fact about another subject
+                other, rel = self.prose_subject(relation, rng), relation
+                key = ("p",) if by_person else ("o", "t")
+                if all(other[k] == subject[k] for k in key):
+                    continue
+            else:  # another kind of fact about the same subject
+                rel = rng.choice([r for r in PROSE if r != relation and (r in ("born", "settled", "sailed", "married",
+                                  "kin", "employer", "age")) == by_person])  # fmt: skip
+                other = {**self.prose_subject(rel, rng), "p": subject["p"], "o": subject["o"]}
+            sentence = self.prose_fact(rel, other, self.prose_value(rel, rng), rng)
+            if answer not in sentence and sentence not in distract:
+                distract.append(sentence)
+        story = [fact, *distract]
+        rng.shuffle(story)
+        where = rng.random()
+        notes = [fact] if where < 0.25 else []
+        now = [fact] if 0.25 <= where < 0.7 else []
+        return Facts(notes, [s for s in story if s in now or s in distract], {fact}, Task(question), answer, story)
+
     # -- examples --------------------------------------------------------------------------------------------------
 
     def facts(self, family: str, rng: random.Random) -> Facts:
         if family.startswith("niah"):
             return self.niah(family, rng)
+        if family == "prose":
+            return self.prose(rng)
         return self.vt(rng) if family == "vt" else self.babilong(rng)
 
     def update(self, family: str, seed: int, segment_tokens: int) -> Example:
@@ -179,7 +416,8 @@ class StepMaker:
             filler = filler[start : start + segment_tokens * 2]
         if family.startswith("niah"):
             rng.shuffle(f.segment)  # needles have no order; chains and stories keep theirs
-        segment = self.segment(rng, filler, f.segment, segment_tokens)
+        paragraphs = family == "prose" and rng.random() < 0.5  # a fact alone in its paragraph, or inside one
+        segment = self.segment(rng, filler, f.segment, segment_tokens, paragraphs)
         in_segment = sorted((s for s in f.segment if s in f.relevant), key=segment.index)
         target = "\n".join(f.notes + in_segment) if in_segment else NONE
         messages = [

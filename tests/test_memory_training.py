@@ -3,6 +3,7 @@ engines and changes what they say, and memagent reads with the base model when t
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -12,11 +13,21 @@ from engines.types import Document, Task
 from evals.corpus import EVAL_DOCS, read_doc
 from evals.tasks import EVAL_SEEDS, generate
 from memory.memagent import ADAPTER_NAME, ADAPTERS, SMOLLM2_ADAPTER, MemAgent, MemAgentConfig
-from memory.training_data import DEFAULT_CORPUS, TRAIN_SEED_START, make_examples, training_documents
+from memory.training_data import (
+    DEFAULT_CORPUS,
+    PROSE,
+    TEST_WORDS,
+    TRAIN_SEED_START,
+    StepMaker,
+    make_examples,
+    reworded,
+    training_documents,
+)
 
 pytestmark = pytest.mark.skipif(not DEFAULT_CORPUS.is_dir(), reason=f"the training corpus {DEFAULT_CORPUS} is absent")
 
 ADAPTER = SMOLLM2_ADAPTER
+PLANTED_FACT = "The lighthouse keeper's dog was called Biscuit Magnolia."  # tests/test_memory.py's FACT
 
 
 def _sentences(text: str) -> list[str]:
@@ -37,12 +48,38 @@ def test_training_data_never_uses_evaluation_documents_or_seeds(native_engine):
     assert len(sentences) > 200  # real text was read, so the check below means something
     leaked = [s for s in sentences if s in held_out and not s.startswith(("Copy word for word", "You copy"))]
     assert not leaked, leaked[:3]
+    # Every copied line of an update target is in its prompt, verbatim; prose facts are in the mix.
+    for e in examples:
+        if e.kind == "update" and e.target != "NONE":
+            assert all(line in e.messages[1]["content"] for line in e.target.splitlines()), (e.family, e.seed)
+    assert {"prose", "niah_multikey"} <= {e.family for e in examples}
+    # The tests' own planted fact (tests/test_memory.py) is never trained on.
+    assert PLANTED_FACT not in training_text and "Biscuit Magnolia" not in training_text
     # The evaluation's own items (their needles, keys and values) never occur in training text.
     # (bAbI facts are left out: like bAbI's own splits, train and test share its few names and places.)
     for task in ("niah_single", "niah_multikey", "vt"):
         for seed in range(3):
             for item in generate(task, native_engine, 2048, seed).unique:
                 assert item not in training_text, (task, seed, item)
+
+
+def test_prose_facts_are_varied_asked_in_other_words_and_never_the_tests_own(native_engine):
+    maker = StepMaker(native_engine.count_tokens)
+    facts = [maker.prose(random.Random(f"test:prose:{i}")) for i in range(400)]
+    planted = [next(iter(f.relevant)) for f in facts]
+    assert len(set(planted)) > 390 and len({f.question.question for f in facts}) > 350
+    # Many relations and phrasings: nearly every fact template of every relation is used.
+    templates = [t for facts_of, _ in PROSE.values() for t in facts_of]
+    shape = lambda t: re.compile(re.sub(r"\\\{[a-z]\\\}", ".+", re.escape(t)), re.IGNORECASE)  # noqa: E731
+    used = [t for t in templates if any(shape(t).fullmatch(p) for p in planted)]
+    assert len(used) >= 0.9 * len(templates), sorted(set(templates) - set(used))
+    for f, fact in zip(facts, planted, strict=True):
+        assert reworded(f.question.question, fact), (f.question.question, fact)  # asked in other words
+        assert f.answer.removeprefix("under the ").lower() in fact.lower() and fact in f.story
+        assert not (fact in f.notes and fact in f.segment)  # read before, in this segment, or still to come
+    # No word of the tests' own planted facts builds a training fact.
+    text = "\n".join(s + "\n" + f.question.question for f in facts for s in f.story).lower()
+    assert not [w for w in TEST_WORDS if re.search(rf"\b{w}\b", text)]
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(native_engine):
