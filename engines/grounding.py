@@ -46,9 +46,10 @@ def complete_fragments(
     """The answer with every broken copy of a source word completed to that word, and the (copy, word) pairs.
 
     Small models copying a long rare word from the source drop one piece of it, a token or two, at its start,
-    end or inside (`solvent-musing` or `inspect-relish` for `insolvent-musing`, `inspector-relish`). An answer
-    word that is not itself a word of the source, but is exactly one source word with one piece left out, is
-    replaced by that word. Words of the question are left alone (the model echoes the question), and so are
+    end or inside (`solvent-musing` or `inspect-relish` for `insolvent-musing`, `inspector-relish`), or a piece
+    at both ends of a long one (`7287c3f-...-62e6fd4414` for `c7287c3f-...-62e6fd441444`). An answer word that is
+    not itself a word of the source, but is exactly one source word with such pieces left out, is replaced by
+    that word. Words of the question are left alone (the model echoes the question), and so are
     copies shorter than `min_chars`, or fitting several source words, which prove nothing.
     """
     source_words: dict[str, str] = {}
@@ -62,13 +63,18 @@ def complete_fragments(
         low = piece.lower()
         if len(low) < min_chars or low in source_words or low in asked:
             return piece
-        whole = [w for w in source_words if len(w) > len(low) and _one_piece_dropped(low, w)]
+        whole = [w for w in source_words if len(w) > len(low) and (_one_piece_dropped(low, w) or _ends_dropped(low, w))]
         if len(whole) != 1:
             return piece
         completed.append((piece, source_words[whole[0]]))
         return source_words[whole[0]]
 
     return _COPY_WORD.sub(complete, answer), completed
+
+
+def _ends_dropped(copy: str, word: str, min_chars: int = 8) -> bool:
+    """Whether a long `copy` is the middle of `word`, holding at least half of it (a short one proves nothing)."""
+    return len(copy) >= min_chars and 2 * len(copy) >= len(word) and copy in word
 
 
 def _one_piece_dropped(copy: str, word: str) -> bool:

@@ -139,6 +139,13 @@ class PassageIndex:
         # Written last: a build that dies half-way leaves "complete": False and is rebuilt next time.
         self.client.update_collection(self.name, metadata=self.spec.metadata(len(spans)))
 
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored (normalized) vectors of these passages, in the order asked."""
+        if not ids:
+            return np.zeros((0, self.spec.dim), dtype=np.float32)
+        points = {int(p.id): p.vector for p in self.client.retrieve(self.name, ids=list(ids), with_vectors=True)}
+        return np.asarray([points[i] for i in ids], dtype=np.float32)
+
     def search(self, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
         """(passage id, cosine score), best first."""
         hits = self.client.query_points(self.name, query=vector.tolist(), limit=limit, with_payload=False).points

@@ -1,13 +1,16 @@
 """`rag`: retrieve long units of the document (LongRAG-style) up to what the engine can read, then answer.
 
 Passages of at most the embedder's window (256 word pieces for MiniLM) are embedded and indexed once per
-document. A retrieval unit is a few thousand engine tokens of consecutive passages, scored by its best
+document. A passage scores its cosine to the question plus a lexical term (memory/lexical.py: the IDF-weighted
+share of the question's words it holds), so a rare key that the embedding blurs still lifts its passage clear of
+the rest. A retrieval unit is a few thousand engine tokens of consecutive passages, scored by its best
 passage (max pooling: one sentence holding the answer is enough to pick its unit). Units are taken best
 first up to the read budget, then put back in document order so the model reads a coherent text. A unit whose
 best passage scores clearly below the best unit's is left out even when the budget has room: SmolLM2-135M copies
 a fact from the 1K tokens of its unit where it invents one from the 3K around it (the old and new runs on the
 same questions: bench/results/rag-traces-rag128-niah-128k.md), so a clear match is read alone and only close
-scores share the budget.
+scores share the budget; a unit read alone is cut further, to a few hundred tokens of passages around its best
+one (`focus_tokens`; bench/results/rag-hybrid-niah-128k.md).
 
 The answer is then checked against what was read: a small model copying a long rare word often drops a piece
 of it (`solvent-musing` for `insolvent-musing`), so an answer word that is one word of the read text with one
@@ -28,6 +31,7 @@ from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind
 from memory.embedder import Embedder, get_embedder
 from memory.index import IndexSpec, PassageIndex, open_client
+from memory.lexical import LexicalScorer
 from memory.spans import Span, pack, split_sentences
 
 
@@ -42,9 +46,15 @@ class RagConfig:
     # Retrieved tokens read per question; None: all the engine's context. SmolLM2-135M finds a fact in 1-4K
     # tokens but not in 7K (bench/results/memory_needles_h100.md), so the default reads three units.
     read_tokens: int | None = 3072
-    search_passages: int = 64  # passages fetched per question; units are scored from these
+    search_passages: int = 64  # passages fetched per question by each score; units are scored from these
+    # A passage scores cosine + lexical_weight * the IDF-weighted share of the question's words it holds
+    # (memory/lexical.py): a rare key the embedding blurs still lifts its passage clear of the rest. 0: dense only.
+    lexical_weight: float = 0.3
     # A unit is read only if its score is within this (cosine) of the best unit's; None: fill the read budget.
     focus_margin: float | None = 0.1
+    # A unit read alone is cut to about this many tokens of passages around its best one (0: the whole unit): the
+    # small model copies a rare value more faithfully from a few hundred tokens than from a thousand.
+    focus_tokens: int = 384
     margin_tokens: int = 64
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 
@@ -68,6 +78,20 @@ def passages(text: str, embedder: Embedder, tokens: int) -> list[Span]:
     sizes = embedder.model.tokenizer([text[s:e] for s, e in sentences], add_special_tokens=False)["input_ids"]
     size_of = {span: len(ids) for span, ids in zip(sentences, sizes, strict=True)}
     return pack(sentences, lambda s: size_of[s], min(tokens, embedder.max_tokens))
+
+
+def window(spans: Sequence[Span], center: int, unit: Span, tokens: int, per_char: float) -> Span:
+    """Passage `center` grown by its neighbours inside `unit`, alternately before and after, to about `tokens`."""
+    size = lambda i: (spans[i][1] - spans[i][0]) * per_char  # noqa: E731
+    lo = hi = center
+    used = size(center)
+    grew = True
+    while grew:
+        grew = False
+        for i in (lo - 1, hi + 1):
+            if 0 <= i < len(spans) and unit[0] <= spans[i][0] and spans[i][1] <= unit[1] and used + size(i) <= tokens:
+                lo, hi, used, grew = min(lo, i), max(hi, i), used + size(i), True
+    return spans[lo][0], spans[hi][1]
 
 
 class Rag:
@@ -138,11 +162,22 @@ class Rag:
             while s >= units[u][1]:
                 u += 1
             unit_of.append(u)
+        lexical = LexicalScorer([text[s:e] for s, e in spans]) if c.lexical_weight else None
         retrieved = []
-        for q in embedder.embed([t.question for t in tasks]):
+        for q, task in zip(embedder.embed([t.question for t in tasks]), tasks, strict=True):
+            limit = min(c.search_passages, len(spans))
+            passage_scores = dict(index.search(q, limit))
+            if lexical is not None:
+                overlap = lexical.scores(task.question)
+                best = sorted(range(len(spans)), key=overlap.__getitem__, reverse=True)[:limit]
+                missing = [p for p in best if p not in passage_scores]  # lexical matches the dense search missed
+                passage_scores.update(zip(missing, (index.vectors(missing) @ q).tolist(), strict=True))
+                passage_scores = {p: s + c.lexical_weight * overlap[p] for p, s in passage_scores.items()}
             scores: dict[int, float] = {}  # a unit scores as its best passage
-            for pid, score in index.search(q, min(c.search_passages, len(spans))):
-                scores[unit_of[pid]] = max(scores.get(unit_of[pid], -1.0), score)
+            best_passage: dict[int, int] = {}
+            for pid, score in passage_scores.items():
+                if score > scores.get(unit_of[pid], -1.0):
+                    scores[unit_of[pid]], best_passage[unit_of[pid]] = score, pid
             ranked = sorted(scores, key=scores.__getitem__, reverse=True)
             floor = -1.0 if c.focus_margin is None else scores[ranked[0]] - c.focus_margin
             chosen: list[int] = []
@@ -155,9 +190,12 @@ class Rag:
                     chosen.append(unit)
                     used += n
             chosen.sort()  # document order: the model reads the units as the text runs
+            read = [units[u] for u in chosen]
+            if len(chosen) == 1 and c.focus_tokens:
+                read = [window(spans, best_passage[chosen[0]], units[chosen[0]], c.focus_tokens, per_char)]
             retrieved.append(
                 Retrieved(
-                    [units[u] for u in chosen],
+                    read,
                     [round(scores[u], 4) for u in chosen],
                     [(units[u], round(scores[u], 4)) for u in ranked[:8]],
                     built,

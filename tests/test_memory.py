@@ -8,6 +8,7 @@ import pytest
 
 from engines.grounding import complete_fragments
 from engines.types import Document, Task
+from memory.lexical import LexicalScorer, words
 from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
 from memory.rag import Rag, RagConfig, RagInputError
 from memory.spans import split_sentences
@@ -189,6 +190,51 @@ def test_rag_reads_a_clear_match_alone_and_answers_from_it(native_engine, tmp_pa
     assert len(units) >= 3 and sum(s <= at < e for s, e in units) == 1
 
 
+def test_lexical_score_weighs_rare_question_words_and_ignores_absent_ones():
+    assert words("The special magic WORDS for injury-incense.") == {
+        "the",
+        "special",
+        "magic",
+        "word",
+        "for",
+        "injury",
+        "incense",
+    }
+    passages = [
+        "The dog barked at the moon all night.",
+        "Its passphrase is lantern-meadow, and the passphrase for quill-orchard is older.",
+        "The moon was full and the dog slept.",
+        "An orchard of old trees stood by the road.",
+    ]
+    scores = LexicalScorer(passages).scores("What is the passphrase for quill-orchard?")
+    # Every question word the document holds is in passage 1 ("what" occurs nowhere and does not count).
+    assert scores[1] == pytest.approx(1.0)
+    assert scores[3] > scores[0] == scores[2]  # "orchard" is rarer than "the", which three passages share
+    assert all(0.0 <= x <= 1.0 for x in scores)
+    assert LexicalScorer(passages).scores("Who wrote zyzzyva?") == [0.0] * 4  # no shared word: no lexical signal
+
+
+def test_rag_hybrid_score_lifts_a_rare_key_clear_of_the_rest(native_engine, tmp_path):
+    fact = "The passphrase for quill-orchard is: lantern-meadow."
+    doc = long_document(native_engine, fact, 6000, 0.3)
+    at, task = doc.text.index(fact), Task("What is the passphrase for quill-orchard?")
+
+    def retrieve(weight: float):
+        config = RagConfig(qdrant_path=tmp_path / "qdrant", lexical_weight=weight)
+        return Rag(config).retrieve(doc, [task], native_engine, lambda *a: None)[0]
+
+    dense, hybrid = retrieve(0.0), retrieve(0.3)
+    for r in (dense, hybrid):
+        (start, end), _ = r.ranked[0]
+        assert start <= at < end  # both rank the fact's unit first...
+    lead = [r.ranked[0][1] - r.ranked[1][1] for r in (dense, hybrid)]
+    assert lead[1] > lead[0] + 0.1  # ...but the fact's unit gains most of the weight, the others little
+    # So it is read alone, cut to the passages around the fact (about focus_tokens) inside its unit.
+    [(start, end)], (unit_start, unit_end) = hybrid.units, hybrid.ranked[0][0]
+    assert unit_start <= start <= at < end <= unit_end and (start, end) != (unit_start, unit_end)
+    assert native_engine.count_tokens(doc.text[start:end]) <= RagConfig().focus_tokens + 16
+
+
 def test_complete_fragments_restores_cut_off_copies_only():
     source = "The code for the north gate is insolvent-musing. The word unmentioned is here. He walked, walking."
     question = "What is the code for the north gate mentioned in the text?"
@@ -203,6 +249,10 @@ def test_complete_fragments_restores_cut_off_copies_only():
     assert inner == ("It is inspector-relish.", [("inspect-relish", "inspector-relish")])
     assert complete_fragments("He walkes there.", source) == ("He walkes there.", [])  # a changed letter is no drop
     assert complete_fragments("The gate is 4817.", source) == ("The gate is 4817.", [])  # nothing to complete
+    uuid = "c7287c3f-661f-419b-a609-62e6fd441444"  # both ends dropped (seen at 128K): the middle of one long word
+    cut = complete_fragments("It is 7287c3f-661f-419b-a609-62e6fd4414.", f"The code is: {uuid}. The sun is up.")
+    assert cut == (f"It is {uuid}.", [("7287c3f-661f-419b-a609-62e6fd4414", uuid)])
+    assert complete_fragments("It is alkin.", "The walking man.")[1] == []  # a short middle proves nothing
 
 
 def test_rag_rejects_bad_input_clearly(native_engine, rag):

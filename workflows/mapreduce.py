@@ -16,7 +16,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from engines.base import Engine, Message, SamplingParams
-from engines.grounding import is_abstention, support
+from engines.grounding import content_words, is_abstention, support
 from engines.prompting import SYSTEM, answer_from_context, answer_overhead
 from engines.segmenting import Segment, split_segments
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind
@@ -111,6 +111,11 @@ class MapReduce:
 
     def _useful(self, note: dict[str, Any], task: Task, document: Document) -> bool:
         if is_abstention(note["text"]):
+            return False
+        asked = content_words(task.question)
+        # An answer to a question names something it asks about; a small model that does not find the answer in
+        # its part often copies the part's opening instead, which is grounded but answers nothing.
+        if task.kind == TaskKind.QA and asked and not content_words(note["text"]) & asked:
             return False
         # A small model answers from parts that do not hold the answer; keep a partial answer only if its words
         # are in the part it came from (summaries restate the part, so they pass this check as well).
