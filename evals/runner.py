@@ -86,14 +86,7 @@ def run_question(strategy: str, sample: Sample, engine: Engine, policy: Policy |
         "strategy": strategy,
         "engine": engine.name,
         "model": engine.model_name,
-        "task": sample.task,
-        "length": sample.length,
-        "seed": sample.seed,
-        "depth": sample.depth,
-        "document_tokens": sample.document_tokens,
-        "metric": sample.metric,
-        "references": list(sample.answers),
-        **{k: v for k, v in sample.info.items() if k not in ("budget_gap", "evidence")},
+        **sample.record(),
     }
     memory = PeakMemory()
     start = time.perf_counter()

@@ -50,6 +50,19 @@ class Sample:
         """The tokens `full` needs for this sample (what `length` targets)."""
         return self.length - self.info["budget_gap"]
 
+    def record(self) -> dict[str, Any]:
+        """What a question log records of the sample, before the strategy's answer."""
+        return {
+            "task": self.task,
+            "length": self.length,
+            "seed": self.seed,
+            "depth": self.depth,
+            "document_tokens": self.document_tokens,
+            "metric": self.metric,
+            "references": list(self.answers),
+            **{k: v for k, v in self.info.items() if k not in ("budget_gap", "evidence")},
+        }
+
 
 def rng_for(task: str, length: int, seed: int) -> random.Random:
     return random.Random(f"{task}:{length}:{seed}")  # str seeds hash deterministically across runs

@@ -1,0 +1,109 @@
+"""`memagent` on the harness tasks at long lengths, without the service stack: for a GPU host that has only
+torch, transformers and peft (no LangGraph, no Qdrant, no vLLM).
+
+Each question is a harness sample (evals.tasks.generate, the evaluation seeds) read by `MemAgent.run` with or
+without its adapter, scored with the harness metric, and appended to `eval-<name>.questions.jsonl` in the
+question-log format of `tome eval` (the per-segment memory trace included), so that here
+
+    tome eval --report-only --strategy memagent --name NAME --tasks ... --lengths ... --samples N
+
+writes the usual eval table and plots from it. Questions already in the log are skipped (a stopped run resumes),
+and `--deadline` stops before a host's time limit, between questions.
+
+    python bench/memagent_long.py --tasks niah_single,vt --lengths 128K --n 2 --adapter auto --name memagent-128k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engines import EngineConfig, create_engine  # noqa: E402
+from evals.cli import parse_length  # noqa: E402
+from evals.metrics import score  # noqa: E402
+from evals.tasks import generate  # noqa: E402
+from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
+
+
+def ask(agent: MemAgent, sample: Any, engine: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    last = [started]
+
+    def progress(done: int, total: int, message: str) -> None:
+        if time.perf_counter() - last[0] > 30:
+            last[0] = time.perf_counter()
+            print(f"  {sample.task} {sample.length} seed {sample.seed}: {done}/{total} {message}", flush=True)
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    answer = agent.run(sample.document, [sample.question], engine, progress)[0]
+    return {
+        "status": "ok",
+        "ran": "memagent",
+        "accuracy": score(sample.metric, answer.text, sample.answers),
+        "prediction": answer.text,
+        "calls": answer.cost.calls,
+        "tokens_read": answer.cost.tokens_read,
+        "tokens_generated": answer.cost.tokens_generated,
+        "model_seconds": round(answer.cost.seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "details": answer.details,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tasks", default="niah_single,niah_multikey,vt,babilong,qa")
+    p.add_argument("--lengths", default="128K")
+    p.add_argument("--seeds-from", type=int, default=0)
+    p.add_argument("--n", type=int, default=2)
+    p.add_argument("--adapter", default="auto", help="auto (the shipped one), none (the base model) or a folder")
+    p.add_argument("--name", default="memagent-long")
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--deadline", type=float, default=None, help="seconds; no new question starts after this")
+    args = p.parse_args()
+
+    started = time.perf_counter()
+    engine = create_engine(EngineConfig(kind="native", device=args.device, dtype=args.dtype))
+    agent = MemAgent(MemAgentConfig(adapter=args.adapter))
+    log = Path(args.out) / f"eval-{args.name}.questions.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if log.exists():
+        done = {(r["task"], r["length"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
+    for seed in range(args.seeds_from, args.seeds_from + args.n):  # rounds of one seed: a stopped run stays balanced
+        for length in map(parse_length, args.lengths.split(",")):
+            for task in args.tasks.split(","):
+                if (task, length, seed) in done:
+                    continue
+                if args.deadline and time.perf_counter() - started > args.deadline:
+                    print("deadline reached", flush=True)
+                    return
+                sample = generate(task, engine, length, seed)
+                record = {"strategy": "memagent", "engine": engine.name, "model": engine.model_name}
+                record |= sample.record() | {"adapter_setting": args.adapter, "dtype": str(engine.dtype)}
+                record |= ask(agent, sample, engine)
+                with log.open("a") as f:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                print(
+                    f"{task} {length} seed {seed}: {record['accuracy']} in {record['seconds']} s "
+                    f"({record['calls']} calls): {record['prediction'][:100]!r}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
