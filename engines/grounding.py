@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from difflib import SequenceMatcher
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 STOPWORDS = frozenset(
@@ -49,8 +50,10 @@ def complete_fragments(
     end or inside (`solvent-musing` or `inspect-relish` for `insolvent-musing`, `inspector-relish`), or a piece
     at both ends of a long one (`7287c3f-...-62e6fd4414` for `c7287c3f-...-62e6fd441444`). An answer word that is
     not itself a word of the source, but is exactly one source word with such pieces left out, is replaced by
-    that word. Words of the question are left alone (the model echoes the question), and so are
-    copies shorter than `min_chars`, or fitting several source words, which prove nothing.
+    that word; failing that, an identifier-like copy (a hyphen or a digit in it) miscopied in a small part
+    (`prix-lisps` for `prize-lisps`, see `_miscopied`) is replaced by the one source word it matches so. Words
+    of the question are left alone (the model echoes the question), and so are copies shorter than `min_chars`,
+    or fitting several source words, which prove nothing.
     """
     source_words: dict[str, str] = {}
     for w in _COPY_WORD.findall(source):
@@ -64,12 +67,31 @@ def complete_fragments(
         if len(low) < min_chars or low in source_words or low in asked:
             return piece
         whole = [w for w in source_words if len(w) > len(low) and (_one_piece_dropped(low, w) or _ends_dropped(low, w))]
+        if not whole:
+            whole = [w for w in source_words if _miscopied(low, w)]
         if len(whole) != 1:
             return piece
         completed.append((piece, source_words[whole[0]]))
         return source_words[whole[0]]
 
     return _COPY_WORD.sub(complete, answer), completed
+
+
+def _miscopied(copy: str, word: str, min_chars: int = 6, long_chars: int = 16) -> bool:
+    """Whether an identifier-like `copy` (with a hyphen or a digit) is `word` miscopied in a small part.
+
+    Either one short piece is changed, the shared start and end covering at least half of the longer one
+    (`prix-lisps` for `prize-lisps`, `dear-west` for `needy-west`), or a long copy (a UUID) matches at least 80%
+    of the word's characters in order (`3f184c5-3f18-...-fc6` for `a7e344c5-3f18-...-fc64`). Plain words are left
+    alone: a changed letter in one is as likely a different word (`walkes`, `Parisian`) as a miscopy.
+    """
+    if len(copy) < min_chars or not ("-" in copy or any(ch.isdigit() for ch in copy)):
+        return False
+    head = len(os.path.commonprefix([copy, word]))
+    tail = min(len(os.path.commonprefix([copy[::-1], word[::-1]])), min(len(copy), len(word)) - head)
+    if 2 * (head + tail) >= max(len(copy), len(word)):
+        return True
+    return len(copy) >= long_chars and SequenceMatcher(None, copy, word, autojunk=False).ratio() >= 0.8
 
 
 def _ends_dropped(copy: str, word: str, min_chars: int = 8) -> bool:

@@ -53,8 +53,9 @@ class RagConfig:
     # A unit is read only if its score is within this (cosine) of the best unit's; None: fill the read budget.
     focus_margin: float | None = 0.1
     # A unit read alone is cut to about this many tokens of passages around its best one (0: the whole unit): the
-    # small model copies a rare value more faithfully from a few hundred tokens than from a thousand.
-    focus_tokens: int = 384
+    # small model copies a rare value more faithfully from a few hundred tokens than from a thousand. 256 scored
+    # best of 256/384/512 on dev seeds at 128K (bench/results/rag-hybrid-niah-128k-dev.md).
+    focus_tokens: int = 256
     margin_tokens: int = 64
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 

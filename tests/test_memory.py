@@ -253,6 +253,15 @@ def test_complete_fragments_restores_cut_off_copies_only():
     cut = complete_fragments("It is 7287c3f-661f-419b-a609-62e6fd4414.", f"The code is: {uuid}. The sun is up.")
     assert cut == (f"It is {uuid}.", [("7287c3f-661f-419b-a609-62e6fd4414", uuid)])
     assert complete_fragments("It is alkin.", "The walking man.")[1] == []  # a short middle proves nothing
+    # One short piece miscopied in an identifier-like word (seen at 128K): replaced only by a unique match.
+    keys = "The word is needy-west, said the west-wind, at 2285850 feet."
+    assert complete_fragments("It is dear-west.", keys) == ("It is needy-west.", [("dear-west", "needy-west")])
+    assert complete_fragments("At 2285859 feet.", keys) == ("At 2285850 feet.", [("2285859", "2285850")])
+    assert complete_fragments("It is dear-rain.", keys)[1] == []  # shares no start or end with a source word
+    assert complete_fragments("It is dear-west.", keys + " Or sandy-west.")[1] == []  # two words match: no guess
+    assert complete_fragments("He walkes there.", "He walked.")[1] == []  # a plain word: no identifier
+    uuid, miscopy = "a7e344c5-3f18-4111-9672-e028d530fc64", "3f184c5-3f18-4111-9672-e028d530fc6"  # two pieces off
+    assert complete_fragments(f"It is {miscopy}.", f"Key {uuid}; 1936805.") == (f"It is {uuid}.", [(miscopy, uuid)])
 
 
 def test_rag_rejects_bad_input_clearly(native_engine, rag):
