@@ -29,7 +29,6 @@ import torch  # noqa: E402
 
 from engines import EngineConfig, create_engine  # noqa: E402
 from evals.cli import parse_length  # noqa: E402
-from evals.metrics import score  # noqa: E402
 from evals.tasks import generate  # noqa: E402
 from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
 
@@ -49,12 +48,7 @@ def ask(agent: MemAgent, sample: Any, engine: Any) -> dict[str, Any]:
     return {
         "status": "ok",
         "ran": "memagent",
-        "accuracy": score(sample.metric, answer.text, sample.answers),
-        "prediction": answer.text,
-        "calls": answer.cost.calls,
-        "tokens_read": answer.cost.tokens_read,
-        "tokens_generated": answer.cost.tokens_generated,
-        "model_seconds": round(answer.cost.seconds, 3),
+        **sample.scored(answer),
         "seconds": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,

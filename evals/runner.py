@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ContextOverflowError, Engine
-from evals.metrics import score
 from evals.tasks import Sample, generate
 from workflows.graph import run_job
 from workflows.policy import Policy
@@ -106,12 +105,7 @@ def run_question(strategy: str, sample: Sample, engine: Engine, policy: Policy |
         **record,
         "status": "ok",
         "ran": result.strategy,
-        "accuracy": score(sample.metric, answer.text, sample.answers),
-        "prediction": answer.text,
-        "calls": answer.cost.calls,
-        "tokens_read": answer.cost.tokens_read,
-        "tokens_generated": answer.cost.tokens_generated,
-        "model_seconds": round(answer.cost.seconds, 3),
+        **sample.scored(answer),
         "seconds": round(time.perf_counter() - start, 3),
         "peak_rss_mb": round(memory.peak_rss / 2**20, 1),
         "peak_cuda_mb": round(memory.cuda_peak / 2**20, 1) if memory.cuda_peak else None,

@@ -10,8 +10,9 @@ from typing import Any, Protocol
 
 from engines.base import Message
 from engines.prompting import answer_overhead
-from engines.types import Document, Task
+from engines.types import Answer, Document, Task
 from evals.corpus import vocabulary
+from evals.metrics import score
 
 # Needle depths as a fraction of the document: sample `seed` sits at DEPTHS[seed % len(DEPTHS)].
 DEPTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -61,6 +62,17 @@ class Sample:
             "metric": self.metric,
             "references": list(self.answers),
             **{k: v for k, v in self.info.items() if k not in ("budget_gap", "evidence")},
+        }
+
+    def scored(self, answer: Answer) -> dict[str, Any]:
+        """What a question log records of an answer to the sample: its score and its cost."""
+        return {
+            "accuracy": score(self.metric, answer.text, self.answers),
+            "prediction": answer.text,
+            "calls": answer.cost.calls,
+            "tokens_read": answer.cost.tokens_read,
+            "tokens_generated": answer.cost.tokens_generated,
+            "model_seconds": round(answer.cost.seconds, 3),
         }
 
 
