@@ -1,16 +1,17 @@
-"""`memagent` on the harness tasks at long lengths, without the service stack: for a GPU host that has only
-torch, transformers and peft (no LangGraph, no Qdrant, no vLLM).
+"""The harness's questions answered by `memagent` or `gemfilter` without the service stack: for a GPU host that has
+only torch, transformers and peft (no LangGraph, no Qdrant, no vLLM).
 
-Each question is a harness sample (evals.tasks.generate, the evaluation seeds) read by `MemAgent.run` with or
-without its adapter, scored with the harness metric, and appended to `eval-<name>.questions.jsonl` in the
-question-log format of `tome eval` (the per-segment memory trace included), so that here
+Each question is a harness sample (evals.tasks.generate, the evaluation seeds) read by the strategy's own `run`
+(memagent with or without its adapter; gemfilter with either chunk merge), scored with the harness metric, and
+appended to `eval-<name>.questions.jsonl` in the question-log format of `tome eval` (the strategy's details, such
+as memagent's per-segment memory trace, included), so that here
 
-    tome eval --report-only --strategy memagent --name NAME --tasks ... --lengths ... --samples N
+    tome eval --report-only --strategy STRATEGY --name NAME --tasks ... --lengths ... --samples N
 
 writes the usual eval table and plots from it. Questions already in the log are skipped (a stopped run resumes),
 and `--deadline` stops before a host's time limit, between questions.
 
-    python bench/memagent_long.py --tasks niah_single,vt --lengths 128K --n 2 --adapter auto --name memagent-128k
+    python bench/eval_bare.py --strategy memagent --tasks niah_single,vt --lengths 128K --n 2 --name memagent-128k
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from compressors.gemfilter import GemFilter, GemFilterConfig  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
+from engines.strategy import Strategy  # noqa: E402
 from evals.cli import parse_length  # noqa: E402
 from evals.tasks import generate  # noqa: E402
 from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
 
+STRATEGIES: dict[str, Callable[[argparse.Namespace], Strategy]] = {
+    "memagent": lambda args: MemAgent(MemAgentConfig(adapter=args.adapter)),
+    "gemfilter": lambda args: GemFilter(GemFilterConfig(merge=args.merge)),
+}
 
-def ask(agent: MemAgent, sample: Any, engine: Any) -> dict[str, Any]:
+
+def ask(strategy: Strategy, sample: Any, engine: Any) -> dict[str, Any]:
     started = time.perf_counter()
     last = [started]
 
@@ -44,10 +53,10 @@ def ask(agent: MemAgent, sample: Any, engine: Any) -> dict[str, Any]:
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    answer = agent.run(sample.document, [sample.question], engine, progress)[0]
+    answer = strategy.run(sample.document, [sample.question], engine, progress)[0]
     return {
         "status": "ok",
-        "ran": "memagent",
+        "ran": strategy.name,
         **sample.scored(answer),
         "seconds": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -58,12 +67,14 @@ def ask(agent: MemAgent, sample: Any, engine: Any) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--strategy", choices=sorted(STRATEGIES), default="memagent")
     p.add_argument("--tasks", default="niah_single,niah_multikey,vt,babilong,qa")
     p.add_argument("--lengths", default="128K")
     p.add_argument("--seeds-from", type=int, default=0)
     p.add_argument("--n", type=int, default=2)
-    p.add_argument("--adapter", default="auto", help="auto (the shipped one), none (the base model) or a folder")
-    p.add_argument("--name", default="memagent-long")
+    p.add_argument("--adapter", default="auto", help="memagent: auto (the shipped one), none (base model), a folder")
+    p.add_argument("--merge", default="global", help="gemfilter: global or rounds (GemFilterConfig.merge)")
+    p.add_argument("--name", default="bare")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -72,7 +83,7 @@ def main() -> None:
 
     started = time.perf_counter()
     engine = create_engine(EngineConfig(kind="native", device=args.device, dtype=args.dtype))
-    agent = MemAgent(MemAgentConfig(adapter=args.adapter))
+    strategy = STRATEGIES[args.strategy](args)
     log = Path(args.out) / f"eval-{args.name}.questions.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -87,9 +98,10 @@ def main() -> None:
                     print("deadline reached", flush=True)
                     return
                 sample = generate(task, engine, length, seed)
-                record = {"strategy": "memagent", "engine": engine.name, "model": engine.model_name}
-                record |= sample.record() | {"adapter_setting": args.adapter, "dtype": str(engine.dtype)}
-                record |= ask(agent, sample, engine)
+                record = {"strategy": args.strategy, "engine": engine.name, "model": engine.model_name}
+                setting = {"adapter_setting": args.adapter} if args.strategy == "memagent" else {"merge": args.merge}
+                record |= sample.record() | setting | {"dtype": str(engine.dtype)}
+                record |= ask(strategy, sample, engine)
                 with log.open("a") as f:
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 print(
