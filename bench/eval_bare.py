@@ -2,7 +2,7 @@
 only torch, transformers and peft (no LangGraph, no Qdrant, no vLLM).
 
 Each question is a harness sample (evals.tasks.generate, the evaluation seeds) read by the strategy's own `run`
-(memagent with or without its adapter; gemfilter with either chunk merge), scored with the harness metric, and
+(memagent with or without its adapter), scored with the harness metric, and
 appended to `eval-<name>.questions.jsonl` in the question-log format of `tome eval` (the strategy's details, such
 as memagent's per-segment memory trace, included), so that here
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from compressors.gemfilter import GemFilter, GemFilterConfig  # noqa: E402
+from compressors.gemfilter import GemFilter  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
 from engines.strategy import Strategy  # noqa: E402
 from evals.cli import parse_length  # noqa: E402
@@ -38,7 +38,7 @@ from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
 
 STRATEGIES: dict[str, Callable[[argparse.Namespace], Strategy]] = {
     "memagent": lambda args: MemAgent(MemAgentConfig(adapter=args.adapter)),
-    "gemfilter": lambda args: GemFilter(GemFilterConfig(merge=args.merge)),
+    "gemfilter": lambda args: GemFilter(),
 }
 
 
@@ -73,7 +73,6 @@ def main() -> None:
     p.add_argument("--seeds-from", type=int, default=0)
     p.add_argument("--n", type=int, default=2)
     p.add_argument("--adapter", default="auto", help="memagent: auto (the shipped one), none (base model), a folder")
-    p.add_argument("--merge", default="global", help="gemfilter: global or rounds (GemFilterConfig.merge)")
     p.add_argument("--name", default="bare")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--device", default="auto")
@@ -99,7 +98,7 @@ def main() -> None:
                     return
                 sample = generate(task, engine, length, seed)
                 record = {"strategy": args.strategy, "engine": engine.name, "model": engine.model_name}
-                setting = {"adapter_setting": args.adapter} if args.strategy == "memagent" else {"merge": args.merge}
+                setting = {"adapter_setting": args.adapter} if args.strategy == "memagent" else {}
                 record |= sample.record() | setting | {"dtype": str(engine.dtype)}
                 record |= ask(strategy, sample, engine)
                 with log.open("a") as f:

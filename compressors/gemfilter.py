@@ -7,10 +7,9 @@ finds planted needles poorly; averaging the attention of every prompt position a
 (the question and the answer cue) finds them far more often (bench/results/gemfilter-queries.md), so
 that is the default (`queries="question"`); `queries="last"` is the paper's rule.
 Documents longer than the model's context are scored chunk by chunk (each chunk with the question, in
-the same prompt the answer uses) and the k best scores of all chunks are kept, so any length works at linear
-cost (`merge="global"`); `merge="rounds"` keeps k per chunk instead and scores the survivors again as a new,
-shorter document while more than k remain, which makes later rounds read a text of scattered fragments.
-The kept text is returned as evidence spans a person can read.
+the same prompt the answer uses); while the survivors of a round exceed k they are scored again as a new,
+shorter document, so any length works at linear cost. The kept text is returned as evidence spans a
+person can read.
 """
 
 from __future__ import annotations
@@ -42,9 +41,6 @@ class GemFilterConfig:
     smoothing: int = 5  # width of the moving average over token scores (odd); 1 turns it off
     queries: str = "question"  # whose attention scores the context: "question" (all positions after it) or "last"
     chunk_tokens: int | None = None  # context tokens per scoring pass; None: all that fit beside the prompt
-    # Longer documents: "global" keeps the k best scores over all chunks of one pass; "rounds" keeps k per chunk
-    # and scores the survivors again as a shorter document until k remain (a text of scattered fragments).
-    merge: str = "global"
     home: Path | None = None  # where calibrations live; None: the engine's TOME_HOME
 
 
@@ -121,8 +117,6 @@ def select(
     progress: Progress = no_progress,
 ) -> Selection:
     """GemFilter's selection over a document of any length; see the module docstring."""
-    if config.merge not in ("global", "rounds"):
-        raise ValueError(f"gemfilter merge must be 'global' or 'rounds', got {config.merge!r}")
     start = time.perf_counter()
     model = layer_model(engine)
     layer = resolve_layer(engine, config)
@@ -145,21 +139,14 @@ def select(
         round_no += 1
         pieces = [positions[i : i + chunk] for i in range(0, len(positions), chunk)]
         survivors: list[int] = []
-        pooled: list[torch.Tensor] = []
         for n, piece in enumerate(pieces):
             progress(n, len(pieces), f"gemfilter round {round_no}: scoring chunk {n + 1}/{len(pieces)}")
             context = [doc_ids[p] for p in piece]
             scores = score_context(model, before, context, after, layer, config.smoothing, config.queries)
-            if config.merge == "global":  # scaled to a uniform share: a short last chunk spreads less thinly
-                pooled.append(scores.float().cpu() * len(piece))
-            else:
-                top = scores.topk(min(config.top_k, len(piece))).indices.tolist()
-                survivors.extend(piece[i] for i in top)
+            top = scores.topk(min(config.top_k, len(piece))).indices.tolist()
+            survivors.extend(piece[i] for i in top)
             passes += 1
             scanned += len(before) + len(piece) + len(after)
-        if pooled:
-            flat = [p for piece in pieces for p in piece]
-            survivors = [flat[i] for i in torch.cat(pooled).topk(config.top_k).indices.tolist()]
         progress(len(pieces), len(pieces), f"gemfilter round {round_no}: {len(survivors)} tokens kept")
         positions = sorted(survivors)
     spans = spans_of(positions, offsets, document)
