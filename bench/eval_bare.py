@@ -31,9 +31,10 @@ import torch  # noqa: E402
 
 from compressors.gemfilter import GemFilter  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
+from engines.base import Engine  # noqa: E402
 from engines.strategy import Strategy  # noqa: E402
 from evals.cli import parse_length  # noqa: E402
-from evals.tasks import generate  # noqa: E402
+from evals.tasks import Sample, generate  # noqa: E402
 from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
 
 STRATEGIES: dict[str, Callable[[argparse.Namespace], Strategy]] = {
@@ -42,7 +43,7 @@ STRATEGIES: dict[str, Callable[[argparse.Namespace], Strategy]] = {
 }
 
 
-def ask(strategy: Strategy, sample: Any, engine: Any) -> dict[str, Any]:
+def ask(strategy: Strategy, sample: Sample, engine: Engine) -> dict[str, Any]:
     started = time.perf_counter()
     last = [started]
 

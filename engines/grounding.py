@@ -87,9 +87,7 @@ def _miscopied(copy: str, word: str, min_chars: int = 6, long_chars: int = 16) -
     """
     if len(copy) < min_chars or not ("-" in copy or any(ch.isdigit() for ch in copy)):
         return False
-    head = len(os.path.commonprefix([copy, word]))
-    tail = min(len(os.path.commonprefix([copy[::-1], word[::-1]])), min(len(copy), len(word)) - head)
-    if 2 * (head + tail) >= max(len(copy), len(word)):
+    if 2 * _shared_ends(copy, word) >= max(len(copy), len(word)):
         return True
     return len(copy) >= long_chars and SequenceMatcher(None, copy, word, autojunk=False).ratio() >= 0.8
 
@@ -101,6 +99,11 @@ def _ends_dropped(copy: str, word: str, min_chars: int = 8) -> bool:
 
 def _one_piece_dropped(copy: str, word: str) -> bool:
     """Whether `copy` is `word` with one contiguous piece left out (its start, its end or a run inside)."""
+    return _shared_ends(copy, word) >= len(copy)
+
+
+def _shared_ends(copy: str, word: str) -> int:
+    """Characters `copy` and `word` share at their start and end together, never counting one twice."""
     head = len(os.path.commonprefix([copy, word]))
     tail = len(os.path.commonprefix([copy[::-1], word[::-1]]))
-    return head + tail >= len(copy)
+    return head + min(tail, min(len(copy), len(word)) - head)
