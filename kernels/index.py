@@ -30,26 +30,34 @@ def vertical_slash_index(
     slots hold L (past every column) and unused slash slots repeat offset 0.
     """
     length = q.shape[2]
+    b, hq, _, d = q.shape
+    if cfg.vertical <= cfg.sink and cfg.slash <= cfg.window:  # nothing left to choose (A-shape): no estimate
+        vertical = torch.arange(min(cfg.vertical, length), device=q.device).expand(b, hq, -1)
+        return vertical, torch.arange(min(cfg.slash, length), device=q.device).expand(b, hq, -1)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     r = min(cfg.last_q, length)
-    b, hq, _, d = q.shape
     hkv = k.shape[1]
-    # scores in the input dtype (half the bytes of float32; they only rank columns), softmax in float32
+    # scores in the input dtype (half the bytes of float32; they only rank columns)
     qg = (q[:, :, -r:] * scale).reshape(b, hkv, (hq // hkv) * r, d)
     s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, r, length)
     # only the last r columns can lie past a row (the r x r corner)
     s[..., length - r :].masked_fill_(torch.ones(r, r, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    p = torch.softmax(s, dim=-1, dtype=torch.float32)
-    del s
-    vertical_score, slash_score = p.sum(dim=2), diagonal_sums(p)
-    del p
-    if cfg.shared:  # one index per KV group, repeated for its query heads
-        group = hq // hkv
-        vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)
-        slash_score = slash_score.reshape(b, hkv, group, length).sum(2)
+    group = hq // hkv
+    if q.is_cuda:  # p in the input dtype (half the bytes; summed in float32), both sums in one Triton pass over it
+        from kernels.triton_vertical_slash import vertical_slash_scores
+
+        vertical_score, slash_score = vertical_slash_scores(torch.softmax(s, dim=-1), group if cfg.shared else 1)
+    else:
+        p = torch.softmax(s, dim=-1, dtype=torch.float32)
+        del s
+        vertical_score, slash_score = p.sum(dim=2), diagonal_sums(p)
+        del p
+        if cfg.shared:  # one index per KV group (scores summed over its query heads)
+            vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)
+            slash_score = slash_score.reshape(b, hkv, group, length).sum(2)
     vertical = top_indices(vertical_score, cfg.sink, cfg.vertical, cfg.mass, pad=length)
     slash = top_indices(slash_score, cfg.window, cfg.slash, cfg.mass, pad=0)
-    if cfg.shared:
+    if cfg.shared:  # repeated for the group's query heads
         vertical, slash = vertical.repeat_interleave(group, 1), slash.repeat_interleave(group, 1)
     return vertical, slash
 

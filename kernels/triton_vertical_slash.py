@@ -56,8 +56,11 @@ def vertical_slash_layout(
 
     `greedy`: cover the slash ranges with the fewest BLOCK_N-wide chunks (each chunk starts at the first needed column
     the previous one left uncovered); otherwise ranges closer than BLOCK_M + BLOCK_N - 1 merge into runs of chunks."""
+    # Two host syncs in all (the segment count and the chunk counts size the outputs): each one stalls the GPU until
+    # the host has launched what follows, and at 128K the layout's few dozen small ops cost more in launches than on
+    # the GPU.
     dev = slash.device
-    bh = slash.shape[0] * slash.shape[1]
+    bh, ns = slash.shape[0] * slash.shape[1], slash.shape[-1]
     n_m = -(-length // block_m)
     # Column ranges of each slash relative to the block start, ascending: [a, a + BM - 1] with a = -s.
     a = -slash.reshape(bh, -1).flip(-1)
@@ -66,21 +69,22 @@ def vertical_slash_layout(
         new[:, 1:] = (a[:, 1:] - a[:, :-1]) > block_m
     else:  # ranges closer than BN columns merge too, so that chunks never overlap
         new[:, 1:] = (a[:, 1:] - a[:, :-1]) >= block_m + block_n - 1
-    last = torch.ones_like(new)
-    last[:, :-1] = new[:, 1:]
-    seg_start = a[new]  # flattened over heads, in order
-    seg_end = a[last] + block_m - 1
-    seg_head = torch.arange(bh, device=dev)[:, None].expand_as(a)[new]
+    # flattened over heads, in order; a segment ends just before the next one starts (each head's first is new)
+    first = new.reshape(-1).nonzero().squeeze(1)
+    last = torch.cat([first[1:] - 1, first.new_full((1,), a.numel() - 1)])
+    seg_start = a.reshape(-1)[first]
+    seg_end = a.reshape(-1)[last] + block_m - 1
+    seg_head = first // ns
     if greedy:
-        seg_start = seg_start + _greedy_shift(seg_start, seg_end, seg_head, block_n)
+        seg_start = seg_start + _greedy_shift(seg_start, seg_end, seg_head, block_n, min(seg_start.numel(), ns))
     n_chunks = (seg_end - seg_start + block_n).clamp(min=0) // block_n
-    chunk_seg = torch.repeat_interleave(torch.arange(seg_start.numel(), device=dev), n_chunks)
+    per_head = torch.zeros(bh, dtype=torch.long, device=dev).index_add_(0, seg_head, n_chunks)
+    total, width = torch.stack([n_chunks.sum(), per_head.max()]).tolist()
+    chunk_seg = torch.repeat_interleave(torch.arange(seg_start.numel(), device=dev), n_chunks, output_size=total)
     first_chunk_of_seg = torch.cumsum(n_chunks, 0) - n_chunks
-    j = torch.arange(chunk_seg.numel(), device=dev) - first_chunk_of_seg[chunk_seg]
+    j = torch.arange(total, device=dev) - first_chunk_of_seg[chunk_seg]
     starts = seg_start[chunk_seg] + j * block_n
     heads = seg_head[chunk_seg]
-    per_head = torch.zeros(bh, dtype=torch.long, device=dev).index_add_(0, heads, torch.ones_like(heads))
-    width = int(per_head.max().item())
     pos = torch.arange(heads.numel(), device=dev) - (torch.cumsum(per_head, 0) - per_head)[heads]
     # Padding chunks sit past every block's end, so searchsorted and the kernel's loop bound both ignore them.
     chunk_start = torch.full((bh, width), length + block_m, dtype=torch.long, device=dev)
@@ -119,12 +123,16 @@ def vertical_slash_layout(
     )
 
 
-def _greedy_shift(seg_start: torch.Tensor, seg_end: torch.Tensor, seg_head: torch.Tensor, block_n: int) -> torch.Tensor:
+def _greedy_shift(
+    seg_start: torch.Tensor, seg_end: torch.Tensor, seg_head: torch.Tensor, block_n: int, longest: int
+) -> torch.Tensor:
     """How far the previous segment's last chunk reaches into each segment (0 <= y < BLOCK_N - 1), so that chunks laid
     from `seg_start + y` in steps of BLOCK_N cover the segments greedily without overlapping.
 
     The overhang into segment j+1 is a function of the overhang into segment j (a table over 0..BN-1); the overhangs
-    are that function's prefix compositions, found by a parallel (Hillis-Steele) scan over the segments."""
+    are that function's prefix compositions, found by a parallel (Hillis-Steele) scan over the segments. `longest`
+    bounds how many segments one overhang can pass through (a head's segment count): it sets the scan's steps without
+    a host sync."""
     n = seg_start.numel()
     y = torch.arange(block_n, device=seg_start.device)
     start = seg_start[:, None] + y  # [S, BN]: where the chunks start for each possible overhang
@@ -136,11 +144,7 @@ def _greedy_shift(seg_start: torch.Tensor, seg_end: torch.Tensor, seg_head: torc
     table = (reach - nxt[:, None]).clamp(min=0)
     head_last = torch.ones(n, dtype=torch.bool, device=seg_start.device)
     head_last[:-1] = seg_head[1:] != seg_head[:-1]
-    table[head_last] = 0  # each head's first segment starts from overhang 0
-    # chains of segments whose overhang can pass on; a constant-zero table ends a chain
-    breaks = (table == 0).all(1)
-    chain = torch.cumsum(breaks.long(), 0) - breaks.long()
-    longest = int(torch.bincount(chain).max().item()) if n else 0
+    table = torch.where(head_last[:, None], 0, table)  # each head's first segment starts from overhang 0
     step = 1
     while step < longest:  # table[j] becomes the composition of tables j, j - 1, ..., j - 2 * step + 1
         table = torch.cat([table[:step], torch.gather(table[step:], 1, table[:-step])])
@@ -409,6 +413,49 @@ def vertical_slash_attention(
         num_stages=num_stages,
     )
     return out
+
+
+@triton.jit
+def _vertical_slash_scores(
+    P, vertical_out, slash_out, length, rows, GROUP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Column sums and diagonal sums of one head's p [rows, L] (the last rows' softmax), added into its group's row
+    (GROUP consecutive heads share one): one BLOCK of columns read straight (verticals), one of offsets skewed
+    (slashes)."""
+    pid_h = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    i = tl.arange(0, R)
+    in_rows = i[:, None] < rows
+    base = P + pid_h * rows * length + i[:, None] * length
+    p = tl.load(base + c[None, :], mask=in_rows & (c[None, :] < length), other=0.0)
+    vertical = tl.sum(p.to(tl.float32), 0)
+    # row i sits at position L - rows + i, so its entry for offset o is column L - rows + i - o
+    skew = length - rows + i[:, None] - c[None, :]
+    p = tl.load(base + skew, mask=in_rows & (skew >= 0) & (c[None, :] < length), other=0.0)
+    slash = tl.sum(p.to(tl.float32), 0)
+    out = (pid_h // GROUP) * length + c
+    if GROUP == 1:
+        tl.store(vertical_out + out, vertical, mask=c < length)
+        tl.store(slash_out + out, slash, mask=c < length)
+    else:  # one program per head keeps the whole GPU busy; a loop over the group inside one was 1.5 ms slower at 128K
+        tl.atomic_add(vertical_out + out, vertical, mask=c < length)
+        tl.atomic_add(slash_out + out, slash, mask=c < length)
+
+
+def vertical_slash_scores(p: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertical (column) and slash (diagonal, by offset q_pos - k_pos) sums of p [B, H, r, L], the softmax of the last
+    r queries, in one pass over p instead of two; with `group`, summed over each run of `group` heads (a shared
+    index): float32 [B, H // group, L] each."""
+    b, h, r, length = p.shape
+    p = p.contiguous()
+    vertical = torch.zeros(b, h // group, length, dtype=torch.float32, device=p.device)
+    slash = torch.zeros_like(vertical)
+    block = 128
+    grid = (b * h, triton.cdiv(length, block))
+    _vertical_slash_scores[grid](
+        p, vertical, slash, length, r, GROUP=group, R=triton.next_power_of_2(r), BLOCK=block, num_warps=4
+    )
+    return vertical, slash
 
 
 def layout_mask(layout: Layout, batch: int, heads: int, length: int) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -15,7 +15,7 @@ from kernels.flex import (  # noqa: E402
     flex_sparse_attention,
     vertical_slash_block_mask,
 )
-from kernels.index import block_sparse_index, vertical_slash_index  # noqa: E402
+from kernels.index import block_sparse_index, diagonal_sums, vertical_slash_index  # noqa: E402
 from kernels.patterns import AShape, BlockSparse, VerticalSlash  # noqa: E402
 from kernels.reference import (  # noqa: E402
     a_shape_mask,
@@ -28,6 +28,7 @@ from kernels.triton_vertical_slash import (  # noqa: E402
     layout_mask,
     vertical_slash_attention,
     vertical_slash_layout,
+    vertical_slash_scores,
 )
 
 HQ, HKV, D = 4, 2, 32
@@ -134,3 +135,34 @@ def test_triton_greedy_cover_and_vertical_band() -> None:
     lay = vertical_slash_layout(vertical, slash[..., 3:], 300, block_m=16, block_n=16)
     out = vertical_slash_attention(q, k, v, lay)
     assert torch.allclose(out, masked_attention(q, k, v, layout_mask(lay, 1, HQ, 300)), atol=1e-5)
+
+
+def test_triton_scores_match_column_and_diagonal_sums() -> None:
+    # 5 last rows (padded to 8 inside the kernel) over 300 columns: more than one block of columns and of offsets
+    p = torch.softmax(torch.randn(1, HQ, 5, 300, generator=torch.Generator().manual_seed(13)), -1)
+    vertical, slash = vertical_slash_scores(p)
+    assert torch.allclose(vertical, p.sum(2), atol=1e-6)
+    assert torch.allclose(slash, diagonal_sums(p), atol=1e-6)
+    group = HQ // HKV  # a shared index: sums over each KV group's query heads
+    vertical, slash = vertical_slash_scores(p, group)
+    assert torch.allclose(vertical, p.sum(2).reshape(1, HKV, group, 300).sum(2), atol=1e-6)
+    assert torch.allclose(slash, diagonal_sums(p).reshape(1, HKV, group, 300).sum(2), atol=1e-6)
+
+
+def test_layout_chunks_are_the_sequential_greedy_cover() -> None:
+    # random slash sets (with repeated offset-0 padding, as the mass cut leaves) against a plain loop: each chunk starts
+    # at the first needed column the previous chunks left uncovered
+    g = torch.Generator().manual_seed(17)
+    bm, bn, length = 8, 8, 400
+    slash = torch.stack([torch.randperm(length, generator=g)[:40] for _ in range(6)]).sort(-1).values
+    slash[:2, :10] = 0
+    lay = vertical_slash_layout(torch.zeros(1, 6, 1, dtype=torch.long), slash[None], length, bm, bn)
+    for h in range(6):
+        want, reach = [], -(10**9)
+        for a in (-slash[h].unique()).sort().values.tolist():
+            start = max(a, reach)
+            while start <= a + bm - 1:
+                want.append(start)
+                start += bn
+            reach = max(reach, start)
+        assert lay.chunk_start[h, : lay.chunk_count[h]].tolist() == want
