@@ -5,7 +5,7 @@ and FlexAttention on the same vertical-slash pattern, A-shape (Triton and FlexAt
 (FlexAttention). `ms` is index building + kernel; `index_ms` and `kernel_ms` split it. `recall` is the share of the
 dense attention mass inside what the kernel computes, on sampled query rows of structured synthetic q/k of two
 families (`topical`, `diffuse`: see `structured_qkv`); vertical-slash runs with MInference's budget, as caps cut at
-95% of the mass, and with one index per KV group (`shared`). Then `e2e_llama1b`: a whole prefill of a
+95% and 97% of the mass, and with one index per KV group (`shared`). Then `e2e_llama1b`: a whole prefill of a
 Llama-3.2-1B-shaped model with random weights, dense SDPA against sparse prefill through the transformers attention
 registration, on the model's own q/k and on topical q/k (see `bench_e2e_llama1b`).
 
@@ -35,7 +35,7 @@ from kernels.flex import (
     flex_sparse_attention,
     vertical_slash_block_mask,
 )
-from kernels.index import block_sparse_index, grouped_scores, vertical_slash_index
+from kernels.index import block_sparse_index, diagonal_sums, grouped_scores, vertical_slash_index
 from kernels.patterns import AShape, BlockSparse, VerticalSlash
 from kernels.reference import (
     a_shape_mask,
@@ -45,7 +45,13 @@ from kernels.reference import (
     masked_attention,
     vertical_slash_mask,
 )
-from kernels.triton_vertical_slash import a_shape_index, layout_mask, vertical_slash_attention, vertical_slash_layout
+from kernels.triton_vertical_slash import (
+    a_shape_index,
+    layout_mask,
+    vertical_slash_attention,
+    vertical_slash_layout,
+    vertical_slash_scores,
+)
 
 HQ, HKV, D = 32, 8, 128
 FAMILIES = ["topical", "diffuse"]  # synthetic inputs, see structured_qkv
@@ -53,10 +59,21 @@ TOPIC_WINDOWS = (16, 64, 256, 1024, 4096, 16384, 65536)
 TOPIC_STRENGTH = 0.42
 VS = VerticalSlash()  # MInference's default budget: 1000 vertical, 6096 slash
 # the same budget as caps, cut where the kept columns / diagonals hold this share of the estimated mass
-VS_ADAPTIVE = [VerticalSlash(mass=0.95)]
+VS_ADAPTIVE = [VerticalSlash(mass=0.95), VerticalSlash(mass=0.97)]
 # one index per KV group (scores summed over its 4 query heads): the kernel packs the group's heads into one tile
-VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95)]
+VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95), VerticalSlash(shared=True, mass=0.97)]
+# --sweep: Triton vertical-slash alone over mass caps and budgets (per head and shared), to pick the rows above
+SWEEP = [
+    VerticalSlash(vertical=nv, slash=ns, mass=mass, shared=shared)
+    for shared in (False, True)
+    for nv, ns, masses in ((1000, 6096, (None, 0.95, 0.96, 0.97, 0.98)), (2000, 12192, (0.95, 0.96, 0.97, 0.98)))
+    for mass in masses
+]
 A_SHAPE = AShape(sink=64, window=4096)
+# e2e with patterns per head (MInference's offline search, kernels/search.py): each head gets the cheaper of A-shape
+# (as a vertical-slash index with nothing to choose) and capped vertical-slash that keeps MIX_TARGET of its mass
+MIX = [VerticalSlash(vertical=64, slash=4096, sink=64, window=4096), VerticalSlash(mass=0.95)]
+MIX_TARGET = 0.95
 BLOCK_SPARSE = BlockSparse(block=128, top=64)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through tensor descriptors, q·kᵀ one tile ahead): the best per
 # length is kept (bench/kernel_tune.py sweeps more: bench/results/kernel-tune-h200.log)
@@ -179,7 +196,9 @@ def _row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, 
     return r
 
 
-def bench_length(length: int, reps: int, attempt: Callable[[Callable[[], Any], Any], Any]) -> list[dict]:
+def bench_length(
+    length: int, reps: int, attempt: Callable[[Callable[[], Any], Any], Any], sweep: bool = False
+) -> list[dict]:
     out: list[dict] = []
     q, k, v = structured_qkv(length, "cuda")
     # KV heads repeated outside the timing, so SDPA takes its fastest (non-GQA) kernel
@@ -189,7 +208,7 @@ def bench_length(length: int, reps: int, attempt: Callable[[Callable[[], Any], A
     out.append(_row("dense_sdpa", "sdpa", length, dense_ms, 0.0, dense_ms, recall=1.0, density=1.0))
     config = TRITON_CONFIGS[0]
     for family in FAMILIES:
-        config = attempt(partial(bench_family, length, reps, attempt, family, dense_ms, out), config)
+        config = attempt(partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep), config)
         torch.cuda.empty_cache()
     return out
 
@@ -201,6 +220,7 @@ def bench_family(
     family: str,
     dense_ms: float,
     out: list[dict],
+    sweep: bool = False,
 ) -> tuple:
     q, k, v = structured_qkv(length, "cuda", family=family)
     rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
@@ -298,6 +318,10 @@ def bench_family(
         rec, dens = recall(bs_mask), round(density(bs_mask, rows_at, length), 4)
         out.append(row("block_sparse", "flex", length, dense_ms, bs_index_ms, bs_ms, recall=rec, density=dens))
 
+    if sweep:  # one kernel config each (the best of the full runs), no FlexAttention
+        for pattern in SWEEP:
+            attempt(partial(vs_triton, pattern, [SHARED_CONFIGS[0] if pattern.shared else TRITON_CONFIGS[0]]), None)
+        return TRITON_CONFIGS[0]
     config = attempt(partial(vs_triton, VS, TRITON_CONFIGS), TRITON_CONFIGS[0])
     for pattern in VS_ADAPTIVE:
         attempt(partial(vs_triton, pattern, [config]), None)
@@ -337,6 +361,18 @@ def correctness_checks(length: int = 4096) -> dict[str, float]:
     for name, (got, mask) in pairs.items():
         ref = masked_attention(q.float(), k.float(), v.float(), mask)
         checks[name] = round((got.float() - ref).abs().max().item(), 4)
+    # the index's scores (bf16 softmax, one Triton pass) against float32 torch sums, relative to the largest score
+    r = VerticalSlash().last_q
+    s = grouped_scores(q[:, :, -r:], k, 1.0 / math.sqrt(D))
+    s[..., -r:].masked_fill_(torch.ones(r, r, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    p = torch.softmax(s, -1)
+    for name, got, want in zip(
+        ("vertical_scores", "slash_scores"),
+        vertical_slash_scores(p.bfloat16()),
+        (p.sum(2), diagonal_sums(p)),
+        strict=True,
+    ):
+        checks[name] = round(((got - want).abs().max() / want.max()).item(), 4)
     print("checks", checks, flush=True)
     return checks
 
@@ -359,18 +395,22 @@ def full_layout_efficiency(length: int = 65536, reps: int = 3) -> dict[str, floa
     return result
 
 
-def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
+def bench_e2e_llama1b(lengths: list[int], reps: int, names: list[str] | None = None) -> list[dict]:
     """Whole prefill of a Llama-3.2-1B-shaped model (random weights), dense SDPA against sparse prefill.
 
     Random weights make every head diffuse (its q/k carry no structure), so `inputs=model` shows vertical-slash on
     heads it does not fit. `inputs=topical` assumes heads with the structure of the `topical` synthetic inputs: every
     layer's attention reads the topical q/k of the same shape (head dim 64) instead of its own, v and everything else
-    stay the model's, and every head is vertical-slash (the assignment a search would make for such heads). Its
-    FlexAttention row runs the same pattern as a block mask in the same model.
+    stay the model's, and every head is vertical-slash; its FlexAttention row runs the same pattern as a block mask
+    in the same model. `topical_per_head` gives each head the pattern the offline search (kernels/search.py) picks
+    from MIX on these same topical q/k (rows L/4..L), the same choice in every layer since every layer reads them.
+    `names`: only these attention implementations (besides the dense baseline).
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from engines.sparse_attention import attention_implementation, register_sparse_attention_function
+    from kernels.attention import vertical_slash_from_index
+    from kernels.search import per_head_index, search_heads
 
     cfg = LlamaConfig(
         hidden_size=2048,
@@ -397,6 +437,14 @@ def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
 
             return attention
 
+        rows = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
+        choice = search_heads(*qk, MIX, MIX_TARGET, rows, 1.0 / math.sqrt(cfg.head_dim))
+        mix = f"per head ({choice.count(0)} A-shape {MIX[0]}, {choice.count(1)} {MIX[1]}; target {MIX_TARGET})"
+        print(f"  e2e {length} {mix}: {choice}", flush=True)
+
+        def per_head(q, k, v, scale, choice=choice):
+            return vertical_slash_from_index(q, k, v, *per_head_index(q, k, MIX, choice, scale), scale)
+
         def flex_vs(q, k, v, scale):
             return flex_sparse_attention(
                 q, k, v, vertical_slash_block_mask(*vertical_slash_index(q, k, VS, scale), q.shape[2]), scale
@@ -420,10 +468,18 @@ def bench_e2e_llama1b(lengths: list[int], reps: int) -> list[dict]:
                 "triton",
                 lambda q, k, v, s: sparse_attention(q, k, v, VS_SHARED[0], s),
             ),
+            (
+                "topical_vs_shared_m97",
+                VS_SHARED[2],
+                "triton",
+                lambda q, k, v, s: sparse_attention(q, k, v, VS_SHARED[2], s),
+            ),
             ("topical_vs_flex", VS, "flex", flex_vs),
+            ("topical_per_head", mix, "triton", per_head),
         ):
             register_sparse_attention_function(name, on_topical(attend))
             impls[name] = ("topical", pattern, impl)
+        impls = {name: x for name, x in impls.items() if names is None or name in names}
         ids = torch.randint(0, cfg.vocab_size, (1, length), device="cuda")
         ms = {}
         for name in ("sdpa", *impls):
@@ -458,6 +514,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
     ap.add_argument("--name", default="kernel-sparse")
+    ap.add_argument("--sweep", action="store_true", help="only Triton vertical-slash over SWEEP's caps and budgets")
+    ap.add_argument("--e2e-names", nargs="*", help="only these e2e attention implementations (default: all)")
     args = ap.parse_args()
     FAMILIES[:] = args.families
     props = torch.cuda.get_device_properties(0)
@@ -482,19 +540,20 @@ def main() -> None:
             return default
 
     meta["checks"] = attempt(correctness_checks, {})
-    meta["triton_full_layout"] = attempt(full_layout_efficiency, {})
+    if not args.sweep:
+        meta["triton_full_layout"] = attempt(full_layout_efficiency, {})
     rows: list[dict] = []
 
     def save() -> None:
         write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, errors=errors, **meta)
 
     for length in args.lengths:
-        rows += attempt(partial(bench_length, length, args.reps, attempt), [])
+        rows += attempt(partial(bench_length, length, args.reps, attempt, args.sweep), [])
         torch.cuda.empty_cache()
         save()
         print(f"done {length} at {time.time() - start:.0f}s", flush=True)
     if args.e2e_lengths:
-        rows += attempt(partial(bench_e2e_llama1b, args.e2e_lengths, max(1, args.reps - 1)), [])
+        rows += attempt(partial(bench_e2e_llama1b, args.e2e_lengths, max(1, args.reps - 1), args.e2e_names), [])
         save()
     print(f"total {time.time() - start:.0f}s", flush=True)
 
