@@ -203,10 +203,15 @@ class MemAgent:
 
     # -- the loop, one step at a time so the graph can checkpoint between steps ----------------------------------
 
-    def start(self, document: Document, tasks: Sequence[Task], engine: Engine) -> Reading:
+    def start(
+        self, document: Document, tasks: Sequence[Task], engine: Engine, segments: Sequence[Span] | None = None
+    ) -> Reading:
+        """A reading of the whole document cut to the segment budget, or of the given spans (each within it)."""
         budget = self._check(document, tasks, engine)
+        if segments is None:
+            segments = [(s.start, s.end) for s in split_segments(document.text, engine, budget)]
         return {
-            "segments": [[s.start, s.end] for s in split_segments(document.text, engine, budget)],
+            "segments": [list(s) for s in segments],
             "done": 0,
             "memories": [[] for _ in tasks],
             "costs": [Cost().__dict__ for _ in tasks],
@@ -270,8 +275,15 @@ class MemAgent:
             a.details = {"segments": len(reading["segments"]), "adapter": reading.get("adapter"), "trace": trace}
         return answers
 
-    def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
-        reading = self.start(document, tasks, engine)
+    def run(
+        self,
+        document: Document,
+        tasks: Sequence[Task],
+        engine: Engine,
+        progress: Progress,
+        segments: Sequence[Span] | None = None,
+    ) -> list[Answer]:
+        reading = self.start(document, tasks, engine, segments)
         total = len(reading["segments"])
         progress(0, total + 1, f"reading {total} segments")
         while reading["done"] < total:

@@ -9,8 +9,12 @@ first up to the read budget, then put back in document order so the model reads 
 best passage scores clearly below the best unit's is left out even when the budget has room: SmolLM2-135M copies
 a fact from the 1K tokens of its unit where it invents one from the 3K around it (the old and new runs on the
 same questions: bench/results/rag-traces-rag128-niah-128k.md), so a clear match is read alone and only close
-scores share the budget; a unit read alone is cut further, to a few hundred tokens of passages around its best
-one (`focus_tokens`; bench/results/rag-hybrid-niah-128k.md).
+scores share the budget; a unit the model reads alone is cut further, to a few hundred tokens of passages around
+its best one (`focus_tokens`; bench/results/rag-hybrid-niah-128k.md).
+
+Where the memory agent's trained extractor is available (`notes`), the model does not read the units directly:
+the extractor reads each unit as a memagent segment, copying the sentences that answer, and the answer is read
+from those sentences alone (they are its evidence); if it keeps nothing, the model reads the units itself.
 
 The answer is then checked against what was read: a small model copying a long rare word often drops a piece
 of it (`solvent-musing` for `insolvent-musing`), so an answer word that is one word of the read text with one
@@ -24,14 +28,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engines.base import Engine
 from engines.grounding import complete_fragments
 from engines.prompting import answer_each, answer_overhead
-from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind
+from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
 from memory.embedder import Embedder, get_embedder
 from memory.index import IndexSpec, PassageIndex, open_client
 from memory.lexical import LexicalScorer
+from memory.memagent import MemAgent
 from memory.spans import Span, pack, split_sentences
 
 
@@ -57,6 +63,12 @@ class RagConfig:
     # best of 256/384/512 on dev seeds at 128K (bench/results/rag-hybrid-niah-128k-dev.md).
     focus_tokens: int = 256
     margin_tokens: int = 64
+    # Read the retrieved text through the memory agent's trained extractor (memory/memagent.py) when its adapter
+    # is available: it copies the sentences that answer, and the answer comes from those alone. SmolLM2-135M
+    # answers more often from a few copied sentences than from the text around them
+    # (bench/results/eval-rag-notes-qa-8k.md vs eval-rag-notes-qa-8k-old.md, the same questions). If it keeps
+    # nothing, the model reads the text itself.
+    notes: bool = True
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 
 
@@ -146,9 +158,12 @@ class Rag:
         return budget
 
     def retrieve(
-        self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress
+        self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress, focus: bool = True
     ) -> list[Retrieved]:
-        """Per task: the units to read (document order), their scores, and how the index was obtained."""
+        """Per task: the units to read (document order), their scores, and how the index was obtained.
+
+        focus: a unit read alone is cut to `focus_tokens` around its best passage (for the model reading it
+        directly; the extractor reads whole units, as it reads a memagent segment)."""
         c = self.config
         budget = self._check(document, tasks, engine)
         embedder = get_embedder(c.embedder or os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2"))
@@ -192,7 +207,7 @@ class Rag:
                     used += n
             chosen.sort()  # document order: the model reads the units as the text runs
             read = [units[u] for u in chosen]
-            if len(chosen) == 1 and c.focus_tokens:
+            if focus and len(chosen) == 1 and c.focus_tokens:
                 read = [window(spans, best_passage[chosen[0]], units[chosen[0]], c.focus_tokens, per_char)]
             retrieved.append(
                 Retrieved(
@@ -207,13 +222,36 @@ class Rag:
 
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
         start = time.perf_counter()
-        retrieved = self.retrieve(document, tasks, engine, progress)
+        reader = MemAgent()
+        extract = self.config.notes and reader.adapter(engine) is not None
+        retrieved = self.retrieve(document, tasks, engine, progress, focus=not extract)
         text = document.text
         contexts = ["\n\n".join(text[s:e] for s, e in r.units) for r in retrieved]
         evidences = [[Evidence(s, e, text[s:e]) for s, e in r.units] for r in retrieved]
         retrieval = Cost(seconds=(time.perf_counter() - start) / len(tasks))
-        answers = answer_each(engine, contexts, tasks, self.name, evidences, [retrieval] * len(tasks))
-        for a, r, context, task in zip(answers, retrieved, contexts, tasks, strict=True):
+        answers: list[Answer | None] = [None] * len(tasks)
+        spent = [retrieval] * len(tasks)
+        notes: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        if extract:
+            for i, (r, task) in enumerate(zip(retrieved, tasks, strict=True)):
+                longest = max(engine.count_tokens(text[s:e]) for s, e in r.units)
+                if task.kind != TaskKind.QA or longest > reader.segment_budget([task], engine):
+                    continue  # extractions answer in JSON from the text; a unit too long for one reading step
+                a = reader.run(document, [task], engine, no_progress, segments=r.units)[0]
+                notes[i] = a.details["trace"]
+                if a.evidence:  # the answer came from the sentences the reader kept
+                    a.strategy, a.cost = self.name, a.cost.add(retrieval)
+                    answers[i] = a
+                else:  # nothing kept: the model answers from the retrieved text itself (the reading still cost)
+                    spent[i] = a.cost.add(retrieval)
+        direct = [i for i, a in enumerate(answers) if a is None]
+        if direct:
+            picked = lambda items: [items[i] for i in direct]  # noqa: E731
+            got = answer_each(engine, picked(contexts), picked(tasks), self.name, picked(evidences), picked(spent))
+            for i, a in zip(direct, got, strict=True):
+                answers[i] = a
+        done = [a for a in answers if a is not None]
+        for a, r, context, task, trace in zip(done, retrieved, contexts, tasks, notes, strict=True):
             completed: list[tuple[str, str]] = []
             if task.kind == TaskKind.QA:  # extractions are JSON the schema check reads as written
                 a.text, completed = complete_fragments(a.text, context, task.question)
@@ -224,6 +262,7 @@ class Rag:
                 "read": [list(u) for u in r.units],
                 "ranked": [[*u, s] for u, s in r.ranked],
                 "completed": completed,
+                "notes": trace,
             }
         progress(2, 2, "answered")
-        return answers
+        return done

@@ -182,6 +182,12 @@ def test_rag_reads_a_clear_match_alone_and_answers_from_it(native_engine, tmp_pa
     answer = focused.run(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
     assert len(answer.evidence) == 1 and answer.evidence[0].start <= at < answer.evidence[0].end
     assert "biscuit" in answer.text.lower()
+    # The memory agent's extractor read the retrieved window and kept the fact's sentence; the answer came from it.
+    assert answer.details["notes"] and answer.evidence[0].text.strip() == FACT
+    # Without it the model reads the window itself, and the evidence is the whole window.
+    direct = Rag(RagConfig(qdrant_path=tmp_path / "qdrant", notes=False))
+    read = direct.run(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
+    assert not read.details["notes"] and FACT in read.evidence[0].text and len(read.evidence[0].text) > 2 * len(FACT)
     best, second = (s for *_, s in answer.details["ranked"][:2])
     assert best - second > focused.config.focus_margin  # why it read one unit: the others scored far below
     # Without the margin the same index fills the read budget with units that do not hold the fact.

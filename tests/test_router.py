@@ -49,6 +49,8 @@ def test_task_kinds_are_read_from_the_request() -> None:
     assert task_kind(LOOKUP) == "lookup"
     assert task_kind(AGGREGATION) == "aggregation"
     assert task_kind(Task("What is the value assigned to variable X?")) == "multihop"
+    assert task_kind(Task("Where is the football? Answer with one location.")) == "multihop"  # its latest place
+    assert task_kind(Task("Where was the treaty signed?")) == "lookup"  # a past event: one fact says it
     assert task_kind(Task("", kind=TaskKind.SUMMARY)) == "summary"
     assert task_kind(Task("name, year", kind=TaskKind.EXTRACT, json_schema={})) == "extraction"
 
@@ -143,6 +145,11 @@ def test_policy_round_trips_and_fits_from_eval_rows(tmp_path: Path) -> None:
     by_key = {(e.strategy, e.kind, e.length): e for e in fitted.entries}
     assert set(by_key) == {("rag", "lookup", 8192), ("memagent", "aggregation", 32768)}  # "does not fit" skipped
     assert by_key[("rag", "lookup", 8192)].accuracy == pytest.approx(0.75) and by_key[("rag", "lookup", 8192)].n == 6
+    # A newer run of the same strategy, task and length replaces the older row; other tasks of the kind still pool.
+    newer = {"date": "2026-12-02T10:00:00+00:00", "model": "m", "rows": [{**rows[1], "accuracy": 0.75}]}
+    refit = {(e.strategy, e.kind, e.length): e for e in fit([{**json.loads(results.read_text())}, newer]).entries}
+    assert refit[("rag", "lookup", 8192)].accuracy == pytest.approx(0.9167, abs=1e-4)  # (4 x 1.0 + 2 x 0.75) / 6
+    assert fit([newer, json.loads(results.read_text())]).entries == list(refit.values())  # order does not matter
     out = tmp_path / "policy.json"
     cli = [sys.executable, "-m", "service.cli", "router", "fit", str(results), "--out", str(out)]
     done = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True)

@@ -94,16 +94,25 @@ class Policy:
 
 
 def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Policy:
-    """Average eval rows (DESIGN.md's format) into entries; rows that did not run (no accuracy) are skipped."""
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    """Average eval rows (DESIGN.md's format) into entries; rows that did not run (no accuracy) are skipped.
+
+    Where several results measured the same strategy on the same task at the same length, only the newest
+    (by its `date`) counts: strategies change between runs, and an old row would pull the new one toward code
+    that no longer runs. Tasks of one kind still pool across results."""
+    newest: dict[tuple[str, str, int], tuple[str, dict[str, Any]]] = {}
     model = "unknown"
     for doc in results:
         model = doc.get("model", model)
+        date = str(doc.get("date", ""))
         for row in doc["rows"]:
             if row.get("accuracy") is None or row.get("strategy") == "auto" or not row.get("n"):
                 continue
-            kind = KIND_OF_EVAL_TASK.get(row["task"], row["task"])
-            groups[(row["strategy"], kind, int(row["length"]))].append(row)
+            key = (row["strategy"], row["task"], int(row["length"]))
+            if key not in newest or date >= newest[key][0]:
+                newest[key] = (date, row)
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for (strategy, task, length), (_, row) in newest.items():
+        groups[(strategy, KIND_OF_EVAL_TASK.get(task, task), length)].append(row)
     entries = []
     for (strategy, kind, length), rows in sorted(groups.items()):
         n = sum(int(r["n"]) for r in rows)
