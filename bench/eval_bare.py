@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from compressors.gemfilter import GemFilter  # noqa: E402
+from compressors.gemfilter import GemFilter, GemFilterConfig  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
 from engines.base import Engine  # noqa: E402
 from engines.strategy import Strategy  # noqa: E402
@@ -39,7 +39,7 @@ from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
 
 STRATEGIES: dict[str, Callable[[argparse.Namespace], Strategy]] = {
     "memagent": lambda args: MemAgent(MemAgentConfig(adapter=args.adapter)),
-    "gemfilter": lambda args: GemFilter(),
+    "gemfilter": lambda args: GemFilter(GemFilterConfig(top_k=args.top_k, unit=args.unit, unit_top=args.unit_top)),
 }
 
 
@@ -74,6 +74,9 @@ def main() -> None:
     p.add_argument("--seeds-from", type=int, default=0)
     p.add_argument("--n", type=int, default=2)
     p.add_argument("--adapter", default="auto", help="memagent: auto (the shipped one), none (base model), a folder")
+    p.add_argument("--top-k", type=int, default=GemFilterConfig.top_k, help="gemfilter: context tokens kept")
+    p.add_argument("--unit", default=GemFilterConfig.unit, help="gemfilter: kept whole, sentence or token")
+    p.add_argument("--unit-top", type=int, default=GemFilterConfig.unit_top, help="gemfilter: tokens a unit averages")
     p.add_argument("--name", default="bare")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--device", default="auto")
@@ -99,7 +102,10 @@ def main() -> None:
                     return
                 sample = generate(task, engine, length, seed)
                 record = {"strategy": args.strategy, "engine": engine.name, "model": engine.model_name}
-                setting = {"adapter_setting": args.adapter} if args.strategy == "memagent" else {}
+                setting = {
+                    "memagent": {"adapter_setting": args.adapter},
+                    "gemfilter": {"top_k": args.top_k, "unit": args.unit, "unit_top": args.unit_top},
+                }.get(args.strategy, {})
                 record |= sample.record() | setting | {"dtype": str(engine.dtype)}
                 record |= ask(strategy, sample, engine)
                 with log.open("a") as f:

@@ -29,10 +29,9 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 from compressors.attention import num_layers, probe_attention
 from engines.base import Engine, SupportsLayers
 from engines.prompting import answer_from_context, answer_overhead
+from engines.segmenting import sentence_spans
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
 
-# Sentence ends, paragraph breaks, and line breaks before a heading or list item (hard-wrapped lines are not units).
-_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n\s*|\n(?=\s*(?:#|[-*\u2022]\s|\d+[.)]\s))")
 _WORD = re.compile(r"\s*\S+")
 _STRUCTURE = re.compile(r"^\s*(?:\n|#+|[-*\u2022|>]|\d+[.)])")
 
@@ -62,12 +61,6 @@ class Compressed:
     passes: int  # model forward passes of the fine stage
     tokens_scanned: int  # tokens those passes read
     seconds: float
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """Sentences and line breaks as character spans covering the text (a heading or list item is its own unit)."""
-    cuts = [0, *(m.end() for m in _BOUNDARY.finditer(text)), len(text)]
-    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
 def relevance(sentences: Sequence[str], question: str) -> list[float]:

@@ -14,6 +14,8 @@ from engines.base import Engine
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+")
 _WORD = re.compile(r"\s+")
+# Sentence ends, paragraph breaks, and line breaks before a heading or list item (hard-wrapped lines are not units).
+_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n\s*|\n(?=\s*(?:#|[-*\u2022]\s|\d+[.)]\s))")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,12 @@ class Segment:
     end: int
     text: str
     tokens: int
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Sentences and line breaks as character spans covering the text (a heading or list item is its own unit)."""
+    cuts = [0, *(m.end() for m in _BOUNDARY.finditer(text)), len(text)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
 def _pieces(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[tuple[int, int]]:

@@ -51,6 +51,8 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for name in MEAN_FIELDS:
             row[name] = round(mean(r[name] for r in ran), 3) if ran else None
+        recalls = [r["evidence_recall"] for r in ran if r.get("evidence_recall") is not None]  # older logs lack it
+        row["evidence_recall"] = round(mean(recalls), 4) if recalls else None
         row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ran) if ran else None
         row["does_not_fit"] = sum(r["status"] == "does_not_fit" for r in rs)
         row["errors"] = sum(r["status"] == "error" for r in rs)
@@ -99,6 +101,8 @@ def _cell(value: Any) -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     head = ["strategy", "task", "length", "n", "accuracy", "calls", "tokens_read", "seconds", "peak_rss_mb", "status"]
+    if any(r.get("evidence_recall") is not None for r in doc["rows"]):
+        head.insert(head.index("accuracy") + 1, "evidence_recall")
     lines = [
         f"# {doc['benchmark']}",
         "",
@@ -108,7 +112,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "Accuracy is RULER's string-match (all for needles/vt/cwe/fwe/babilong, part for qa) over the questions "
         "that ran; calls, tokens_read and seconds are per question. `does_not_fit`: the strategy cannot take "
-        "a document this long on this engine, so nothing ran (no truncation).",
+        "a document this long on this engine, so nothing ran (no truncation). `evidence_recall`, where a "
+        "strategy returns evidence: the same score over the text the answer was read from (did the reference "
+        "reach the answering model).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

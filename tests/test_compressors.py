@@ -12,12 +12,21 @@ import torch.nn.functional as F
 
 from compressors.attention import num_layers
 from compressors.calibration import calibrate, plant_needle
-from compressors.gemfilter import GemFilterConfig, NoLayerAccessError, prompt_around, select
+from compressors.gemfilter import (
+    GemFilterConfig,
+    NoLayerAccessError,
+    best_units,
+    prompt_around,
+    select,
+    unit_scores,
+    units_of,
+)
 from compressors.hard import HardCompression, HardConfig, compress
 from compressors.layer_store import SHIPPED, load_store, model_key, save_entry, stored_layer
 from engines import EngineConfig, create_engine
 from engines.base import Engine, Generation, Message, SamplingParams
 from engines.prompting import answer_overhead
+from engines.segmenting import sentence_spans
 from engines.types import Document, Task
 from workflows.graph import run_job
 
@@ -127,9 +136,51 @@ def test_gemfilter_with_all_layers_equals_plain_attention_ranking() -> None:
     for queries, rows in (("last", last_layer[-1:]), ("question", last_layer[-len(after) :])):
         plain = rows.mean(dim=0)
         smoothed = F.avg_pool1d(plain[None, None], 5, stride=1, padding=2, count_include_pad=False)[0, 0]
-        chosen = select(exact, text, task, GemFilterConfig(layer=layers, top_k=64, queries=queries))
+        config = GemFilterConfig(layer=layers, top_k=64, queries=queries, unit="token")
+        chosen = select(exact, text, task, config)
         assert chosen.passes == 1 and len(chosen.positions) == 64
         assert chosen.positions == sorted(smoothed.topk(64).indices.tolist()), queries
+    # Whole sentences, ranked by the mean of their three best word tokens' plain (unsmoothed) attention.
+    offsets = exact.hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    units = units_of(offsets, text, "sentence", 128)
+    votes = torch.tensor([any(ch.isalnum() for ch in text[s:e]) for s, e in offsets])
+    ranked = unit_scores([len(u) for u in units], last_layer[-len(after) :].mean(dim=0), votes, 3)
+    chosen = select(exact, text, task, GemFilterConfig(layer=layers, top_k=200))
+    expected = best_units(units, ranked, 200)
+    assert chosen.positions == [p for u in sorted(expected, key=lambda u: u.start) for p in u]
+    assert 200 - 128 < len(chosen.positions) <= 200
+
+
+def test_sentence_units_cover_the_document_and_keep_sentences_whole(engine: Engine, federalist: str) -> None:
+    text = federalist + " One of the codes is: 7f3c9e2a-1b4d-4e8f-a0c6-5d2e8b9f1a37. And the text ends."
+    offsets = engine.hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    units = units_of(offsets, text, "sentence", 64)
+    assert [p for u in units for p in u] == list(range(len(offsets)))  # every token once, in order
+    assert max(len(u) for u in units) <= 64 and len(units) > len(sentence_spans(text))  # long ones are cut
+    starts = [s for s, _ in sentence_spans(text)]
+    for u in units:  # no unit crosses a sentence boundary
+        first, last = (max(i for i, s in enumerate(starts) if s <= offsets[p][1] - 1) for p in (u[0], u[-1]))
+        assert first == last, text[offsets[u[0]][0] : offsets[u[-1]][1]]
+    whole = {text[offsets[u[0]][0] : offsets[u[-1]][1]].strip() for u in units}
+    assert "One of the codes is: 7f3c9e2a-1b4d-4e8f-a0c6-5d2e8b9f1a37." in whole
+    assert units_of(offsets, text, "token", 40) == [range(i, i + 1) for i in range(len(offsets))]
+    with pytest.raises(ValueError, match="unit"):
+        units_of(offsets, text, "paragraph", 40)
+
+
+def test_units_score_their_best_word_tokens_and_fill_the_budget() -> None:
+    sizes = [3, 2, 4, 1]
+    scores = torch.tensor([0.1, 0.9, 0.2, 0.5, 0.4, 0.3, 0.3, 0.3, 0.3, 0.8])
+    votes = torch.tensor([True, False, True, True, True, True, True, True, True, False])
+    best = unit_scores(sizes, scores, votes, 1)  # the 0.9 and 0.8 belong to tokens that do not vote
+    assert best[:3].tolist() == pytest.approx([0.2, 0.5, 0.3]) and best[3] == float("-inf")
+    assert unit_scores(sizes, scores, votes, 0)[:3].tolist() == pytest.approx([0.15, 0.45, 0.3])
+    assert unit_scores(sizes, scores, votes, 2)[2].item() == pytest.approx(0.3)
+    units = [range(0, 3), range(3, 5), range(5, 9), range(9, 10)]
+    # Best first while they fit: 2 tokens, then the 4-token unit would overflow 5, the 3-token one fits.
+    assert best_units(units, best, 5) == [range(3, 5), range(0, 3)]
+    single = [range(i, i + 1) for i in range(10)]
+    assert sorted(u.start for u in best_units(single, scores, 4)) == sorted(scores.topk(4).indices.tolist())
 
 
 def walden(engine: Engine, tokens: int) -> str:
@@ -152,7 +203,7 @@ def test_chunked_selection_finds_facts_at_start_middle_and_end_of_32k(engine: En
     for where, needle in zip(("start", "middle", "end"), needles, strict=True):
         chosen = select(engine, text, Task(needle.question))  # the default: 1024 tokens kept
         assert chosen.passes >= 5  # four or five 8K chunks, then a round over their survivors
-        assert len(chosen.positions) == 1024
+        assert 1024 - 128 < len(chosen.positions) <= 1024  # whole sentences of at most 128 tokens
         if not any(needle.answer in e.text for e in chosen.spans):
             missing.append((where, needle.answer))
     assert not missing, missing
@@ -176,7 +227,7 @@ def test_strategies_answer_a_needle_through_the_job_graph(engine: Engine) -> Non
     task = Task(needle.question, max_answer_tokens=32)
     result = run_job(Document(needle.text), [task], engine, strategy="gemfilter")
     answer = result.answers[0]
-    assert result.strategy == "gemfilter" and answer.details["kept_tokens"] == 1024
+    assert result.strategy == "gemfilter" and 1024 - 128 < answer.details["kept_tokens"] <= 1024
     assert needle.answer in answer.text, answer.text
     assert any(needle.answer in e.text for e in answer.evidence)
     result = run_job(Document(needle.text), [task], TextOnlyEngine(engine), strategy="hard")

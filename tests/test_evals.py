@@ -12,6 +12,7 @@ import pytest
 from engines import EngineConfig, create_engine
 from engines.base import Engine
 from engines.prompting import answer_overhead
+from engines.types import Answer, Evidence
 from evals.corpus import EVAL_DOCS, read_doc
 from evals.metrics import string_match_all, string_match_part
 from evals.runner import strategy_names
@@ -135,6 +136,16 @@ def test_metrics_score_known_strings() -> None:
     assert string_match_all("KITCHEN", ["kitchen"]) == 1.0
     assert string_match_part("It was the Nellie.", ["nellie", "yawl"]) == 1.0
     assert string_match_part("a boat", ["Nellie", "yawl"]) == 0.0
+
+
+def test_scored_answers_say_whether_the_reference_reached_the_model(engine: Engine) -> None:
+    sample = generate("niah_single", engine, 2048, 0)
+    value = sample.answers[0]
+    cut = Evidence(0, 9, f"is: {value[:3]}\n{value[3:]}")  # the value split over two kept spans did not arrive
+    whole = Evidence(0, 9, f"is: {value}.")
+    assert sample.scored(Answer("I do not know.", "s", [cut]))["evidence_recall"] == 0.0
+    assert sample.scored(Answer("I do not know.", "s", [cut, whole]))["evidence_recall"] == 1.0
+    assert sample.scored(Answer(value, "s"))["evidence_recall"] is None
 
 
 def test_runner_uses_the_registry() -> None:

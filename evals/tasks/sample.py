@@ -65,9 +65,15 @@ class Sample:
         }
 
     def scored(self, answer: Answer) -> dict[str, Any]:
-        """What a question log records of an answer to the sample: its score and its cost."""
+        """What a question log records of an answer to the sample: its score and its cost.
+
+        `evidence_recall` scores the answer's evidence (the text it was read from) as if it were the answer: a
+        wrong answer with recall 1 was misread, one with recall 0 never reached the model. None without evidence.
+        """
+        evidence = "\n".join(e.text for e in answer.evidence)
         return {
             "accuracy": score(self.metric, answer.text, self.answers),
+            "evidence_recall": score(self.metric, evidence, self.answers) if answer.evidence else None,
             "prediction": answer.text,
             "calls": answer.cost.calls,
             "tokens_read": answer.cost.tokens_read,
