@@ -39,7 +39,11 @@ from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
 
 STRATEGIES: dict[str, Callable[[argparse.Namespace], Strategy]] = {
     "memagent": lambda args: MemAgent(MemAgentConfig(adapter=args.adapter)),
-    "gemfilter": lambda args: GemFilter(GemFilterConfig(top_k=args.top_k, unit=args.unit, unit_top=args.unit_top)),
+    "gemfilter": lambda args: GemFilter(
+        GemFilterConfig(
+            layer=args.layer, top_k=args.top_k, unit=args.unit, unit_top=args.unit_top, contrast=args.contrast
+        )
+    ),
 }
 
 
@@ -76,6 +80,8 @@ def main() -> None:
     p.add_argument("--adapter", default="auto", help="memagent: auto (the shipped one), none (base model), a folder")
     p.add_argument("--top-k", type=int, default=GemFilterConfig.top_k, help="gemfilter: context tokens kept")
     p.add_argument("--unit", default=GemFilterConfig.unit, help="gemfilter: kept whole, sentence or token")
+    p.add_argument("--layer", type=int, default=None, help="gemfilter: layer r (default: the model's calibrated one)")
+    p.add_argument("--contrast", action="store_true", help="gemfilter: score against a prompt without the question")
     p.add_argument("--unit-top", type=int, default=GemFilterConfig.unit_top, help="gemfilter: tokens a unit averages")
     p.add_argument("--name", default="bare")
     p.add_argument("--out", default="bench/results")

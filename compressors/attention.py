@@ -97,3 +97,72 @@ def probe_attention(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@torch.inference_mode()
+def suffix_attention(
+    model: Any, prefix: Sequence[int], suffixes: Sequence[Sequence[int]], layers: Sequence[int]
+) -> list[dict[int, torch.Tensor]]:
+    """For each suffix after one shared prefix: what its positions attend to over prefix + suffix, per layer.
+
+    The prefix runs once (to the last probed layer, keeping the earlier layers' KV cache and the probed layers'
+    inputs); each suffix then runs on a copy of that cache, so scoring one context for several endings (a question
+    and a neutral one) costs one pass over the context. Layers are 0-based; each result maps a layer to [T] scores
+    (summed over heads, averaged over the suffix's positions), as `probe_attention` gives for those rows.
+    """
+    import copy
+
+    from transformers import DynamicCache
+
+    blocks = decoder_layers(model)
+    wanted = sorted(set(layers))
+    if not wanted or wanted[0] < 0 or wanted[-1] >= len(blocks):
+        raise ValueError(f"layers {list(layers)} are outside 0..{len(blocks) - 1}")
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # layer: hidden [T, d], cos, sin
+    handles = []
+
+    def hook_for(index: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])[0]
+            cos, sin = (t[0] for t in kwargs["position_embeddings"])
+            seen[index] = (hidden, cos, sin)
+            if index == wanted[-1]:
+                raise _StopForward
+
+        return hook
+
+    device = model.device
+    cache = DynamicCache()
+    for index in wanted:
+        handles.append(blocks[index].self_attn.register_forward_pre_hook(hook_for(index), with_kwargs=True))
+    try:
+        try:
+            model.base_model(
+                input_ids=torch.tensor([list(prefix)], device=device), past_key_values=cache, use_cache=True
+            )
+        except _StopForward:
+            pass
+        kept = dict(seen)
+        results = []
+        for suffix in suffixes:
+            seen.clear()
+            try:
+                model.base_model(
+                    input_ids=torch.tensor([list(suffix)], device=device),
+                    past_key_values=copy.deepcopy(cache),
+                    use_cache=True,
+                )
+            except _StopForward:
+                pass
+            scores = {}
+            for index in wanted:
+                (h0, c0, s0), (h1, c1, s1) = kept[index], seen[index]
+                hidden = torch.cat([h0, h1])[None]
+                pe = (torch.cat([c0, c1])[None], torch.cat([s0, s1])[None])
+                rows = torch.arange(len(h0), len(h0) + len(h1), device=h0.device)
+                scores[index] = attention_from(blocks[index].self_attn, hidden, pe, rows)
+            results.append(scores)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return results

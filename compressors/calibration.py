@@ -2,9 +2,13 @@
 
 The GemFilter paper fixes r by hand per model (13 of 32 layers for Llama-3.1-8B) and leaves open how to
 choose it. Here one forward pass per sample over a haystack with a planted "magic number" probes every
-layer at once; a layer's recall is the share of the number's tokens inside its selection of `keep` of
-the context (1024 of an 8K chunk by default, GemFilter's setting). The
+layer at once. A layer's recall is measured with the selection rule gemfilter uses: with sentence units (the
+default) whether the needle's sentence is among the units kept in `keep` of the context, with single tokens the
+share of the number's tokens kept (`keep` = 1024 of an 8K chunk by default, GemFilter's setting). The
 cheapest layer whose recall is within `tolerance` of the best wins (fewer layers = faster selection).
+Calibrate at the length of a scoring chunk: which layer singles out a needle depends on how far it sits from the
+question. SmolLM2's layer chosen on 3000-token samples by token recall (22) lost needles at the start of 8K
+chunks that the layer chosen on 8K samples by sentence recall (19) keeps (bench/results/gemfilter-layer-128k.md).
 compressors/layer_store.py keeps the result per model.
 """
 
@@ -19,7 +23,7 @@ from typing import Any
 import torch
 
 from compressors.attention import num_layers, probe_attention
-from compressors.gemfilter import layer_model, query_rows, smooth
+from compressors.gemfilter import GemFilterConfig, best_units, layer_model, query_rows, smooth, unit_scores, units_of
 from compressors.layer_store import model_key
 from engines.prompting import prompt_around
 from engines.types import Progress, Task, no_progress
@@ -83,6 +87,7 @@ class Calibration:
     queries: str
     samples: int
     length: int
+    unit: str
     tolerance: float
     seconds: float
     date: str
@@ -98,6 +103,7 @@ def calibrate(
     tolerance: float = 0.05,
     seed: int = 0,
     progress: Progress = no_progress,
+    unit: str = GemFilterConfig.unit,
 ) -> Calibration:
     """Measure every layer's needle recall and pick the cheapest good one (see the module docstring)."""
     if samples < 1 or not 0 < keep < 1 or length * keep < 1:
@@ -115,15 +121,14 @@ def calibrate(
         encoded = tokenizer(needle.text, add_special_tokens=False, return_offsets_mapping=True)
         context = encoded["input_ids"]
         offsets = encoded["offset_mapping"]
-        answer_positions = [p for p, (s, e) in enumerate(offsets) if s < needle.end and e > needle.start]
         ids = torch.tensor([[*before, *context, *after]], device=model.device)
         rows = query_rows(ids.shape[1], len(after), queries)
         with torch.inference_mode(), probe_attention(model, range(total), rows) as scores:
             model.base_model(input_ids=ids, use_cache=False)
+        budget = max(1, round(keep * len(context)))
         for layer in range(total):
-            ranked = smooth(scores[layer][len(before) : len(before) + len(context)], 5)
-            kept = set(ranked.topk(max(1, round(keep * len(context)))).indices.tolist())
-            hits[layer] += sum(p in kept for p in answer_positions) / len(answer_positions)
+            found = scores[layer][len(before) : len(before) + len(context)]
+            hits[layer] += needle_recall(found, offsets, needle, budget, unit)
     progress(samples, samples, "calibrated")
     recall = (hits / samples).tolist()
     best = max(recall)
@@ -137,7 +142,58 @@ def calibrate(
         queries=queries,
         samples=samples,
         length=length,
+        unit=unit,
         tolerance=tolerance,
         seconds=round(time.perf_counter() - start, 1),
         date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
+
+
+def needle_recall(
+    scores: torch.Tensor, offsets: list[tuple[int, int]], needle: Needle, budget: int, unit: str
+) -> float:
+    """How much of the needle one layer's context scores keep in `budget` tokens, by gemfilter's own rule.
+
+    Sentence units: 1 if the sentence holding the number is kept whole, else 0. Single tokens: the share of the
+    number's tokens among the `budget` best smoothed scores.
+    """
+    if unit == "token":
+        answer = [p for p, (s, e) in enumerate(offsets) if s < needle.end and e > needle.start]
+        kept = set(smooth(scores, GemFilterConfig.smoothing).topk(budget).indices.tolist())
+        return sum(p in kept for p in answer) / len(answer)
+    config = GemFilterConfig()
+    units = units_of(offsets, needle.text, unit, config.unit_tokens)
+    votes = torch.tensor([any(ch.isalnum() for ch in needle.text[s:e]) for s, e in offsets], device=scores.device)
+    ranked = unit_scores([len(u) for u in units], scores, votes, config.unit_top)
+    return float(
+        any(offsets[u.start][0] <= needle.start < offsets[u.stop - 1][1] for u in best_units(units, ranked, budget))
+    )
+
+
+def main() -> None:
+    """`python -m compressors.calibration`: calibrate on a host without the service stack (a GPU box)."""
+    import argparse
+    from pathlib import Path
+
+    from compressors.layer_store import save_entry
+    from engines import EngineConfig, create_engine
+
+    p = argparse.ArgumentParser(description="choose gemfilter's layer for a model (tome calibrate gemfilter)")
+    p.add_argument("--model", default="smollm2", help="a model alias or HF folder")
+    p.add_argument("--haystack", type=Path, default=Path(__file__).resolve().parents[1] / "examples/walden_long.txt")
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--length", type=int, default=8000, help="tokens per sample (a scoring chunk)")
+    p.add_argument("--unit", default=GemFilterConfig.unit)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--output", type=Path, required=True)
+    args = p.parse_args()
+    engine = create_engine(EngineConfig(kind="native", model=args.model, device=args.device, dtype=args.dtype))
+    result = calibrate(engine, args.haystack.read_text(encoding="utf-8"), args.samples, args.length, unit=args.unit)
+    save_entry(result, args.output)
+    curve = " ".join(f"{i}:{r:.2f}" for i, r in enumerate(result.recall_by_layer, start=1))
+    print(f"{result.model}: layer {result.layer} of {result.num_layers} ({curve}) -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

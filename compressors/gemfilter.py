@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from compressors.attention import num_layers, probe_attention
+from compressors.attention import num_layers, probe_attention, suffix_attention
 from compressors.layer_store import model_key, stored_layer
 from engines.base import Engine, SupportsLayers, engine_home
 from engines.grounding import complete_fragments
@@ -58,6 +58,7 @@ class GemFilterConfig:
     unit_top: int = 3  # a sentence scores the mean of its best unit_top word tokens; 0: of all of them
     smoothing: int = 5  # unit="token": width of the moving average over token scores (odd); 1 turns it off
     queries: str = "question"  # whose attention scores the context: "question" (all positions after it) or "last"
+    contrast: bool = False  # score relative to what the same rows of a prompt without the question attend to
     chunk_tokens: int | None = None  # context tokens per scoring pass; None: all that fit beside the prompt
     home: Path | None = None  # where calibrations live; None: the engine's TOME_HOME
 
@@ -119,6 +120,23 @@ def score_context(
     return smooth(scores[layer - 1][len(before) : len(before) + len(context)], smoothing)
 
 
+def contrast_scores(
+    model: Any, before: Sequence[int], context: Sequence[int], after: Sequence[int], neutral: Sequence[int], layer: int
+) -> torch.Tensor:
+    """The question's attention over the context relative to a neutral prompt's, from layer `layer` (1-based).
+
+    Both endings share one pass over the context (compressors.attention.suffix_attention). What every prompt
+    attends to whatever it asks (recent tokens, line breaks) cancels; what the question adds stands out. The
+    ratio is damped by a tenth of the neutral mean so that near-zero baselines do not explode.
+    """
+    asked, plain = (
+        r[layer - 1][len(before) : len(before) + len(context)]
+        for r in suffix_attention(model, [*before, *context], [after, neutral], [layer - 1])
+    )
+    damp = 0.1 * plain.mean()
+    return (asked + damp) / (plain + damp)
+
+
 def resolve_layer(engine: Engine, config: GemFilterConfig) -> int:
     model = layer_model(engine)
     total = num_layers(model)
@@ -144,6 +162,7 @@ def select(
     doc_ids: list[int] = encoded["input_ids"]
     offsets: list[tuple[int, int]] = encoded["offset_mapping"]
     before, after = prompt_around(engine, task)
+    neutral = prompt_around(engine, Task(""))[1] if config.contrast else []  # "Question: \nAnswer:"
     room = engine.max_context - len(before) - len(after)
     chunk = min(config.chunk_tokens or room, room)
     units = units_of(offsets, document, config.unit, config.unit_tokens)
@@ -166,7 +185,10 @@ def select(
         for n, piece in enumerate(pieces):
             progress(n, len(pieces), f"gemfilter round {round_no}: scoring chunk {n + 1}/{len(pieces)}")
             context = [doc_ids[p] for u in piece for p in u]
-            scores = score_context(model, before, context, after, layer, smoothing, config.queries)
+            if config.contrast:
+                scores = smooth(contrast_scores(model, before, context, after, neutral, layer), smoothing)
+            else:
+                scores = score_context(model, before, context, after, layer, smoothing, config.queries)
             voting = torch.tensor([votes[p] for u in piece for p in u], device=scores.device)
             ranked = unit_scores([len(u) for u in piece], scores, voting, config.unit_top)
             survivors.extend(best_units(piece, ranked, config.top_k))
@@ -298,6 +320,7 @@ class GemFilter:
                 layer=chosen.layer,
                 unit=self.config.unit,
                 unit_top=self.config.unit_top,
+                contrast=self.config.contrast,
                 rounds=chosen.rounds,
                 kept_tokens=len(chosen.positions),
                 kept_spans=len(chosen.spans),

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
     calibrate.add_argument("--haystack", default=None, help="text to plant needles in (default: Walden example)")
     calibrate.add_argument("--samples", type=int, default=8)
-    calibrate.add_argument("--length", type=int, default=3000, help="tokens per sample")
+    calibrate.add_argument("--length", type=int, default=8000, help="tokens per sample (a scoring chunk)")
     calibrate.add_argument("--output", default=None, help="JSON file to write (default: TOME_HOME/calibration/)")
     calibrate.set_defaults(func=cmd_calibrate)
     return parser
