@@ -48,7 +48,7 @@ def summary(variant: str, label: str, records: list[dict[str, Any]]) -> dict[str
         "repaired": sum(r["accuracy"] == 1 and bool(r["details"].get("completed")) for r in records),
         "layer": first.get("details", {}).get("layer"),
         "contrast": first.get("details", {}).get("contrast", False),
-        "kept_tokens": round(sum(r["details"]["kept_tokens"] for r in records) / n, 1) if n else 0,
+        "kept_tokens": round(sum(r["details"]["kept_tokens"] for r in records) / n) if n else 0,
         "calls": mean("calls"),
         "tokens_read": round(mean("tokens_read")),
         "seconds": round(mean("seconds"), 2),
