@@ -7,7 +7,7 @@ context over the context tokens, saved with the sentence units, the voting mask 
 scoring rules can be compared offline (`--analyse`) without more forward passes.
 
     PYTHONPATH=. python bench/gemfilter_position.py --seeds 101,103 --length 8K --dump /tmp/gfpos
-    PYTHONPATH=. python bench/gemfilter_position.py --analyse /tmp/gfpos
+    PYTHONPATH=. python bench/gemfilter_position.py --analyse /tmp/gfpos  # bench/results/gemfilter-position-8k.md
 """
 
 from __future__ import annotations
@@ -109,15 +109,66 @@ def dump_one(engine: Any, text: str, question: str, answer: str, layer: int, out
     print(f"{name}: {len(ctx)} tokens, needle unit {needle[0]} of {len(chunk)}", file=sys.stderr, flush=True)
 
 
+def needle_rank(d: dict[str, Any], token_scores: torch.Tensor, top: int = 3, budget: int = 1024) -> tuple[int, int]:
+    """The needle sentence's rank (1 = best) by the sentence rule, and how many sentences best first fit in budget."""
+    from compressors.gemfilter import unit_scores
+
+    sizes = d["sizes"]
+    ranked = unit_scores(sizes, token_scores.float(), torch.tensor(d["votes"]), top)
+    order = ranked.argsort(descending=True, stable=True).tolist()
+    used = fit = 0
+    for i in order:
+        if used + sizes[i] <= budget:
+            used += sizes[i]
+            fit += 1
+    return order.index(d["needle"]) + 1, fit
+
+
+def analyse(folder: Path, name: str) -> None:
+    """Per layer and rule (plain, contrast): the needle sentence's rank / sentences that fit, one column a sample.
+
+    Writes bench/results/<name>.json + .md.
+    """
+    from bench.common import write_results
+
+    dumps = [torch.load(f) for f in sorted(folder.glob("*.pt"))]
+    rows: list[dict[str, Any]] = []
+    for rule in ("plain", "contrast"):
+        for layer in range(dumps[0]["question"].shape[0]):
+            row: dict[str, Any] = {"rule": rule, "layer": layer + 1}
+            for d in dumps:
+                asked = d["question"][layer].float().sum(0).mean(0)
+                plain = d["neutral"][layer].float().sum(0).mean(0)
+                damp = 0.1 * plain.mean()
+                scores = asked if rule == "plain" else (asked + damp) / (plain + damp)
+                rank, fit = needle_rank(d, scores)
+                depth = sum(d["sizes"][: d["needle"]]) / sum(d["sizes"])
+                row[f"{d['name']} @{depth:.2f}"] = f"{rank}/{fit}"
+            rows.append(row)
+    note = (
+        "Cells: the needle sentence's rank in its 8K scoring chunk by the sentence rule (3 best word tokens) / how "
+        "many sentences best first fit in 1024 tokens (kept if rank <= that); @ = the needle's place in the chunk "
+        "(0 = start, farthest from the question). SmolLM2-135M, float32 on a CPU; harness niah_single samples at 8K "
+        "(real text, seeds outside the eval seeds) and the slow test's 32K Walden start needle (first chunk)."
+    )
+    write_results(name, f"{name}: needle rank by layer in one scoring chunk", "smollm2", rows, note=note)
+    print(f"bench/results/{name}.md")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="101,103,105,107,109")
     p.add_argument("--length", default="8K")
     p.add_argument("--walden", action="store_true", help="also the slow test's 32K start/middle/end document")
     p.add_argument("--dump", type=Path)
+    p.add_argument("--analyse", type=Path, help="rank table from an earlier --dump folder (no forward passes)")
+    p.add_argument("--name", default="gemfilter-position-8k", help="--analyse: results name")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     args = p.parse_args()
+    if args.analyse:
+        analyse(args.analyse, args.name)
+        return 0
     from evals.cli import parse_length
     from evals.tasks import generate
 
@@ -144,18 +195,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def rank_report(d: dict[str, Any], token_scores: torch.Tensor, top: int = 3, budget: int = 1024) -> tuple[int, int]:
-    """The needle unit's rank (1 = best) and how many units best first fit in `budget` tokens."""
-    from compressors.gemfilter import best_units, unit_scores
-
-    sizes = d["sizes"]
-    votes = torch.tensor(d["votes"])
-    ranked = unit_scores(sizes, token_scores.float(), votes, top)
-    order = ranked.argsort(descending=True, stable=True).tolist()
-    units = [range(i, i + 1) for i in range(len(sizes))]  # stand-ins, only sizes matter
-    fake = [range(0, s) for s in sizes]
-    kept = best_units(fake, ranked, budget)
-    del units
-    return order.index(d["needle"]) + 1, len(kept)
