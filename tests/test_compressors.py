@@ -16,7 +16,9 @@ from compressors.gemfilter import (
     GemFilterConfig,
     NoLayerAccessError,
     best_units,
+    contrast_scores,
     prompt_around,
+    score_context,
     select,
     unit_scores,
     units_of,
@@ -181,6 +183,22 @@ def test_units_score_their_best_word_tokens_and_fill_the_budget() -> None:
     assert best_units(units, best, 5) == [range(3, 5), range(0, 3)]
     single = [range(i, i + 1) for i in range(10)]
     assert sorted(u.start for u in best_units(single, scores, 4)) == sorted(scores.topk(4).indices.tolist())
+
+
+def test_gemfilter_contrast_shares_one_context_pass_and_equals_two_separate_passes() -> None:
+    """contrast=True scores the question against a question-less prompt over one KV-cached pass of the context."""
+    exact = create_engine(EngineConfig(kind="native", device="cpu", dtype="float32"))
+    model = exact.hf_model  # type: ignore[attr-defined]
+    text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")[:1500]
+    before, after = prompt_around(exact, Task("What is the name of the cruising yawl?"))
+    neutral = prompt_around(exact, Task(""))[1]
+    context = exact.tokenize(text)
+    layer = 19
+    asked, plain = (score_context(model, before, context, ending, layer, 1) for ending in (after, neutral))
+    damp = 0.1 * plain.mean()
+    shared = contrast_scores(model, before, context, after, neutral, layer)
+    assert shared.shape == (len(context),)
+    torch.testing.assert_close(shared, (asked + damp) / (plain + damp), rtol=1e-4, atol=1e-6)
 
 
 def walden(engine: Engine, tokens: int) -> str:
