@@ -97,7 +97,7 @@ def calibrate(
     engine: Any,
     haystack: str,
     samples: int = 10,
-    length: int = 4000,
+    length: int = 8000,
     keep: float = 0.125,
     queries: str = "question",
     tolerance: float = 0.05,

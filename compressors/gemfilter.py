@@ -67,7 +67,7 @@ class GemFilterConfig:
     unit_top: int = 3  # a sentence scores the mean of its best unit_top word tokens; 0: of all of them
     smoothing: int = 5  # unit="token": width of the moving average over token scores (odd); 1 turns it off
     queries: str = "question"  # whose attention scores the context: "question" (all positions after it) or "last"
-    contrast: bool = False  # score relative to what the same rows of a prompt without the question attend to
+    contrast: bool = False  # score relative to a prompt without the question (all rows after the context, both)
     chunk_tokens: int | None = None  # context tokens per scoring pass; None: all that fit beside the prompt
     home: Path | None = None  # where calibrations live; None: the engine's TOME_HOME
 
