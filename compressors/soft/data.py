@@ -19,16 +19,33 @@ from typing import Any
 from evals.corpus import EVAL_DOCS, normalize  # which texts are held out, and the same unwrapping
 
 _SENTENCE = re.compile(r"[^.!?]+[.!?][\"')\]]*\s*")
+# (statement planted in the text, question, answer): the answer restates the question as SmolLM2 itself answers
+# such questions ("The byte vote code is 524619."), so the teacher's next-token distributions on it are what the
+# model would say; a bare value right after the assistant turn opens is not (the teacher's CE on bare values was
+# about 2.5 nats/token and it got none of them right, teacher-forced, on a held-out set).
 _FACTS = (
-    ("The {key} code is {value}.", "What is the {key} code?"),
-    ("Remember this: the {key} number is {value}.", "What is the {key} number?"),
-    ("Note that {key} was set to {value}.", "What was {key} set to?"),
-    ("The password for {key} is {value}.", "What is the password for {key}?"),
-    ("{key} is stored under {value}.", "Under what is {key} stored?"),
-    ("The secret value for {key} is: {value}.", "What is the secret value for {key} mentioned in the text?"),
-    ("One of the hidden {noun}s for {key} is: {value}.", "What is the hidden {noun} for {key} in the text?"),
-    ("Keep in mind that the {noun} of {key} is {value}.", "What is the {noun} of {key}?"),
+    ("The {key} code is {value}.", "What is the {key} code?", "The {key} code is {value}."),
+    ("Remember this: the {key} number is {value}.", "What is the {key} number?", "The {key} number is {value}."),
+    ("Note that {key} was set to {value}.", "What was {key} set to?", "{key} was set to {value}."),
+    ("The password for {key} is {value}.", "What is the password for {key}?", "The password for {key} is {value}."),
+    ("{key} is stored under {value}.", "Under what is {key} stored?", "{key} is stored under {value}."),
+    (
+        "The secret value for {key} is: {value}.",
+        "What is the secret value for {key} mentioned in the text?",
+        "The secret value for {key} mentioned in the text is {value}.",
+    ),
+    (
+        "One of the hidden {noun}s for {key} is: {value}.",
+        "What is the hidden {noun} for {key} in the text?",
+        "The hidden {noun} for {key} in the text is {value}.",
+    ),
+    (
+        "Keep in mind that the {noun} of {key} is {value}.",
+        "What is the {noun} of {key}?",
+        "The {noun} of {key} is {value}.",
+    ),
 )
+ANSWER_FORMAT = "restate the question with the value, as the model answers (`The byte vote code is 524619.`)"
 _NOUNS = ("number", "word", "code", "label", "key", "token", "name")
 # People and places of the trainer's own: the evaluation's babilong uses other names, so nothing is learnt by heart.
 _PEOPLE = ("Marta", "Jonas", "Priya", "Kenji", "Amara", "Lucas", "Helga", "Omar", "Rosa", "Viktor", "Nadia", "Pablo")
@@ -114,7 +131,7 @@ class ExampleMaker:
         return f"{self.rng.choice(self.words)}{joint}{self.rng.choice(self.words)}"
 
     def fact(self, tokens: int) -> Example:
-        statement, question = self.rng.choice(_FACTS)
+        statement, question, answer = self.rng.choice(_FACTS)
         noun = self.rng.choice(_NOUNS)
         keys = [self.key() for _ in range(1 + (self.rng.random() < 0.3) * self.rng.randint(1, 3))]
         values = [self.value() for _ in keys]
@@ -122,7 +139,8 @@ class ExampleMaker:
             _first_upper(statement.format(key=k, value=v, noun=noun)) + " " for k, v in zip(keys, values, strict=True)
         ]
         context = self.planted(facts, tokens)  # keys[0] is asked; the others are distractors
-        return Example(context, question.format(key=keys[0], noun=noun), self.ids(values[0]), "fact")
+        reply = _first_upper(answer.format(key=keys[0], value=values[0], noun=noun))
+        return Example(context, question.format(key=keys[0], noun=noun), self.ids(reply), "fact")
 
     def location(self, tokens: int) -> Example:
         """Where a person went last: their moves among another person's, as in bAbI's first task."""
@@ -134,7 +152,7 @@ class ExampleMaker:
         last = [where for who, where in moves if who == person][-1]
         facts = [f"{who} {self.rng.choice(_MOVES)} the {where}. " for who, where in moves]
         question = f"Where is {person}?" + (" Answer with one location." if self.rng.random() < 0.5 else "")
-        return Example(self.planted(facts, tokens), question, self.ids(last), "location")
+        return Example(self.planted(facts, tokens), question, self.ids(f"{person} is in the {last}."), "location")
 
     def quote(self, tokens: int) -> Example:
         body = self.fit(self.sentences(tokens * 6), tokens)

@@ -26,13 +26,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from compressors.soft.data import Example, ExampleMaker, training_texts
+from compressors.soft.data import ANSWER_FORMAT, Example, ExampleMaker, training_texts
 from compressors.soft.model import SHIPPED, CompressorConfig, SegmentCompressor
 from engines import EngineConfig, create_engine
 from engines.prompting import prompt_around
 from engines.types import Task
 
 CORPUS = Path("/work/shared/data/corpus")
+ANSWERED = ("fact", "location")  # kinds with one right answer: the held-out "answers right" counts these
 
 
 def segments_of(ids: Sequence[int], size: int) -> list[list[int]]:
@@ -81,15 +82,17 @@ def step_logits(
 
 
 def distillation_step(
-    engine, compressor: SegmentCompressor, examples: list[Example], rate: int
+    engine, compressor: SegmentCompressor, examples: list[Example], rate: int, ce_weight: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """KL(teacher || student) per answer token, and the two cross-entropies on the answer for the log."""
+    """KL(teacher || student) per answer token (plus `ce_weight` times the student's cross-entropy on the gold answer,
+    where the small teacher misreads a fact), and the two cross-entropies on the answer for the log."""
     student, teacher, gold = step_logits(engine, compressor, examples, rate)
     loss = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
-    stats = {
-        "student_ce": F.cross_entropy(student.detach(), gold).item(),
-        "teacher_ce": F.cross_entropy(teacher, gold).item(),
-    }
+    student_ce = F.cross_entropy(student, gold)
+    stats = {"student_ce": student_ce.item(), "teacher_ce": F.cross_entropy(teacher, gold).item()}
+    if ce_weight:
+        stats["kl"] = loss.item()
+        loss = loss + ce_weight * student_ce
     return loss, stats
 
 
@@ -97,8 +100,8 @@ def distillation_step(
 def held_out(
     engine, compressor: SegmentCompressor, examples: list[Example], rates: Sequence[int], batch: int
 ) -> dict[str, float]:
-    """Per rate on a fixed held-out set: KL, student CE, and how many answers the student and the teacher get
-    right token for token when each answer token is predicted from the gold prefix (argmax)."""
+    """Per rate on a fixed held-out set: KL, student CE, and how many of its fact and location answers the student
+    and the teacher get right token for token when each answer token is predicted from the gold prefix (argmax)."""
     was_training = compressor.training
     compressor.eval()
     out: dict[str, float] = {}
@@ -116,14 +119,16 @@ def held_out(
             at = 0
             for ex in part:
                 n = len(ex.answer)
-                right += bool((student[at : at + n].argmax(-1) == gold[at : at + n]).all())
-                teacher_right += bool((teacher[at : at + n].argmax(-1) == gold[at : at + n]).all())
+                if ex.kind in ANSWERED:
+                    right += bool((student[at : at + n].argmax(-1) == gold[at : at + n]).all())
+                    teacher_right += bool((teacher[at : at + n].argmax(-1) == gold[at : at + n]).all())
                 at += n
+        answered = max(1, sum(ex.kind in ANSWERED for ex in examples))
         out |= {
             f"kl@{rate}": round(kl / tokens, 4),
             f"student_ce@{rate}": round(ce / tokens, 4),
-            f"answers@{rate}": round(right / len(examples), 4),
-            "teacher_answers": round(teacher_right / len(examples), 4),
+            f"answers@{rate}": round(right / answered, 4),
+            "teacher_answers": round(teacher_right / answered, 4),
         }
     compressor.train(was_training)
     return out
@@ -240,12 +245,14 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
             f"{b[f'student_ce@{r}']:.3f}, answers right {a[f'answers@{r}']:.2f} -> {b[f'answers@{r}']:.2f}"
             for r in rates
         )
+        counted = "the fact and location answers" if "answers" in run else "all answers"
         heldout_text = (
             f"\n- Held-out set ({a.get('examples')} examples of the same kinds from seed {run['seed'] + 10_000}, "
             f"contexts of {run.get('heldout_tokens')} tokens; step {a['step']} -> {b['step']}): {per} (full "
-            f"context: {b['teacher_answers']:.2f}; an answer is right when every answer token is the argmax given "
-            "the gold prefix)."
+            f"context: {b['teacher_answers']:.2f}; {counted} count, and one is right when every answer token is the "
+            "argmax given the gold prefix)."
         )
+    ce = f", plus {run['ce_weight']} x the student's CE on the gold answer" if run.get("ce_weight") else ""
     text = f"""# CompLLM segment compressor for {config["base_model"]}
 
 Written by `tome train compllm` (compressors/soft/train.py); the numbers below come from its log
@@ -258,9 +265,11 @@ Written by `tome train compllm` (compressors/soft/train.py); the numbers below c
   segments of {config["segment_tokens"]} tokens.
 - Data: `{run["corpus"]}` minus the evaluation documents (`evals.corpus.EVAL_DOCS`), unwrapped; examples generated
   with the trainer's own seeds (`compllm-train:{run["seed"]}`): {KINDS}. {contexts[0].upper() + contexts[1:]};
-  answers of up to {run["answer_tokens"]} tokens, {batches}; the rate alternates per step.
-- Objective: KL(teacher || student) over the answer tokens' next-token distributions; teacher = the frozen model
-  on the full context, student = the same frozen model on the compressed context. Only LoRA, slots and head learn.
+  fact and location answers: {run.get("answers", "bare values (the value or place alone)")}; sentence answers of up
+  to {run["answer_tokens"]} tokens; {batches}; the rate alternates per step.
+- Objective: KL(teacher || student) over the answer tokens' next-token distributions{ce}; teacher = the frozen
+  model on the full context, student = the same frozen model on the compressed context. Only LoRA, slots and head
+  learn.
 - Run: {len(train)} steps in {run["minutes"]:.1f} min on {run["device"]} ({run["dtype"]}), AdamW lr {run["lr"]}
   (head: {run["lr"] * run["head_lr_scale"]:g}), warmup then cosine to a tenth, scheduled on the larger of the
   step and the wall-clock share of the run.
@@ -391,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--head-lr-scale", type=float, default=0.02, help="the head's learning rate, as a share of --lr"
     )
     parser.add_argument("--warmup", type=float, default=0.05, help="share of the run spent warming up")
+    parser.add_argument(
+        "--ce-weight", type=float, default=0.0, help="adds this times the student's CE on the gold answer to the KL"
+    )
     parser.add_argument("--lora-rank", type=int, default=CompressorConfig.lora_rank)
     parser.add_argument("--target-modules", default=",".join(CompressorConfig.target_modules), help="comma-separated")
     parser.add_argument("--seed", type=int, default=0)
@@ -449,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device": hardware,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "minutes": 0.0,
+        "answers": ANSWER_FORMAT,
     }
     budget = args.minutes * 60
     progress = 0.0
@@ -487,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             examples = batches.next(plan)
             rate = config.rates[step % len(config.rates)]
-            loss, stats = distillation_step(engine, compressor, examples, rate)
+            loss, stats = distillation_step(engine, compressor, examples, rate, args.ce_weight)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
