@@ -177,7 +177,9 @@ def plot_run(log: list[dict], path: Path) -> None:
     train = [r for r in log if "loss" in r]
     window = max(1, len(train) // 25)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("loss", "KL(teacher || student)"), ("student_ce", "student CE"), ("teacher_ce", "teacher CE")):
+    kl = "kl" if train and "kl" in train[0] else "loss"  # with --ce-weight the loss is more than the KL
+    for key, label in (("kl", "KL(teacher || student)"), ("student_ce", "student CE"), ("teacher_ce", "teacher CE")):
+        key = kl if key == "kl" else key
         vals = [r[key] for r in train]
         smooth = [sum(vals[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(vals))]
         left.plot([r["step"] for r in train], smooth, label=label)
@@ -253,6 +255,7 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
             "argmax given the gold prefix)."
         )
     ce = f", plus {run['ce_weight']} x the student's CE on the gold answer" if run.get("ce_weight") else ""
+    kl = "kl" if train and "kl" in train[0] else "loss"  # with --ce-weight the loss is more than the KL
     text = f"""# CompLLM segment compressor for {config["base_model"]}
 
 Written by `tome train compllm` (compressors/soft/train.py); the numbers below come from its log
@@ -273,7 +276,7 @@ Written by `tome train compllm` (compressors/soft/train.py); the numbers below c
 - Run: {len(train)} steps in {run["minutes"]:.1f} min on {run["device"]} ({run["dtype"]}), AdamW lr {run["lr"]}
   (head: {run["lr"] * run["head_lr_scale"]:g}), warmup then cosine to a tenth, scheduled on the larger of the
   step and the wall-clock share of the run.
-- Training batches (mean of the first / last {k} steps): KL {mean(first, "loss"):.3f} -> {mean(last, "loss"):.3f};
+- Training batches (mean of the first / last {k} steps): KL {mean(first, kl):.3f} -> {mean(last, kl):.3f};
   student CE on the answer {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f}
   (teacher on the full context: {mean(last, "teacher_ce"):.3f}; later batches have longer contexts).{heldout_text}
 
