@@ -12,8 +12,10 @@ from evals.report import commit, machine  # one definition of what identifies a 
 RESULTS = Path(__file__).parent / "results"
 
 
-def write_results(name: str, benchmark: str, model: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(
+    name: str, benchmark: str, model: str, rows: list[dict[str, Any]], folder: Path = RESULTS, **extra: Any
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": benchmark,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -23,9 +25,9 @@ def write_results(name: str, benchmark: str, model: str, rows: list[dict[str, An
         **extra,
         "rows": rows,
     }
-    path = RESULTS / f"{name}.json"
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown_table(doc))
+    (folder / f"{name}.md").write_text(markdown_table(doc))
     return path
 
 

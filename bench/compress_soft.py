@@ -11,6 +11,10 @@ Two parts, each measured against its baseline in the same run:
 
     PYTHONPATH=. TOME_THREADS=1 nice python -m bench.compress_soft [--compressor compllm|gist] [--part accuracy,ttft]
         [--lengths 2048,4096] [--n 3] [--rates 2,4] [--tasks niah_single,qa,babilong] [--dtype float32]
+
+On a GPU host (a model folder, no service settings): `--device cuda --model-dir DIR --batch-tokens 65536` answers
+the samples of a cell in batches of about that many prompt tokens (each row as it would be alone, left-padded);
+`--adapter FILE` measures another compllm adapter, `--also-adapter FILE` adds its 2x rows beside the main one's.
 """
 
 from __future__ import annotations
@@ -25,20 +29,21 @@ from typing import Any
 
 import torch
 
-from bench.common import machine, write_results
+from bench.common import RESULTS, machine, write_results
 from compressors.soft import gist_strategy
+from compressors.soft.cache import file_digest
 from compressors.soft.gist import kv_bytes
 from compressors.soft.gist_strategy import Gist, GistStrategyConfig
-from compressors.soft.strategy import CompLLM, CompLLMConfig, compress, prompt_embeddings
+from compressors.soft.model import SHIPPED
+from compressors.soft.strategy import CompLLMConfig, compress, prompt_embeddings
 from engines import EngineConfig, create_engine
 from engines.base import Engine, SamplingParams
-from engines.prompting import answer_messages, prompt_around
-from engines.strategy import Strategy
-from engines.types import Task, no_progress
+from engines.prompting import answer_each, answer_messages, prompt_around
+from engines.types import Cost, Task, no_progress
 from evals.corpus import haystack_words
 from evals.metrics import score
 from evals.tasks import generate
-from workflows.full import FullContext
+from evals.tasks.sample import Sample
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -48,47 +53,74 @@ def kv_mb(engine: Engine, positions: int) -> float:
     return round(kv_bytes(model.config, positions, next(model.parameters()).element_size()) / 2**20, 2)
 
 
-def strategy_for(compressor: str, rate: int) -> Strategy:
-    if compressor == "gist":
-        return Gist(GistStrategyConfig(rate=rate))
-    return CompLLM(CompLLMConfig(rate=rate, cache=False))
-
-
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def accuracy_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
+def answer_cell(
+    engine: Engine, samples: list[Sample], method: tuple[str, int, Path], batch_tokens: int
+) -> list[dict[str, Any]]:
+    """Score `method` ("full", or a compressor with its rate and adapter) on every sample, in batches of about
+    `batch_tokens` prompt tokens (one sample a batch when 0), grouped by answer budget."""
+    kind, rate, adapter = method
+    got: dict[int, dict[str, Any]] = {}
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.question.max_answer_tokens, []).append(i)
+    for budget, members in groups.items():
+        size = max(1, batch_tokens // samples[members[0]].length) if batch_tokens else 1
+        for b in range(0, len(members), size):
+            part = [samples[i] for i in members[b : b + size]]
+            start = time.perf_counter()
+            if kind == "full":
+                k = len(part)
+                answers = answer_each(
+                    engine, [s.document.text for s in part], [s.question for s in part], "full", [[]] * k, [Cost()] * k
+                )
+                texts = [a.text for a in answers]
+                inputs = [a.cost.tokens_read for a in answers]
+            elif kind == "gist":
+                strategy = Gist(GistStrategyConfig(rate=rate))
+                answers = [strategy.run(s.document, [s.question], engine, no_progress)[0] for s in part]
+                texts = [a.text for a in answers]
+                inputs = [a.details.get("input_vectors") or a.cost.tokens_read for a in answers]
+            else:
+                config = CompLLMConfig(rate=rate, adapter=adapter, cache=False)
+                prompts = [
+                    prompt_embeddings(engine, compress(engine, s.document.text, config).vectors, s.question)
+                    for s in part
+                ]
+                generations = engine.chat_from_embeddings(prompts, SamplingParams(max_tokens=budget))  # type: ignore[attr-defined]
+                texts = [g.text for g in generations]
+                inputs = [g.prompt_tokens for g in generations]
+            seconds = (time.perf_counter() - start) / len(part)
+            for i, s, text, n in zip(members[b : b + size], part, texts, inputs, strict=True):
+                got[i] = {"accuracy": score(s.metric, text, s.answers), "input": n, "seconds": seconds}
+                print(
+                    f"{s.length} {s.task} #{s.seed} {kind}@{rate}: {got[i]} {text[:60]!r}", file=sys.stderr, flush=True
+                )
+    return [got[i] for i in range(len(samples))]
+
+
+def accuracy_part(engine: Engine, args: argparse.Namespace, write: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    deadline = time.perf_counter() + args.max_minutes * 60
+    methods = [(args.compressor, r, args.adapter) for r in args.rates]
+    if args.also_adapter:
+        methods.append((args.compressor, min(args.rates), args.also_adapter))
     for length in args.lengths:
         for task in args.tasks:
+            if time.perf_counter() > deadline:
+                print(f"deadline: {length} {task} not measured", file=sys.stderr, flush=True)
+                continue
             samples = [generate(task, engine, length, seed) for seed in range(args.n)]
-            results: dict[str, list[dict[str, Any]]] = {}
-            for name, strategy in [("full", FullContext())] + [
-                (f"{args.compressor}@{r}", strategy_for(args.compressor, r)) for r in args.rates
-            ]:
-                got = []
-                for s in samples:
-                    start = time.perf_counter()
-                    answer = strategy.run(s.document, [s.question], engine, no_progress)[0]
-                    got.append(
-                        {
-                            "accuracy": score(s.metric, answer.text, s.answers),
-                            "input": answer.details.get("input_vectors") or answer.cost.tokens_read,
-                            "seconds": time.perf_counter() - start,
-                        }
-                    )
-                    print(
-                        f"{length} {task} #{s.seed} {name}: {got[-1]} {answer.text[:60]!r}", file=sys.stderr, flush=True
-                    )
-                results[name] = got
-            base = results["full"]
-            for r in args.rates:
-                got = results[f"{args.compressor}@{r}"]
+            base = answer_cell(engine, samples, ("full", 1, args.adapter), args.batch_tokens)
+            for method in methods:
+                got = answer_cell(engine, samples, method, args.batch_tokens)
                 rows.append(
                     {
-                        "compressor": args.compressor,
-                        "rate": r,
+                        "compressor": method[0],
+                        "rate": method[1],
                         "task": task,
                         "length": length,
                         "n": len(got),
@@ -98,11 +130,20 @@ def accuracy_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, An
                         "baseline_ttft_ms": None,
                         "input_tokens": round(mean([g["input"] for g in got])),
                         "baseline_input_tokens": round(mean([g["input"] for g in base])),
-                        "seconds": round(mean([g["seconds"] for g in got]), 1),
-                        "baseline_seconds": round(mean([g["seconds"] for g in base]), 1),
+                        "seconds": round(mean([g["seconds"] for g in got]), 2),
+                        "baseline_seconds": round(mean([g["seconds"] for g in base]), 2),
+                        "adapter": file_digest(method[2])[:12] if method[0] == "compllm" else None,
+                        "adapter_steps": adapter_steps(method[2]) if method[0] == "compllm" else None,
                     }
                 )
+            write(rows)
     return rows
+
+
+def adapter_steps(path: Path) -> int | None:
+    from compressors.soft.model import adapter_config
+
+    return adapter_config(path).get("extra", {}).get("steps")
 
 
 def document_of(engine: Engine, tokens: int) -> str:
@@ -121,13 +162,15 @@ def first_token_ms(engine: Engine, prompt: Any) -> tuple[float, int]:
     return 1000 * (time.perf_counter() - start), g.prompt_tokens
 
 
-def compllm_ttft(engine: Engine, text: str, rate: int, tasks: tuple[Task, Task]) -> tuple[float, float, int]:
+def compllm_ttft(
+    engine: Engine, text: str, rate: int, tasks: tuple[Task, Task], adapter: Path = SHIPPED
+) -> tuple[float, float, int]:
     """(cold ms, warm ms, input vectors): the first question compresses every segment, the second reads them back."""
     shutil.rmtree(engine.config.home / "cache" / "compllm", ignore_errors=True)  # type: ignore[attr-defined]
     times, inputs = [], 0
     for phase, task in zip(("cold", "warm"), tasks, strict=True):
         start = time.perf_counter()
-        compressed = compress(engine, text, CompLLMConfig(rate=rate))
+        compressed = compress(engine, text, CompLLMConfig(rate=rate, adapter=adapter))
         if phase == "warm" and compressed.cached != compressed.segments:
             raise RuntimeError("the second question did not find its segments in the cache")
         _, inputs = first_token_ms(engine, prompt_embeddings(engine, compressed.vectors, task))
@@ -135,7 +178,9 @@ def compllm_ttft(engine: Engine, text: str, rate: int, tasks: tuple[Task, Task])
     return times[0], times[1], inputs
 
 
-def gist_ttft(engine: Engine, text: str, rate: int, tasks: tuple[Task, Task]) -> tuple[float, float, int]:
+def gist_ttft(
+    engine: Engine, text: str, rate: int, tasks: tuple[Task, Task], adapter: Path = SHIPPED
+) -> tuple[float, float, int]:
     """(cold ms, warm ms, input positions): the first question compresses, the second continues the same gist KV."""
     one = SamplingParams(max_tokens=1)
     start = time.perf_counter()
@@ -157,6 +202,10 @@ def ttft_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
         Task("What does the narrator do at the end?", max_answer_tokens=32),
     )
     measure = gist_ttft if args.compressor == "gist" else compllm_ttft
+    warm_up = document_of(engine, 1000)  # the first calls load the adapter and, on a GPU, its kernels: not timed
+    first_token_ms(engine, answer_messages(warm_up, tasks[0]))
+    for r in args.rates:
+        measure(engine, warm_up, r, tasks, args.adapter)
     for length in args.ttft_lengths:
         text = document_of(engine, length - 120)
         base_ms, base_in = [], 0
@@ -166,7 +215,7 @@ def ttft_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
         for r in args.rates:
             cold, warm, inputs = [], [], 0
             for _ in range(args.repeats):
-                c, w, inputs = measure(engine, text, r, tasks)
+                c, w, inputs = measure(engine, text, r, tasks, args.adapter)
                 cold.append(c)
                 warm.append(w)
             for phase, values in (("cold", cold), ("warm", warm)):
@@ -205,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default=EngineConfig.dtype, help="float32 where the CPU has no fast bf16")
     parser.add_argument("--name", default=None, help="default: compress-soft (compllm), compress-soft-gist (gist)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--model-dir", type=Path, default=None, help="an HF model folder (default: the TOME model)")
+    parser.add_argument("--adapter", type=Path, default=SHIPPED, help="the compllm adapter to measure")
+    parser.add_argument("--also-adapter", type=Path, default=None, help="another compllm adapter, at the lower rate")
+    parser.add_argument("--batch-tokens", type=int, default=0, help="prompt tokens per batched call (0: one a call)")
+    parser.add_argument("--max-minutes", type=float, default=1e9, help="accuracy part: cells started before this")
+    parser.add_argument("--folder", type=Path, default=RESULTS, help="where the results files go")
     args = parser.parse_args(argv)
     args.tasks = args.tasks.split(",")
     args.lengths = [int(x) for x in args.lengths.split(",")]
@@ -213,17 +269,29 @@ def main(argv: list[str] | None = None) -> int:
     args.name = args.name or ("compress-soft" if args.compressor == "compllm" else f"compress-soft-{args.compressor}")
     home = Path(tempfile.mkdtemp(prefix="tome-soft-bench-"))  # a private segment cache, models linked in
     (home / "models").symlink_to(EngineConfig().home / "models")
-    engine = create_engine(EngineConfig(kind="native", threads=args.threads, home=home, dtype=args.dtype))
-    where = f"{machine()}, {args.threads} torch thread(s), {args.dtype}"
+    model = {"model": str(args.model_dir)} if args.model_dir else {}
+    config = EngineConfig(kind="native", threads=args.threads, home=home, dtype=args.dtype, device=args.device, **model)
+    engine = create_engine(config)
+    where = machine()
+    if str(getattr(engine, "device", "")).startswith("cuda"):
+        where += f", {torch.cuda.get_device_name()}"
+    else:
+        where += f", {args.threads} torch thread(s)"
+    where += f", {next(engine.hf_model.parameters()).dtype}".replace("torch.", "")  # type: ignore[attr-defined]
+    if args.batch_tokens:
+        where += f", batches of about {args.batch_tokens} prompt tokens"
     parts = args.part.split(",")
     if "accuracy" in parts:
-        rows = accuracy_part(engine, args)
         what = f"{args.compressor} vs full: harness tasks within 8K"
-        write_results(f"{args.name}-accuracy", what, MODEL, rows, machine=where)
+
+        def write(rows: list[dict[str, Any]]) -> None:
+            write_results(f"{args.name}-accuracy", what, MODEL, rows, folder=args.folder, machine=where)
+
+        write(accuracy_part(engine, args, write))
     if "ttft" in parts:
         rows = ttft_part(engine, args)
         what = f"{args.compressor} vs full: time to first token, input and KV size"
-        write_results(f"{args.name}-ttft", what, MODEL, rows, machine=where)
+        write_results(f"{args.name}-ttft", what, MODEL, rows, folder=args.folder, machine=where)
     shutil.rmtree(home, ignore_errors=True)
     return 0
 

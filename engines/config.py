@@ -13,7 +13,7 @@ EngineKind = Literal["native", "vllm"]
 class EngineConfig:
     kind: EngineKind = "native"
     model: str = "smollm2"  # an alias from engines.models, a local HF folder, or a served model's name
-    dtype: str = "bfloat16"  # or "auto": bfloat16 where the hardware computes it natively, else float32
+    dtype: str = "auto"  # bfloat16 where the hardware computes it natively, else float32; or a dtype name
     max_context: int = 8192
     device: str = "auto"  # native engine: "cpu", "cuda" or "auto"
     home: Path = Path.home() / ".cache" / "tome"

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path.home() / ".cache" / "tome", description="data directory: models, indexes, caches")
     engine: Literal["native", "vllm"] = "native"
     model: str = "smollm2"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_context: int = Field(default=8192, gt=0)
     device: str = "auto"
     attention: str = "sdpa"

