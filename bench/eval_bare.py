@@ -81,7 +81,12 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=GemFilterConfig.top_k, help="gemfilter: context tokens kept")
     p.add_argument("--unit", default=GemFilterConfig.unit, help="gemfilter: kept whole, sentence or token")
     p.add_argument("--layer", type=int, default=None, help="gemfilter: layer r (default: the model's calibrated one)")
-    p.add_argument("--contrast", action="store_true", help="gemfilter: score against a prompt without the question")
+    p.add_argument(
+        "--contrast",
+        action=argparse.BooleanOptionalAction,
+        default=GemFilterConfig.contrast,
+        help="gemfilter: score against a prompt without the question",
+    )
     p.add_argument("--unit-top", type=int, default=GemFilterConfig.unit_top, help="gemfilter: tokens a unit averages")
     p.add_argument("--name", default="bare")
     p.add_argument("--out", default="bench/results")

@@ -66,7 +66,8 @@ def main() -> int:
     p.add_argument("--logs", type=Path, default=RESULTS)
     args = p.parse_args()
     rows: list[dict[str, Any]] = []
-    sets = {f"{args.dev} (dev)": seeds(args.dev), f"{args.held_out} (held out)": seeds(args.held_out)}
+    sets = {f"{args.dev} (dev)": seeds(args.dev)} if args.dev else {}  # --dev "": a confirmation run, no choice
+    sets[f"{args.held_out} (held out)"] = seeds(args.held_out)
     for pair in args.variants.split(","):
         label, name = pair.split("=")
         log = args.logs / f"eval-{name}.questions.jsonl"

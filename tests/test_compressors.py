@@ -138,7 +138,7 @@ def test_gemfilter_with_all_layers_equals_plain_attention_ranking() -> None:
     for queries, rows in (("last", last_layer[-1:]), ("question", last_layer[-len(after) :])):
         plain = rows.mean(dim=0)
         smoothed = F.avg_pool1d(plain[None, None], 5, stride=1, padding=2, count_include_pad=False)[0, 0]
-        config = GemFilterConfig(layer=layers, top_k=64, queries=queries, unit="token")
+        config = GemFilterConfig(layer=layers, top_k=64, queries=queries, unit="token", contrast=False)
         chosen = select(exact, text, task, config)
         assert chosen.passes == 1 and len(chosen.positions) == 64
         assert chosen.positions == sorted(smoothed.topk(64).indices.tolist()), queries
@@ -147,7 +147,7 @@ def test_gemfilter_with_all_layers_equals_plain_attention_ranking() -> None:
     units = units_of(offsets, text, "sentence", 128)
     votes = torch.tensor([any(ch.isalnum() for ch in text[s:e]) for s, e in offsets])
     ranked = unit_scores([len(u) for u in units], last_layer[-len(after) :].mean(dim=0), votes, 3)
-    chosen = select(exact, text, task, GemFilterConfig(layer=layers, top_k=200))
+    chosen = select(exact, text, task, GemFilterConfig(layer=layers, top_k=200, contrast=False))
     expected = best_units(units, ranked, 200)
     assert chosen.positions == [p for u in sorted(expected, key=lambda u: u.start) for p in u]
     assert 200 - 128 < len(chosen.positions) <= 200
