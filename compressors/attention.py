@@ -10,6 +10,7 @@ how GemFilter runs "only the first r layers".
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -110,8 +111,6 @@ def suffix_attention(
     and a neutral one) costs one pass over the context. Layers are 0-based; each result maps a layer to [T] scores
     (summed over heads, averaged over the suffix's positions), as `probe_attention` gives for those rows.
     """
-    import copy
-
     from transformers import DynamicCache
 
     blocks = decoder_layers(model)

@@ -314,37 +314,33 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 # -- examples made ahead: worker processes tokenize while the accelerator trains --
 
-_maker: ExampleMaker | None = None
+_worker: tuple[ExampleMaker, int] | None = None  # this process's example maker and the run's seed
 
 
-def _set_maker(maker: ExampleMaker) -> None:
-    global _maker
-    _maker = maker
+def _set_worker(maker: ExampleMaker, seed: int) -> None:
+    global _worker
+    _worker = (maker, seed)
 
 
 def make_batch(job: tuple[int, int, int]) -> list[Example]:
     """`count` examples with contexts of `tokens` tokens, from a generator seeded by the job alone (so a batch is
     the same whichever process makes it)."""
     number, tokens, count = job
-    assert _maker is not None
-    _maker.rng = random.Random(f"compllm-train:{_maker_seed}:{number}")
-    return [_maker(tokens) for _ in range(count)]
-
-
-_maker_seed = 0
+    assert _worker is not None
+    maker, seed = _worker
+    maker.rng = random.Random(f"compllm-train:{seed}:{number}")
+    return [maker(tokens) for _ in range(count)]
 
 
 class Batches:
     """Batches made `ahead` jobs in advance by `workers` processes, or in this process with none."""
 
     def __init__(self, maker: ExampleMaker, seed: int, workers: int, ahead: int) -> None:
-        global _maker_seed
-        _maker_seed = seed
-        _set_maker(maker)
+        _set_worker(maker, seed)
         self.pool = None
         if workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            self.pool = mp.get_context("fork").Pool(workers, initializer=_set_maker, initargs=(maker,))
+            self.pool = mp.get_context("fork").Pool(workers, initializer=_set_worker, initargs=(maker, seed))
         self.ahead = max(1, ahead)
         self.pending: collections.deque = collections.deque()
         self.number = 0
