@@ -1,108 +1,128 @@
-"""How the answering model reads gemfilter's kept text: the same selection read in three orders or sizes.
+"""How the answering model reads gemfilter's kept text: one selection per question, read in several ways.
 
-At 128K with layer 19 the needle's sentence reaches the answering model in 39 of 40 held-out questions, but 9 are
-misread (bench/results/gemfilter-layer-128k.md); in one of them, reproduced on a CPU, the needle was the 4th of 78
-kept spans and the model answered a noise sentence, and with the needle's sentence moved last it answered right.
-This script tests reading orders on `niah_single` questions short enough for one scoring chunk (8K: one pass per
-question, so it runs on a CPU): the sentences kept in 1024 tokens read in document order (the default), best last
-(nearest the question), or only the best 256 tokens in document order. Writes bench/results/<name>.json + .md.
+At 128K the needle's sentence reaches the answering model in 37 of 40 fresh questions, but 8 of those are misread
+(bench/results/gemfilter-contrast-128k-confirm.md): with a noise haystack the model answers one of the ~150 noise
+sentences kept beside the needle ("The sun is yellow."). This script runs gemfilter's selection once per
+`niah_single` question (`compressors.gemfilter.select`, the product's defaults, any length) and answers from it
+read three ways: the kept spans in document order (`order="document"`, the paper), best last (`order="best_last"`:
+the best-scored span nearest the question), and only the best `--small` tokens in document order (`read_tokens`).
+Each question is appended to <out>/gemfilter-reading-<name>-<seeds>.questions.jsonl (a stopped run resumes);
+`--report-only` turns every log of that name into <out>/gemfilter-reading-<name>.json + .md, per variant and
+per haystack.
 
-    PYTHONPATH=. python bench/gemfilter_reading.py --seeds 0-19 --layer 19
+    PYTHONPATH=. python bench/gemfilter_reading.py --seeds 0-19 --length 8K --name 8k
+    PYTHONPATH=. python bench/gemfilter_reading.py --report-only --name 8k
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import write_results  # noqa: E402
-from compressors.gemfilter import best_units, pack, score_context, spans_of, unit_scores, units_of  # noqa: E402
+from bench.common import RESULTS, write_results  # noqa: E402
+from compressors.gemfilter import GemFilterConfig, reading, select  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
+from engines.base import Engine  # noqa: E402
 from engines.grounding import complete_fragments  # noqa: E402
-from engines.prompting import answer_from_context, prompt_around  # noqa: E402
+from engines.prompting import answer_from_context  # noqa: E402
 from evals.cli import parse_length  # noqa: E402
 from evals.metrics import score  # noqa: E402
 from evals.tasks import generate  # noqa: E402
 
 
-def readings(engine: Any, text: str, question: Any, layer: int, top_k: int, small: int) -> dict[str, str]:
-    tokenizer = engine.hf_tokenizer
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    before, after = prompt_around(engine, question)
-    pieces = pack(units_of(offsets, text, "sentence", 128), engine.max_context - len(before) - len(after))
-    if len(pieces) != 1:
-        raise ValueError("the document needs more than one scoring chunk: use a shorter --length")
-    piece = pieces[0]
-    scores = score_context(engine.hf_model, before, [ids[p] for u in piece for p in u], after, layer, 1)
-    votes = torch.tensor([any(ch.isalnum() for ch in text[offsets[p][0] : offsets[p][1]]) for u in piece for p in u])
-    ranked = unit_scores([len(u) for u in piece], scores, votes, 3)
-    kept = best_units(piece, ranked, top_k)  # best first
-
-    def read(units: list[range]) -> str:
-        return "\n".join(s.text for s in spans_of([p for u in units for p in u], offsets, text))
-
-    return {
-        "document": read(sorted(kept, key=lambda u: u.start)),
-        "best_last": "\n".join(read([u]) for u in reversed(kept)),
-        f"best_{small}": read(sorted(best_units(piece, ranked, small), key=lambda u: u.start)),
+def ask(engine: Engine, length: int, seed: int, small: int) -> dict[str, Any]:
+    sample = generate("niah_single", engine, length, seed)
+    started = time.perf_counter()
+    chosen = select(engine, sample.document.text, sample.question, GemFilterConfig())
+    record: dict[str, Any] = {
+        "seed": seed,
+        "length": length,
+        "haystack": sample.info["haystack"],
+        "depth": sample.depth,
+        "layer": chosen.layer,
+        "select_seconds": round(time.perf_counter() - started, 3),
+        "kept": score(sample.metric, chosen.text, sample.answers),
     }
+    texts = {o: reading(chosen, o) for o in ("document", "best_last")} | {
+        f"best_{small}": reading(chosen, "document", small)
+    }
+    for name, text in texts.items():
+        answer = answer_from_context(engine, text, [sample.question], "gemfilter", [])[0]
+        fixed, _ = complete_fragments(answer.text, text, sample.question.question)
+        record[name] = score(sample.metric, fixed, sample.answers)
+        record[name + "_kept"] = score(sample.metric, text, sample.answers)
+        record[name + "_answer"] = fixed[:160]
+    return record
+
+
+def report(name: str, out: Path) -> None:
+    logs = sorted(out.glob(f"gemfilter-reading-{name}-*.questions.jsonl"))
+    questions = [json.loads(line) for f in logs for line in f.open()]
+    variants = [k for k in questions[0] if k + "_kept" in questions[0]]
+    rows = []
+    for variant in variants:
+        for haystack in (None, "noise", "text"):
+            group = [q for q in questions if haystack in (None, q["haystack"])]
+            seeds = sorted(q["seed"] for q in group)
+            rows.append(
+                {
+                    "reading": variant,
+                    "haystack": haystack or "all",
+                    "length": group[0]["length"],
+                    "seeds": f"{seeds[0]}-{seeds[-1]}",
+                    "n": len(group),
+                    "accuracy": round(sum(q[variant] for q in group) / len(group), 4),
+                    "needle_read": round(sum(q[variant + "_kept"] for q in group) / len(group), 4),
+                    "select_seconds": round(sum(q["select_seconds"] for q in group) / len(group), 2),
+                }
+            )
+    write_results(
+        f"gemfilter-reading-{name}",
+        f"gemfilter-reading-{name}: one gemfilter selection per question, read in {len(variants)} ways",
+        "smollm2",
+        rows,
+        folder=out,
+    )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0-19")
+    p.add_argument("--seeds", default="0-19", help="first-last, inclusive")
     p.add_argument("--length", default="8K")
-    p.add_argument("--layer", type=int, default=19)
-    p.add_argument("--top-k", type=int, default=1024)
-    p.add_argument("--small", type=int, default=256)
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--name", default="gemfilter-reading-8k")
+    p.add_argument("--small", type=int, default=256, help="tokens the focused reading keeps")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--name", default="8k")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--deadline", type=float, default=None, help="seconds; no new question starts after this")
+    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
+    if args.report_only:
+        report(args.name, args.out)
+        return 0
+    started = time.perf_counter()
     first, last = (int(x) for x in args.seeds.split("-"))
-    engine = create_engine(EngineConfig(kind="native", device="cpu", dtype=args.dtype))
-    per_question: list[dict[str, Any]] = []
+    log = args.out / f"gemfilter-reading-{args.name}-{args.seeds}.questions.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    done = {json.loads(line)["seed"] for line in log.open()} if log.exists() else set()
+    engine = create_engine(EngineConfig(kind="native", device=args.device, dtype=args.dtype))
     for seed in range(first, last + 1):
-        sample = generate("niah_single", engine, parse_length(args.length), seed)
-        record: dict[str, Any] = {"seed": seed, "haystack": sample.info["haystack"], "depth": sample.depth}
-        for name, text in readings(
-            engine, sample.document.text, sample.question, args.layer, args.top_k, args.small
-        ).items():
-            answer = answer_from_context(engine, text, [sample.question], "gemfilter", [])[0]
-            fixed, _ = complete_fragments(answer.text, text, sample.question.question)
-            record[name] = score(sample.metric, fixed, sample.answers)
-            record[name + "_kept"] = score(sample.metric, text, sample.answers)
-        per_question.append(record)
-        print(record, flush=True)
-    rows = []
-    for name in [k for k in per_question[0] if k not in ("seed", "haystack", "depth") and not k.endswith("_kept")]:
-        rows.append(
-            {
-                "strategy": "gemfilter",
-                "reading": name,
-                "task": "niah_single",
-                "length": parse_length(args.length),
-                "n": len(per_question),
-                "accuracy": round(sum(r[name] for r in per_question) / len(per_question), 4),
-                "evidence_recall": round(sum(r[name + "_kept"] for r in per_question) / len(per_question), 4),
-                "layer": args.layer,
-                "seeds": args.seeds,
-            }
-        )
-    write_results(
-        args.name,
-        f"{args.name}: one gemfilter selection, read in three ways",
-        "smollm2",
-        rows,
-        dtype=args.dtype,
-        questions=per_question,
-    )
+        if seed in done:
+            continue
+        if args.deadline and time.perf_counter() - started > args.deadline:
+            print("deadline reached", flush=True)
+            break
+        record = ask(engine, parse_length(args.length), seed, args.small)
+        record["dtype"] = str(engine.dtype)
+        with log.open("a") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(json.dumps(record, ensure_ascii=False)[:400], flush=True)
     return 0
 
 

@@ -69,6 +69,8 @@ class GemFilterConfig:
     smoothing: int = 5  # unit="token": width of the moving average over token scores (odd); 1 turns it off
     queries: str = "question"  # whose attention scores the context: "question" (all positions after it) or "last"
     contrast: bool = True  # score relative to a prompt without the question (all rows after the context, both)
+    order: str = "document"  # how the answering model reads the kept spans: "document" or "best_last"
+    read_tokens: int | None = None  # the answering model reads only the best-scored spans that fit; None: all kept
     chunk_tokens: int | None = None  # context tokens per scoring pass; None: all that fit beside the prompt
     home: Path | None = None  # where calibrations live; None: the engine's TOME_HOME
 
@@ -77,6 +79,8 @@ class GemFilterConfig:
 class Selection:
     text: str  # the kept spans in document order, one per line
     spans: list[Evidence]
+    span_scores: list[float]  # each span's best unit score in the last round that scored it (0 if none did)
+    span_tokens: list[int]
     positions: list[int]  # kept token indices into the document's tokens
     document_tokens: int
     layer: int
@@ -188,6 +192,7 @@ def select(
         )
     passes = scanned = 0
     round_no = 0
+    score_of: dict[int, float] = {}  # unit start -> its score in the last round that scored it
     while sum(len(u) for u in units) > config.top_k:
         round_no += 1
         pieces = pack(units, chunk)
@@ -201,16 +206,22 @@ def select(
                 scores = score_context(model, before, context, after, layer, smoothing, config.queries)
             voting = torch.tensor([votes[p] for u in piece for p in u], device=scores.device)
             ranked = unit_scores([len(u) for u in piece], scores, voting, config.unit_top)
-            survivors.extend(best_units(piece, ranked, config.top_k))
+            kept = best_units(piece, ranked, config.top_k)
+            survivors.extend(kept)
+            score_of.update({u.start: float(ranked[piece.index(u)]) for u in kept})
             passes += 1
             scanned += len(before) + len(context) + len(after)
         progress(len(pieces), len(pieces), f"gemfilter round {round_no}: {len(survivors)} units kept")
         units = sorted(survivors, key=lambda u: u.start)
     positions = [p for u in units for p in u]
-    spans = spans_of(positions, offsets, document)
+    unit_score = {p: score_of.get(u.start, 0.0) for u in units for p in u}
+    runs = runs_of(positions)
+    spans = [span_of(r, offsets, document) for r in runs]
     return Selection(
         text="\n".join(s.text for s in spans),
         spans=spans,
+        span_scores=[max(unit_score[p] for p in r) for r in runs],
+        span_tokens=[len(r) for r in runs],
         positions=positions,
         document_tokens=len(doc_ids),
         layer=layer,
@@ -292,19 +303,47 @@ def best_units(units: Sequence[range], ranked: torch.Tensor, budget: int) -> lis
     return kept
 
 
+def runs_of(positions: Sequence[int]) -> list[list[int]]:
+    """Kept token positions grouped into runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][-1] + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def span_of(run: Sequence[int], offsets: Sequence[tuple[int, int]], text: str) -> Evidence:
+    """A run of consecutive token positions as a character span of the document."""
+    start, end = offsets[run[0]][0], offsets[run[-1]][1]
+    return Evidence(start, end, text[start:end])
+
+
 def spans_of(positions: Sequence[int], offsets: Sequence[tuple[int, int]], text: str) -> list[Evidence]:
     """Runs of consecutive kept tokens as character spans of the document."""
-    spans: list[Evidence] = []
-    run_start = prev = None
-    for p in [*positions, None]:
-        if p is not None and prev is not None and p == prev + 1:
-            prev = p
-            continue
-        if run_start is not None and prev is not None:
-            s, e = offsets[run_start][0], offsets[prev][1]
-            spans.append(Evidence(s, e, text[s:e]))
-        run_start = prev = p
-    return spans
+    return [span_of(r, offsets, text) for r in runs_of(positions)]
+
+
+def reading(selection: Selection, order: str, tokens: int | None = None) -> str:
+    """The kept spans as the answering model reads them, one per line.
+
+    "document": in document order (the paper). "best_last": the best-scored span last, nearest the question;
+    a small model copies from the text it read last far more reliably than from a span lost among 150 others.
+    `tokens`: only the best-scored spans that fit in that many tokens are read (the best one always).
+    """
+    if order not in ("document", "best_last"):
+        raise ValueError(f"order must be 'document' or 'best_last', got {order!r}")
+    best_first = sorted(range(len(selection.spans)), key=lambda i: -selection.span_scores[i])  # stable
+    chosen, used = [], 0
+    for i in best_first:
+        if tokens is None or not chosen or used + selection.span_tokens[i] <= tokens:
+            chosen.append(i)
+            used += selection.span_tokens[i]
+    chosen.sort()
+    if order == "best_last":
+        chosen.sort(key=selection.span_scores.__getitem__)  # stable: ties stay in document order
+    return "\n".join(selection.spans[i].text for i in chosen)
 
 
 class GemFilter:
@@ -322,7 +361,14 @@ class GemFilter:
             # Selection depends on the question, so every task gets its own.
             chosen = select(engine, document.text, task, self.config, progress)
             scan = Cost(calls=chosen.passes, tokens_read=chosen.tokens_scanned, seconds=chosen.seconds)
-            answer = answer_from_context(engine, chosen.text, [task], self.name, chosen.spans, scan)[0]
+            answer = answer_from_context(
+                engine,
+                reading(chosen, self.config.order, self.config.read_tokens),
+                [task],
+                self.name,
+                chosen.spans,
+                scan,
+            )[0]
             completed: list[tuple[str, str]] = []
             if task.kind == TaskKind.QA:  # extractions are JSON the schema check reads as written
                 answer.text, completed = complete_fragments(answer.text, chosen.text, task.question)
@@ -331,6 +377,8 @@ class GemFilter:
                 unit=self.config.unit,
                 unit_top=self.config.unit_top,
                 contrast=self.config.contrast,
+                order=self.config.order,
+                read_tokens=self.config.read_tokens,
                 rounds=chosen.rounds,
                 kept_tokens=len(chosen.positions),
                 kept_spans=len(chosen.spans),

@@ -18,6 +18,7 @@ from compressors.gemfilter import (
     best_units,
     contrast_scores,
     prompt_around,
+    reading,
     score_context,
     select,
     unit_scores,
@@ -225,6 +226,21 @@ def test_chunked_selection_finds_facts_at_start_middle_and_end_of_32k(engine: En
         if not any(needle.answer in e.text for e in chosen.spans):
             missing.append((where, needle.answer))
     assert not missing, missing
+
+
+def test_best_last_reading_puts_the_best_scored_span_nearest_the_question(engine: Engine) -> None:
+    needle = plant_needle(walden(engine, 3000), 0.3, random.Random(5))
+    chosen = select(engine, needle.text, Task(needle.question))
+    assert chosen.rounds == 1 and len(chosen.span_scores) == len(chosen.spans) > 10
+    assert reading(chosen, "document") == chosen.text == "\n".join(s.text for s in chosen.spans)
+    text = reading(chosen, "best_last")
+    spans, scores = [s.text for s in chosen.spans], chosen.span_scores
+    assert len(text) == len(chosen.text) and all(span in text for span in spans)  # the same spans, reordered
+    read_order = sorted(range(len(spans)), key=lambda i: text.index(spans[i]))
+    assert [scores[i] for i in read_order] == sorted(scores)  # worst first, best last
+    assert text.endswith(spans[read_order[-1]]) and needle.answer in spans[read_order[-1]]
+    with pytest.raises(ValueError, match="order"):
+        reading(chosen, "shuffled")
 
 
 def test_calibration_measures_every_layer_and_is_stored(engine: Engine, tmp_path: Path) -> None:
