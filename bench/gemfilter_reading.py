@@ -36,16 +36,17 @@ from evals.metrics import score  # noqa: E402
 from evals.tasks import generate  # noqa: E402
 
 
-def ask(engine: Engine, length: int, seed: int, small: int) -> dict[str, Any]:
+def ask(engine: Engine, length: int, seed: int, small: int, config: GemFilterConfig) -> dict[str, Any]:
     sample = generate("niah_single", engine, length, seed)
     started = time.perf_counter()
-    chosen = select(engine, sample.document.text, sample.question, GemFilterConfig())
+    chosen = select(engine, sample.document.text, sample.question, config)
     record: dict[str, Any] = {
         "seed": seed,
         "length": length,
         "haystack": sample.info["haystack"],
         "depth": sample.depth,
         "layer": chosen.layer,
+        "survivor_order": config.survivor_order,
         "select_seconds": round(time.perf_counter() - started, 3),
         "kept": score(sample.metric, chosen.text, sample.answers),
     }
@@ -73,6 +74,7 @@ def report(name: str, out: Path) -> None:
             rows.append(
                 {
                     "reading": variant,
+                    "survivor_order": group[0].get("survivor_order", "document"),
                     "haystack": haystack or "all",
                     "length": group[0]["length"],
                     "seeds": f"{seeds[0]}-{seeds[-1]}",
@@ -93,13 +95,14 @@ def report(name: str, out: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0-19", help="first-last, inclusive")
+    p.add_argument("--seeds", default="0-19", help="first-last, inclusive, or a comma-separated list")
     p.add_argument("--length", default="8K")
     p.add_argument("--small", type=int, default=256, help="tokens the focused reading keeps")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--name", default="8k")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--survivor-order", default=GemFilterConfig.survivor_order, help="score or document")
     p.add_argument("--deadline", type=float, default=None, help="seconds; no new question starts after this")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
@@ -107,18 +110,22 @@ def main() -> int:
         report(args.name, args.out)
         return 0
     started = time.perf_counter()
-    first, last = (int(x) for x in args.seeds.split("-"))
+    seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else []
+    if not seeds:
+        first, last = (int(x) for x in args.seeds.split("-"))
+        seeds = list(range(first, last + 1))
     log = args.out / f"gemfilter-reading-{args.name}-{args.seeds}.questions.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["seed"] for line in log.open()} if log.exists() else set()
     engine = create_engine(EngineConfig(kind="native", device=args.device, dtype=args.dtype))
-    for seed in range(first, last + 1):
+    for seed in seeds:
         if seed in done:
             continue
         if args.deadline and time.perf_counter() - started > args.deadline:
             print("deadline reached", flush=True)
             break
-        record = ask(engine, parse_length(args.length), seed, args.small)
+        config = GemFilterConfig(survivor_order=args.survivor_order)
+        record = ask(engine, parse_length(args.length), seed, args.small, config)
         record["dtype"] = str(engine.dtype)
         with log.open("a") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
