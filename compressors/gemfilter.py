@@ -71,7 +71,7 @@ class GemFilterConfig:
     smoothing: int = 5  # unit="token": width of the moving average over token scores (odd); 1 turns it off
     queries: str = "question"  # whose attention scores the context: "question" (all positions after it) or "last"
     contrast: bool = True  # score relative to a prompt without the question (all rows after the context, both)
-    order: str = "document"  # how the answering model reads the kept spans: "document" or "best_last"
+    order: str = "best_last"  # how the answering model reads the kept spans: "best_last" or "document"
     read_tokens: int | None = None  # the answering model reads only the best-scored spans that fit; None: all kept
     survivor_order: str = "score"  # how a round's survivors are laid out for the next: "score" or "document"
     chunk_tokens: int | None = None  # context tokens per scoring pass; None: all that fit beside the prompt
