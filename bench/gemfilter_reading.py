@@ -62,7 +62,7 @@ def ask(engine: Engine, length: int, seed: int, small: int, config: GemFilterCon
     return record
 
 
-def report(name: str, out: Path) -> None:
+def report(name: str, out: Path, machine: str | None) -> None:
     logs = sorted(out.glob(f"gemfilter-reading-{name}-*.questions.jsonl"))
     questions = [json.loads(line) for f in logs for line in f.open()]
     variants = [k for k in questions[0] if k + "_kept" in questions[0]]
@@ -70,6 +70,8 @@ def report(name: str, out: Path) -> None:
     for variant in variants:
         for haystack in (None, "noise", "text"):
             group = [q for q in questions if haystack in (None, q["haystack"])]
+            if not group:
+                continue
             seeds = sorted(q["seed"] for q in group)
             rows.append(
                 {
@@ -90,6 +92,7 @@ def report(name: str, out: Path) -> None:
         "smollm2",
         rows,
         folder=out,
+        machine=machine,
     )
 
 
@@ -105,9 +108,10 @@ def main() -> int:
     p.add_argument("--survivor-order", default=GemFilterConfig.survivor_order, help="score or document")
     p.add_argument("--deadline", type=float, default=None, help="seconds; no new question starts after this")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--machine", default=None, help="report: where the questions ran (default: this machine)")
     args = p.parse_args()
     if args.report_only:
-        report(args.name, args.out)
+        report(args.name, args.out, args.machine)
         return 0
     started = time.perf_counter()
     seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else []
