@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from kernels.patterns import BlockSparse, VerticalSlash
+from kernels.patterns import SLASH_PEAK, BlockSparse, VerticalSlash
 
 
 def grouped_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -56,10 +56,24 @@ def vertical_slash_index(
             vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)
             slash_score = slash_score.reshape(b, hkv, group, length).sum(2)
     vertical = top_indices(vertical_score, cfg.sink, cfg.vertical, cfg.mass, pad=length)
+    if cfg.smooth > 1:
+        slash_score = smoothed_slash_score(slash_score, cfg.smooth)
     slash = top_indices(slash_score, cfg.window, cfg.slash, cfg.mass, pad=0)
     if cfg.shared:  # repeated for the group's query heads
         vertical, slash = vertical.repeat_interleave(group, 1), slash.repeat_interleave(group, 1)
     return vertical, slash
+
+
+def smoothed_slash_score(score: torch.Tensor, width: int, peak: float = SLASH_PEAK) -> torch.Tensor:
+    """Each offset's score [B, H, L] averaged over the `width` offsets around it (fewer at the ends), or its own score
+    over `peak` where that is larger: a diagonal `peak` times its neighbourhood's mean keeps its rank."""
+    b, h, length = score.shape
+    pad = width // 2
+    c = torch.nn.functional.pad(score.reshape(b * h, length).double().cumsum(-1), (1, 0))
+    i = torch.arange(length, device=score.device)
+    lo, hi = (i - pad).clamp(min=0), (i - pad + width).clamp(max=length)
+    mean = ((c[:, hi] - c[:, lo]) / (hi - lo)).float().reshape(b, h, length)
+    return torch.maximum(mean, score / peak)
 
 
 def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
