@@ -471,6 +471,45 @@ def full_layout_configs(length: int = 65536, reps: int = 3) -> dict[str, float]:
     return result
 
 
+def index_profile(lengths: list[int], reps: int = 5) -> dict[str, float]:
+    """Where the index's time goes (topical q/k, VS_SMOOTH): the estimate's parts and the layout with either scan."""
+    result: dict[str, float] = {}
+    for length in lengths:
+        result.update(_index_profile(length, reps))
+        torch.cuda.empty_cache()
+    print("index profile", result, flush=True)
+    return result
+
+
+def _index_profile(length: int, reps: int) -> dict[str, float]:
+    from kernels.index import smoothed_slash_score, top_indices
+
+    q, k, _ = structured_qkv(length, "cuda", family="topical")
+    pattern = VS_SMOOTH[0]
+    r, scale = pattern.last_q, 1.0 / math.sqrt(D)
+    qg = (q[:, :, -r:] * scale).reshape(1, HKV, HQ // HKV * r, D)
+    s = torch.matmul(qg, k.transpose(-1, -2)).reshape(1, HQ, r, length)
+    p = torch.softmax(s, dim=-1)
+    vscore, sscore = vertical_slash_scores(p)
+    vertical, slash = vertical_slash_index(q, k, pattern)
+    parts = {
+        "index": partial(vertical_slash_index, q, k, pattern),
+        "qk": partial(torch.matmul, qg, k.transpose(-1, -2)),
+        "softmax": partial(torch.softmax, s, dim=-1),
+        "scores": partial(vertical_slash_scores, p),
+        "top_vertical": partial(top_indices, vscore, pattern.sink, pattern.vertical, None, length),
+        "smooth": partial(smoothed_slash_score, sscore, pattern.smooth),
+        "top_slash": partial(top_indices, sscore, pattern.window, pattern.slash, None, 0),
+        "layout_torch": partial(vertical_slash_layout, vertical, slash, length, scan="torch"),
+        "layout_triton": partial(vertical_slash_layout, vertical, slash, length, scan="triton"),
+    }
+    out: dict[str, float] = {f"{length}_{name}_ms": round(gpu_ms(fn, reps), 3) for name, fn in parts.items()}
+    a = vertical_slash_layout(vertical, slash, length, scan="torch")
+    b = vertical_slash_layout(vertical, slash, length, scan="triton")
+    out[f"{length}_scans_agree"] = bool(torch.equal(a.chunk_start, b.chunk_start) and torch.equal(a.covered, b.covered))
+    return out
+
+
 def bench_e2e_llama1b(lengths: list[int], reps: int, names: list[str] | None = None) -> list[dict]:
     """Whole prefill of a Llama-3.2-1B-shaped model (random weights), dense SDPA against sparse prefill.
 
@@ -595,6 +634,7 @@ def main() -> None:
         "--quick", action="store_true", help="only MInference's and the smoothed selection, Triton and Flex"
     )
     ap.add_argument("--full-configs", action="store_true", help="dense through the kernel in each SMOOTH_CONFIGS tile")
+    ap.add_argument("--index-profile", action="store_true", help="time the index's parts (topical, VS_SMOOTH)")
     ap.add_argument("--e2e-names", nargs="*", help="only these e2e attention implementations (default: all)")
     args = ap.parse_args()
     FAMILIES[:] = args.families
@@ -620,6 +660,8 @@ def main() -> None:
             return default
 
     meta["checks"] = attempt(correctness_checks, {})
+    if args.index_profile:
+        meta["index_profile"] = attempt(partial(index_profile, args.lengths), {})
     if args.full_configs:
         meta["triton_full_layout_configs"] = attempt(full_layout_configs, {})
     elif not args.sweep:

@@ -5,6 +5,7 @@ Shapes: q [B, Hq, L, D], k [B, Hkv, L, D] with Hq a multiple of Hkv (GQA); indic
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -67,13 +68,17 @@ def vertical_slash_index(
 def smoothed_slash_score(score: torch.Tensor, width: int, peak: float = SLASH_PEAK) -> torch.Tensor:
     """Each offset's score [B, H, L] averaged over the `width` offsets around it (fewer at the ends), or its own score
     over `peak` where that is larger: a diagonal `peak` times its neighbourhood's mean keeps its rank."""
-    b, h, length = score.shape
-    pad = width // 2
-    c = torch.nn.functional.pad(score.reshape(b * h, length).double().cumsum(-1), (1, 0))
-    i = torch.arange(length, device=score.device)
-    lo, hi = (i - pad).clamp(min=0), (i - pad + width).clamp(max=length)
-    mean = ((c[:, hi] - c[:, lo]) / (hi - lo)).float().reshape(b, h, length)
+    lo, hi, count = _window_bounds(score.shape[-1], width, score.device)
+    c = torch.nn.functional.pad(score.double().cumsum(-1), (1, 0))  # float64: the tail's scores are tiny
+    mean = ((c[..., hi] - c[..., lo]) / count).float()
     return torch.maximum(mean, score / peak)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_bounds(length: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    i = torch.arange(length, device=device)
+    lo, hi = (i - width // 2).clamp(min=0), (i - width // 2 + width).clamp(max=length)
+    return lo, hi, (hi - lo).double()
 
 
 def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
