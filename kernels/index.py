@@ -68,17 +68,18 @@ def vertical_slash_index(
 def smoothed_slash_score(score: torch.Tensor, width: int, peak: float = SLASH_PEAK) -> torch.Tensor:
     """Each offset's score [B, H, L] averaged over the `width` offsets around it (fewer at the ends), or its own score
     over `peak` where that is larger: a diagonal `peak` times its neighbourhood's mean keeps its rank."""
-    lo, hi, count = _window_bounds(score.shape[-1], width, score.device)
-    c = torch.nn.functional.pad(score.double().cumsum(-1), (1, 0))  # float64: the tail's scores are tiny
-    mean = ((c[..., hi] - c[..., lo]) / count).float()
-    return torch.maximum(mean, score / peak)
+    length, half = score.shape[-1], width // 2
+    # window sums as differences of one running sum over the zero-padded scores (slices, no gathers); float64, since
+    # the far offsets' scores are tiny next to the running sum
+    c = torch.nn.functional.pad(score.double(), (half + 1, width - half)).cumsum(-1)
+    mean = (c[..., width : width + length] - c[..., :length]) / _window_count(length, width, score.device)
+    return torch.maximum(mean.float(), score / peak)
 
 
 @functools.lru_cache(maxsize=8)
-def _window_bounds(length: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _window_count(length: int, width: int, device: torch.device) -> torch.Tensor:
     i = torch.arange(length, device=device)
-    lo, hi = (i - width // 2).clamp(min=0), (i - width // 2 + width).clamp(max=length)
-    return lo, hi, (hi - lo).double()
+    return ((i - width // 2 + width).clamp(max=length) - (i - width // 2).clamp(min=0)).double()
 
 
 def diagonal_sums(p: torch.Tensor) -> torch.Tensor:

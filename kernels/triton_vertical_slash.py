@@ -476,7 +476,9 @@ def _vertical_slash_scores(
         tl.atomic_add(slash_out + out, slash, mask=c < length)
 
 
-def vertical_slash_scores(p: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def vertical_slash_scores(
+    p: torch.Tensor, group: int = 1, block: int = 128, num_warps: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical (column) and slash (diagonal, by offset q_pos - k_pos) sums of p [B, H, r, L], the softmax of the last
     r queries, in one pass over p instead of two; with `group`, summed over each run of `group` heads (a shared
     index): float32 [B, H // group, L] each."""
@@ -484,10 +486,9 @@ def vertical_slash_scores(p: torch.Tensor, group: int = 1) -> tuple[torch.Tensor
     p = p.contiguous()
     vertical = torch.zeros(b, h // group, length, dtype=torch.float32, device=p.device)
     slash = torch.zeros_like(vertical)
-    block = 128
     grid = (b * h, triton.cdiv(length, block))
     _vertical_slash_scores[grid](
-        p, vertical, slash, length, r, GROUP=group, R=triton.next_power_of_2(r), BLOCK=block, num_warps=4
+        p, vertical, slash, length, r, GROUP=group, R=triton.next_power_of_2(r), BLOCK=block, num_warps=num_warps
     )
     return vertical, slash
 
