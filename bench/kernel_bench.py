@@ -5,9 +5,10 @@ and FlexAttention on the same vertical-slash pattern, A-shape (Triton and FlexAt
 (FlexAttention). `ms` is index building + kernel; `index_ms` and `kernel_ms` split it. `recall` is the share of the
 dense attention mass inside what the kernel computes, on sampled query rows of structured synthetic q/k of two
 families (`topical`, `diffuse`: see `structured_qkv`); vertical-slash runs with MInference's budget, as caps cut at
-95% and 97% of the mass, and with one index per KV group (`shared`). Then `e2e_llama1b`: a whole prefill of a
-Llama-3.2-1B-shaped model with random weights, dense SDPA against sparse prefill through the transformers attention
-registration, on the model's own q/k and on topical q/k (see `bench_e2e_llama1b`).
+95% and 97% of the mass, with one index per KV group (`shared`), and with the slashes ranked by a smoothed score
+(`smooth`); each Triton row also counts the key tiles the kernel walks and its TFLOP/s on them. Then `e2e_llama1b`: a
+whole prefill of a Llama-3.2-1B-shaped model with random weights, dense SDPA against sparse prefill through the
+transformers attention registration, on the model's own q/k and on topical q/k (see `bench_e2e_llama1b`).
 
 Results: bench/results/kernel-sparse.json and .md.   Run: python -m bench.kernel_bench [--lengths 32768 65536 ...]
 """
