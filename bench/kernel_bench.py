@@ -5,9 +5,10 @@ and FlexAttention on the same vertical-slash pattern, A-shape (Triton and FlexAt
 (FlexAttention). `ms` is index building + kernel; `index_ms` and `kernel_ms` split it. `recall` is the share of the
 dense attention mass inside what the kernel computes, on sampled query rows of structured synthetic q/k of two
 families (`topical`, `diffuse`: see `structured_qkv`); vertical-slash runs with MInference's budget, as caps cut at
-95% and 97% of the mass, and with one index per KV group (`shared`). Then `e2e_llama1b`: a whole prefill of a
-Llama-3.2-1B-shaped model with random weights, dense SDPA against sparse prefill through the transformers attention
-registration, on the model's own q/k and on topical q/k (see `bench_e2e_llama1b`).
+95% and 97% of the mass, with one index per KV group (`shared`), and with the slashes ranked by a smoothed score
+(`smooth`); each Triton row also counts the key tiles the kernel walks and its TFLOP/s on them. Then `e2e_llama1b`: a
+whole prefill of a Llama-3.2-1B-shaped model with random weights, dense SDPA against sparse prefill through the
+transformers attention registration, on the model's own q/k and on topical q/k (see `bench_e2e_llama1b`).
 
 Results: bench/results/kernel-sparse.json and .md.   Run: python -m bench.kernel_bench [--lengths 32768 65536 ...]
 """
@@ -62,6 +63,11 @@ VS = VerticalSlash()  # MInference's default budget: 1000 vertical, 6096 slash
 VS_ADAPTIVE = [VerticalSlash(mass=0.95), VerticalSlash(mass=0.97)]
 # one index per KV group (scores summed over its 4 query heads): the kernel packs the group's heads into one tile
 VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95), VerticalSlash(shared=True, mass=0.97)]
+# the same budget with slashes ranked by their score smoothed over 1024 neighbouring offsets (peaks kept): the same
+# number of diagonals in a few contiguous runs instead of hundreds of scattered key chunks
+VS_SMOOTH = [VerticalSlash(smooth=1024)]
+# not MInference's budget: twice the slashes, smoothed (what `topical` needs for 95% recall at 256K), best config only
+VS_WIDE = VerticalSlash(slash=12192, smooth=1024)
 # --sweep: Triton vertical-slash alone over mass caps and budgets (per head and shared), to pick the rows above
 SWEEP = [
     VerticalSlash(vertical=nv, slash=ns, mass=mass, shared=shared)
@@ -78,6 +84,13 @@ BLOCK_SPARSE = BlockSparse(block=128, top=64)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, K/V through tensor descriptors, q·kᵀ one tile ahead): the best per
 # length is kept (bench/kernel_tune.py sweeps more: bench/results/kernel-tune-h200.log)
 TRITON_CONFIGS = [(64, 64, 4, 3, True, False), (64, 64, 4, 3, True, True), (64, 32, 4, 3, True, False)]
+# contiguous runs (VS_SMOOTH) can afford taller query blocks and wider key tiles
+SMOOTH_CONFIGS = [
+    *TRITON_CONFIGS[:1],
+    (128, 64, 8, 3, True, False),
+    (128, 128, 8, 2, True, False),
+    (64, 128, 4, 3, True, False),
+]
 SHARED_CONFIGS = [(16, 64, 4, 3, True, False), (32, 64, 8, 3, True, False), (32, 64, 8, 3, False, False)]
 
 for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_cache_size_limit", 4096)):
@@ -177,6 +190,36 @@ def density(mask, rows: torch.Tensor, length: int) -> float:
     return kept / causal
 
 
+def tile_counts(lay, vertical: torch.Tensor, slash: torch.Tensor, length: int, kernel_ms: float, pack: int = 1) -> dict:
+    """Where the kernel's time goes: key tiles (BLOCK_M x BLOCK_N) it walks per query block (slash chunks from the
+    greedy cover, gathered vertical tiles) against dense causal, the pattern's own key count against the causal
+    triangle (`ideal_density`: slashes and verticals at or before each row, overlaps counted twice), and the
+    achieved TFLOP/s on the walked tiles (4 * BLOCK_M * BLOCK_N * D flops per tile per head)."""
+    bm, bn = lay.block_m, lay.block_n
+    n_m = -(-length // bm)
+    chunks = (lay.chunk_count[:, None] - lay.chunk_begin).clamp(min=0).double()  # [BH, nM]
+    vtiles = torch.div(lay.vertical_count.double() + bn - 1, bn, rounding_mode="floor")
+    m = torch.arange(n_m, device=chunks.device, dtype=torch.float64)
+    dense = torch.div((m + 1) * bm + bn - 1, bn, rounding_mode="floor")
+    rows = chunks.shape[0]
+    walked = (chunks + vtiles).sum().item()
+    r = torch.arange(length, device=slash.device)
+    keys = 0.0
+    for h in range(slash.shape[1]):  # per query head of the (unpacked) index
+        s_h, v_h = slash[0, h].contiguous(), vertical[0, h].contiguous()
+        keys += torch.searchsorted(s_h, r, right=True).sum().item()
+        keys += torch.searchsorted(v_h, r, right=True).sum().item()
+    flops = walked * 4 * bm * pack * bn * D
+    return {
+        "slash_tiles_per_block": round(chunks.mean().item(), 1),
+        "vertical_tiles_per_block": round(vtiles.mean().item(), 1),
+        "dense_tiles_per_block": round(dense.mean().item(), 1),
+        "tile_density": round(walked / (dense.sum().item() * rows), 4),
+        "ideal_density": round(keys / (slash.shape[1] * length * (length + 1) / 2), 4),
+        "tflops": round(flops / (kernel_ms * 1e-3) / 1e12, 1),
+    }
+
+
 def _row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, kernel_ms: float, **extra: Any) -> dict:
     ms = index_ms + kernel_ms
     r = {
@@ -197,7 +240,7 @@ def _row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, 
 
 
 def bench_length(
-    length: int, reps: int, attempt: Callable[[Callable[[], Any], Any], Any], sweep: bool = False
+    length: int, reps: int, attempt: Callable[[Callable[[], Any], Any], Any], sweep: bool = False, quick: bool = False
 ) -> list[dict]:
     out: list[dict] = []
     q, k, v = structured_qkv(length, "cuda")
@@ -208,7 +251,7 @@ def bench_length(
     out.append(_row("dense_sdpa", "sdpa", length, dense_ms, 0.0, dense_ms, recall=1.0, density=1.0))
     config = TRITON_CONFIGS[0]
     for family in FAMILIES:
-        config = attempt(partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep), config)
+        config = attempt(partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep, quick), config)
         torch.cuda.empty_cache()
     return out
 
@@ -221,6 +264,7 @@ def bench_family(
     dense_ms: float,
     out: list[dict],
     sweep: bool = False,
+    quick: bool = False,
 ) -> tuple:
     q, k, v = structured_qkv(length, "cuda", family=family)
     rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
@@ -266,6 +310,7 @@ def bench_family(
                 layout_ms=round(layout_ms, 3),
                 chunks_per_head=round(lay.chunk_count.float().mean().item(), 1),
                 verticals_per_head=round((vertical < length).sum(-1).float().mean().item(), 1),
+                **tile_counts(lay, vertical[:, ::g], slash[:, ::g], length, kernel_ms, g),
             )
         )
         vs_flex(pattern, vertical, slash, index_ms, out[-1]["ms"])
@@ -318,6 +363,13 @@ def bench_family(
         rec, dens = recall(bs_mask), round(density(bs_mask, rows_at, length), 4)
         out.append(row("block_sparse", "flex", length, dense_ms, bs_index_ms, bs_ms, recall=rec, density=dens))
 
+    if quick:  # MInference's selection and the smoothed one, Triton (all configs) and FlexAttention, nothing else
+        config = attempt(partial(vs_triton, VS, TRITON_CONFIGS), TRITON_CONFIGS[0])
+        smooth_config = None
+        for pattern in VS_SMOOTH:
+            smooth_config = attempt(partial(vs_triton, pattern, SMOOTH_CONFIGS), None)
+        attempt(partial(vs_triton, VS_WIDE, [smooth_config or SMOOTH_CONFIGS[0]]), None)
+        return config
     if sweep:  # one kernel config each (the best of the full runs), no FlexAttention
         for pattern in SWEEP:
             attempt(partial(vs_triton, pattern, [SHARED_CONFIGS[0] if pattern.shared else TRITON_CONFIGS[0]]), None)
@@ -325,6 +377,8 @@ def bench_family(
     config = attempt(partial(vs_triton, VS, TRITON_CONFIGS), TRITON_CONFIGS[0])
     for pattern in VS_ADAPTIVE:
         attempt(partial(vs_triton, pattern, [config]), None)
+    for pattern in VS_SMOOTH:
+        attempt(partial(vs_triton, pattern, SMOOTH_CONFIGS), None)
     shared_config = attempt(partial(vs_triton, VS_SHARED[0], SHARED_CONFIGS), SHARED_CONFIGS[0])
     for pattern in VS_SHARED[1:]:
         attempt(partial(vs_triton, pattern, [shared_config]), None)
@@ -393,6 +447,71 @@ def full_layout_efficiency(length: int = 65536, reps: int = 3) -> dict[str, floa
     result["triton_ms_pipe"] = round(gpu_ms(partial(vertical_slash_attention, q, k, v, lay, pipe=True), reps), 3)
     print("full layout", result, flush=True)
     return result
+
+
+def full_layout_configs(length: int = 65536, reps: int = 3) -> dict[str, float]:
+    """Dense causal attention through the kernel in each of SMOOTH_CONFIGS' tiles: TFLOP/s per tile shape."""
+    q, k, v = structured_qkv(length, "cuda", seed=2)
+    slash = torch.arange(length, device="cuda").expand(1, HQ, -1)
+    kv = (k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1))
+    flops = 4 * HQ * D * length * (length + 1) / 2  # the causal triangle
+    sdpa = gpu_ms(partial(F.scaled_dot_product_attention, q, *kv, is_causal=True), reps)
+    result = {"length": length, "sdpa_ms": round(sdpa, 3), "sdpa_tflops": round(flops / sdpa / 1e9, 1)}
+    del kv
+    for bm, bn, warps, stages, tma, pipe in SMOOTH_CONFIGS:
+        lay = vertical_slash_layout(slash[..., :1], slash, length, bm, bn)
+        run = partial(vertical_slash_attention, q, k, v, lay, num_warps=warps, num_stages=stages, tma=tma, pipe=pipe)
+        try:
+            t = gpu_ms(run, reps)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  full layout {(bm, bn, warps, stages)} failed: {exc!r}"[:300], flush=True)
+            continue
+        result[f"{bm}x{bn}_w{warps}_s{stages}_ms"] = round(t, 3)
+        result[f"{bm}x{bn}_w{warps}_s{stages}_tflops"] = round(flops / t / 1e9, 1)
+    print("full layout configs", result, flush=True)
+    return result
+
+
+def index_profile(lengths: list[int], reps: int = 5) -> dict[str, float]:
+    """Where the index's time goes (topical q/k, VS_SMOOTH): the estimate's parts and the layout with either scan."""
+    result: dict[str, float] = {}
+    for length in lengths:
+        result.update(_index_profile(length, reps))
+        torch.cuda.empty_cache()
+    print("index profile", result, flush=True)
+    return result
+
+
+def _index_profile(length: int, reps: int) -> dict[str, float]:
+    from kernels.index import smoothed_slash_score, top_indices
+
+    q, k, _ = structured_qkv(length, "cuda", family="topical")
+    pattern = VS_SMOOTH[0]
+    r, scale = pattern.last_q, 1.0 / math.sqrt(D)
+    qg = (q[:, :, -r:] * scale).reshape(1, HKV, HQ // HKV * r, D)
+    s = torch.matmul(qg, k.transpose(-1, -2)).reshape(1, HQ, r, length)
+    p = torch.softmax(s, dim=-1)
+    vscore, sscore = vertical_slash_scores(p)
+    vertical, slash = vertical_slash_index(q, k, pattern)
+    parts = {
+        "index": partial(vertical_slash_index, q, k, pattern),
+        "qk": partial(torch.matmul, qg, k.transpose(-1, -2)),
+        "softmax": partial(torch.softmax, s, dim=-1),
+        "scores": partial(vertical_slash_scores, p),
+        "scores_b64_w4": partial(vertical_slash_scores, p, block=64, num_warps=4),
+        "scores_b256_w8": partial(vertical_slash_scores, p, block=256, num_warps=8),
+        "scores_b128_w8": partial(vertical_slash_scores, p, block=128, num_warps=8),
+        "top_vertical": partial(top_indices, vscore, pattern.sink, pattern.vertical, None, length),
+        "smooth": partial(smoothed_slash_score, sscore, pattern.smooth),
+        "top_slash": partial(top_indices, sscore, pattern.window, pattern.slash, None, 0),
+        "layout_torch": partial(vertical_slash_layout, vertical, slash, length, scan="torch"),
+        "layout_triton": partial(vertical_slash_layout, vertical, slash, length, scan="triton"),
+    }
+    out: dict[str, float] = {f"{length}_{name}_ms": round(gpu_ms(fn, reps), 3) for name, fn in parts.items()}
+    a = vertical_slash_layout(vertical, slash, length, scan="torch")
+    b = vertical_slash_layout(vertical, slash, length, scan="triton")
+    out[f"{length}_scans_agree"] = bool(torch.equal(a.chunk_start, b.chunk_start) and torch.equal(a.covered, b.covered))
+    return out
 
 
 def bench_e2e_llama1b(lengths: list[int], reps: int, names: list[str] | None = None) -> list[dict]:
@@ -515,6 +634,11 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
     ap.add_argument("--name", default="kernel-sparse")
     ap.add_argument("--sweep", action="store_true", help="only Triton vertical-slash over SWEEP's caps and budgets")
+    ap.add_argument(
+        "--quick", action="store_true", help="only MInference's and the smoothed selection, Triton and Flex"
+    )
+    ap.add_argument("--full-configs", action="store_true", help="dense through the kernel in each SMOOTH_CONFIGS tile")
+    ap.add_argument("--index-profile", action="store_true", help="time the index's parts (topical, VS_SMOOTH)")
     ap.add_argument("--e2e-names", nargs="*", help="only these e2e attention implementations (default: all)")
     args = ap.parse_args()
     FAMILIES[:] = args.families
@@ -540,7 +664,11 @@ def main() -> None:
             return default
 
     meta["checks"] = attempt(correctness_checks, {})
-    if not args.sweep:
+    if args.index_profile:
+        meta["index_profile"] = attempt(partial(index_profile, args.lengths), {})
+    if args.full_configs:
+        meta["triton_full_layout_configs"] = attempt(full_layout_configs, {})
+    elif not args.sweep:
         meta["triton_full_layout"] = attempt(full_layout_efficiency, {})
     rows: list[dict] = []
 
@@ -548,7 +676,7 @@ def main() -> None:
         write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, errors=errors, **meta)
 
     for length in args.lengths:
-        rows += attempt(partial(bench_length, length, args.reps, attempt, args.sweep), [])
+        rows += attempt(partial(bench_length, length, args.reps, attempt, args.sweep, args.quick), [])
         torch.cuda.empty_cache()
         save()
         print(f"done {length} at {time.time() - start:.0f}s", flush=True)

@@ -5,11 +5,12 @@ Shapes: q [B, Hq, L, D], k [B, Hkv, L, D] with Hq a multiple of Hkv (GQA); indic
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from kernels.patterns import BlockSparse, VerticalSlash
+from kernels.patterns import SLASH_PEAK, BlockSparse, VerticalSlash
 
 
 def grouped_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -56,10 +57,29 @@ def vertical_slash_index(
             vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)
             slash_score = slash_score.reshape(b, hkv, group, length).sum(2)
     vertical = top_indices(vertical_score, cfg.sink, cfg.vertical, cfg.mass, pad=length)
+    if cfg.smooth > 1:
+        slash_score = smoothed_slash_score(slash_score, cfg.smooth)
     slash = top_indices(slash_score, cfg.window, cfg.slash, cfg.mass, pad=0)
     if cfg.shared:  # repeated for the group's query heads
         vertical, slash = vertical.repeat_interleave(group, 1), slash.repeat_interleave(group, 1)
     return vertical, slash
+
+
+def smoothed_slash_score(score: torch.Tensor, width: int, peak: float = SLASH_PEAK) -> torch.Tensor:
+    """Each offset's score [B, H, L] averaged over the `width` offsets around it (fewer at the ends), or its own score
+    over `peak` where that is larger: a diagonal `peak` times its neighbourhood's mean keeps its rank."""
+    length, half = score.shape[-1], width // 2
+    # window sums as differences of one running sum over the zero-padded scores (slices, no gathers); float64, since
+    # the far offsets' scores are tiny next to the running sum
+    c = torch.nn.functional.pad(score.double(), (half + 1, width - half)).cumsum(-1)
+    mean = (c[..., width : width + length] - c[..., :length]) / _window_count(length, width, score.device)
+    return torch.maximum(mean.float(), score / peak)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_count(length: int, width: int, device: torch.device) -> torch.Tensor:
+    i = torch.arange(length, device=device)
+    return ((i - width // 2 + width).clamp(max=length) - (i - width // 2).clamp(min=0)).double()
 
 
 def diagonal_sums(p: torch.Tensor) -> torch.Tensor:

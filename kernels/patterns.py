@@ -29,6 +29,16 @@ class VerticalSlash:
     # One index per KV head (scores summed over its query heads): the kernel then stacks the group's query heads into
     # one tile and reads each K/V tile once for all of them, instead of once per query head.
     shared: bool = False
+    # With `smooth`, slashes are ranked by their estimated score averaged over `smooth` neighbouring offsets, except a
+    # line whose own score is SLASH_PEAK times that average (a real diagonal) keeps its own. The last queries' far
+    # diagonal scores are noisy, and a lone diagonal costs the kernel a whole key chunk (BLOCK_M x BLOCK_N) for one
+    # key per row, while one next to the local run costs one column: the same number of slashes then lie in a few
+    # contiguous runs instead of hundreds of scattered chunks.
+    smooth: int = 0
+
+
+# with VerticalSlash.smooth: a diagonal this many times its neighbourhood's mean ranks by its own score
+SLASH_PEAK = 4.0
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,14 @@ def vertical_slash_layout(
     block_m: int = 64,
     block_n: int = 64,
     greedy: bool = True,
+    scan: str = "auto",
 ) -> Layout:
     """Turn per-head vertical columns [B, H, NV] and slash offsets [B, H, NS] (sorted ascending) into a Layout.
 
     `greedy`: cover the slash ranges with the fewest BLOCK_N-wide chunks (each chunk starts at the first needed column
-    the previous one left uncovered); otherwise ranges closer than BLOCK_M + BLOCK_N - 1 merge into runs of chunks."""
+    the previous one left uncovered); otherwise ranges closer than BLOCK_M + BLOCK_N - 1 merge into runs of chunks.
+    `scan`: how the greedy overhangs are found: "auto" (a Triton program per head on CUDA, a parallel torch scan
+    elsewhere), "torch" or "triton" (also on CPU, under Triton's interpreter)."""
     # Two host syncs in all (the segment count and the chunk counts size the outputs): each one stalls the GPU until
     # the host has launched what follows, and at 128K the layout's few dozen small ops cost more in launches than on
     # the GPU.
@@ -75,7 +78,11 @@ def vertical_slash_layout(
     seg_start = a.reshape(-1)[first]
     seg_end = a.reshape(-1)[last] + block_m - 1
     seg_head = first // ns
-    if greedy:
+    if (
+        greedy and scan != "torch" and (dev.type == "cuda" or scan == "triton")
+    ):  # one program per head walks its segments in order
+        seg_start = seg_start + _greedy_shift_triton(seg_start, seg_end, seg_head, bh, block_n)
+    elif greedy:
         seg_start = seg_start + _greedy_shift(seg_start, seg_end, seg_head, block_n, min(seg_start.numel(), ns))
     n_chunks = (seg_end - seg_start + block_n).clamp(min=0) // block_n
     per_head = torch.zeros(bh, dtype=torch.long, device=dev).index_add_(0, seg_head, n_chunks)
@@ -151,6 +158,33 @@ def _greedy_shift(
         step *= 2
     shift = torch.zeros_like(seg_start)
     shift[1:] = table[:-1, 0]
+    return shift
+
+
+@triton.jit
+def _greedy_shift_kernel(seg_start, seg_end, head_first, shift, BLOCK_N: tl.constexpr):
+    """One head's segments in order: the overhang the previous segment's last chunk leaves into each one."""
+    h = tl.program_id(0)
+    j0 = tl.load(head_first + h)
+    j1 = tl.load(head_first + h + 1)
+    y = j0 * 0  # the head's first segment starts from overhang 0
+    for j in range(j0, j1):
+        tl.store(shift + j, y)
+        start = tl.load(seg_start + j) + y
+        count = tl.maximum(tl.load(seg_end + j) - start + BLOCK_N, 0) // BLOCK_N
+        reach = start + count * BLOCK_N  # one past the last chunk's column (start itself when none is needed)
+        nxt = tl.load(seg_start + j + 1, mask=j + 1 < j1, other=0)
+        y = tl.where(j + 1 < j1, tl.maximum(reach - nxt, 0), 0)
+
+
+def _greedy_shift_triton(
+    seg_start: torch.Tensor, seg_end: torch.Tensor, seg_head: torch.Tensor, heads: int, block_n: int
+) -> torch.Tensor:
+    """_greedy_shift as a sequential walk per head (segments are few per head): one launch instead of a scan's
+    dozens of small ops, which at 128K cost more in launches than on the GPU."""
+    head_first = torch.searchsorted(seg_head, torch.arange(heads + 1, device=seg_head.device))
+    shift = torch.empty_like(seg_start)
+    _greedy_shift_kernel[(heads,)](seg_start, seg_end, head_first, shift, BLOCK_N=block_n, num_warps=1)
     return shift
 
 
@@ -442,7 +476,9 @@ def _vertical_slash_scores(
         tl.atomic_add(slash_out + out, slash, mask=c < length)
 
 
-def vertical_slash_scores(p: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def vertical_slash_scores(
+    p: torch.Tensor, group: int = 1, block: int = 128, num_warps: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical (column) and slash (diagonal, by offset q_pos - k_pos) sums of p [B, H, r, L], the softmax of the last
     r queries, in one pass over p instead of two; with `group`, summed over each run of `group` heads (a shared
     index): float32 [B, H // group, L] each."""
@@ -450,10 +486,9 @@ def vertical_slash_scores(p: torch.Tensor, group: int = 1) -> tuple[torch.Tensor
     p = p.contiguous()
     vertical = torch.zeros(b, h // group, length, dtype=torch.float32, device=p.device)
     slash = torch.zeros_like(vertical)
-    block = 128
     grid = (b * h, triton.cdiv(length, block))
     _vertical_slash_scores[grid](
-        p, vertical, slash, length, r, GROUP=group, R=triton.next_power_of_2(r), BLOCK=block, num_warps=4
+        p, vertical, slash, length, r, GROUP=group, R=triton.next_power_of_2(r), BLOCK=block, num_warps=num_warps
     )
     return vertical, slash
 

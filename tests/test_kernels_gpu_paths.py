@@ -166,3 +166,9 @@ def test_layout_chunks_are_the_sequential_greedy_cover() -> None:
                 start += bn
             reach = max(reach, start)
         assert lay.chunk_start[h, : lay.chunk_count[h]].tolist() == want
+    # the Triton walk (what CUDA uses) gives the same layout as the torch scan, also with chunks wider than blocks
+    for bm, bn in ((8, 8), (8, 32), (16, 8)):
+        a = vertical_slash_layout(torch.zeros(1, 6, 1, dtype=torch.long), slash[None], length, bm, bn)
+        b = vertical_slash_layout(torch.zeros(1, 6, 1, dtype=torch.long), slash[None], length, bm, bn, scan="triton")
+        assert torch.equal(a.chunk_start, b.chunk_start) and torch.equal(a.covered, b.covered)
+        assert torch.equal(a.chunk_begin, b.chunk_begin) and torch.equal(a.vertical_count, b.vertical_count)

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from kernels.index import block_sparse_index, vertical_slash_index
+from kernels.index import block_sparse_index, smoothed_slash_score, vertical_slash_index
 from kernels.patterns import AShape, BlockSparse, VerticalSlash
 from kernels.reference import (
     a_shape_mask,
@@ -44,6 +44,24 @@ def test_vertical_slash_index_finds_planted_columns_and_diagonal() -> None:
     # the diagonal was planted for the first query head of each KV group
     assert 50 in set(slash[0, 0].tolist()) and 50 in set(slash[0, 2].tolist())
     assert torch.equal(vertical, vertical.sort(dim=-1).values)
+
+
+def test_smoothed_slash_ranking_keeps_planted_diagonal_and_runs_the_rest() -> None:
+    q, k = planted(512, columns=[300, 401], offset=50)
+    cfg = VerticalSlash(vertical=8, slash=24, last_q=64, sink=4, window=8, smooth=9)
+    vertical, slash = vertical_slash_index(q, k, cfg)
+    assert slash.shape == (1, HQ, 24) and torch.equal(slash, slash.sort(dim=-1).values)
+    assert 50 in set(slash[0, 0].tolist())  # a real diagonal is a peak over its neighbourhood: kept
+    for h in range(HQ):
+        assert set(range(8)) <= set(slash[0, h].tolist())
+    # the mean over the window (fewer offsets at the ends), or the own score over the peak factor where larger
+    score = torch.rand(2, 3, 40)
+    got = smoothed_slash_score(score, 5, peak=4.0)
+    i = 20
+    assert torch.allclose(got[..., i], torch.maximum(score[..., i - 2 : i + 3].mean(-1), score[..., i] / 4))
+    assert torch.allclose(got[..., 0], torch.maximum(score[..., :3].mean(-1), score[..., 0] / 4))
+    flat = torch.ones(1, 1, 40)
+    assert torch.allclose(smoothed_slash_score(flat, 7), flat)
 
 
 def test_mass_cut_keeps_planted_pattern_and_drops_noise() -> None:
