@@ -4,11 +4,13 @@ As in MInference's mixed kernel, each query block walks (1) contiguous key chunk
 (2) the vertical columns, gathered row by row, that those chunks did not already cover. Unlike MInference, the chunk
 list depends only on the head, not on the query block: a slash at offset s needs columns [m·BM - s, m·BM - s + BM)
 for query block m, so in coordinates relative to the block start the union of those ranges is the same for every
-block. That makes the layout a few vectorised torch ops instead of a per-block CUDA pass.
+block. That makes the layout per head, not per block: on CUDA one small Triton program per head
+(_layout_kernel), elsewhere a few vectorised torch ops.
 
 The chunks cover the slash ranges greedily (each starts at the first needed column the previous one left uncovered:
-the fewest BLOCK_N-wide chunks, found by a parallel scan over the ranges' segments), and the vertical loop stops where
-the chunk run around the diagonal begins, since every column from there on is already inside a chunk.
+the fewest BLOCK_N-wide chunks: a sequential walk over each head's segments, or a parallel scan in torch), and the
+vertical loop stops where the chunk run around the diagonal begins, since every column from there on is already inside
+a chunk.
 
 Chunks that lie wholly below a block's rows (all but the few at the diagonal and the one straddling column 0) run
 without masks, their K/V tiles through tensor descriptors on Hopper. With a shared index (one layout row per KV
