@@ -240,7 +240,12 @@ def _row(kernel: str, impl: str, length: int, dense_ms: float, index_ms: float, 
 
 
 def bench_length(
-    length: int, reps: int, attempt: Callable[[Callable[[], Any], Any], Any], sweep: bool = False, quick: bool = False
+    length: int,
+    reps: int,
+    attempt: Callable[[Callable[[], Any], Any], Any],
+    sweep: bool = False,
+    quick: bool = False,
+    index_rows: bool = False,
 ) -> list[dict]:
     out: list[dict] = []
     q, k, v = structured_qkv(length, "cuda")
@@ -251,7 +256,9 @@ def bench_length(
     out.append(_row("dense_sdpa", "sdpa", length, dense_ms, 0.0, dense_ms, recall=1.0, density=1.0))
     config = TRITON_CONFIGS[0]
     for family in FAMILIES:
-        config = attempt(partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep, quick), config)
+        config = attempt(
+            partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep, quick, index_rows), config
+        )
         torch.cuda.empty_cache()
     return out
 
@@ -265,6 +272,7 @@ def bench_family(
     out: list[dict],
     sweep: bool = False,
     quick: bool = False,
+    index_rows: bool = False,
 ) -> tuple:
     q, k, v = structured_qkv(length, "cuda", family=family)
     rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
@@ -273,7 +281,7 @@ def bench_family(
     print(f"{family} {length}: oracle top-4096 recall {oracle}", flush=True)
     row = partial(_row, inputs=family, oracle_recall_4096=oracle)  # noqa: F841 (used by the closures below)
 
-    def vs_triton(pattern: VerticalSlash, configs: list[tuple]) -> tuple:
+    def vs_triton(pattern: VerticalSlash, configs: list[tuple], flex: bool = True) -> tuple:
         index_ms = gpu_ms(lambda: vertical_slash_index(q, k, pattern), reps)
         vertical, slash = vertical_slash_index(q, k, pattern)
         g = HQ // HKV if pattern.shared else 1  # a shared index: one layout row per KV head
@@ -313,7 +321,8 @@ def bench_family(
                 **tile_counts(lay, vertical[:, ::g], slash[:, ::g], length, kernel_ms, g),
             )
         )
-        vs_flex(pattern, vertical, slash, index_ms, out[-1]["ms"])
+        if flex:
+            vs_flex(pattern, vertical, slash, index_ms, out[-1]["ms"])
         return config
 
     def vs_flex(
@@ -363,6 +372,11 @@ def bench_family(
         rec, dens = recall(bs_mask), round(density(bs_mask, rows_at, length), 4)
         out.append(row("block_sparse", "flex", length, dense_ms, bs_index_ms, bs_ms, recall=rec, density=dens))
 
+    if index_rows:  # the index's share: MInference's and the smoothed selection, Triton in its best config only
+        attempt(partial(vs_triton, VS, TRITON_CONFIGS[:1], False), None)
+        for pattern in VS_SMOOTH:
+            attempt(partial(vs_triton, pattern, SMOOTH_CONFIGS[:1], False), None)
+        return TRITON_CONFIGS[0]
     if quick:  # MInference's selection and the smoothed one, Triton (all configs) and FlexAttention, nothing else
         config = attempt(partial(vs_triton, VS, TRITON_CONFIGS), TRITON_CONFIGS[0])
         smooth_config = None
@@ -510,7 +524,8 @@ def _index_profile(length: int, reps: int) -> dict[str, float]:
     out: dict[str, float] = {f"{length}_{name}_ms": round(gpu_ms(fn, reps), 3) for name, fn in parts.items()}
     a = vertical_slash_layout(vertical, slash, length, scan="torch")
     b = vertical_slash_layout(vertical, slash, length, scan="triton")
-    out[f"{length}_scans_agree"] = bool(torch.equal(a.chunk_start, b.chunk_start) and torch.equal(a.covered, b.covered))
+    fields = ("chunk_start", "chunk_begin", "chunk_count", "chunk_diag", "vertical", "vertical_count", "covered")
+    out[f"{length}_scans_agree"] = all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
     return out
 
 
@@ -637,6 +652,9 @@ def main() -> None:
     ap.add_argument(
         "--quick", action="store_true", help="only MInference's and the smoothed selection, Triton and Flex"
     )
+    ap.add_argument(
+        "--index-rows", action="store_true", help="only Triton vertical-slash, top-k and smoothed, best config, no Flex"
+    )
     ap.add_argument("--full-configs", action="store_true", help="dense through the kernel in each SMOOTH_CONFIGS tile")
     ap.add_argument("--index-profile", action="store_true", help="time the index's parts (topical, VS_SMOOTH)")
     ap.add_argument("--e2e-names", nargs="*", help="only these e2e attention implementations (default: all)")
@@ -668,7 +686,7 @@ def main() -> None:
         meta["index_profile"] = attempt(partial(index_profile, args.lengths), {})
     if args.full_configs:
         meta["triton_full_layout_configs"] = attempt(full_layout_configs, {})
-    elif not args.sweep:
+    elif not (args.sweep or args.index_rows):
         meta["triton_full_layout"] = attempt(full_layout_efficiency, {})
     rows: list[dict] = []
 
@@ -676,7 +694,7 @@ def main() -> None:
         write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, errors=errors, **meta)
 
     for length in args.lengths:
-        rows += attempt(partial(bench_length, length, args.reps, attempt, args.sweep, args.quick), [])
+        rows += attempt(partial(bench_length, length, args.reps, attempt, args.sweep, args.quick, args.index_rows), [])
         torch.cuda.empty_cache()
         save()
         print(f"done {length} at {time.time() - start:.0f}s", flush=True)

@@ -42,7 +42,7 @@ def vertical_slash_index(
     qg = (q[:, :, -r:] * scale).reshape(b, hkv, (hq // hkv) * r, d)
     s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, r, length)
     # only the last r columns can lie past a row (the r x r corner)
-    s[..., length - r :].masked_fill_(torch.ones(r, r, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    s[..., length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
     group = hq // hkv
     if q.is_cuda:  # p in the input dtype (half the bytes; summed in float32), both sums in one Triton pass over it
         from kernels.triton_vertical_slash import vertical_slash_scores
@@ -63,6 +63,12 @@ def vertical_slash_index(
     if cfg.shared:  # repeated for the group's query heads
         vertical, slash = vertical.repeat_interleave(group, 1), slash.repeat_interleave(group, 1)
     return vertical, slash
+
+
+@functools.lru_cache(maxsize=8)
+def _above_diagonal(r: int, device: torch.device) -> torch.Tensor:
+    """[r, r] bool, True above the diagonal (built once: two launches fewer per index)."""
+    return torch.ones(r, r, dtype=torch.bool, device=device).triu(1)
 
 
 def smoothed_slash_score(score: torch.Tensor, width: int, peak: float = SLASH_PEAK) -> torch.Tensor:

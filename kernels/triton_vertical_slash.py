@@ -4,11 +4,13 @@ As in MInference's mixed kernel, each query block walks (1) contiguous key chunk
 (2) the vertical columns, gathered row by row, that those chunks did not already cover. Unlike MInference, the chunk
 list depends only on the head, not on the query block: a slash at offset s needs columns [m·BM - s, m·BM - s + BM)
 for query block m, so in coordinates relative to the block start the union of those ranges is the same for every
-block. That makes the layout a few vectorised torch ops instead of a per-block CUDA pass.
+block. That makes the layout per head, not per block: on CUDA one small Triton program per head
+(_layout_kernel), elsewhere a few vectorised torch ops.
 
 The chunks cover the slash ranges greedily (each starts at the first needed column the previous one left uncovered:
-the fewest BLOCK_N-wide chunks, found by a parallel scan over the ranges' segments), and the vertical loop stops where
-the chunk run around the diagonal begins, since every column from there on is already inside a chunk.
+the fewest BLOCK_N-wide chunks: a sequential walk over each head's segments, or a parallel scan in torch), and the
+vertical loop stops where the chunk run around the diagonal begins, since every column from there on is already inside
+a chunk.
 
 Chunks that lie wholly below a block's rows (all but the few at the diagonal and the one straddling column 0) run
 without masks, their K/V tiles through tensor descriptors on Hopper. With a shared index (one layout row per KV
@@ -57,8 +59,11 @@ def vertical_slash_layout(
 
     `greedy`: cover the slash ranges with the fewest BLOCK_N-wide chunks (each chunk starts at the first needed column
     the previous one left uncovered); otherwise ranges closer than BLOCK_M + BLOCK_N - 1 merge into runs of chunks.
-    `scan`: how the greedy overhangs are found: "auto" (a Triton program per head on CUDA, a parallel torch scan
-    elsewhere), "torch" or "triton" (also on CPU, under Triton's interpreter)."""
+    `scan`: "auto" (the whole layout as one Triton program per head on CUDA, torch ops elsewhere), "torch" (a few
+    dozen vectorised torch ops, the greedy overhangs by a parallel scan: the reference) or "triton" (also on CPU,
+    under Triton's interpreter); both give the same Layout."""
+    if scan != "torch" and (slash.device.type == "cuda" or scan == "triton"):
+        return _layout_triton(vertical, slash, length, block_m, block_n, greedy)
     # Two host syncs in all (the segment count and the chunk counts size the outputs): each one stalls the GPU until
     # the host has launched what follows, and at 128K the layout's few dozen small ops cost more in launches than on
     # the GPU.
@@ -78,11 +83,7 @@ def vertical_slash_layout(
     seg_start = a.reshape(-1)[first]
     seg_end = a.reshape(-1)[last] + block_m - 1
     seg_head = first // ns
-    if (
-        greedy and scan != "torch" and (dev.type == "cuda" or scan == "triton")
-    ):  # one program per head walks its segments in order
-        seg_start = seg_start + _greedy_shift_triton(seg_start, seg_end, seg_head, bh, block_n)
-    elif greedy:
+    if greedy:
         seg_start = seg_start + _greedy_shift(seg_start, seg_end, seg_head, block_n, min(seg_start.numel(), ns))
     n_chunks = (seg_end - seg_start + block_n).clamp(min=0) // block_n
     per_head = torch.zeros(bh, dtype=torch.long, device=dev).index_add_(0, seg_head, n_chunks)
@@ -162,30 +163,186 @@ def _greedy_shift(
 
 
 @triton.jit
-def _greedy_shift_kernel(seg_start, seg_end, head_first, shift, BLOCK_N: tl.constexpr):
-    """One head's segments in order: the overhang the previous segment's last chunk leaves into each one."""
-    h = tl.program_id(0)
-    j0 = tl.load(head_first + h)
-    j1 = tl.load(head_first + h + 1)
-    y = j0 * 0  # the head's first segment starts from overhang 0
-    for j in range(j0, j1):
-        tl.store(shift + j, y)
-        start = tl.load(seg_start + j) + y
-        count = tl.maximum(tl.load(seg_end + j) - start + BLOCK_N, 0) // BLOCK_N
-        reach = start + count * BLOCK_N  # one past the last chunk's column (start itself when none is needed)
-        nxt = tl.load(seg_start + j + 1, mask=j + 1 < j1, other=0)
-        y = tl.where(j + 1 < j1, tl.maximum(reach - nxt, 0), 0)
+def _search_left(row, n, t, STEPS: tl.constexpr, ADD: tl.constexpr):
+    """For each t, the first index i < n with row[i] + ADD >= t (n where none): searchsorted(left) of an ascending
+    row, as a binary search of STEPS halvings (2**STEPS > n)."""
+    lo = tl.zeros_like(t)
+    hi = lo + n
+    for _ in tl.static_range(STEPS):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        v = tl.load(row + mid, mask=active, other=0)
+        right = active & (v + ADD < t)
+        lo = tl.where(right, mid + 1, lo)
+        hi = tl.where(active & ~right, mid, hi)
+    return lo
 
 
-def _greedy_shift_triton(
-    seg_start: torch.Tensor, seg_end: torch.Tensor, seg_head: torch.Tensor, heads: int, block_n: int
-) -> torch.Tensor:
-    """_greedy_shift as a sequential walk per head (segments are few per head): one launch instead of a scan's
-    dozens of small ops, which at 128K cost more in launches than on the GPU."""
-    head_first = torch.searchsorted(seg_head, torch.arange(heads + 1, device=seg_head.device))
-    shift = torch.empty_like(seg_start)
-    _greedy_shift_kernel[(heads,)](seg_start, seg_end, head_first, shift, BLOCK_N=block_n, num_warps=1)
-    return shift
+@triton.jit
+def _layout_kernel(
+    slash,
+    vertical,
+    seg_start,
+    seg_end,
+    chunk_start,
+    chunk_count,
+    chunk_begin,
+    chunk_diag,
+    vertical_out,
+    vertical_count,
+    covered,
+    length,
+    ns,
+    nv,
+    n_m,
+    width,
+    cw,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GREEDY: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CHUNK_STEPS: tl.constexpr,
+    VERTICAL_STEPS: tl.constexpr,
+):
+    """One head's whole Layout (what vertical_slash_layout's torch ops compute, in one launch):
+    (1) the segments of the slash ranges, vectorised, into scratch; (2) a sequential walk over them laying the greedy
+    chunks (the overhang into each segment depends on the previous one) and marking `covered`; (3) the per-block
+    binary searches (chunk_begin, vertical_count), vectorised."""
+    h = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK)
+    # (1) a = -slash, ascending (slash read backwards); a segment starts where a range does not touch the previous one
+    s_row = slash + h * ns
+    n_seg = tl.zeros([], dtype=tl.int32)
+    s_min = tl.full([], 2147483647, dtype=tl.int32)
+    for i0 in range(0, ns, BLOCK):
+        j = i0 + i
+        ok = j < ns
+        a = -tl.load(s_row + ns - 1 - j, mask=ok, other=0).to(tl.int32)
+        prev = -tl.load(s_row + ns - j, mask=ok & (j > 0), other=0).to(tl.int32)
+        nxt = -tl.load(s_row + ns - 2 - j, mask=ok & (j < ns - 1), other=0).to(tl.int32)
+        if GREEDY:
+            new = (j == 0) | (a - prev > BLOCK_M)
+            end = (j == ns - 1) | (nxt - a > BLOCK_M)
+        else:  # ranges closer than BN columns merge too, so that chunks never overlap
+            new = (j == 0) | (a - prev >= BLOCK_M + BLOCK_N - 1)
+            end = (j == ns - 1) | (nxt - a >= BLOCK_M + BLOCK_N - 1)
+        new = new & ok
+        sid = n_seg + tl.cumsum(new.to(tl.int32), 0) - 1
+        tl.store(seg_start + h * ns + sid, a, mask=new)
+        tl.store(seg_end + h * ns + sid, a + BLOCK_M - 1, mask=end & ok)
+        n_seg += tl.sum(new.to(tl.int32), 0)
+        s_min = tl.minimum(s_min, tl.min(tl.where(ok, -a, 2147483647), 0))
+    tl.debug_barrier()
+    # (2) each segment's chunks start at its first column past the previous segment's last chunk (GREEDY), BN apart
+    c_row = chunk_start + h * width
+    cv_row = covered + h * cw
+    pos = tl.zeros([], dtype=tl.int32)
+    diag = tl.zeros([], dtype=tl.int32)
+    last = tl.full([], -2147483647, dtype=tl.int32)
+    y = tl.zeros([], dtype=tl.int32)
+    nxt_start = tl.load(seg_start + h * ns)
+    for k in range(0, n_seg):
+        start = nxt_start + y
+        count = tl.maximum(tl.load(seg_end + h * ns + k) - start + BLOCK_N, 0) // BLOCK_N
+        for c0 in range(0, count, BLOCK):
+            c = c0 + i
+            tl.store(c_row + pos + c, start + c * BLOCK_N, mask=(c < count) & (pos + c < width))
+        for x0 in range(0, count * BLOCK_N, BLOCK):
+            x = start + length + x0 + i
+            tl.store(cv_row + x, tl.full([BLOCK], 1, tl.int8), mask=(x0 + i < count * BLOCK_N) & (x >= 0) & (x < cw))
+        # chunks wholly below every row of a block (start <= 1 - BN) need no causal mask
+        below = tl.where(start <= 1 - BLOCK_N, (1 - BLOCK_N - tl.minimum(start, 1 - BLOCK_N)) // BLOCK_N + 1, 0)
+        diag += tl.minimum(below, count)
+        pos += count
+        last = tl.maximum(last, start)
+        nxt_start = tl.load(seg_start + h * ns + k + 1, mask=k + 1 < n_seg, other=0)
+        if GREEDY:
+            y = tl.where(k + 1 < n_seg, tl.maximum(start + count * BLOCK_N - nxt_start, 0), 0)
+    pos = tl.minimum(pos, width)
+    # padding chunks sit past every block's end, so the searches and the kernel's loop bound ignore them
+    for c0 in range(0, width, BLOCK):
+        c = c0 + i
+        tl.store(c_row + c, length + BLOCK_M, mask=(c >= pos) & (c < width))
+    tl.store(chunk_count + h, pos)
+    tl.store(chunk_diag + h, diag)
+    tl.debug_barrier()
+    # (3) per query block m: the first chunk that reaches column 0 (its end >= -m * BM), and the verticals before
+    # where the band starts (the last segment holds offset 0 when the head has it: verticals from its start on are
+    # inside a chunk)
+    band = tl.where(s_min == 0, tl.minimum(last, BLOCK_M), BLOCK_M)
+    v_row = vertical + h * nv
+    for m0 in range(0, n_m, BLOCK):
+        m = m0 + i
+        ok = m < n_m
+        first = _search_left(c_row, pos, -m * BLOCK_M, CHUNK_STEPS, BLOCK_N - 1)
+        tl.store(chunk_begin + h * n_m + m, first, mask=ok)
+        nvc = _search_left(v_row, nv, m * BLOCK_M + band, VERTICAL_STEPS, 0)
+        tl.store(vertical_count + h * n_m + m, nvc, mask=ok)
+    for v0 in range(0, nv, BLOCK):
+        v = v0 + i
+        tl.store(vertical_out + h * nv + v, tl.load(v_row + v, mask=v < nv, other=0).to(tl.int32), mask=v < nv)
+
+
+def _layout_triton(
+    vertical: torch.Tensor, slash: torch.Tensor, length: int, block_m: int, block_n: int, greedy: bool
+) -> Layout:
+    """vertical_slash_layout in one launch (one program per head) and one host sync (the widest head's chunk count
+    sizes chunk_start): at 128K the torch ops' hundred launches took 1.6 ms."""
+    dev = slash.device
+    bh = slash.shape[0] * slash.shape[1]
+    s = slash.reshape(bh, -1).contiguous()
+    vert = vertical.reshape(bh, -1).contiguous()
+    ns, nv = s.shape[1], vert.shape[1]
+    n_m = -(-length // block_m)
+    cw = length + block_m + block_n
+    # chunks never overlap and start in [-(L - 1), BM - 1]: at most this many per head
+    width = (length + block_m) // block_n + 2
+    seg = torch.empty(2, bh, ns, dtype=torch.int32, device=dev)
+    chunk_start = torch.empty(bh, width, dtype=torch.int32, device=dev)
+    chunk_count = torch.empty(bh, dtype=torch.int32, device=dev)
+    chunk_diag = torch.empty(bh, dtype=torch.int32, device=dev)
+    chunk_begin = torch.empty(bh, n_m, dtype=torch.int32, device=dev)
+    vertical_out = torch.empty(bh, nv, dtype=torch.int32, device=dev)
+    vertical_count = torch.empty(bh, n_m, dtype=torch.int32, device=dev)
+    covered = torch.zeros(bh, cw, dtype=torch.int8, device=dev)
+    _layout_kernel[(bh,)](
+        s,
+        vert,
+        seg[0],
+        seg[1],
+        chunk_start,
+        chunk_count,
+        chunk_begin,
+        chunk_diag,
+        vertical_out,
+        vertical_count,
+        covered,
+        length,
+        ns,
+        nv,
+        n_m,
+        width,
+        cw,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        GREEDY=greedy,
+        BLOCK=1024,
+        CHUNK_STEPS=max(width, 1).bit_length(),
+        VERTICAL_STEPS=max(nv, 1).bit_length(),
+        num_warps=4,
+    )
+    used = int(chunk_count.max()) if bh else 0  # the one host sync: the widest head sizes chunk_start, as in torch
+    return Layout(
+        chunk_start[:, :used].contiguous(),
+        chunk_begin,
+        chunk_count,
+        chunk_diag,
+        vertical_out,
+        vertical_count,
+        covered,
+        block_m,
+        block_n,
+    )
 
 
 @triton.jit

@@ -172,3 +172,43 @@ def test_layout_chunks_are_the_sequential_greedy_cover() -> None:
         b = vertical_slash_layout(torch.zeros(1, 6, 1, dtype=torch.long), slash[None], length, bm, bn, scan="triton")
         assert torch.equal(a.chunk_start, b.chunk_start) and torch.equal(a.covered, b.covered)
         assert torch.equal(a.chunk_begin, b.chunk_begin) and torch.equal(a.vertical_count, b.vertical_count)
+
+
+def _same_layout(a, b) -> bool:
+    fields = ("chunk_start", "chunk_begin", "chunk_count", "chunk_diag", "vertical", "vertical_count", "covered")
+    return all(getattr(a, f).dtype == getattr(b, f).dtype and torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
+
+
+def test_fused_layout_equals_torch_layout() -> None:
+    # the one-launch Triton layout (what CUDA uses) against the torch ops, every field, greedy and merged, on random
+    # slash sets (some with the mass cut's repeated offset 0 and no offset 0 at all), padded verticals (L), lengths
+    # that are not a multiple of the block, and real indexes (top-k and smoothed, per head and shared)
+    g = torch.Generator().manual_seed(23)
+    for length, ns, nv in ((400, 40, 7), (333, 120, 30), (97, 97, 5), (1000, 300, 64)):
+        slash = torch.stack([torch.randperm(length, generator=g)[:ns] for _ in range(5)]).sort(-1).values
+        slash[1, :10] = 0
+        slash[2] = slash[2].clamp(min=1)
+        vertical = torch.stack([torch.randperm(length, generator=g)[:nv] for _ in range(5)])
+        vertical[3, nv // 2 :] = length
+        vertical = vertical.sort(-1).values
+        for bm, bn in ((8, 8), (16, 8), (8, 32), (64, 64)):
+            for greedy in (True, False):
+                args = (vertical[None], slash[None], length, bm, bn, greedy)
+                assert _same_layout(
+                    vertical_slash_layout(*args, scan="torch"), vertical_slash_layout(*args, scan="triton")
+                )
+    q, k, _ = qkv(300, seed=5)
+    for cfg in (
+        VerticalSlash(vertical=12, slash=40, sink=3, window=5),
+        VerticalSlash(vertical=12, slash=60, sink=3, window=5, smooth=16),
+        VerticalSlash(vertical=12, slash=40, sink=3, window=5, shared=True, mass=0.9),
+    ):
+        vertical, slash = vertical_slash_index(q, k, cfg)
+        for bm, bn in ((16, 16), (32, 16)):
+            args = (vertical, slash, 300, bm, bn)
+            assert _same_layout(vertical_slash_layout(*args, scan="torch"), vertical_slash_layout(*args, scan="triton"))
+    a_shape = a_shape_index(1, HQ, AShape(sink=8, window=50), 150, q.device)
+    assert _same_layout(
+        vertical_slash_layout(*a_shape, 150, 16, 16, scan="torch"),
+        vertical_slash_layout(*a_shape, 150, 16, 16, scan="triton"),
+    )
