@@ -7,6 +7,7 @@ A strategy that cannot take a question (does_not_fit) scores 0 on it: over a mix
 answer everything, as `auto` does.
 
     PYTHONPATH=. python bench/router_compare.py mixed
+    PYTHONPATH=. python bench/router_compare.py mixed-4k-32k mixed-128k --output mixed-all   # several runs as one set
 """
 
 from __future__ import annotations
@@ -82,22 +83,23 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("name", help="the eval run's name: reads bench/results/eval-NAME.questions.jsonl")
+    p.add_argument("names", nargs="+", help="eval runs: reads bench/results/eval-NAME.questions.jsonl of each")
+    p.add_argument("--output", help="results name (default: the first run's): bench/results/router-OUTPUT.*")
     args = p.parse_args(argv)
-    log = RESULTS / f"eval-{args.name}.questions.jsonl"
-    records = read_log(log)
+    logs = [RESULTS / f"eval-{name}.questions.jsonl" for name in args.names]
+    records = [r for log in logs for r in read_log(log)]
     result = compare(records)
-    report = RESULTS / f"eval-{args.name}.json"  # the run's meta: which policy `auto` used
-    meta = json.loads(report.read_text()) if report.exists() else {}
+    reports = [RESULTS / f"eval-{name}.json" for name in args.names]  # each run's meta: which policy `auto` used
+    policies = {json.loads(r.read_text()).get("policy", "shipped") if r.exists() else "shipped" for r in reports}
     path = write_results(
-        f"router-{args.name}",
+        f"router-{args.output or args.names[0]}",
         "auto vs single strategies on a mixed set",
         records[0]["model"],
         result.pop("rows"),
-        source=log.name,
+        source=[log.name for log in logs],
         lengths=sorted({r["length"] for r in records}),
         tasks=sorted({r["task"] for r in records}),
-        policy=meta.get("policy", "shipped"),
+        policy=", ".join(sorted(policies)),
         **result,
     )
     print(path)

@@ -13,9 +13,10 @@ import pytest
 from engines.base import Engine
 from engines.prompting import answer_each
 from engines.types import Answer, Cost, Document, Progress, Task, TaskKind
+from evals.tasks import TASKS, generate
 from tests.conftest import ROOT, planted_document
 from workflows import registry
-from workflows.analysis import task_kind
+from workflows.analysis import KIND_OF_EVAL_TASK, task_kind
 from workflows.graph import run_job
 from workflows.policy import Entry, Policy, fit
 from workflows.router import Budget, choose_strategy
@@ -53,6 +54,12 @@ def test_task_kinds_are_read_from_the_request() -> None:
     assert task_kind(Task("Where was the treaty signed?")) == "lookup"  # a past event: one fact says it
     assert task_kind(Task("", kind=TaskKind.SUMMARY)) == "summary"
     assert task_kind(Task("name, year", kind=TaskKind.EXTRACT, json_schema={})) == "extraction"
+
+
+def test_eval_rows_are_fit_under_the_kind_the_router_reads(native_engine: Engine) -> None:
+    for name in TASKS:
+        question = generate(name, native_engine, 2048, 0).question
+        assert task_kind(question) == KIND_OF_EVAL_TASK[name], (name, question.question)
 
 
 def test_short_document_goes_to_full(native_engine: Engine) -> None:

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 from engines.types import Task, TaskKind
 
-# Harness task names -> the kinds of question they stand for; `tome router fit` reads eval rows through this.
+# Harness task names -> the kind the router reads from their questions (`task_kind`); `tome router fit` files eval
+# rows under it, so that a policy's rows were measured on questions the router reads as that kind. ("What are all
+# the special magic numbers for X?" asks for every occurrence: the router reads aggregation.)
 KIND_OF_EVAL_TASK = {
     "niah_single": "lookup",
     "niah_multikey": "lookup",
-    "niah_multivalue": "lookup",
+    "niah_multivalue": "aggregation",
     "niah_multiquery": "lookup",
     "qa": "lookup",
     "vt": "multihop",
@@ -21,17 +23,18 @@ KIND_OF_EVAL_TASK = {
 }
 KINDS = ("lookup", "multihop", "aggregation", "summary", "extraction")
 
+# Whole words only, and not inside a hyphenated name: "quietest-relative" is a key, not a question of relations.
 _AGGREGATION = re.compile(
-    r"\b(most (common|frequent|often|used)|how many (times|of)|list (all|every)|all (the|of the)|every|each|count|"
-    r"frequen|recurr|throughout)\w*",
+    r"(?<![-\w])(most (common|frequent|often|used)|how many (times|of)|list (all|every)|all (the|of the)|every|each|"
+    r"count|frequen|recurr|throughout)\w*(?![-\w])",
     re.I,
 )
 # "Where is X?" in the present tense asks for X's latest place in a story that moves it (bAbI's tasks 1-3): the
 # answer is the last of several facts, and which facts matter may only show later (who carried it, where they
 # went), so it reads as multi-hop. A read of every segment handles a plain lookup too, only at more tokens.
 _MULTIHOP = re.compile(
-    r"\b(variables?|assigned|chain|which .* (same|also)|before|after|where (is|are)\b|"
-    r"where (was|were) the .* (now|then)|who (has|holds|is holding|carries)|both|combin|relat)\w*",
+    r"(?<![-\w])(variables?|assigned|chain|which .* (same|also)|before|after|where (is|are)\b|"
+    r"where (was|were) the .* (now|then)|who (has|holds|is holding|carries)|both|combin|relat)\w*(?![-\w])",
     re.I,
 )
 
