@@ -81,6 +81,12 @@ class GemFilterConfig:
     chunk_tokens: int | None = None  # context tokens per scoring pass; None: all that fit beside the prompt
     home: Path | None = None  # where calibrations live; None: the engine's TOME_HOME
 
+    def __post_init__(self) -> None:  # before any scoring pass, not after minutes of it
+        if self.order not in ("document", "best_last"):
+            raise ValueError(f"order must be 'document' or 'best_last', got {self.order!r}")
+        if self.survivor_order not in ("score", "document"):
+            raise ValueError(f"survivor_order must be 'score' or 'document', got {self.survivor_order!r}")
+
 
 @dataclass
 class Selection:
@@ -192,8 +198,6 @@ def select(
     smoothing = config.smoothing if by_token else 1
     votes = [by_token or any(ch.isalnum() for ch in document[s:e]) for s, e in offsets]
     longest = max((len(u) for u in units), default=0)
-    if config.survivor_order not in ("score", "document"):
-        raise ValueError(f"survivor_order must be 'score' or 'document', got {config.survivor_order!r}")
     if chunk < config.top_k + longest:
         raise ValueError(
             f"a scoring chunk holds {chunk} context tokens (context {engine.max_context} minus the prompt), "
@@ -217,7 +221,7 @@ def select(
             ranked = unit_scores([len(u) for u in piece], scores, voting, config.unit_top)
             kept = best_units(piece, ranked, config.top_k)
             survivors.extend(kept)
-            score_of.update({u.start: float(ranked[piece.index(u)]) for u in kept})
+            score_of.update(zip((u.start for u in piece), ranked.tolist(), strict=True))
             passes += 1
             scanned += len(before) + len(context) + len(after)
         progress(len(pieces), len(pieces), f"gemfilter round {round_no}: {len(survivors)} units kept")
@@ -331,11 +335,6 @@ def span_of(run: Sequence[int], offsets: Sequence[tuple[int, int]], text: str) -
     """A run of consecutive token positions as a character span of the document."""
     start, end = offsets[run[0]][0], offsets[run[-1]][1]
     return Evidence(start, end, text[start:end])
-
-
-def spans_of(positions: Sequence[int], offsets: Sequence[tuple[int, int]], text: str) -> list[Evidence]:
-    """Runs of consecutive kept tokens as character spans of the document."""
-    return [span_of(r, offsets, text) for r in runs_of(positions)]
 
 
 def reading(selection: Selection, order: str, tokens: int | None = None) -> str:
