@@ -8,6 +8,12 @@ answer everything, as `auto` does.
 
     PYTHONPATH=. python bench/router_compare.py mixed
     PYTHONPATH=. python bench/router_compare.py mixed-4k-32k mixed-128k --output mixed-all   # several runs as one set
+    PYTHONPATH=. python bench/router_compare.py mixed --replay policy-a.json policy-b.json     # + replayed policies
+    PYTHONPATH=. python bench/router_compare.py auto-rerun mixed:rag,memagent     # auto of one run, singles of another
+
+`--replay POLICY`: what `auto` would score with that policy file, replayed from the single strategies' answers to
+the same questions (the policy's first choice among the strategies in the log; no fallback, no `fits` check). A
+cheap, offline way to compare policies (or fit rules) on held-out questions; only real `auto` rows are a result.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, write_results
 from evals.runner import AUTO, read_log
 from workflows.analysis import KIND_OF_EVAL_TASK
+from workflows.policy import Policy
 
 KINDS_TOLERANCE = 0.02  # auto may be this far below the best single strategy on a kind
+REPLAY = "replay:"  # prefix of replayed policies' rows
 
 
 def question(r: dict[str, Any]) -> tuple[str, int, int]:
@@ -37,6 +46,19 @@ def summarise(records: list[dict[str, Any]], questions: set[tuple[str, int, int]
         "answered": len(answered),
         "seconds": round(sum(r.get("seconds") or 0 for r in answered) / len(questions), 1),
     }
+
+
+def replay(records: list[dict[str, Any]], policy: Policy, name: str) -> list[dict[str, Any]]:
+    """The single strategies' records that `policy` would have chosen, one per question, renamed `name`."""
+    singles: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        if r["strategy"] != AUTO and not r["strategy"].startswith(REPLAY):
+            singles[question(r)][r["strategy"]] = r
+    chosen = []
+    for (task, length, _), by_name in singles.items():
+        ranked = policy.rank(sorted(by_name), KIND_OF_EVAL_TASK[task], length)
+        chosen.append({**by_name[ranked[0][0]], "strategy": name, "ran": ranked[0][0]})
+    return chosen
 
 
 def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -56,7 +78,7 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
             of_kind = {q for q in common if KIND_OF_EVAL_TASK[q[0]] == kind}
             row[f"{kind}_accuracy"] = summarise(rs, of_kind)["accuracy"]
         rows.append(row)
-    singles = [r for r in rows if r["strategy"] != AUTO]
+    singles = [r for r in rows if r["strategy"] != AUTO and not r["strategy"].startswith(REPLAY)]
     auto = next(r for r in rows if r["strategy"] == AUTO)
     best = max(singles, key=lambda r: (r["accuracy"], -r["tokens_read"]))
     per_kind = {}
@@ -64,6 +86,14 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         top = max(r[f"{kind}_accuracy"] for r in singles)
         per_kind[kind] = {"auto": auto[f"{kind}_accuracy"], "best_single": top}
     chosen = Counter(r.get("ran", r["status"]) for r in by_strategy[AUTO] if question(r) in common)
+    replayed = {
+        name: {
+            "accuracy": r["accuracy"],
+            "tokens_read": r["tokens_read"],
+            "chose": dict(Counter(x["ran"] for x in by_strategy[name] if question(x) in common)),
+        }
+        for name, r in ((r["strategy"], r) for r in rows if r["strategy"].startswith(REPLAY))
+    }
     targets = {
         "best_single": best["strategy"],
         "auto_accuracy_at_least_best": auto["accuracy"] >= best["accuracy"],
@@ -78,21 +108,35 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         "per_kind": per_kind,
         "auto_ran": dict(chosen),
         "targets": targets,
+        **({"replayed": replayed} if replayed else {}),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("names", nargs="+", help="eval runs: reads bench/results/eval-NAME.questions.jsonl of each")
+    p.add_argument(
+        "names",
+        nargs="+",
+        help="eval runs: reads bench/results/eval-NAME.questions.jsonl of each; NAME:a,b keeps only those strategies",
+    )
     p.add_argument("--output", help="results name (default: the first run's): bench/results/router-OUTPUT.*")
+    p.add_argument("--replay", type=Path, nargs="*", default=[], help="policy files to replay on the same questions")
     args = p.parse_args(argv)
-    logs = [RESULTS / f"eval-{name}.questions.jsonl" for name in args.names]
-    records = [r for log in logs for r in read_log(log)]
+    runs = [name.partition(":") for name in args.names]
+    logs = [RESULTS / f"eval-{name}.questions.jsonl" for name, _, _ in runs]
+    records = [
+        r
+        for log, (_, _, only) in zip(logs, runs, strict=True)
+        for r in read_log(log)
+        if not only or r["strategy"] in only.split(",")
+    ]
+    for path in args.replay:
+        records += replay(records, Policy.load(path), f"{REPLAY}{path.stem}")
     result = compare(records)
-    reports = [RESULTS / f"eval-{name}.json" for name in args.names]  # each run's meta: which policy `auto` used
+    reports = [RESULTS / f"eval-{name}.json" for name, _, _ in runs]  # each run's meta: which policy `auto` used
     policies = {json.loads(r.read_text()).get("policy", "shipped") if r.exists() else "shipped" for r in reports}
     path = write_results(
-        f"router-{args.output or args.names[0]}",
+        f"router-{args.output or runs[0][0]}",
         "auto vs single strategies on a mixed set",
         records[0]["model"],
         result.pop("rows"),
@@ -100,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         lengths=sorted({r["length"] for r in records}),
         tasks=sorted({r["task"] for r in records}),
         policy=", ".join(sorted(policies)),
+        replayed_policies=[str(p) for p in args.replay],
         **result,
     )
     print(path)

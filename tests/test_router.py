@@ -18,7 +18,7 @@ from tests.conftest import ROOT, planted_document
 from workflows import registry
 from workflows.analysis import KIND_OF_EVAL_TASK, task_kind
 from workflows.graph import run_job
-from workflows.policy import Entry, Policy, fit
+from workflows.policy import PRIOR_QUESTIONS, Entry, Policy, fit
 from workflows.router import Budget, choose_strategy
 
 LOOKUP = Task("What was the lighthouse keeper's dog called?")
@@ -152,11 +152,16 @@ def test_policy_round_trips_and_fits_from_eval_rows(tmp_path: Path) -> None:
     by_key = {(e.strategy, e.kind, e.length): e for e in fitted.entries}
     assert set(by_key) == {("rag", "lookup", 8192), ("memagent", "aggregation", 32768)}  # "does not fit" skipped
     assert by_key[("rag", "lookup", 8192)].accuracy == pytest.approx(0.75) and by_key[("rag", "lookup", 8192)].n == 6
-    # A newer run of the same strategy, task and length replaces the older row; other tasks of the kind still pool.
-    newer = {"date": "2026-12-02T10:00:00+00:00", "model": "m", "rows": [{**rows[1], "accuracy": 0.75}]}
-    refit = {(e.strategy, e.kind, e.length): e for e in fit([{**json.loads(results.read_text())}, newer]).entries}
-    assert refit[("rag", "lookup", 8192)].accuracy == pytest.approx(0.9167, abs=1e-4)  # (4 x 1.0 + 2 x 0.75) / 6
-    assert fit([newer, json.loads(results.read_text())]).entries == list(refit.values())  # order does not matter
+    # Every result's rows pool by questions; a cell of few questions is shrunk toward the strategy's accuracy on the
+    # kind at all lengths, so one lucky (or unlucky) question does not decide a length on its own.
+    more = {"model": "m", "rows": [{**rows[0], "length": 32768, "n": 1, "accuracy": 0.0}]}
+    refit = {(e.strategy, e.kind, e.length): e for e in fit([json.loads(results.read_text()), more]).entries}
+    prior = (4 * 1.0 + 2 * 0.25 + 1 * 0.0) / 7
+    shrunk = (4.5 + PRIOR_QUESTIONS * prior) / (6 + PRIOR_QUESTIONS)
+    assert refit[("rag", "lookup", 8192)].accuracy == pytest.approx(shrunk, abs=1e-4)
+    assert refit[("rag", "lookup", 32768)].accuracy == pytest.approx(PRIOR_QUESTIONS * prior / 3, abs=1e-4)
+    assert refit[("rag", "lookup", 32768)].n == 1 and refit[("rag", "lookup", 8192)].n == 6
+    assert fit([more, json.loads(results.read_text())]).entries == list(refit.values())  # order does not matter
     out = tmp_path / "policy.json"
     cli = [sys.executable, "-m", "service.cli", "router", "fit", str(results), "--out", str(out)]
     done = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True)
@@ -207,3 +212,39 @@ def test_a_policy_given_to_the_job_replaces_the_shipped_one(
     result = run_job(Document(text), [LOOKUP], native_engine, policy=measured)
     assert [a["strategy"] for a in result.attempts] == ["full"]
     assert "biscuit" in result.answers[0].text.lower()
+
+
+def test_replay_scores_the_policy_choice_from_single_strategy_answers() -> None:
+    from bench.router_compare import compare, replay
+
+    def record(strategy: str, task: str, length: int, accuracy: float, tokens: int) -> dict:
+        return {
+            "strategy": strategy,
+            "task": task,
+            "length": length,
+            "seed": 1,
+            "status": "ok",
+            "seconds": 1.0,
+            "accuracy": accuracy,
+            "tokens_read": tokens,
+        }
+
+    records = [
+        record("full", "niah_single", 4096, 0.0, 4000),
+        record("rag", "niah_single", 4096, 1.0, 1500),
+        record("mapreduce", "niah_single", 4096, 1.0, 4200),
+        record("full", "cwe", 32768, 0.0, 0),  # does not fit: asked, scored 0
+        record("rag", "cwe", 32768, 0.0, 3000),
+        record("mapreduce", "cwe", 32768, 0.5, 33000),
+        record("auto", "niah_single", 4096, 0.0, 4000),
+        record("auto", "cwe", 32768, 0.0, 3000),
+    ]
+    # The policy ranks full first for 4K lookups (0.95 vs 0.80) and mapreduce for 32K aggregation.
+    chosen = replay(records, policy(), "replay:test")
+    assert sorted((r["task"], r["ran"], r["accuracy"]) for r in chosen) == [
+        ("cwe", "mapreduce", 0.5),
+        ("niah_single", "full", 0.0),
+    ]
+    result = compare(records + chosen)
+    assert result["replayed"]["replay:test"]["accuracy"] == 0.25
+    assert result["targets"]["best_single"] == "mapreduce"  # 0.75; the replayed rows are not a single strategy

@@ -19,6 +19,7 @@ from workflows.analysis import KIND_OF_EVAL_TASK
 POLICIES = Path(__file__).with_name("policies")  # shipped with the model settings: <model alias>.json
 TOLERANCE = 0.02  # accuracies this close count as equal, and the cheaper strategy wins
 MAX_LOG2_DISTANCE = 1.0  # an entry speaks for lengths within a factor of 2 of its own
+PRIOR_QUESTIONS = 2.0  # fit: pseudo-questions at the strategy's accuracy on the kind over all lengths
 
 
 @dataclass(frozen=True)
@@ -96,38 +97,40 @@ class Policy:
 def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Policy:
     """Average eval rows (DESIGN.md's format) into entries; rows that did not run (no accuracy) are skipped.
 
-    Where several results measured the same strategy on the same task at the same length, only the newest
-    (by its `date`) counts: strategies change between runs, and an old row would pull the new one toward code
-    that no longer runs. Tasks of one kind still pool across results."""
-    newest: dict[tuple[str, str, int], tuple[str, dict[str, Any]]] = {}
+    Every row of the given results counts, weighted by its questions: which runs speak for today's strategies is
+    the caller's choice of files (leave out the runs of a strategy that has changed since). Most cells hold a few
+    questions, so an entry's accuracy is shrunk toward the strategy's accuracy on the kind at all lengths by
+    PRIOR_QUESTIONS pseudo-questions: one lucky question no longer outranks a strategy measured on ten."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     model = "unknown"
     for doc in results:
         model = doc.get("model", model)
-        date = str(doc.get("date", ""))
         for row in doc["rows"]:
             if row.get("accuracy") is None or row.get("strategy") == "auto" or not row.get("n"):
                 continue
-            key = (row["strategy"], row["task"], int(row["length"]))
-            if key not in newest or date >= newest[key][0]:
-                newest[key] = (date, row)
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    for (strategy, task, length), (_, row) in newest.items():
-        groups[(strategy, KIND_OF_EVAL_TASK.get(task, task), length)].append(row)
+            kind = KIND_OF_EVAL_TASK.get(row["task"], row["task"])
+            groups[(row["strategy"], kind, int(row["length"]))].append(row)
+
+    def total(rows: list[dict[str, Any]], key: str) -> float:
+        return sum(float(r.get(key) or 0) * int(r["n"]) for r in rows)
+
+    prior: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for (strategy, kind, _), rows in groups.items():
+        prior[(strategy, kind)].extend(rows)
     entries = []
     for (strategy, kind, length), rows in sorted(groups.items()):
         n = sum(int(r["n"]) for r in rows)
-
-        def mean(key: str, rows: list[dict[str, Any]] = rows, n: int = n) -> float:
-            return sum(float(r.get(key) or 0) * int(r["n"]) for r in rows) / n
-
+        around = prior[(strategy, kind)]
+        expected = total(around, "accuracy") / sum(int(r["n"]) for r in around)
+        accuracy = (total(rows, "accuracy") + PRIOR_QUESTIONS * expected) / (n + PRIOR_QUESTIONS)
         entries.append(
             Entry(
                 strategy,
                 kind,
                 length,
-                round(mean("accuracy"), 4),
-                round(mean("tokens_read"), 1),
-                round(mean("seconds"), 3),
+                round(accuracy, 4),
+                round(total(rows, "tokens_read") / n, 1),
+                round(total(rows, "seconds") / n, 3),
                 n,
             )
         )
