@@ -66,6 +66,15 @@ VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95), 
 # the same budget with slashes ranked by their score smoothed over 1024 neighbouring offsets (peaks kept): the same
 # number of diagonals in a few contiguous runs instead of hundreds of scattered key chunks
 VS_SMOOTH = [VerticalSlash(smooth=1024)]
+# --mix-rows: the same budget and smoothing with a share of each line's own score in the ranking (VerticalSlash.mix:
+# the far lines the estimate singles out come back, each at a key chunk or two: recall for kernel time), and with the
+# estimating queries spread over the prompt instead of the last ones (VerticalSlash.spread)
+VS_MIX = [
+    VerticalSlash(smooth=1024, mix=0.3),
+    VerticalSlash(smooth=1024, spread=True),
+    VerticalSlash(smooth=1024, spread=True, mix=0.1),
+    VerticalSlash(smooth=1024, spread=True, mix=0.2),
+]
 # not MInference's budget: twice the slashes, smoothed (what `topical` needs for 95% recall at 256K), best config only
 VS_WIDE = VerticalSlash(slash=12192, smooth=1024)
 # --sweep: Triton vertical-slash alone over mass caps and budgets (per head and shared), to pick the rows above
@@ -246,6 +255,7 @@ def bench_length(
     sweep: bool = False,
     quick: bool = False,
     index_rows: bool = False,
+    mix_rows: bool = False,
 ) -> list[dict]:
     out: list[dict] = []
     q, k, v = structured_qkv(length, "cuda")
@@ -257,7 +267,8 @@ def bench_length(
     config = TRITON_CONFIGS[0]
     for family in FAMILIES:
         config = attempt(
-            partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep, quick, index_rows), config
+            partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep, quick, index_rows, mix_rows),
+            config,
         )
         torch.cuda.empty_cache()
     return out
@@ -273,6 +284,7 @@ def bench_family(
     sweep: bool = False,
     quick: bool = False,
     index_rows: bool = False,
+    mix_rows: bool = False,
 ) -> tuple:
     q, k, v = structured_qkv(length, "cuda", family=family)
     rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
@@ -372,6 +384,10 @@ def bench_family(
         rec, dens = recall(bs_mask), round(density(bs_mask, rows_at, length), 4)
         out.append(row("block_sparse", "flex", length, dense_ms, bs_index_ms, bs_ms, recall=rec, density=dens))
 
+    if mix_rows:  # top-k, smoothed and the mixed rankings (VS_MIX), Triton in one config, no Flex
+        for pattern in (VS, *VS_SMOOTH, *VS_MIX):
+            attempt(partial(vs_triton, pattern, TRITON_CONFIGS[:1], False), None)
+        return TRITON_CONFIGS[0]
     if index_rows:  # the index's share: MInference's and the smoothed selection, Triton in its best config only
         attempt(partial(vs_triton, VS, TRITON_CONFIGS[:1], False), None)
         for pattern in VS_SMOOTH:
@@ -655,6 +671,9 @@ def main() -> None:
     ap.add_argument(
         "--index-rows", action="store_true", help="only Triton vertical-slash, top-k and smoothed, best config, no Flex"
     )
+    ap.add_argument(
+        "--mix-rows", action="store_true", help="only Triton vertical-slash, top-k, smoothed, VS_MIX, one config"
+    )
     ap.add_argument("--full-configs", action="store_true", help="dense through the kernel in each SMOOTH_CONFIGS tile")
     ap.add_argument("--index-profile", action="store_true", help="time the index's parts (topical, VS_SMOOTH)")
     ap.add_argument("--e2e-names", nargs="*", help="only these e2e attention implementations (default: all)")
@@ -686,7 +705,7 @@ def main() -> None:
         meta["index_profile"] = attempt(partial(index_profile, args.lengths), {})
     if args.full_configs:
         meta["triton_full_layout_configs"] = attempt(full_layout_configs, {})
-    elif not (args.sweep or args.index_rows):
+    elif not (args.sweep or args.index_rows or args.mix_rows):
         meta["triton_full_layout"] = attempt(full_layout_efficiency, {})
     rows: list[dict] = []
 
@@ -694,7 +713,10 @@ def main() -> None:
         write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, errors=errors, **meta)
 
     for length in args.lengths:
-        rows += attempt(partial(bench_length, length, args.reps, attempt, args.sweep, args.quick, args.index_rows), [])
+        run_length = partial(
+            bench_length, length, args.reps, attempt, args.sweep, args.quick, args.index_rows, args.mix_rows
+        )
+        rows += attempt(run_length, [])
         torch.cuda.empty_cache()
         save()
         print(f"done {length} at {time.time() - start:.0f}s", flush=True)

@@ -608,7 +608,7 @@ def vertical_slash_attention(
 
 @triton.jit
 def _vertical_slash_scores(
-    P, vertical_out, slash_out, length, rows, GROUP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr
+    P, positions, vertical_out, slash_out, length, rows, GROUP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr
 ):
     """Column sums and diagonal sums of one head's p [rows, L] (the last rows' softmax), added into its group's row
     (GROUP consecutive heads share one): one BLOCK of columns read straight (verticals), one of offsets skewed
@@ -620,8 +620,9 @@ def _vertical_slash_scores(
     base = P + pid_h * rows * length + i[:, None] * length
     p = tl.load(base + c[None, :], mask=in_rows & (c[None, :] < length), other=0.0)
     vertical = tl.sum(p.to(tl.float32), 0)
-    # row i sits at position L - rows + i, so its entry for offset o is column L - rows + i - o
-    skew = length - rows + i[:, None] - c[None, :]
+    # row i sits at positions[i] (L - rows + i for the last rows), so its entry for offset o is column positions[i] - o
+    pos = tl.load(positions + i, mask=i < rows, other=0)
+    skew = pos[:, None] - c[None, :]
     p = tl.load(base + skew, mask=in_rows & (skew >= 0) & (c[None, :] < length), other=0.0)
     slash = tl.sum(p.to(tl.float32), 0)
     out = (pid_h // GROUP) * length + c
@@ -634,18 +635,29 @@ def _vertical_slash_scores(
 
 
 def vertical_slash_scores(
-    p: torch.Tensor, group: int = 1, block: int = 128, num_warps: int = 4
+    p: torch.Tensor, group: int = 1, block: int = 128, num_warps: int = 4, positions: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical (column) and slash (diagonal, by offset q_pos - k_pos) sums of p [B, H, r, L], the softmax of the last
-    r queries, in one pass over p instead of two; with `group`, summed over each run of `group` heads (a shared
-    index): float32 [B, H // group, L] each."""
+    r queries (or of the queries at `positions` [r]), in one pass over p instead of two; with `group`, summed over each
+    run of `group` heads (a shared index): float32 [B, H // group, L] each."""
     b, h, r, length = p.shape
     p = p.contiguous()
+    if positions is None:
+        positions = torch.arange(length - r, length, device=p.device)
     vertical = torch.zeros(b, h // group, length, dtype=torch.float32, device=p.device)
     slash = torch.zeros_like(vertical)
     grid = (b * h, triton.cdiv(length, block))
     _vertical_slash_scores[grid](
-        p, vertical, slash, length, r, GROUP=group, R=triton.next_power_of_2(r), BLOCK=block, num_warps=num_warps
+        p,
+        positions,
+        vertical,
+        slash,
+        length,
+        r,
+        GROUP=group,
+        R=triton.next_power_of_2(r),
+        BLOCK=block,
+        num_warps=num_warps,
     )
     return vertical, slash
 
