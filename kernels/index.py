@@ -39,24 +39,34 @@ def vertical_slash_index(
     r = min(cfg.last_q, length)
     hkv = k.shape[1]
     rows = estimate_rows(length, r, cfg.spread, q.device)
+    # with `spread`, the spread rows (slashes) and then the last r (verticals) in one pass
+    picked = (
+        q[:, :, -r:] if rows is None else q[:, :, torch.cat([rows, torch.arange(length - r, length, device=q.device)])]
+    )
+    n = picked.shape[2]
     # scores in the input dtype (half the bytes of float32; they only rank columns)
-    qg = ((q[:, :, -r:] if rows is None else q[:, :, rows]) * scale).reshape(b, hkv, (hq // hkv) * r, d)
-    s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, r, length)
+    qg = (picked * scale).reshape(b, hkv, (hq // hkv) * n, d)
+    s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, n, length)
     if rows is None:  # only the last r columns can lie past a row (the r x r corner)
         s[..., length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
     else:
-        s.masked_fill_(torch.arange(length, device=q.device) > rows[:, None], float("-inf"))
+        s[..., :r, :].masked_fill_(torch.arange(length, device=q.device) > rows[:, None], float("-inf"))
+        s[..., r:, length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
     group = hq // hkv
     if q.is_cuda:  # p in the input dtype (half the bytes; summed in float32), both sums in one Triton pass over it
         from kernels.triton_vertical_slash import vertical_slash_scores
 
-        vertical_score, slash_score = vertical_slash_scores(
-            torch.softmax(s, dim=-1), group if cfg.shared else 1, positions=rows
-        )
+        p = torch.softmax(s, dim=-1)
+        del s
+        vertical_score, slash_score = vertical_slash_scores(p[:, :, -r:], group if cfg.shared else 1)
+        if rows is not None:
+            slash_score = vertical_slash_scores(p[:, :, :r], group if cfg.shared else 1, positions=rows)[1]
+        del p
     else:
         p = torch.softmax(s, dim=-1, dtype=torch.float32)
         del s
-        vertical_score, slash_score = p.sum(dim=2), diagonal_sums(p, rows)
+        vertical_score = p[:, :, -r:].sum(dim=2)
+        slash_score = diagonal_sums(p[:, :, -r:]) if rows is None else diagonal_sums(p[:, :, :r], rows)
         del p
         if cfg.shared:  # one index per KV group (scores summed over its query heads)
             vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)

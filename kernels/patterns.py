@@ -40,9 +40,10 @@ class VerticalSlash:
     # chunks) but drop the far lines the last queries single out; a share of own score lets the strongest of those
     # back in, each at a key chunk or two, and so spends kernel time on recall between the two rankings.
     mix: float = 0.0
-    # With `spread`, the `last_q` queries that estimate the scores are spread evenly over the prompt (every
-    # L // last_q-th, the last query included) instead of being the last ones: the last queries see the end of the
-    # prompt's own neighbourhood and topics, while the index serves every query (most of them far earlier).
+    # With `spread`, the slash scores come from `last_q` queries spread evenly over the prompt (every L // last_q-th,
+    # the last query included) instead of the last ones: the last queries see the end of the prompt's own
+    # neighbourhood and topics, while the index serves every query (most of them far earlier). The verticals still come
+    # from the last queries (spread ones pick the columns just before each of them: gathered for every later block).
     spread: bool = False
 
 
