@@ -82,6 +82,7 @@ VS_MIX = [
     VerticalSlash(smooth=1024, mix=0.3),
     VerticalSlash(smooth=1024, spread=True),
     VerticalSlash(smooth=1024, spread=True, mix=0.2),
+    VerticalSlash(smooth=1024, spread=True, mix=0.25),
     VerticalSlash(smooth=1024, spread=True, mix=0.3),
 ]
 # not MInference's budget: twice the slashes, smoothed (what `topical` needs for 95% recall at 256K), best config only

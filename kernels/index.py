@@ -39,34 +39,30 @@ def vertical_slash_index(
     r = min(cfg.last_q, length)
     hkv = k.shape[1]
     rows = estimate_rows(length, r, cfg.spread, q.device)
-    # with `spread`, the spread rows (slashes) and then the last r (verticals) in one pass
-    picked = (
-        q[:, :, -r:] if rows is None else q[:, :, torch.cat([rows, torch.arange(length - r, length, device=q.device)])]
-    )
-    n = picked.shape[2]
+    # with `spread`, the spread rows (slashes) and then the last r (verticals: spread rows' verticals would be the
+    # columns just before each of them, gathered for every later query block) in one pass
+    last = torch.arange(length - r, length, device=q.device)
+    positions = last if rows is None else torch.cat([rows, last])
+    n = positions.numel()
     # scores in the input dtype (half the bytes of float32; they only rank columns)
-    qg = (picked * scale).reshape(b, hkv, (hq // hkv) * n, d)
+    qg = ((q[:, :, -r:] if rows is None else q[:, :, positions]) * scale).reshape(b, hkv, (hq // hkv) * n, d)
     s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, n, length)
-    if rows is None:  # only the last r columns can lie past a row (the r x r corner)
-        s[..., length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
-    else:
+    # only the last r columns can lie past a last row (the r x r corner); the spread rows are masked past themselves
+    s[..., n - r :, length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
+    if rows is not None:
         s[..., :r, :].masked_fill_(torch.arange(length, device=q.device) > rows[:, None], float("-inf"))
-        s[..., r:, length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
     group = hq // hkv
     if q.is_cuda:  # p in the input dtype (half the bytes; summed in float32), both sums in one Triton pass over it
         from kernels.triton_vertical_slash import vertical_slash_scores
 
-        p = torch.softmax(s, dim=-1)
-        del s
-        vertical_score, slash_score = vertical_slash_scores(p[:, :, -r:], group if cfg.shared else 1)
-        if rows is not None:
-            slash_score = vertical_slash_scores(p[:, :, :r], group if cfg.shared else 1, positions=rows)[1]
-        del p
+        vertical_score, slash_score = vertical_slash_scores(
+            torch.softmax(s, dim=-1), group if cfg.shared else 1, positions=positions, vertical_from=n - r, slash_to=r
+        )
     else:
         p = torch.softmax(s, dim=-1, dtype=torch.float32)
         del s
-        vertical_score = p[:, :, -r:].sum(dim=2)
-        slash_score = diagonal_sums(p[:, :, -r:]) if rows is None else diagonal_sums(p[:, :, :r], rows)
+        vertical_score = p[:, :, n - r :].sum(dim=2)
+        slash_score = diagonal_sums(p) if rows is None else diagonal_sums(p[:, :, :r], rows)
         del p
         if cfg.shared:  # one index per KV group (scores summed over its query heads)
             vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)
@@ -81,7 +77,7 @@ def vertical_slash_index(
 
 
 def estimate_rows(length: int, r: int, spread: bool, device: torch.device) -> torch.Tensor | None:
-    """The positions of the r queries that estimate the index: None for the last r, with `spread` every
+    """The positions of the r queries that estimate the slashes: None for the last r; with `spread`, every
     (L // r)-th position ending at the last query (ascending, int64)."""
     step = length // r
     if not spread or step <= 1:

@@ -102,7 +102,7 @@ def test_spread_estimate_finds_a_diagonal_the_last_queries_miss() -> None:
     q, k = planted(length, columns=[300, 401], offset=50)
     k[..., length // 2 - 50 :, :16] = 0
     assert estimate_rows(length, 64, False, q.device) is None
-    rows = estimate_rows(length, 64, True, q.device)
+    rows = estimate_rows(length, 64, True, q.device)  # every 16th, ending at the last query
     assert rows.tolist() == list(range(15, length, 16))
     last = VerticalSlash(vertical=8, slash=12, last_q=64, sink=4, window=8)
     spread = VerticalSlash(vertical=8, slash=12, last_q=64, sink=4, window=8, spread=True)
