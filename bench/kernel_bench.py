@@ -36,7 +36,15 @@ from kernels.flex import (
     flex_sparse_attention,
     vertical_slash_block_mask,
 )
-from kernels.index import block_sparse_index, diagonal_sums, grouped_scores, vertical_slash_index
+from kernels.index import (
+    block_sparse_index,
+    diagonal_sums,
+    grouped_scores,
+    mixed_slash_score,
+    smoothed_slash_score,
+    top_indices,
+    vertical_slash_index,
+)
 from kernels.patterns import AShape, BlockSparse, VerticalSlash
 from kernels.reference import (
     a_shape_mask,
@@ -66,6 +74,17 @@ VS_SHARED = [VerticalSlash(shared=True), VerticalSlash(shared=True, mass=0.95), 
 # the same budget with slashes ranked by their score smoothed over 1024 neighbouring offsets (peaks kept): the same
 # number of diagonals in a few contiguous runs instead of hundreds of scattered key chunks
 VS_SMOOTH = [VerticalSlash(smooth=1024)]
+# --mix-rows: the same budget and smoothing with a share of each line's own score in the ranking (VerticalSlash.mix:
+# the far lines the estimate singles out come back, each at a key chunk or two: recall for kernel time), and with the
+# estimating queries spread over the prompt instead of the last ones (VerticalSlash.spread)
+VS_MIX = [
+    VerticalSlash(smooth=1024, mix=0.2),
+    VerticalSlash(smooth=1024, mix=0.3),
+    VerticalSlash(smooth=1024, spread=True),
+    VerticalSlash(smooth=1024, spread=True, mix=0.2),
+    VerticalSlash(smooth=1024, spread=True, mix=0.25),
+    VerticalSlash(smooth=1024, spread=True, mix=0.3),
+]
 # not MInference's budget: twice the slashes, smoothed (what `topical` needs for 95% recall at 256K), best config only
 VS_WIDE = VerticalSlash(slash=12192, smooth=1024)
 # --sweep: Triton vertical-slash alone over mass caps and budgets (per head and shared), to pick the rows above
@@ -246,6 +265,7 @@ def bench_length(
     sweep: bool = False,
     quick: bool = False,
     index_rows: bool = False,
+    mix_rows: bool = False,
 ) -> list[dict]:
     out: list[dict] = []
     q, k, v = structured_qkv(length, "cuda")
@@ -257,7 +277,8 @@ def bench_length(
     config = TRITON_CONFIGS[0]
     for family in FAMILIES:
         config = attempt(
-            partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep, quick, index_rows), config
+            partial(bench_family, length, reps, attempt, family, dense_ms, out, sweep, quick, index_rows, mix_rows),
+            config,
         )
         torch.cuda.empty_cache()
     return out
@@ -273,6 +294,7 @@ def bench_family(
     sweep: bool = False,
     quick: bool = False,
     index_rows: bool = False,
+    mix_rows: bool = False,
 ) -> tuple:
     q, k, v = structured_qkv(length, "cuda", family=family)
     rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
@@ -281,9 +303,11 @@ def bench_family(
     print(f"{family} {length}: oracle top-4096 recall {oracle}", flush=True)
     row = partial(_row, inputs=family, oracle_recall_4096=oracle)  # noqa: F841 (used by the closures below)
 
-    def vs_triton(pattern: VerticalSlash, configs: list[tuple], flex: bool = True) -> tuple:
+    def vs_triton(
+        pattern: VerticalSlash, configs: list[tuple], flex: bool = True, index: tuple | None = None, label: str = ""
+    ) -> tuple:
         index_ms = gpu_ms(lambda: vertical_slash_index(q, k, pattern), reps)
-        vertical, slash = vertical_slash_index(q, k, pattern)
+        vertical, slash = vertical_slash_index(q, k, pattern) if index is None else index
         g = HQ // HKV if pattern.shared else 1  # a shared index: one layout row per KV head
         best = None
         for bm, bn, warps, stages, tma, pipe in configs:
@@ -312,7 +336,7 @@ def bench_family(
                 kernel_ms,
                 recall=recall(mask),
                 density=round(density(mask, rows_at, length), 4),
-                pattern=str(pattern),
+                pattern=label or str(pattern),
                 config=str(config),
                 estimate_ms=round(index_ms, 3),
                 layout_ms=round(layout_ms, 3),
@@ -371,6 +395,30 @@ def bench_family(
         bs_mask = block_sparse_mask(length, blocks, BLOCK_SPARSE.block)
         rec, dens = recall(bs_mask), round(density(bs_mask, rows_at, length), 4)
         out.append(row("block_sparse", "flex", length, dense_ms, bs_index_ms, bs_ms, recall=rec, density=dens))
+
+    def oracle_slash_rows() -> None:
+        # not an index: the slashes ranked by the true attention mass per offset of the recall rows themselves (the
+        # same 6096 picks, smoothed and mixed like VS_MIX), and the plain local band 0..8191 (8192 picks): what any
+        # slash ranking could reach at that kernel cost on these inputs. Verticals and timing as VS_SMOOTH's.
+        true = torch.zeros(1, HQ, length, device=q.device)
+        for r in rows_at.split(16):
+            s = grouped_scores(q[:, :, r], k, 1.0 / math.sqrt(D)).masked_fill(~causal_mask(length)(r), float("-inf"))
+            true += diagonal_sums(torch.softmax(s, -1), r)
+        del s
+        vertical = vertical_slash_index(q, k, VS_SMOOTH[0])[0]
+        smoothed = smoothed_slash_score(true, VS_SMOOTH[0].smooth)
+        for mix in (0.0, 0.2, 0.3):
+            slash = top_indices(mixed_slash_score(true, smoothed, mix), VS.window, VS.slash, None, 0)
+            label = f"oracle offsets (recall rows' true mass), smooth=1024, mix={mix}, 6096 slashes"
+            vs_triton(VS_SMOOTH[0], TRITON_CONFIGS[:1], False, (vertical, slash), label)
+        band = torch.arange(8192, device=q.device).expand(1, HQ, -1)
+        vs_triton(VS_SMOOTH[0], TRITON_CONFIGS[:1], False, (vertical, band), "local band 0..8191 (8192 slashes)")
+
+    if mix_rows:  # top-k, smoothed and the mixed rankings (VS_MIX), Triton in one config, no Flex
+        for pattern in (VS, *VS_SMOOTH, *VS_MIX):
+            attempt(partial(vs_triton, pattern, TRITON_CONFIGS[:1], False), None)
+        attempt(oracle_slash_rows, None)
+        return TRITON_CONFIGS[0]
 
     if index_rows:  # the index's share: MInference's and the smoothed selection, Triton in its best config only
         attempt(partial(vs_triton, VS, TRITON_CONFIGS[:1], False), None)
@@ -497,8 +545,6 @@ def index_profile(lengths: list[int], reps: int = 5) -> dict[str, float]:
 
 
 def _index_profile(length: int, reps: int) -> dict[str, float]:
-    from kernels.index import smoothed_slash_score, top_indices
-
     q, k, _ = structured_qkv(length, "cuda", family="topical")
     pattern = VS_SMOOTH[0]
     r, scale = pattern.last_q, 1.0 / math.sqrt(D)
@@ -655,6 +701,9 @@ def main() -> None:
     ap.add_argument(
         "--index-rows", action="store_true", help="only Triton vertical-slash, top-k and smoothed, best config, no Flex"
     )
+    ap.add_argument(
+        "--mix-rows", action="store_true", help="only Triton vertical-slash, top-k, smoothed, VS_MIX, one config"
+    )
     ap.add_argument("--full-configs", action="store_true", help="dense through the kernel in each SMOOTH_CONFIGS tile")
     ap.add_argument("--index-profile", action="store_true", help="time the index's parts (topical, VS_SMOOTH)")
     ap.add_argument("--e2e-names", nargs="*", help="only these e2e attention implementations (default: all)")
@@ -686,7 +735,7 @@ def main() -> None:
         meta["index_profile"] = attempt(partial(index_profile, args.lengths), {})
     if args.full_configs:
         meta["triton_full_layout_configs"] = attempt(full_layout_configs, {})
-    elif not (args.sweep or args.index_rows):
+    elif not (args.sweep or args.index_rows or args.mix_rows):
         meta["triton_full_layout"] = attempt(full_layout_efficiency, {})
     rows: list[dict] = []
 
@@ -694,7 +743,10 @@ def main() -> None:
         write_results(args.name, "sparse prefill kernels", "synthetic structured q/k", rows, errors=errors, **meta)
 
     for length in args.lengths:
-        rows += attempt(partial(bench_length, length, args.reps, attempt, args.sweep, args.quick, args.index_rows), [])
+        run_length = partial(
+            bench_length, length, args.reps, attempt, args.sweep, args.quick, args.index_rows, args.mix_rows
+        )
+        rows += attempt(run_length, [])
         torch.cuda.empty_cache()
         save()
         print(f"done {length} at {time.time() - start:.0f}s", flush=True)

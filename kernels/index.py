@@ -38,31 +38,51 @@ def vertical_slash_index(
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     r = min(cfg.last_q, length)
     hkv = k.shape[1]
+    rows = estimate_rows(length, r, cfg.spread, q.device)
+    # with `spread`, the spread rows (slashes) and then the last r (verticals: spread rows' verticals would be the
+    # columns just before each of them, gathered for every later query block) in one pass
+    last = torch.arange(length - r, length, device=q.device)
+    positions = last if rows is None else torch.cat([rows, last])
+    n = positions.numel()
     # scores in the input dtype (half the bytes of float32; they only rank columns)
-    qg = (q[:, :, -r:] * scale).reshape(b, hkv, (hq // hkv) * r, d)
-    s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, r, length)
-    # only the last r columns can lie past a row (the r x r corner)
-    s[..., length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
+    qg = ((q[:, :, -r:] if rows is None else q[:, :, positions]) * scale).reshape(b, hkv, (hq // hkv) * n, d)
+    s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, n, length)
+    # only the last r columns can lie past a last row (the r x r corner); the spread rows are masked past themselves
+    s[..., n - r :, length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
+    if rows is not None:
+        s[..., :r, :].masked_fill_(torch.arange(length, device=q.device) > rows[:, None], float("-inf"))
     group = hq // hkv
     if q.is_cuda:  # p in the input dtype (half the bytes; summed in float32), both sums in one Triton pass over it
         from kernels.triton_vertical_slash import vertical_slash_scores
 
-        vertical_score, slash_score = vertical_slash_scores(torch.softmax(s, dim=-1), group if cfg.shared else 1)
+        vertical_score, slash_score = vertical_slash_scores(
+            torch.softmax(s, dim=-1), group if cfg.shared else 1, positions=positions, vertical_from=n - r, slash_to=r
+        )
     else:
         p = torch.softmax(s, dim=-1, dtype=torch.float32)
         del s
-        vertical_score, slash_score = p.sum(dim=2), diagonal_sums(p)
+        vertical_score = p[:, :, n - r :].sum(dim=2)
+        slash_score = diagonal_sums(p) if rows is None else diagonal_sums(p[:, :, :r], rows)
         del p
         if cfg.shared:  # one index per KV group (scores summed over its query heads)
             vertical_score = vertical_score.reshape(b, hkv, group, length).sum(2)
             slash_score = slash_score.reshape(b, hkv, group, length).sum(2)
     vertical = top_indices(vertical_score, cfg.sink, cfg.vertical, cfg.mass, pad=length)
     if cfg.smooth > 1:
-        slash_score = smoothed_slash_score(slash_score, cfg.smooth)
+        slash_score = mixed_slash_score(slash_score, smoothed_slash_score(slash_score, cfg.smooth), cfg.mix)
     slash = top_indices(slash_score, cfg.window, cfg.slash, cfg.mass, pad=0)
     if cfg.shared:  # repeated for the group's query heads
         vertical, slash = vertical.repeat_interleave(group, 1), slash.repeat_interleave(group, 1)
     return vertical, slash
+
+
+def estimate_rows(length: int, r: int, spread: bool, device: torch.device) -> torch.Tensor | None:
+    """The positions of the r queries that estimate the slashes: None for the last r; with `spread`, every
+    (L // r)-th position ending at the last query (ascending, int64)."""
+    step = length // r
+    if not spread or step <= 1:
+        return None
+    return torch.arange(length - 1 - step * (r - 1), length, step, device=device)
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,17 +102,33 @@ def smoothed_slash_score(score: torch.Tensor, width: int, peak: float = SLASH_PE
     return torch.maximum(mean.float(), score / peak)
 
 
+def mixed_slash_score(own: torch.Tensor, smoothed: torch.Tensor, mix: float) -> torch.Tensor:
+    """(1 - mix) x smoothed + mix x own [B, H, L], each as a share of its head's total (the smoothed score's total
+    differs from the own one's by the peaks and the ends); mix 0 returns `smoothed` itself."""
+    if mix <= 0:
+        return smoothed
+    tiny = torch.finfo(own.dtype).tiny
+    own_share = own / own.sum(-1, keepdim=True).clamp(min=tiny)
+    smoothed_share = smoothed / smoothed.sum(-1, keepdim=True).clamp(min=tiny)
+    return torch.lerp(smoothed_share, own_share, mix)
+
+
 @functools.lru_cache(maxsize=8)
 def _window_count(length: int, width: int, device: torch.device) -> torch.Tensor:
     i = torch.arange(length, device=device)
     return ((i - width // 2 + width).clamp(max=length) - (i - width // 2).clamp(min=0)).double()
 
 
-def diagonal_sums(p: torch.Tensor) -> torch.Tensor:
+def diagonal_sums(p: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of p [B, H, r, L] (the last r query rows against all L keys) along each diagonal, by offset q_pos - k_pos:
     [B, H, L]. Read in place through a strided view: row i's entry for offset o sits at column L - r + i - o, so with a
-    row stride of L + 1 each diagonal is a column of the view (MInference's sum_all_diagonal_matrix, without a copy)."""
+    row stride of L + 1 each diagonal is a column of the view (MInference's sum_all_diagonal_matrix, without a copy).
+    With `positions` [r] (ascending), row i is the query at positions[i] instead: gathered."""
     b, h, r, length = p.shape
+    if positions is not None:
+        column = positions[:, None] - torch.arange(length, device=p.device)  # [r, L]: row i's column for offset o
+        taken = p.gather(-1, column.clamp(min=0).expand(b, h, r, length))
+        return taken.masked_fill_(column < 0, 0).sum(dim=2)
     p = p.contiguous()
     # offsets 0 .. L - r: every row reaches them
     skew = p.as_strided((b, h, r, length - r + 1), (h * r * length, r * length, length + 1, 1))

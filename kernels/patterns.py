@@ -35,6 +35,16 @@ class VerticalSlash:
     # key per row, while one next to the local run costs one column: the same number of slashes then lie in a few
     # contiguous runs instead of hundreds of scattered chunks.
     smooth: int = 0
+    # With `smooth`, rank slashes by (1 - mix) x the smoothed score + mix x the line's own score (each as a share of its
+    # head's total): mix 0 is the smoothed ranking, 1 plain top-k. The smoothed runs are cheap (a few contiguous key
+    # chunks) but drop the far lines the last queries single out; a share of own score lets the strongest of those
+    # back in, each at a key chunk or two, and so spends kernel time on recall between the two rankings.
+    mix: float = 0.0
+    # With `spread`, the slash scores come from `last_q` queries spread evenly over the prompt (every L // last_q-th,
+    # the last query included) instead of the last ones: the last queries see the end of the prompt's own
+    # neighbourhood and topics, while the index serves every query (most of them far earlier). The verticals still come
+    # from the last queries (spread ones pick the columns just before each of them: gathered for every later block).
+    spread: bool = False
 
 
 # with VerticalSlash.smooth: a diagonal this many times its neighbourhood's mean ranks by its own score

@@ -608,21 +608,32 @@ def vertical_slash_attention(
 
 @triton.jit
 def _vertical_slash_scores(
-    P, vertical_out, slash_out, length, rows, GROUP: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr
+    P,
+    positions,
+    vertical_out,
+    slash_out,
+    length,
+    rows,
+    vertical_from,
+    slash_to,
+    GROUP: tl.constexpr,
+    R: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    """Column sums and diagonal sums of one head's p [rows, L] (the last rows' softmax), added into its group's row
-    (GROUP consecutive heads share one): one BLOCK of columns read straight (verticals), one of offsets skewed
-    (slashes)."""
+    """Column sums (rows vertical_from..) and diagonal sums (rows ..slash_to, row i at positions[i]) of one head's p
+    [rows, L], added into its group's row (GROUP consecutive heads share one): one BLOCK of columns read straight
+    (verticals), one of offsets skewed (slashes)."""
     pid_h = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     i = tl.arange(0, R)
     in_rows = i[:, None] < rows
     base = P + pid_h * rows * length + i[:, None] * length
     p = tl.load(base + c[None, :], mask=in_rows & (c[None, :] < length), other=0.0)
-    vertical = tl.sum(p.to(tl.float32), 0)
-    # row i sits at position L - rows + i, so its entry for offset o is column L - rows + i - o
-    skew = length - rows + i[:, None] - c[None, :]
-    p = tl.load(base + skew, mask=in_rows & (skew >= 0) & (c[None, :] < length), other=0.0)
+    vertical = tl.sum(tl.where(i[:, None] >= vertical_from, p.to(tl.float32), 0.0), 0)  # rows from vertical_from
+    # row i sits at positions[i] (L - rows + i for the last rows), so its entry for offset o is column positions[i] - o
+    pos = tl.load(positions + i, mask=i < rows, other=0)
+    skew = pos[:, None] - c[None, :]
+    p = tl.load(base + skew, mask=(i[:, None] < slash_to) & in_rows & (skew >= 0) & (c[None, :] < length), other=0.0)
     slash = tl.sum(p.to(tl.float32), 0)
     out = (pid_h // GROUP) * length + c
     if GROUP == 1:
@@ -634,18 +645,38 @@ def _vertical_slash_scores(
 
 
 def vertical_slash_scores(
-    p: torch.Tensor, group: int = 1, block: int = 128, num_warps: int = 4
+    p: torch.Tensor,
+    group: int = 1,
+    block: int = 128,
+    num_warps: int = 4,
+    positions: torch.Tensor | None = None,
+    vertical_from: int = 0,
+    slash_to: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vertical (column) and slash (diagonal, by offset q_pos - k_pos) sums of p [B, H, r, L], the softmax of the last
-    r queries, in one pass over p instead of two; with `group`, summed over each run of `group` heads (a shared
-    index): float32 [B, H // group, L] each."""
+    r queries (or of the queries at `positions` [r]), in one pass over p instead of two; the column sums over rows
+    `vertical_from`.. only, the diagonal sums over rows ..`slash_to` only; with `group`, summed over each run of
+    `group` heads (a shared index): float32 [B, H // group, L] each."""
     b, h, r, length = p.shape
     p = p.contiguous()
+    if positions is None:
+        positions = torch.arange(length - r, length, device=p.device)
     vertical = torch.zeros(b, h // group, length, dtype=torch.float32, device=p.device)
     slash = torch.zeros_like(vertical)
     grid = (b * h, triton.cdiv(length, block))
     _vertical_slash_scores[grid](
-        p, vertical, slash, length, r, GROUP=group, R=triton.next_power_of_2(r), BLOCK=block, num_warps=num_warps
+        p,
+        positions,
+        vertical,
+        slash,
+        length,
+        r,
+        vertical_from,
+        r if slash_to is None else slash_to,
+        GROUP=group,
+        R=triton.next_power_of_2(r),
+        BLOCK=block,
+        num_warps=num_warps,
     )
     return vertical, slash
 

@@ -147,6 +147,16 @@ def test_triton_scores_match_column_and_diagonal_sums() -> None:
     vertical, slash = vertical_slash_scores(p, group)
     assert torch.allclose(vertical, p.sum(2).reshape(1, HKV, group, 300).sum(2), atol=1e-6)
     assert torch.allclose(slash, diagonal_sums(p).reshape(1, HKV, group, 300).sum(2), atol=1e-6)
+    # rows at given positions (VerticalSlash.spread): the diagonal sums follow them; each sum over its own rows
+    positions = torch.tensor([40, 101, 180, 299])
+    p = torch.softmax(torch.randn(1, HQ, 4, 300, generator=torch.Generator().manual_seed(14)), -1)
+    p = p.masked_fill(torch.arange(300) > positions[:, None], 0)
+    vertical, slash = vertical_slash_scores(p, positions=positions)
+    assert torch.allclose(vertical, p.sum(2), atol=1e-6)
+    assert torch.allclose(slash, diagonal_sums(p, positions), atol=1e-6)
+    vertical, slash = vertical_slash_scores(p, positions=positions, vertical_from=2, slash_to=3)
+    assert torch.allclose(vertical, p[:, :, 2:].sum(2), atol=1e-6)  # column sums over the last two rows only
+    assert torch.allclose(slash, diagonal_sums(p[:, :, :3], positions[:3]), atol=1e-6)  # diagonals of the first three
 
 
 def test_layout_chunks_are_the_sequential_greedy_cover() -> None:

@@ -3,7 +3,14 @@
 import torch
 import torch.nn.functional as F
 
-from kernels.index import block_sparse_index, smoothed_slash_score, vertical_slash_index
+from kernels.index import (
+    block_sparse_index,
+    diagonal_sums,
+    estimate_rows,
+    mixed_slash_score,
+    smoothed_slash_score,
+    vertical_slash_index,
+)
 from kernels.patterns import AShape, BlockSparse, VerticalSlash
 from kernels.reference import (
     a_shape_mask,
@@ -62,6 +69,57 @@ def test_smoothed_slash_ranking_keeps_planted_diagonal_and_runs_the_rest() -> No
     assert torch.allclose(got[..., 0], torch.maximum(score[..., :3].mean(-1), score[..., 0] / 4))
     flat = torch.ones(1, 1, 40)
     assert torch.allclose(smoothed_slash_score(flat, 7), flat)
+
+
+def test_mixed_slash_ranking_brings_back_far_lines_that_smoothing_drops() -> None:
+    # a local run (offsets 0..39, decaying) and three lone far lines: each a peak over its own neighbourhood, but its
+    # score over SLASH_PEAK is below the smoothed scores just past the run, so the smoothed ranking spends the last
+    # slots extending the run; a share of own score ranks the lines first
+    score = torch.full((1, 1, 400), 1e-4)
+    score[..., :40] = torch.linspace(1.0, 0.1, 40)
+    for line in (150, 250, 350):
+        score[..., line] = 0.04
+    cfg = dict(forced=8, budget=44, mass=None, pad=0)
+    from kernels.index import top_indices
+
+    smoothed = smoothed_slash_score(score, 9)
+    plain = set(top_indices(smoothed, **cfg)[0, 0].tolist())
+    assert not {150, 250, 350} & plain and set(range(44)) == plain
+    mixed = mixed_slash_score(score, smoothed, 0.5)
+    assert {150, 250, 350} <= set(top_indices(mixed, **cfg)[0, 0].tolist())
+    assert mixed_slash_score(score, smoothed, 0.0) is smoothed  # mix 0: today's smoothed ranking
+    own = mixed_slash_score(score, smoothed, 1.0)
+    assert torch.allclose(own, score / score.sum(), atol=1e-7)  # mix 1: plain top-k's order
+    q, k = planted(512, columns=[300, 401], offset=50)
+    for mix in (0.0, 0.3):
+        cfg_vs = VerticalSlash(vertical=8, slash=24, last_q=64, sink=4, window=8, smooth=9, mix=mix)
+        assert 50 in set(vertical_slash_index(q, k, cfg_vs)[1][0, 0].tolist())
+
+
+def test_spread_estimate_finds_a_diagonal_the_last_queries_miss() -> None:
+    # the diagonal at offset 50 only among the first half of the queries: the last 64 cannot see it
+    length = 1024
+    q, k = planted(length, columns=[300, 401], offset=50)
+    k[..., length // 2 - 50 :, :16] = 0
+    assert estimate_rows(length, 64, False, q.device) is None
+    rows = estimate_rows(length, 64, True, q.device)  # every 16th, ending at the last query
+    assert rows.tolist() == list(range(15, length, 16))
+    last = VerticalSlash(vertical=8, slash=12, last_q=64, sink=4, window=8)
+    spread = VerticalSlash(vertical=8, slash=12, last_q=64, sink=4, window=8, spread=True)
+    assert 50 not in set(vertical_slash_index(q, k, last)[1][0, 0].tolist())
+    vertical, slash = vertical_slash_index(q, k, spread)
+    assert 50 in set(slash[0, 0].tolist()) and 50 in set(slash[0, 2].tolist())
+    for h in range(HQ):
+        assert {0, 1, 2, 3, 300, 401} <= set(vertical[0, h].tolist()) and set(range(8)) <= set(slash[0, h].tolist())
+    # the spread rows' diagonal sums against a loop
+    p = torch.rand(2, 3, 4, 20)
+    positions = torch.tensor([3, 9, 10, 19])
+    want = torch.zeros(2, 3, 20)
+    for i, pos in enumerate(positions.tolist()):
+        for j in range(pos + 1):
+            want[..., pos - j] += p[..., i, j]
+    assert torch.allclose(diagonal_sums(p, positions), want, atol=1e-6)
+    assert torch.allclose(diagonal_sums(p, torch.arange(16, 20)), diagonal_sums(p), atol=1e-6)
 
 
 def test_mass_cut_keeps_planted_pattern_and_drops_noise() -> None:
