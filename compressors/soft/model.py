@@ -132,13 +132,15 @@ class SegmentCompressor(nn.Module):
             raise ValueError(f"this adapter was trained for rates {self.config.rates}, not {rate}")
         dtype = self.lm.get_input_embeddings().weight.dtype
         device = self.device
-        lengths = torch.tensor([len(s) for s in segments], device=device)
-        counts = (lengths + rate - 1) // rate
-        longest, most = int(lengths.max()), int(counts.max())
-        width = int((lengths + counts).max())
-        ids = torch.zeros(len(segments), longest, dtype=torch.long, device=device)
-        for i, seg in enumerate(segments):
-            ids[i, : len(seg)] = torch.tensor(list(seg), dtype=torch.long)
+        # Sizes are counted here and the ids padded here, then sent in one copy: a copy per segment and reading
+        # the counts back from the GPU were hundreds of host-device round trips a training step.
+        sizes = [len(s) for s in segments]
+        slot_counts = [self.config.slots(n, rate) for n in sizes]
+        longest, most = max(sizes), max(slot_counts)
+        width = max(n + k for n, k in zip(sizes, slot_counts, strict=True))
+        ids = torch.tensor([[*s, *[0] * (longest - n)] for s, n in zip(segments, sizes, strict=True)]).to(device)
+        lengths = torch.tensor(sizes).to(device)
+        counts = torch.tensor(slot_counts).to(device)
         tokens = self.embed(ids)  # [B, longest, H]; padding rows are masked out below
         pos = torch.arange(width, device=device)
         slot_index = (pos[None, :] - lengths[:, None]).clamp(0, self.config.max_slots - 1)
@@ -160,7 +162,7 @@ class SegmentCompressor(nn.Module):
         pool = group.float() / group.sum(-1, keepdim=True).clamp(min=1)
         pooled = pool @ tokens.float()
         vectors = (pooled + self.head(slot_states)).to(dtype)
-        return [vectors[i, : int(k)] for i, k in enumerate(counts)]
+        return [vectors[i, :k] for i, k in enumerate(slot_counts)]
 
     # -- the shipped file: LoRA weights, slots and head in one safetensors, the config in its metadata --
 

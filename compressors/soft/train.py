@@ -40,22 +40,45 @@ def segments_of(ids: Sequence[int], size: int) -> list[list[int]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
+def answer_positions(starts: Sequence[int], lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of the hidden state that predicts each answer token, every row's answer in turn."""
+    rows = [i for i, n in enumerate(lengths) for _ in range(n)]
+    cols = [s - 1 + j for s, n in zip(starts, lengths, strict=True) for j in range(n)]
+    return torch.tensor(rows), torch.tensor(cols)
+
+
+def logits_at(
+    model: torch.nn.Module, batch: torch.Tensor, widths: Sequence[int], starts: Sequence[int], lengths: Sequence[int]
+) -> torch.Tensor:
+    """Next-token logits for every answer token of a right-padded [rows, width, hidden] batch, concatenated."""
+    device = batch.device
+    mask = (torch.arange(batch.shape[1])[None, :] < torch.tensor(widths)[:, None]).long().to(device)
+    hidden = model.model(inputs_embeds=batch, attention_mask=mask).last_hidden_state
+    rows, cols = answer_positions(starts, lengths)
+    return model.lm_head(hidden[rows.to(device), cols.to(device)]).float()
+
+
 def answer_logits(
     model: torch.nn.Module, rows: list[torch.Tensor], starts: list[int], lengths: list[int]
 ) -> torch.Tensor:
     """Next-token logits for every answer token of every row, concatenated: rows are embedding sequences."""
-    width = max(r.shape[0] for r in rows)
-    batch = torch.stack([torch.cat([r, r.new_zeros(width - r.shape[0], r.shape[1])]) for r in rows])
-    mask = torch.stack([torch.arange(width) < r.shape[0] for r in rows]).long().to(batch.device)
-    hidden = model.model(inputs_embeds=batch, attention_mask=mask).last_hidden_state
-    picked = torch.cat([hidden[i, s - 1 : s - 1 + n] for i, (s, n) in enumerate(zip(starts, lengths, strict=True))])
-    return model.lm_head(picked).float()
+    batch = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    return logits_at(model, batch, [r.shape[0] for r in rows], starts, lengths)
+
+
+def padded(rows: list[list[int]], fill: int = 0) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([[*r, *[fill] * (width - len(r))] for r in rows])
 
 
 def step_logits(
     engine, compressor: SegmentCompressor, examples: list[Example], rate: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(student, teacher, gold): next-token logits for every answer token of the batch, and the answer tokens."""
+    """(student, teacher, gold): next-token logits for every answer token of the batch, and the answer tokens.
+
+    Each side is one padded batch built from ids laid out here and sent in one copy (a copy and an embedding
+    call per example, and a slice per row, were hundreds of small GPU calls a step); the student's rows take the
+    compressed vectors by one gather where its ids say "slot"."""
     model = engine.hf_model
     embed = model.get_input_embeddings()
     device = compressor.device
@@ -63,21 +86,22 @@ def step_logits(
     prompts = [prompt_around(engine, Task(ex.question)) for ex in examples]
     pieces = [segments_of(ex.context, size) for ex in examples]
     compressed = compressor([s for p in pieces for s in p], rate)
-    teacher_rows, student_rows, t_starts, s_starts, lengths = [], [], [], [], []
-    for ex, (before, after), segs in zip(examples, prompts, pieces, strict=True):
-        ctx = torch.cat(compressed[: len(segs)])
-        compressed = compressed[len(segs) :]
-        head = embed(torch.tensor(before, device=device))
-        tail = embed(torch.tensor(after + ex.answer, device=device))
-        student_rows.append(torch.cat([head, ctx, tail]))
-        teacher_rows.append(embed(torch.tensor(before + ex.context + after + ex.answer, device=device)))
-        s_starts.append(len(before) + ctx.shape[0] + len(after))
+    slots = [sum(compressor.config.slots(len(seg), rate) for seg in p) for p in pieces]
+    teacher_ids, student_ids, t_starts, s_starts, lengths = [], [], [], [], []
+    for ex, (before, after), k in zip(examples, prompts, slots, strict=True):
+        teacher_ids.append(before + ex.context + after + ex.answer)
+        student_ids.append(before + [-1] * k + after + ex.answer)  # -1: the next compressed vector
         t_starts.append(len(before) + len(ex.context) + len(after))
+        s_starts.append(len(before) + k + len(after))
         lengths.append(len(ex.answer))
     with torch.no_grad():
-        teacher = answer_logits(model, teacher_rows, t_starts, lengths)
-    student = answer_logits(model, student_rows, s_starts, lengths)
-    gold = torch.tensor([t for ex in examples for t in ex.answer], device=device)
+        ids = padded(teacher_ids).to(device)
+        teacher = logits_at(model, embed(ids), [len(r) for r in teacher_ids], t_starts, lengths)
+    ids = padded(student_ids).to(device)
+    is_slot = ids == -1
+    rows = embed(ids.clamp(min=0)).index_put((is_slot,), torch.cat(compressed))  # row-major: the slots in order
+    student = logits_at(model, rows, [len(r) for r in student_ids], s_starts, lengths)
+    gold = torch.tensor([t for ex in examples for t in ex.answer]).to(device)
     return student, teacher, gold
 
 
