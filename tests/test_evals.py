@@ -179,3 +179,25 @@ def test_length_is_what_full_really_needs(engine: Engine) -> None:
         sample = generate(task, engine, 2048, 0)
         real = engine.count_chat_tokens(answer_messages(sample.document.text, sample.question))
         assert real + sample.question.max_answer_tokens == sample.prompt_tokens
+
+
+def test_eval_pair_compares_the_questions_both_runs_answered() -> None:
+    from bench.eval_pair import pair
+
+    def answer(task: str, seed: int, accuracy: float, prediction: str) -> dict:
+        return {
+            "task": task,
+            "length": 4096,
+            "seed": seed,
+            "accuracy": accuracy,
+            "prediction": prediction,
+            "tokens_read": 100,
+            "seconds": 1.0,
+        }
+
+    base = {("qa", 4096, s): answer("qa", s, a, p) for s, a, p in [(0, 1.0, "x"), (1, 0.0, "y"), (2, 1.0, "z")]}
+    new = {("qa", 4096, s): answer("qa", s, a, p) for s, a, p in [(0, 1.0, "x"), (1, 1.0, "w")]}  # seed 2 missing
+    [qa, total] = pair(base, new)
+    assert (qa["task"], qa["n"], qa["accuracy"], qa["baseline_accuracy"]) == ("qa", 2, 1.0, 0.5)
+    assert qa["difference"] == 0.5 and qa["same_answer"] == 0.5
+    assert total["task"] == "all" and total["n"] == 2

@@ -1,0 +1,89 @@
+"""Two eval runs on the same questions, question by question: a change against its baseline.
+
+Reads bench/results/eval-BASE.questions.jsonl and eval-NEW.questions.jsonl (written by `tome eval` with the same
+tasks, lengths and seeds; e.g. one strategy before and after a change, or the same strategy under two engine
+settings) and writes bench/results/NAME.json + .md: per task and length, and per length over all tasks, the
+accuracy of each on the questions both answered, how many answers changed, and the time each took.
+
+    PYTHONPATH=. python bench/eval_pair.py sparse-quality-sdpa sparse-quality-vertical_slash --output kernel-quality-cpu
+    PYTHONPATH=. python bench/eval_pair.py rag-old rag-new:rag --output rag-cover   # NAME:strategy picks one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from typing import Any
+
+from bench.common import RESULTS, write_results
+from evals.runner import read_log
+
+Question = tuple[str, int, int]
+
+
+def answers(run: str) -> dict[Question, dict[str, Any]]:
+    """One run's answered questions by (task, length, seed); `NAME:strategy` keeps that strategy's."""
+    name, _, strategy = run.partition(":")
+    records = [r for r in read_log(RESULTS / f"eval-{name}.questions.jsonl") if r["status"] == "ok"]
+    strategies = {r["strategy"] for r in records}
+    if not strategy and len(strategies) > 1:
+        raise SystemExit(f"run {name} holds {sorted(strategies)}: pick one as {name}:STRATEGY")
+    return {(r["task"], r["length"], r["seed"]): r for r in records if not strategy or r["strategy"] == strategy}
+
+
+def row(task: str, length: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    n = len(pairs)
+    mean = lambda xs: round(sum(xs) / n, 4)  # noqa: E731
+    return {
+        "task": task,
+        "length": length,
+        "n": n,
+        "accuracy": mean([new["accuracy"] or 0.0 for _, new in pairs]),
+        "baseline_accuracy": mean([base["accuracy"] or 0.0 for base, _ in pairs]),
+        "difference": mean([(new["accuracy"] or 0.0) - (base["accuracy"] or 0.0) for base, new in pairs]),
+        "same_answer": mean([float(new["prediction"] == base["prediction"]) for base, new in pairs]),
+        "tokens_read": mean([new.get("tokens_read") or 0 for _, new in pairs]),
+        "baseline_tokens_read": mean([base.get("tokens_read") or 0 for base, _ in pairs]),
+        "seconds": mean([new["seconds"] for _, new in pairs]),
+        "baseline_seconds": mean([base["seconds"] for base, _ in pairs]),
+    }
+
+
+def pair(base: dict[Question, dict[str, Any]], new: dict[Question, dict[str, Any]]) -> list[dict[str, Any]]:
+    both = sorted(set(base) & set(new), key=lambda q: (q[1], q[0], q[2]))
+    cells: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for q in both:
+        cells[(q[0], q[1])].append((base[q], new[q]))
+        cells[("all", q[1])].append((base[q], new[q]))
+    order = sorted(cells, key=lambda c: (c[1], c[0] == "all", c[0]))  # by length, its "all" row last
+    return [row(task, length, cells[(task, length)]) for task, length in order]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("base", help="the baseline run (NAME or NAME:strategy)")
+    p.add_argument("new", help="the run measured against it (NAME or NAME:strategy)")
+    p.add_argument("--output", required=True, help="results name: bench/results/OUTPUT.{json,md}")
+    p.add_argument("--title", default=None, help="the report's heading (default: NEW vs BASE)")
+    args = p.parse_args(argv)
+    base, new = answers(args.base), answers(args.new)
+    rows = pair(base, new)
+    if not rows:
+        raise SystemExit("the two runs share no answered question")
+    model = next(iter(new.values()))["model"]
+    path = write_results(
+        args.output,
+        args.title or f"{args.new} vs {args.base}",
+        model,
+        rows,
+        baseline=args.base,
+        measured=args.new,
+        machine=json.loads((RESULTS / f"eval-{args.new.partition(':')[0]}.json").read_text()).get("machine"),
+    )
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
