@@ -10,7 +10,9 @@ best passage scores clearly below the best unit's is left out even when the budg
 a fact from the 1K tokens of its unit where it invents one from the 3K around it (the old and new runs on the
 same questions: bench/results/rag-traces-rag128-niah-128k.md), so a clear match is read alone and only close
 scores share the budget; a unit the model reads alone is cut further, to a few hundred tokens of passages around
-its best one (`focus_tokens`; bench/results/rag-hybrid-niah-128k.md).
+its best one (`focus_tokens`; bench/results/rag-hybrid-niah-128k.md). A question that names several rare things
+(four keys, two people) is then covered: for each rare question word no chosen text holds, the window around the
+best passage holding it is read too, while the budget lasts (`cover_df`).
 
 Where the memory agent's trained extractor is available (`notes`), the model does not read the units directly:
 the extractor reads each unit as a memagent segment, copying the sentences that answer, and the answer is read
@@ -36,7 +38,7 @@ from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
 from memory.embedder import Embedder, get_embedder
 from memory.index import IndexSpec, PassageIndex, open_client
-from memory.lexical import LexicalScorer
+from memory.lexical import LexicalScorer, words
 from memory.memagent import MemAgent
 from memory.spans import Span, pack, split_sentences
 
@@ -63,6 +65,11 @@ class RagConfig:
     # best of 256/384/512 on dev seeds at 128K (bench/results/rag-hybrid-niah-128k-dev.md).
     focus_tokens: int = 256
     margin_tokens: int = 64
+    # A question naming several rare things (words held by at most `cover_df` passages, e.g. four keys) that no
+    # chosen unit holds gets, for each such word still missing, the window of `focus_tokens` around the best
+    # passage that holds it, while the budget lasts: the best units alone hold one or two keys, and the rest of
+    # the budget went to units near them in score, not to the other keys. 0: off.
+    cover_df: int = 2
     # Read the retrieved text through the memory agent's trained extractor (memory/memagent.py) when its adapter
     # is available: it copies the sentences that answer, and the answer comes from those alone. SmolLM2-135M
     # answers more often from a few copied sentences than from the text around them
@@ -105,6 +112,17 @@ def window(spans: Sequence[Span], center: int, unit: Span, tokens: int, per_char
             if 0 <= i < len(spans) and unit[0] <= spans[i][0] and spans[i][1] <= unit[1] and used + size(i) <= tokens:
                 lo, hi, used, grew = min(lo, i), max(hi, i), used + size(i), True
     return spans[lo][0], spans[hi][1]
+
+
+def merged(spans: Sequence[Span]) -> list[Span]:
+    """Spans in document order, overlapping ones joined (so no text is read twice)."""
+    out: list[Span] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
 class Rag:
@@ -205,20 +223,57 @@ class Rag:
                 if used + n <= budget:
                     chosen.append(unit)
                     used += n
-            chosen.sort()  # document order: the model reads the units as the text runs
-            read = [units[u] for u in chosen]
+            read = [units[u] for u in sorted(chosen)]  # document order: the model reads the units as the text runs
             if focus and len(chosen) == 1 and c.focus_tokens:
                 read = [window(spans, best_passage[chosen[0]], units[chosen[0]], c.focus_tokens, per_char)]
+            if lexical is not None and c.cover_df:
+                room = budget - sum(int((e - s) * per_char) + 2 for s, e in read)
+                added = self.cover(task.question, read, spans, unit_of, units, lexical, room, per_char)
+                read = merged(read + added)
             retrieved.append(
                 Retrieved(
                     read,
-                    [round(scores[u], 4) for u in chosen],
+                    [round(scores[u], 4) for u in sorted(chosen)],
                     [(units[u], round(scores[u], 4)) for u in ranked[:8]],
                     built,
                     len(spans),
                 )
             )
         return retrieved
+
+    def cover(
+        self,
+        question: str,
+        read: list[Span],
+        spans: Sequence[Span],
+        unit_of: Sequence[int],
+        units: Sequence[Span],
+        lexical: LexicalScorer,
+        room: int,
+        per_char: float,
+    ) -> list[Span]:
+        """Windows around passages holding the question's rare words that `read` misses, rarest first, in `room`."""
+        c = self.config
+        inside = lambda p: any(s <= spans[p][0] and spans[p][1] <= e for s, e in read)  # noqa: E731
+        held = set().union(*(lexical.terms[p] for p in range(len(spans)) if inside(p)))
+        rare = [t for t in words(question) if 0 < lexical.df[t] <= c.cover_df and t not in held]
+        added: list[Span] = []
+        for term in sorted(rare, key=lambda t: (lexical.df[t], t)):
+            if term in held:
+                continue
+            holders = [p for p in range(len(spans)) if term in lexical.terms[p] and not inside(p)]
+            if not holders:
+                continue
+            # the holder that also holds most of the other missing words (a key's parts sit together)
+            best = max(holders, key=lambda p: (len(lexical.terms[p] & set(rare)), -p))
+            span = window(spans, best, units[unit_of[best]], c.focus_tokens or c.unit_tokens, per_char)
+            cost = int((span[1] - span[0]) * per_char) + 2
+            if cost > room:
+                break
+            added.append(span)
+            room -= cost
+            held |= set().union(*(lexical.terms[p] for p in range(len(spans)) if span[0] <= spans[p][0] < span[1]))
+        return added
 
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
         start = time.perf_counter()

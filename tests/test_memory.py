@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 
 import pytest
@@ -287,3 +288,25 @@ def test_router_picks_a_memory_strategy_when_the_document_does_not_fit(native_en
     assert route.strategy in {"rag", "memagent", "mapreduce"} and route.strategy != "full"
     summary = choose_strategy("auto", 100_000, [Task("Summarize the book.", kind="summary")], native_engine)
     assert summary.strategy not in {"rag", "full"}  # retrieval does not summarise; the book does not fit
+
+
+def test_rag_covers_each_rare_key_of_a_question_that_names_several(native_engine, tmp_path):
+    keys = {"quill-orchard": 4417, "amber-tunnel": 9023, "velvet-harbor": 3318, "copper-meadow": 7751}
+    doc = long_document(native_engine, "", 12_000, 0.5)
+    paragraphs = doc.text.split("\n\n")
+    for i, (key, value) in enumerate(keys.items()):  # one fact near 15%, 40%, 65% and 90% of the text
+        at = int(len(paragraphs) * (0.15 + 0.25 * i)) + i
+        paragraphs.insert(at, f"One of the special magic numbers for {key} is: {value}.")
+    doc = Document("\n\n".join(paragraphs))
+    task = Task("What are the special magic numbers for " + ", ".join(keys) + " mentioned in the provided text?")
+
+    def read(cover_df: int) -> str:
+        config = RagConfig(qdrant_path=tmp_path / "qdrant", cover_df=cover_df)
+        units = Rag(config).retrieve(doc, [task], native_engine, lambda *a: None)[0].units
+        assert units == sorted(units) and all(a[1] < b[0] for a, b in itertools.pairwise(units))  # no text twice
+        assert sum(native_engine.count_tokens(doc.text[s:e]) for s, e in units) <= 3072 + 64
+        return "\n".join(doc.text[s:e] for s, e in units)
+
+    covered, plain = read(2), read(0)
+    assert all(str(v) in covered for v in keys.values())
+    assert not all(str(v) in plain for v in keys.values())  # the best units alone hold three keys at most
