@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         raise SystemExit("the two runs share no answered question")
     model = next(iter(new.values()))["model"]
+    report = RESULTS / f"eval-{args.new.partition(':')[0]}.json"  # the run's machine; absent while it still runs
     path = write_results(
         args.output,
         args.title or f"{args.new} vs {args.base}",
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         baseline=args.base,
         measured=args.new,
-        machine=json.loads((RESULTS / f"eval-{args.new.partition(':')[0]}.json").read_text()).get("machine"),
+        machine=json.loads(report.read_text()).get("machine") if report.exists() else None,
     )
     print(path)
     return 0
