@@ -108,6 +108,24 @@ def test_a_measurement_speaks_only_for_nearby_lengths(native_engine: Engine) -> 
     assert policy().estimate("full", "lookup", 128000) is None
 
 
+def test_far_measurements_rank_where_nothing_near_was_measured(native_engine: Engine) -> None:
+    # Aggregation is measured only at 32K (mapreduce 0.5, rag 0.1): at 128K nothing is near, and the nearest
+    # measurements, not the default order, decide. Near measurements still come first where there are some.
+    p = policy()
+    assert [n for n, _ in p.rank(["rag", "mapreduce", "memagent"], "aggregation", 131072)] == [
+        "mapreduce",
+        "rag",
+        "memagent",
+    ]
+    route = choose_strategy("auto", 131072, [AGGREGATION], native_engine, p)
+    assert route.strategy == "mapreduce" and "nothing measured within 2x" in route.reason and "32768" in route.reason
+    flipped = Policy("t", [Entry("rag", "aggregation", 32768, 0.6, 3000, 1.0, 4), *p.entries[:-2]])
+    assert choose_strategy("auto", 131072, [AGGREGATION], native_engine, flipped).strategy == "rag"
+    # rag measured at 128K, mapreduce only at 32K: the near one ranks first even though the far one scored higher.
+    mixed = Policy("t", [Entry("rag", "lookup", 131072, 0.3, 3000, 1.0, 4), *p.entries])
+    assert [n for n, _ in mixed.rank(["rag", "mapreduce"], "lookup", 131072)] == ["rag", "mapreduce"]
+
+
 def test_requested_strategy_that_cannot_fit_names_both_sizes(native_engine: Engine) -> None:
     with pytest.raises(ValueError, match="30000 tokens.*context 8192"):
         choose_strategy("full", 30000, [LOOKUP], native_engine, policy())

@@ -77,6 +77,11 @@ def choose_strategy(
     name, entry = ranked[0]
     if entry is None:
         why = f"no measurements for a {kind} task at this length; first that fits in the default order"
+    elif policy.estimate(name, kind, document_tokens) is None:
+        why = (
+            f"nothing measured within 2x of this length for {kind} tasks; best at the nearest measured lengths: "
+            f"accuracy {entry.accuracy:.2f} reading {entry.tokens_read:.0f} tokens at {entry.length} (n={entry.n})"
+        )
     else:
         why = (
             f"best measured for {kind} tasks near {entry.length} tokens: accuracy {entry.accuracy:.2f} reading "
