@@ -121,6 +121,8 @@ def test_far_measurements_rank_where_nothing_near_was_measured(native_engine: En
     assert route.strategy == "mapreduce" and "nothing measured within 2x" in route.reason and "32768" in route.reason
     flipped = Policy("t", [Entry("rag", "aggregation", 32768, 0.6, 3000, 1.0, 4), *p.entries[:-2]])
     assert choose_strategy("auto", 131072, [AGGREGATION], native_engine, flipped).strategy == "rag"
+    # Shorter than anything measured: no extrapolation downward, the default order reads a short document whole.
+    assert choose_strategy("auto", 1000, [LOOKUP], native_engine, p).strategy == "full"
     # rag measured at 128K, mapreduce only at 32K: the near one ranks first even though the far one scored higher.
     mixed = Policy("t", [Entry("rag", "lookup", 131072, 0.3, 3000, 1.0, 4), *p.entries])
     assert [n for n, _ in mixed.rank(["rag", "mapreduce"], "lookup", 131072)] == ["rag", "mapreduce"]

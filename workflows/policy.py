@@ -39,9 +39,11 @@ class Policy:
     entries: list[Entry] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
-    def nearest(self, strategy: str, kind: str, length: int) -> Entry | None:
-        """The entry measured nearest to this length for this strategy and kind, however far from it."""
+    def nearest(self, strategy: str, kind: str, length: int, shorter: bool = False) -> Entry | None:
+        """The entry measured nearest to this length for this strategy and kind, however far from it; `shorter`:
+        only entries measured at shorter lengths."""
         rows = [e for e in self.entries if e.strategy == strategy and e.kind == kind]
+        rows = [e for e in rows if e.length < length] if shorter else rows
         return min(rows, key=lambda e: (log2_distance(e.length, length), -e.n), default=None)
 
     def estimate(self, strategy: str, kind: str, length: int) -> Entry | None:
@@ -53,14 +55,16 @@ class Policy:
         self, candidates: Sequence[str], kind: str, length: int, max_tokens_read: int | None = None
     ) -> list[tuple[str, Entry | None]]:
         """Best first: highest measured accuracy; within TOLERANCE of it, fewest tokens read. Then the strategies
-        measured for this kind only at lengths far from this one, ranked the same way by their nearest entry (weak
+        measured for this kind only at much shorter lengths, ranked the same way by their nearest such entry (weak
         evidence, but better than none: with no near entry at all, 128K aggregation used to go by the default
-        order to a 10-minute `mapreduce`); unmeasured last, in the given order. Far ones come with their entry."""
+        order to a 10-minute `mapreduce`); the rest last, in the given order (the default order, which puts
+        `full` first where it fits: a document shorter than anything measured is read whole). Far ones come with
+        their entry."""
         scored = [(name, self.estimate(name, kind, length)) for name in candidates]
         if max_tokens_read is not None and self.entries:
             # A budget is a promise: only strategies measured within it qualify (an unmeasured model has none).
             scored = [(n, e) for n, e in scored if e is not None and e.tokens_read <= max_tokens_read]
-        far = [(n, self.nearest(n, kind, length)) for n, e in scored if e is None]
+        far = [(n, self.nearest(n, kind, length, shorter=True)) for n, e in scored if e is None]
         return (
             best_first([(n, e) for n, e in scored if e is not None])
             + best_first([(n, e) for n, e in far if e is not None])
