@@ -114,6 +114,12 @@ def window(spans: Sequence[Span], center: int, unit: Span, tokens: int, per_char
     return spans[lo][0], spans[hi][1]
 
 
+def terms_within(read: Sequence[Span], spans: Sequence[Span], lexical: LexicalScorer) -> set[str]:
+    """The words of every passage that lies inside one of the `read` spans."""
+    inside = (p for p, (s, e) in enumerate(spans) if any(a <= s and e <= b for a, b in read))
+    return set().union(*(lexical.terms[p] for p in inside))
+
+
 def merged(spans: Sequence[Span]) -> list[Span]:
     """Spans in document order, overlapping ones joined (so no text is read twice)."""
     out: list[Span] = []
@@ -255,7 +261,7 @@ class Rag:
         """Windows around passages holding the question's rare words that `read` misses, rarest first, in `room`."""
         c = self.config
         inside = lambda p: any(s <= spans[p][0] and spans[p][1] <= e for s, e in read)  # noqa: E731
-        held = set().union(*(lexical.terms[p] for p in range(len(spans)) if inside(p)))
+        held = terms_within(read, spans, lexical)
         rare = [t for t in words(question) if 0 < lexical.df[t] <= c.cover_df and t not in held]
         added: list[Span] = []
         for term in sorted(rare, key=lambda t: (lexical.df[t], t)):
@@ -272,7 +278,7 @@ class Rag:
                 break
             added.append(span)
             room -= cost
-            held |= set().union(*(lexical.terms[p] for p in range(len(spans)) if span[0] <= spans[p][0] < span[1]))
+            held |= terms_within([span], spans, lexical)
         return added
 
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:

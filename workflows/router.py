@@ -79,7 +79,7 @@ def choose_strategy(
         why = f"no measurements for a {kind} task at this length; first that fits in the default order"
     elif policy.estimate(name, kind, document_tokens) is None:
         why = (
-            f"nothing measured within 2x of this length for {kind} tasks; best at the nearest measured lengths: "
+            f"nothing measured within 2x of this length for {kind} tasks; best at the nearest shorter lengths: "
             f"accuracy {entry.accuracy:.2f} reading {entry.tokens_read:.0f} tokens at {entry.length} (n={entry.n})"
         )
     else:
