@@ -86,6 +86,13 @@ class SupportsInputEmbeddings(Protocol):
     def chat_from_embeddings(self, embeddings: Sequence[Any], params: SamplingParams) -> list[Generation]: ...
 
 
+def check_embedding_prompts(embeddings: Sequence[Any], params: SamplingParams, max_context: int) -> None:
+    """Raise ContextOverflowError where a prompt of [length, hidden] embeddings leaves no room for the answer."""
+    for e in embeddings:
+        if e.shape[0] + params.max_tokens > max_context:
+            raise ContextOverflowError(e.shape[0] + params.max_tokens, max_context, "prompt + answer")
+
+
 def reply_end_ids(tokenizer: Any, eos: int | list[int] | None) -> list[int]:
     """Token ids that end a chat reply: the end-of-sequence ids, and the start of a new sequence or turn (BOS; in
     ChatML, SmolLM2's template, that is `<|im_start|>`). A reply that opens another turn is over, and stopping there

@@ -12,7 +12,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from engines.base import ContextOverflowError, Generation, Message, SamplingParams, reply_end_ids
+from engines.base import (
+    ContextOverflowError,
+    Generation,
+    Message,
+    SamplingParams,
+    check_embedding_prompts,
+    reply_end_ids,
+)
 from engines.config import EngineConfig, resolve_dtype
 from engines.models import resolve_model
 from engines.sparse_attention import attention_implementation
@@ -167,9 +174,7 @@ class NativeEngine:
 
         Rows are left-padded into one batch, as token prompts are; `prompt_tokens` counts the vectors read.
         """
-        for e in embeddings:
-            if e.shape[0] + params.max_tokens > self.max_context:
-                raise ContextOverflowError(e.shape[0] + params.max_tokens, self.max_context, "prompt + answer")
+        check_embedding_prompts(embeddings, params, self.max_context)
         start = time.perf_counter()
         width = max(e.shape[0] for e in embeddings)
         dtype = self.model.get_input_embeddings().weight.dtype

@@ -1,7 +1,14 @@
-"""vLLM, the production engine: in-process (`vllm.LLM`) or a remote `vllm serve` over its OpenAI API."""
+"""vLLM, the production engine: in-process (`vllm.LLM`) or a remote `vllm serve` over its OpenAI API.
+
+Both answer from prompt embeddings too (soft compression): in-process as `EmbedsPrompt`s, remotely through
+/v1/completions' `prompt_embeds` (the server needs `--enable-prompt-embeds`). The vectors themselves come from an
+in-process transformers model over the same weights (`engines.internals`): vLLM exposes no layers.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import time
 from collections.abc import Sequence
@@ -11,7 +18,14 @@ from typing import Any
 
 import httpx
 
-from engines.base import ContextOverflowError, Generation, Message, SamplingParams, reply_end_ids
+from engines.base import (
+    ContextOverflowError,
+    Generation,
+    Message,
+    SamplingParams,
+    check_embedding_prompts,
+    reply_end_ids,
+)
 from engines.config import EngineConfig, resolve_dtype
 from engines.models import ALIASES, resolve_model
 
@@ -41,6 +55,7 @@ class VllmEngine:
             gpu_memory_utilization=config.vllm_memory_fraction,
             enforce_eager=config.vllm_enforce_eager,
             enable_prefix_caching=True,
+            enable_prompt_embeds=True,  # compllm's compressed documents (chat_from_embeddings)
             enable_lora=config.vllm_max_lora_rank > 0,
             max_lora_rank=config.vllm_max_lora_rank or 16,
         )
@@ -75,26 +90,44 @@ class VllmEngine:
         out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
         return len(out["input_ids"] if hasattr(out, "keys") else out)
 
-    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+    def _sampling(self, params: SamplingParams) -> Any:
         from vllm import SamplingParams as VllmSampling
 
-        for c in conversations:
-            needed = self.count_chat_tokens(c) + params.max_tokens
-            if needed > self.max_context:
-                raise ContextOverflowError(needed, self.max_context, "prompt + answer")
-        sampling = VllmSampling(
+        return VllmSampling(
             max_tokens=params.max_tokens,
             temperature=params.temperature,
             stop=list(params.stop) or None,
             stop_token_ids=reply_end_ids(self.tokenizer, self.tokenizer.eos_token_id),
         )
+
+    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        for c in conversations:
+            needed = self.count_chat_tokens(c) + params.max_tokens
+            if needed > self.max_context:
+                raise ContextOverflowError(needed, self.max_context, "prompt + answer")
         start = time.perf_counter()
         lora = self.adapters[params.adapter] if params.adapter else None
-        outputs = self.llm.chat([list(c) for c in conversations], sampling, use_tqdm=False, lora_request=lora)
+        outputs = self.llm.chat(
+            [list(c) for c in conversations], self._sampling(params), use_tqdm=False, lora_request=lora
+        )
         per = (time.perf_counter() - start) / max(1, len(conversations))
         return [
             Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids), per)
             for o in outputs
+        ]
+
+    def chat_from_embeddings(self, embeddings: Sequence[Any], params: SamplingParams) -> list[Generation]:
+        """Generate from whole prompts given as [length, hidden] input embeddings (template already inside)."""
+        check_embedding_prompts(embeddings, params, self.max_context)
+        dtype = self.llm.llm_engine.model_config.dtype
+        prompts = [{"prompt_embeds": e.detach().to("cpu", dtype)} for e in embeddings]
+        start = time.perf_counter()
+        lora = self.adapters[params.adapter] if params.adapter else None
+        outputs = self.llm.generate(prompts, self._sampling(params), use_tqdm=False, lora_request=lora)
+        per = (time.perf_counter() - start) / max(1, len(embeddings))
+        return [
+            Generation(o.outputs[0].text.strip(), e.shape[0], len(o.outputs[0].token_ids), per)
+            for o, e in zip(outputs, embeddings, strict=True)
         ]
 
 
@@ -165,3 +198,30 @@ class RemoteVllmEngine:
         # The server batches concurrent requests itself (continuous batching).
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(conversations)))) as pool:
             return list(pool.map(lambda c: self._one(c, params), conversations))
+
+    def _one_embedded(self, embeddings: Any, params: SamplingParams) -> Generation:
+        import torch  # the caller made the embeddings with torch, so it is there
+
+        buffer = io.BytesIO()
+        torch.save(embeddings.detach().cpu().contiguous(), buffer)  # the server casts to its own dtype
+        start = time.perf_counter()
+        body = {
+            "prompt_embeds": base64.b64encode(buffer.getvalue()).decode(),
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "stop": list(params.stop) or None,
+        }
+        reply = self._post("/v1/completions", body)
+        usage = reply.get("usage") or {}
+        return Generation(
+            reply["choices"][0]["text"].strip(),
+            int(usage.get("prompt_tokens", embeddings.shape[0])),
+            int(usage.get("completion_tokens", 0)),
+            time.perf_counter() - start,
+        )
+
+    def chat_from_embeddings(self, embeddings: Sequence[Any], params: SamplingParams) -> list[Generation]:
+        """As VllmEngine's, through /v1/completions' `prompt_embeds` (a base64 `torch.save` of each prompt)."""
+        check_embedding_prompts(embeddings, params, self.max_context)
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(embeddings)))) as pool:
+            return list(pool.map(lambda e: self._one_embedded(e, params), embeddings))

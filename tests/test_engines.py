@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from engines import EngineConfig, SamplingParams, create_engine
-from engines.base import ContextOverflowError, Engine, SupportsLayers
+from engines.base import ContextOverflowError, Engine, SupportsInputEmbeddings, SupportsLayers
 from engines.config import resolve_dtype
 from engines.models import ModelNotFoundError
 from service.settings import Settings
@@ -55,6 +56,7 @@ def test_capabilities_are_discovered(native_engine: Engine, vllm_engine: Engine)
     assert isinstance(native_engine, SupportsLayers)
     assert native_engine.hf_model.config.num_hidden_layers == 30
     assert not isinstance(vllm_engine, SupportsLayers)
+    assert isinstance(vllm_engine, SupportsInputEmbeddings) and isinstance(native_engine, SupportsInputEmbeddings)
     assert vllm_engine.max_context == 4096 and native_engine.max_context == 8192
 
 
@@ -84,3 +86,18 @@ def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
         create_engine(EngineConfig(model=str(tmp_path / "missing")))
     with pytest.raises(ValueError, match="unknown engine kind"):
         create_engine(EngineConfig(kind="tpu"))  # type: ignore[arg-type]
+
+
+def test_prompt_embeddings_answer_as_the_token_prompt(engine: Engine, native_engine: Engine) -> None:
+    """The chat prompt given as its token embeddings (soft compression's input path) answers as the tokens do."""
+    ids = native_engine.hf_tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    embeddings = native_engine.hf_model.get_input_embeddings()(torch.tensor(ids)).detach()
+    params = SamplingParams(max_tokens=8)
+    from_embeddings = engine.chat_from_embeddings([embeddings, embeddings], params)  # type: ignore[attr-defined]
+    from_tokens = engine.chat([QUESTION], params)[0]
+    assert [g.text for g in from_embeddings] == [from_tokens.text] * 2 and "paris" in from_tokens.text.lower()
+    assert from_embeddings[0].prompt_tokens == len(ids) == from_tokens.prompt_tokens
+    long = embeddings[:1].expand(engine.max_context, -1)
+    with pytest.raises(ContextOverflowError):
+        engine.chat_from_embeddings([long], params)  # type: ignore[attr-defined]

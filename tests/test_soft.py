@@ -95,6 +95,24 @@ def test_job_answers_and_second_question_reuses_segments(engine: Engine, text: s
     assert b.cost.calls == 1 < a.cost.calls  # the second question runs no compressor pass
 
 
+def test_compllm_on_vllm_compresses_natively_and_answers_from_prompt_embeddings(
+    engine: Engine, vllm_engine: Engine, text: str
+) -> None:
+    """vLLM has no layers: the segments are compressed by a native engine over the same weights, and vLLM reads the
+    vectors as prompt embeddings: the same prompt, vector for vector, as the native engine would build."""
+    from engines.base import SupportsLayers
+
+    assert not isinstance(vllm_engine, SupportsLayers)
+    document, task = Document(text[6500:8000]), Task("Who is on the deck?", max_answer_tokens=8)
+    assert CompLLM().fits(1000, [task], vllm_engine)
+    answer = CompLLM().run(document, [task], vllm_engine, lambda *a: None)[0]
+    prompt = prompt_embeddings(engine, compress(engine, document.text).vectors, task)
+    assert answer.details["input_vectors"] == prompt.shape[0]  # 2x: the document half as many vectors as tokens
+    assert answer.details["input_vectors"] < engine.count_tokens(document.text)
+    again = vllm_engine.chat_from_embeddings([prompt], SamplingParams(max_tokens=8))[0]  # type: ignore[attr-defined]
+    assert answer.text and answer.text == again.text
+
+
 def planted(engine: Engine, text: str, rng: random.Random) -> tuple[list[int], Task, list[int]]:
     """About 150 tokens of held-out text (an evaluation document) with a fact of the test's own making."""
     words = [w for w in text.split() if w.isalpha() and w.islower() and len(w) > 4]

@@ -35,6 +35,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--served-model-name", "smollm2", "--port", str(port)]
     cmd += ["--host", "127.0.0.1", "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32"]
+    cmd += ["--enable-prompt-embeds"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -71,6 +72,21 @@ def test_remote_engine_counts_and_chats(vllm_server: str, native_engine) -> None
     gens = engine.chat([msgs, msgs], SamplingParams(max_tokens=8))
     assert len(gens) == 2 and all("paris" in g.text.lower() for g in gens)
     assert gens[0].prompt_tokens == native_engine.count_chat_tokens(msgs)
+
+
+def test_remote_engine_answers_from_prompt_embeddings(vllm_server: str, native_engine) -> None:
+    """The chat prompt sent as its token embeddings (/v1/completions' prompt_embeds) answers as the tokens do."""
+    import torch
+
+    engine = create_engine(EngineConfig(kind="vllm", vllm_url=vllm_server))
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    ids = native_engine.hf_tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    embeddings = native_engine.hf_model.get_input_embeddings()(torch.tensor(ids)).detach()  # bf16: the server casts
+    params = SamplingParams(max_tokens=8)
+    gen = engine.chat_from_embeddings([embeddings], params)[0]
+    assert gen.text == engine.chat([msgs], params)[0].text and "paris" in gen.text.lower()
+    assert gen.prompt_tokens == len(ids)
 
 
 def test_remote_engine_rejects_unknown_model(vllm_server: str) -> None:

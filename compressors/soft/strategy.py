@@ -4,7 +4,9 @@ The document's tokens are cut into fixed segments of the adapter's size (as in t
 a segment of n tokens becomes ceil(n / rate) vectors), each segment is compressed on its own or read back from
 the content-hash cache under TOME_HOME, and the engine answers from [prompt; compressed document; question]
 given as input embeddings. A second question, or another job over the same text, compresses nothing again.
-Needs an engine with layer access and input-embedding generation (the native engine) and a trained adapter.
+Needs an engine that generates from input embeddings (native, or vLLM through prompt embeddings) and a trained
+adapter; the compressor runs on the engine's layers, or on a native engine over the same model where the engine has
+none (vLLM: `engines.internals`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch
 
 from compressors.soft.cache import FOLDER, SegmentCache, file_digest, segment_key
 from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config
-from engines.base import Engine, SamplingParams, SupportsInputEmbeddings, SupportsLayers, engine_home
+from engines.base import Engine, SamplingParams, SupportsInputEmbeddings, engine_home
+from engines.internals import has_layers, layers_engine
 from engines.prompting import answer_overhead, prompt_around
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
 
@@ -122,11 +125,7 @@ class CompLLM:
         self.config = config
 
     def fits(self, document_tokens: int, tasks: Sequence[Task], engine: Engine) -> bool:
-        if not (
-            isinstance(engine, SupportsInputEmbeddings)
-            and isinstance(engine, SupportsLayers)
-            and self.config.adapter.exists()
-        ):
+        if not (isinstance(engine, SupportsInputEmbeddings) and has_layers(engine) and self.config.adapter.exists()):
             return False
         trained = read_config(self.config.adapter)
         if self.config.rate not in trained.rates:
@@ -135,8 +134,9 @@ class CompLLM:
         return vectors + max(answer_overhead(engine, t) for t in tasks) <= engine.max_context
 
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
-        compressed = compress(engine, document.text, self.config, progress)
-        prompts = [prompt_embeddings(engine, compressed.vectors, t) for t in tasks]
+        layers = layers_engine(engine)
+        compressed = compress(layers, document.text, self.config, progress)
+        prompts = [prompt_embeddings(layers, compressed.vectors, t) for t in tasks]
         params = SamplingParams(max_tokens=max(t.max_answer_tokens for t in tasks))
         generations = engine.chat_from_embeddings(prompts, params)  # type: ignore[attr-defined]
         share = Cost(
