@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import random
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from compressors.soft.cache import SegmentCache, segment_key
+from compressors.soft.cache import RedisSegmentCache, SegmentCache, segment_key
 from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config
-from compressors.soft.strategy import CompLLM, CompLLMConfig, compress, compressed_length, prompt_embeddings
+from compressors.soft.strategy import (
+    CompLLM,
+    CompLLMConfig,
+    cache_for,
+    compress,
+    compressed_length,
+    compressor_for,
+    prompt_embeddings,
+)
 from compressors.soft.train import answer_logits
 from engines import EngineConfig, create_engine
 from engines.base import Engine, SamplingParams
@@ -53,6 +63,43 @@ def test_cached_segment_round_trips_bit_identical(engine: Engine, text: str, tmp
     second = compress(engine, text[:3000], CompLLMConfig(rate=2))
     assert first.cached == 0 and second.cached == second.segments == first.segments
     assert second.passes == 0 and torch.equal(first.vectors, second.vectors)
+
+
+def test_redis_segment_cache_round_trips_and_serves_the_strategy(engine: Engine, text: str) -> None:
+    """The stack's cache (real Redis on 127.0.0.1): same bytes back, one MGET for a document, shared by any worker."""
+    url = os.environ.get("TOME_REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"tome-test:{uuid.uuid4().hex}:"
+    cache = RedisSegmentCache(url, prefix=prefix, ttl=600)
+    try:
+        compressor = load_compressor(engine.hf_model)
+        ids = engine.tokenize(text)[:32]
+        with torch.inference_mode():
+            vectors = compressor([ids], 4)[0]
+        key = segment_key("adapter", 4, ids)
+        assert cache.get_many([key, "absent"]) == [None, None]
+        cache.put(key, vectors)
+        back = cache.get(key)
+        assert back is not None and back.dtype == vectors.dtype and torch.equal(back, vectors)
+        assert 0 < cache.client.ttl(prefix + key) <= 600
+
+        # The strategy with a Redis URL: the second pass over a document reads every segment from Redis.
+        config = CompLLMConfig(rate=4, cache_url=url)
+        document = text[9000:10500]
+        strategy_cache = cache_for(engine, url)
+        assert isinstance(strategy_cache, RedisSegmentCache)
+        digest = compressor_for(engine, config.adapter)[1]
+        ids, size = engine.tokenize(document), compressor.config.segment_tokens
+        keys = [strategy_cache.prefix + segment_key(digest, 4, ids[i : i + size]) for i in range(0, len(ids), size)]
+        strategy_cache.client.delete(*keys)  # cold, whatever ran before
+        first = compress(engine, document, config)
+        second = compress(engine, document, config)
+        assert first.cached == 0 and second.cached == second.segments == first.segments == len(keys)
+        assert second.passes == 0 and torch.equal(first.vectors, second.vectors)
+        assert strategy_cache.client.exists(*keys) == len(keys)
+        strategy_cache.client.delete(*keys)
+    finally:
+        for k in cache.client.scan_iter(prefix + "*"):
+            cache.client.delete(k)
 
 
 @pytest.mark.parametrize("rate", [2, 4])

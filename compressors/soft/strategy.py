@@ -11,7 +11,9 @@ none (vLLM: `engines.internals`).
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import time
 import weakref
 from collections.abc import Sequence
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from compressors.soft.cache import FOLDER, SegmentCache, file_digest, segment_key
+from compressors.soft.cache import FOLDER, RedisSegmentCache, SegmentCache, file_digest, segment_key
 from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config
 from engines.base import Engine, SamplingParams, SupportsInputEmbeddings, engine_home
 from engines.internals import has_layers, layers_engine
@@ -34,6 +36,7 @@ class CompLLMConfig:
     adapter: Path = SHIPPED
     batch_segments: int = 64  # segments compressed per forward pass
     cache: bool = True
+    cache_url: str | None = None  # Redis for the segment cache; unset: TOME_COMPLLM_CACHE_URL, else TOME_HOME on disk
 
 
 @dataclass
@@ -61,7 +64,15 @@ def compressor_for(engine: Engine, adapter: Path) -> tuple[SegmentCompressor, st
     return per_model[adapter]
 
 
-def cache_for(engine: Engine) -> SegmentCache | None:
+@functools.lru_cache(maxsize=4)
+def _redis_cache(url: str) -> RedisSegmentCache:  # one connection pool per URL and process
+    return RedisSegmentCache(url)
+
+
+def cache_for(engine: Engine, url: str | None = None) -> SegmentCache | RedisSegmentCache | None:
+    url = url or os.environ.get("TOME_COMPLLM_CACHE_URL") or None
+    if url:
+        return _redis_cache(url)
     home = engine_home(engine)
     return SegmentCache(Path(home) / FOLDER) if home else None
 
@@ -77,8 +88,8 @@ def compress(
     ids = engine.tokenize(text)
     segments = [ids[i : i + size] for i in range(0, len(ids), size)]
     keys = [segment_key(digest, config.rate, s) for s in segments]
-    cache = cache_for(engine) if config.cache else None
-    found: list[torch.Tensor | None] = [cache.get(k) if cache else None for k in keys]
+    cache = cache_for(engine, config.cache_url) if config.cache else None
+    found: list[torch.Tensor | None] = cache.get_many(keys) if cache else [None] * len(keys)
     todo = [i for i, v in enumerate(found) if v is None]
     passes = scanned = 0
     for b in range(0, len(todo), config.batch_segments):
