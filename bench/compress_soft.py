@@ -14,7 +14,8 @@ Two parts, each measured against its baseline in the same run:
 
 On a GPU host (a model folder, no service settings): `--device cuda --model-dir DIR --batch-tokens 65536` answers
 the samples of a cell in batches of about that many prompt tokens (each row as it would be alone, left-padded);
-`--adapter FILE` measures another compllm adapter, `--also-adapter FILE` adds its 2x rows beside the main one's.
+`--adapter FILE` measures another compllm adapter, `--also-adapter FILE` (repeatable) adds its 2x rows beside the
+main one's.
 """
 
 from __future__ import annotations
@@ -106,8 +107,7 @@ def accuracy_part(engine: Engine, args: argparse.Namespace, write: Any) -> list[
     rows: list[dict[str, Any]] = []
     deadline = time.perf_counter() + args.max_minutes * 60
     methods = [(args.compressor, r, args.adapter) for r in args.rates]
-    if args.also_adapter:
-        methods.append((args.compressor, min(args.rates), args.also_adapter))
+    methods += [(args.compressor, min(args.rates), other) for other in args.also_adapter]
     for length in args.lengths:
         for task in args.tasks:
             if time.perf_counter() > deadline:
@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--model-dir", type=Path, default=None, help="an HF model folder (default: the TOME model)")
     parser.add_argument("--adapter", type=Path, default=SHIPPED, help="the compllm adapter to measure")
-    parser.add_argument("--also-adapter", type=Path, default=None, help="another compllm adapter, at the lower rate")
+    parser.add_argument(
+        "--also-adapter", type=Path, action="append", default=[], help="another compllm adapter, at the lower rate"
+    )
     parser.add_argument("--batch-tokens", type=int, default=0, help="prompt tokens per batched call (0: one a call)")
     parser.add_argument("--max-minutes", type=float, default=1e9, help="accuracy part: cells started before this")
     parser.add_argument("--folder", type=Path, default=RESULTS, help="where the results files go")

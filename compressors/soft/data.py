@@ -45,6 +45,8 @@ _FACTS = (
         "The {noun} of {key} is {value}.",
     ),
 )
+# Reconstruction (autoencoding) examples: the context is asked back whole, so every one of its tokens is a target.
+REPEAT = "Repeat the text above word for word."
 ANSWER_FORMAT = "restate the question with the value, as the model answers (`The byte vote code is 524619.`)"
 _NOUNS = ("number", "word", "code", "label", "key", "token", "name")
 # People and places of the trainer's own: the evaluation's babilong uses other names, so nothing is learnt by heart.
@@ -171,6 +173,19 @@ class ExampleMaker:
         following = found[len(body)] if len(body) < len(found) else found[-1]
         answer = self.ids(following.strip())[: self.answer_tokens]
         return Example(self.ids("".join(body)), "Write the sentence that comes right after the text.", answer, "next")
+
+    def reconstruction(self, tokens: int) -> Example:
+        """Corpus text of `tokens` tokens (half of them with a planted fact, so exact values are among the targets)
+        whose answer is the text itself: every context token is a target (ICAE-style autoencoding)."""
+        if self.rng.random() < 0.5:
+            statement = self.rng.choice(_FACTS)[0]
+            fact = statement.format(key=self.key(), value=self.value(), noun=self.rng.choice(_NOUNS))
+            context = self.planted([_first_upper(fact) + " "], tokens)[:tokens]
+        else:
+            ids = self.ids("".join(self.sentences(tokens * 8)))
+            start = self.rng.randrange(0, max(1, len(ids) - tokens + 1))
+            context = ids[start : start + tokens]
+        return Example(context, REPEAT, context, "reconstruct")
 
     def __call__(self, tokens: int | None = None) -> Example:
         """One example with a context of about `tokens` tokens (default: `context_tokens`)."""

@@ -3,6 +3,9 @@
 The frozen model reading [prompt; compressed context; question; answer] should predict the answer tokens
 as it does when it reads the full context: the loss is KL(teacher || student) over the answer tokens'
 next-token distributions, the teacher being the same frozen model (no LoRA) on the uncompressed context.
+With `--reconstruct-share S` the first S of the run is reconstruction (ICAE-style autoencoding) instead: the
+frozen model reading [prompt; compressed text; "Repeat the text above word for word."] must give the text back,
+cross-entropy on every token, a target per context token where distillation has a handful per example.
 Only the LoRA, the slot embeddings and the head learn. A wall-clock limit stops the run early with a
 usable adapter (checkpoints are written as it goes); the log, a loss-curve PNG and MODEL_CARD.md are
 written beside the adapter.
@@ -25,8 +28,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from compressors.soft.data import ANSWER_FORMAT, Example, ExampleMaker, training_texts
+from compressors.soft.data import ANSWER_FORMAT, REPEAT, Example, ExampleMaker, training_texts
 from compressors.soft.model import SHIPPED, CompressorConfig, SegmentCompressor
 from engines import EngineConfig, create_engine
 from engines.prompting import prompt_around
@@ -72,9 +76,10 @@ def padded(rows: list[list[int]], fill: int = 0) -> torch.Tensor:
 
 
 def step_logits(
-    engine, compressor: SegmentCompressor, examples: list[Example], rate: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(student, teacher, gold): next-token logits for every answer token of the batch, and the answer tokens.
+    engine, compressor: SegmentCompressor, examples: list[Example], rate: int, teacher: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(student, teacher, gold): next-token logits for every answer token of the batch, and the answer tokens
+    (no teacher pass, and None for it, with `teacher=False`).
 
     Each side is one padded batch built from ids laid out here and sent in one copy (a copy and an embedding
     call per example, and a slice per row, were hundreds of small GPU calls a step); the student's rows take the
@@ -94,15 +99,17 @@ def step_logits(
         t_starts.append(len(before) + len(ex.context) + len(after))
         s_starts.append(len(before) + k + len(after))
         lengths.append(len(ex.answer))
-    with torch.no_grad():
-        ids = padded(teacher_ids).to(device)
-        teacher = logits_at(model, embed(ids), [len(r) for r in teacher_ids], t_starts, lengths)
+    teacher_logits = None
+    if teacher:
+        with torch.no_grad():
+            ids = padded(teacher_ids).to(device)
+            teacher_logits = logits_at(model, embed(ids), [len(r) for r in teacher_ids], t_starts, lengths)
     ids = padded(student_ids).to(device)
     is_slot = ids == -1
     rows = embed(ids.clamp(min=0)).index_put((is_slot,), torch.cat(compressed))  # row-major: the slots in order
     student = logits_at(model, rows, [len(r) for r in student_ids], s_starts, lengths)
     gold = torch.tensor([t for ex in examples for t in ex.answer]).to(device)
-    return student, teacher, gold
+    return student, teacher_logits, gold
 
 
 def distillation_step(
@@ -111,6 +118,7 @@ def distillation_step(
     """KL(teacher || student) per answer token (plus `ce_weight` times the student's cross-entropy on the gold answer,
     where the small teacher misreads a fact), and the two cross-entropies on the answer for the log."""
     student, teacher, gold = step_logits(engine, compressor, examples, rate)
+    assert teacher is not None
     loss = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
     student_ce = F.cross_entropy(student, gold)
     stats = {"student_ce": student_ce.item(), "teacher_ce": F.cross_entropy(teacher, gold).item()}
@@ -118,6 +126,40 @@ def distillation_step(
         stats["kl"] = loss.item()
         loss = loss + ce_weight * student_ce
     return loss, stats
+
+
+def reconstruction_step(
+    engine, compressor: SegmentCompressor, examples: list[Example], rate: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The student's cross-entropy on every token of the text it is asked to repeat (no teacher pass), and its
+    token accuracy (argmax given the gold prefix) for the log."""
+    student, _, gold = step_logits(engine, compressor, examples, rate, teacher=False)
+    loss = F.cross_entropy(student, gold)
+    return loss, {"recon_acc": (student.argmax(-1) == gold).float().mean().item()}
+
+
+@torch.no_grad()
+def held_out_reconstruction(
+    engine, compressor: SegmentCompressor, examples: list[Example], rates: Sequence[int], batch: int
+) -> dict[str, float]:
+    """Per rate on a fixed held-out set of texts to repeat: CE per token and token accuracy (argmax given the gold
+    prefix), and the frozen model's token accuracy when it reads the text itself (`recon_acc_full`)."""
+    was_training = compressor.training
+    compressor.eval()
+    out: dict[str, float] = {}
+    for rate in rates:
+        ce = right = full = tokens = 0.0
+        for i in range(0, len(examples), batch):
+            student, teacher, gold = step_logits(engine, compressor, examples[i : i + batch], rate)
+            assert teacher is not None
+            ce += F.cross_entropy(student, gold, reduction="sum").item()
+            right += (student.argmax(-1) == gold).sum().item()
+            full += (teacher.argmax(-1) == gold).sum().item()
+            tokens += gold.numel()
+        out |= {f"recon_ce@{rate}": round(ce / tokens, 4), f"recon_acc@{rate}": round(right / tokens, 4)}
+        out["recon_acc_full"] = round(full / tokens, 4)
+    compressor.train(was_training)
+    return out
 
 
 @torch.no_grad()
@@ -135,6 +177,7 @@ def held_out(
         for i in range(0, len(examples), batch):
             part = examples[i : i + batch]
             student, teacher, gold = step_logits(engine, compressor, part, rate)
+            assert teacher is not None
             kl += F.kl_div(
                 F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="sum"
             ).item()
@@ -188,9 +231,12 @@ def plot_losses(log: list[dict], path: Path) -> None:
 
 
 def plot_run(log: list[dict], path: Path) -> None:
-    """The training curve, and beside it the held-out measures per rate when the log has them."""
+    """The training curve, and beside it the held-out measures per rate when the log has them: distillation's
+    (KL, answers right) and reconstruction's (CE, token accuracy) each in a panel of its own."""
     heldout = [r for r in log if r.get("heldout")]
-    if not heldout:
+    train = [r for r in log if "loss" in r]
+    repeat = [r for r in train if r.get("objective") == "reconstruct"]
+    if not heldout and not repeat:
         plot_losses(log, path)
         return
     import matplotlib
@@ -198,35 +244,62 @@ def plot_run(log: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in log if "loss" in r]
+    distill = [r for r in train if "teacher_ce" in r]
+    scored = [r for r in heldout if any(k.startswith("kl@") for k in r)]
+    repeated = [r for r in heldout if any(k.startswith("recon_acc@") for k in r)]
+    panels = 1 + bool(scored) + bool(repeated)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    left, rest = axes[0][0], list(axes[0][1:])
     window = max(1, len(train) // 25)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    kl = "kl" if train and "kl" in train[0] else "loss"  # with --ce-weight the loss is more than the KL
-    for key, label in (("kl", "KL(teacher || student)"), ("student_ce", "student CE"), ("teacher_ce", "teacher CE")):
-        key = kl if key == "kl" else key
-        vals = [r[key] for r in train]
+
+    def curve(rows: list[dict], key: str, label: str) -> None:
+        vals = [r[key] for r in rows]
         smooth = [sum(vals[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(vals))]
-        left.plot([r["step"] for r in train], smooth, label=label)
+        left.plot([r["step"] for r in rows], smooth, label=label)
+
+    kl = "kl" if distill and "kl" in distill[0] else "loss"  # with --ce-weight the loss is more than the KL
+    if distill:
+        for key, label in ((kl, "KL(teacher || student)"), ("student_ce", "student CE"), ("teacher_ce", "teacher CE")):
+            curve(distill, key, label)
+    if repeat:
+        curve(repeat, "loss", "reconstruction CE (every token)")
     left.set_title(f"training batches (moving mean of {window})")
     left.set_xlabel("step")
-    left.set_ylabel("nats per answer token")
+    left.set_ylabel("nats per target token")
     left.legend()
-    steps = [r["step"] for r in heldout]
-    rates = sorted({int(k.split("@")[1]) for k in heldout[0] if k.startswith("kl@")})
-    for rate in rates:
-        right.plot(steps, [r[f"kl@{rate}"] for r in heldout], marker="o", label=f"KL, {rate}x")
-    twin = right.twinx()
-    for rate in rates:
-        twin.plot(steps, [r[f"answers@{rate}"] for r in heldout], ls="--", marker="x", label=f"answers right, {rate}x")
-    twin.plot(steps, [r["teacher_answers"] for r in heldout], ls=":", color="k", label="answers right, full context")
-    twin.set_ylim(0, 1)
-    right.set_title(f"held-out set ({heldout[0].get('examples', '?')} examples)")
-    right.set_xlabel("step")
-    right.set_ylabel("KL, nats per answer token")
-    twin.set_ylabel("share of answers right (teacher-forced argmax)")
-    lines = right.get_legend_handles_labels()
-    more = twin.get_legend_handles_labels()
-    right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
+    if scored:
+        right = rest.pop(0)
+        steps = [r["step"] for r in scored]
+        rates = sorted({int(k.split("@")[1]) for k in scored[0] if k.startswith("kl@")})
+        for rate in rates:
+            right.plot(steps, [r[f"kl@{rate}"] for r in scored], marker="o", label=f"KL, {rate}x")
+        twin = right.twinx()
+        for rate in rates:
+            answers = [r[f"answers@{rate}"] for r in scored]
+            twin.plot(steps, answers, ls="--", marker="x", label=f"answers right, {rate}x")
+        twin.plot(steps, [r["teacher_answers"] for r in scored], ls=":", color="k", label="answers right, full context")
+        twin.set_ylim(0, 1)
+        right.set_title(f"held-out set ({scored[0].get('examples', '?')} examples)")
+        right.set_xlabel("step")
+        right.set_ylabel("KL, nats per answer token")
+        twin.set_ylabel("share of answers right (teacher-forced argmax)")
+        lines = right.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
+    if repeated:
+        right = rest.pop(0)
+        steps = [r["step"] for r in repeated]
+        rates = sorted({int(k.split("@")[1]) for k in repeated[0] if k.startswith("recon_acc@")})
+        for rate in rates:
+            right.plot(steps, [r[f"recon_acc@{rate}"] for r in repeated], marker="o", label=f"token accuracy, {rate}x")
+        if "recon_acc_full" in repeated[0]:
+            full = [r["recon_acc_full"] for r in repeated]
+            right.plot(steps, full, ls=":", color="k", label="token accuracy, reading the text itself")
+        right.set_ylim(0, 1)
+        right.set_title(f"held-out reconstruction ({repeated[0].get('repeat_examples', '?')} texts)")
+        right.set_xlabel("step")
+        right.set_ylabel("tokens repeated right (teacher-forced argmax)")
+        right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -244,9 +317,12 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
     def mean(rows: list[dict], key: str) -> float:
         return sum(r[key] for r in rows) / max(1, len(rows))
 
-    train = [r for r in log if "loss" in r]
-    heldout = [r for r in log if r.get("heldout")]
-    k = max(1, len(train) // 10)
+    steps = sum("loss" in r for r in log)
+    train = [r for r in log if "teacher_ce" in r]  # distillation steps
+    repeat = [r for r in log if r.get("objective") == "reconstruct"]
+    heldout = [r for r in log if any(key.startswith("kl@") for key in r)]
+    repeated = [r for r in log if any(key.startswith("recon_acc@") for key in r)]
+    k, kr = max(1, len(train) // 10), max(1, len(repeat) // 10)
     first, last = train[:k], train[-k:]
     config = run["config"]
     stem = Path(run["output"]).stem
@@ -278,8 +354,45 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
             f"context: {b['teacher_answers']:.2f}; {counted} count, and one is right when every answer token is the "
             "argmax given the gold prefix)."
         )
+    if repeated:
+        a, b = repeated[0], repeated[-1]
+        rates = sorted({int(key.split("@")[1]) for key in a if key.startswith("recon_acc@")})
+        per = "; ".join(
+            f"{r}x CE {a[f'recon_ce@{r}']:.3f} -> {b[f'recon_ce@{r}']:.3f}, token accuracy "
+            f"{a[f'recon_acc@{r}']:.3f} -> {b[f'recon_acc@{r}']:.3f}"
+            for r in rates
+        )
+        if "recon_acc_full" in b:
+            per += f"; the frozen model reading the text itself: {b['recon_acc_full']:.3f}"
+        heldout_text += (
+            f"\n- Held-out reconstruction ({a.get('repeat_examples')} texts of {run['reconstruct_tokens']} tokens "
+            f"from seed {run['seed'] + 10_000}; step {a['step']} -> {b['step']}): {per} (a token is right when it is "
+            "the argmax given the gold prefix)."
+        )
     ce = f", plus {run['ce_weight']} x the student's CE on the gold answer" if run.get("ce_weight") else ""
+    objective = (
+        f"KL(teacher || student) over the answer tokens' next-token distributions{ce}; teacher = the frozen\n"
+        "  model on the full context, student = the same frozen model on the compressed context."
+    )
+    if repeat:
+        objective = (
+            f"reconstruction first ({len(repeat)} steps, {round(100 * run['reconstruct_share'])}% of the run): the "
+            f'frozen model reads\n  [prompt; compressed text; "{REPEAT}"] and gives back the text '
+            f"({run['reconstruct_tokens']} tokens of corpus text, half with a planted fact), CE on every token"
+            + (f"; then {objective}" if train else ".")
+        )
+    if run.get("init"):
+        objective += f" Started from `{Path(run['init']).name}`."
     kl = "kl" if train and "kl" in train[0] else "loss"  # with --ce-weight the loss is more than the KL
+    distilled = (
+        f"""Training batches (mean of the first / last {k} distillation steps): KL {mean(first, kl):.3f} -> \
+{mean(last, kl):.3f};
+  student CE on the answer {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f}
+  (teacher on the full context: {mean(last, "teacher_ce"):.3f}; later batches have longer contexts)."""
+        if train
+        else f"Reconstruction CE on training batches (mean of the first / last {kr} steps): "
+        f"{mean(repeat[:kr], 'loss'):.3f} -> {mean(repeat[-kr:], 'loss'):.3f}."
+    )
     text = f"""# CompLLM segment compressor for {config["base_model"]}
 
 Written by `tome train compllm` (compressors/soft/train.py); the numbers below come from its log
@@ -294,15 +407,11 @@ Written by `tome train compllm` (compressors/soft/train.py); the numbers below c
   with the trainer's own seeds (`compllm-train:{run["seed"]}`): {KINDS}. {contexts[0].upper() + contexts[1:]};
   fact and location answers: {run.get("answers", "bare values (the value or place alone)")}; sentence answers of up
   to {run["answer_tokens"]} tokens; {batches}; the rate alternates per step.
-- Objective: KL(teacher || student) over the answer tokens' next-token distributions{ce}; teacher = the frozen
-  model on the full context, student = the same frozen model on the compressed context. Only LoRA, slots and head
-  learn.
-- Run: {len(train)} steps in {run["minutes"]:.1f} min on {run["device"]} ({run["dtype"]}), AdamW lr {run["lr"]}
+- Objective: {objective} Only LoRA, slots and head learn.
+- Run: {steps} steps in {run["minutes"]:.1f} min on {run["device"]} ({run["dtype"]}), AdamW lr {run["lr"]}
   (head: {run["lr"] * run["head_lr_scale"]:g}), warmup then cosine to a tenth, scheduled on the larger of the
   step and the wall-clock share of the run.
-- Training batches (mean of the first / last {k} steps): KL {mean(first, kl):.3f} -> {mean(last, kl):.3f};
-  student CE on the answer {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f}
-  (teacher on the full context: {mean(last, "teacher_ce"):.3f}; later batches have longer contexts).{heldout_text}
+- {distilled}{heldout_text}
 
 ![loss]({stem}-loss.png)
 
@@ -346,14 +455,18 @@ def _set_worker(maker: ExampleMaker, seed: int) -> None:
     _worker = (maker, seed)
 
 
-def make_batch(job: tuple[int, int, int]) -> list[Example]:
-    """`count` examples with contexts of `tokens` tokens, from a generator seeded by the job alone (so a batch is
-    the same whichever process makes it)."""
-    number, tokens, count = job
+Plan = tuple[int, int, bool]  # a batch's context tokens, examples, and whether they are reconstruction examples
+
+
+def make_batch(job: tuple[int, int, int, bool]) -> list[Example]:
+    """`count` examples with contexts of `tokens` tokens (texts to repeat when `reconstruct`), from a generator
+    seeded by the job alone (so a batch is the same whichever process makes it)."""
+    number, tokens, count, reconstruct = job
     assert _worker is not None
     maker, seed = _worker
     maker.rng = random.Random(f"compllm-train:{seed}:{number}")
-    return [maker(tokens) for _ in range(count)]
+    make = maker.reconstruction if reconstruct else maker
+    return [make(tokens) for _ in range(count)]
 
 
 class Batches:
@@ -369,14 +482,13 @@ class Batches:
         self.pending: collections.deque = collections.deque()
         self.number = 0
 
-    def fill(self, plan: Callable[[], tuple[int, int]]) -> None:
+    def fill(self, plan: Callable[[], Plan]) -> None:
         while len(self.pending) < (self.ahead if self.pool else 1):
-            tokens, count = plan()
-            job = (self.number, tokens, count)
+            job = (self.number, *plan())
             self.number += 1
             self.pending.append(self.pool.apply_async(make_batch, (job,)) if self.pool else job)
 
-    def next(self, plan: Callable[[], tuple[int, int]]) -> list[Example]:
+    def next(self, plan: Callable[[], Plan]) -> list[Example]:
         self.fill(plan)
         item = self.pending.popleft()
         return item.get() if self.pool else make_batch(item)
@@ -426,6 +538,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ce-weight", type=float, default=0.0, help="adds this times the student's CE on the gold answer to the KL"
     )
+    parser.add_argument(
+        "--reconstruct-share",
+        type=float,
+        default=0.0,
+        help="share of the run (from its start) spent on reconstruction before distillation; 1: reconstruction only",
+    )
+    parser.add_argument("--reconstruct-tokens", type=int, default=64, help="tokens of each text to repeat")
+    parser.add_argument(
+        "--heldout-reconstruct", type=int, default=32, help="held-out texts to repeat (seed + 10000), if reconstructing"
+    )
+    parser.add_argument("--init", type=Path, default=None, help="start from this adapter's weights (same shape)")
     parser.add_argument("--lora-rank", type=int, default=CompressorConfig.lora_rank)
     parser.add_argument("--target-modules", default=",".join(CompressorConfig.target_modules), help="comma-separated")
     parser.add_argument("--seed", type=int, default=0)
@@ -461,10 +584,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_modules=tuple(args.target_modules.split(",")),
     )
     compressor = SegmentCompressor(model, config).to(model.device)
+    if args.init is not None:
+        compressor.load_trained(load_file(str(args.init)))
     texts = training_texts(args.corpus)
     maker = ExampleMaker(texts, engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed)
     other = ExampleMaker(texts, engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
     heldout = [other(args.heldout_tokens) for _ in range(args.heldout)] if args.eval_every else []
+    reconstructing = args.reconstruct_share > 0
+    heldout_repeat = [other.reconstruction(args.reconstruct_tokens) for _ in range(args.heldout_reconstruct)]
+    heldout_repeat = heldout_repeat if args.eval_every and reconstructing else []
     heldout_batch = max(1, args.batch_tokens // args.heldout_tokens) if args.batch_tokens else args.batch
     trainable = [p for p in compressor.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in trainable):,}", flush=True)
@@ -490,10 +618,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = 0.0
     plan_rng = random.Random(f"compllm-lengths:{args.seed}")
 
-    def plan() -> tuple[int, int]:  # decided when a batch is queued: a few batches behind the run's progress
-        tokens = context_length(progress, args.min_context_tokens, args.context_tokens, args.ramp, plan_rng)
+    def plan() -> Plan:  # decided when a batch is queued: a few batches behind the run's progress
+        reconstruct = progress < args.reconstruct_share
+        if reconstruct:
+            tokens = args.reconstruct_tokens
+        else:  # the context curriculum runs over the distillation part of the run
+            share = (progress - args.reconstruct_share) / max(1e-9, 1 - args.reconstruct_share)
+            tokens = context_length(share, args.min_context_tokens, args.context_tokens, args.ramp, plan_rng)
         count = max(1, args.batch_tokens // tokens) if args.batch_tokens else args.batch
-        return tokens, count
+        return tokens, count, reconstruct
 
     batches = Batches(maker, args.seed, args.workers, ahead=2 * args.workers)
     log_path = args.output.with_name(args.output.stem + ".log.jsonl")
@@ -510,12 +643,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(args.output)
 
     def measure(step: int) -> None:
-        row = {"step": step, "heldout": True, "examples": len(heldout)}
-        row |= held_out(engine, compressor, heldout, config.rates, heldout_batch)
+        row: dict[str, Any] = {"step": step, "heldout": True, "examples": len(heldout)}
+        if heldout:
+            row |= held_out(engine, compressor, heldout, config.rates, heldout_batch)
+        if heldout_repeat:
+            batch = max(1, args.batch_tokens // args.reconstruct_tokens) if args.batch_tokens else args.batch
+            row |= {"repeat_examples": len(heldout_repeat)}
+            row |= held_out_reconstruction(engine, compressor, heldout_repeat, config.rates, batch)
         log.append(row)
         print(json.dumps(row), flush=True)
 
-    if heldout:
+    if heldout or heldout_repeat:
         measure(0)
     step = 0
     try:
@@ -523,7 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             examples = batches.next(plan)
             rate = config.rates[step % len(config.rates)]
-            loss, stats = distillation_step(engine, compressor, examples, rate, args.ce_weight)
+            if examples[0].kind == "reconstruct":
+                loss, stats = reconstruction_step(engine, compressor, examples, rate)
+            else:
+                loss, stats = distillation_step(engine, compressor, examples, rate, args.ce_weight)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -534,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             optimizer.step()
             row = {
                 "step": step,
+                "objective": "reconstruct" if examples[0].kind == "reconstruct" else "distill",
                 "rate": rate,
                 "context": len(examples[0].context),
                 "batch": len(examples),
@@ -545,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.append(row)
             print(json.dumps({**row, "elapsed_min": round(elapsed / 60, 2)}), flush=True)
             done = step == args.steps or elapsed + 2 * row["seconds"] > budget
-            if heldout and (step % args.eval_every == 0 or done):
+            if (heldout or heldout_repeat) and (step % args.eval_every == 0 or done):
                 measure(step)
             if step % args.save_every == 0 or done:
                 save(step, time.perf_counter() - start)
