@@ -177,51 +177,36 @@ class RemoteVllmEngine:
         body = {"messages": list(messages), "add_generation_prompt": True}
         return int(self._post("/tokenize", body)["count"])
 
-    def _one(self, messages: Sequence[Message], params: SamplingParams) -> Generation:
+    def _generate(self, path: str, prompt: dict[str, Any], params: SamplingParams) -> Generation:
+        """One request to /v1/chat/completions (`messages`) or /v1/completions (`prompt_embeds`)."""
         start = time.perf_counter()
-        body = {
-            "messages": list(messages),
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "stop": list(params.stop) or None,
-        }
-        reply = self._post("/v1/chat/completions", body)
-        usage = reply.get("usage") or {}
+        body = {**prompt, "max_tokens": params.max_tokens, "temperature": params.temperature}
+        reply = self._post(path, {**body, "stop": list(params.stop) or None})
+        usage, choice = reply.get("usage") or {}, reply["choices"][0]
         return Generation(
-            reply["choices"][0]["message"]["content"].strip(),
+            (choice["message"]["content"] if "message" in choice else choice["text"]).strip(),
             int(usage.get("prompt_tokens", 0)),
             int(usage.get("completion_tokens", 0)),
             time.perf_counter() - start,
         )
 
-    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+    def _map(self, fn: Any, items: Sequence[Any]) -> list[Generation]:
         # The server batches concurrent requests itself (continuous batching).
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(conversations)))) as pool:
-            return list(pool.map(lambda c: self._one(c, params), conversations))
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(items)))) as pool:
+            return list(pool.map(fn, items))
 
-    def _one_embedded(self, embeddings: Any, params: SamplingParams) -> Generation:
+    def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        return self._map(lambda c: self._generate("/v1/chat/completions", {"messages": list(c)}, params), conversations)
+
+    def _embedded(self, embeddings: Any, params: SamplingParams) -> Generation:
         import torch  # the caller made the embeddings with torch, so it is there
 
         buffer = io.BytesIO()
         torch.save(embeddings.detach().cpu().contiguous(), buffer)  # the server casts to its own dtype
-        start = time.perf_counter()
-        body = {
-            "prompt_embeds": base64.b64encode(buffer.getvalue()).decode(),
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "stop": list(params.stop) or None,
-        }
-        reply = self._post("/v1/completions", body)
-        usage = reply.get("usage") or {}
-        return Generation(
-            reply["choices"][0]["text"].strip(),
-            int(usage.get("prompt_tokens", embeddings.shape[0])),
-            int(usage.get("completion_tokens", 0)),
-            time.perf_counter() - start,
-        )
+        prompt = {"prompt_embeds": base64.b64encode(buffer.getvalue()).decode()}
+        return self._generate("/v1/completions", prompt, params)
 
     def chat_from_embeddings(self, embeddings: Sequence[Any], params: SamplingParams) -> list[Generation]:
         """As VllmEngine's, through /v1/completions' `prompt_embeds` (a base64 `torch.save` of each prompt)."""
         check_embedding_prompts(embeddings, params, self.max_context)
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(embeddings)))) as pool:
-            return list(pool.map(lambda e: self._one_embedded(e, params), embeddings))
+        return self._map(lambda e: self._embedded(e, params), embeddings)
