@@ -47,6 +47,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         out = {
             "question": task.question,
             "answer": answer.text,
+            "supported": result.supported[0],
             "strategy": result.strategy,
             "reason": result.reason,
             "kind": result.kind,
@@ -68,6 +69,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         print(answer.text)
+        if not result.supported[0]:
+            note = "unsupported: the answer was not found in the text it was read from; it may be wrong"
+            print(f"\n{note}", file=sys.stderr)
         print(f"\nstrategy: {result.strategy} ({result.reason})", file=sys.stderr)
         c = result.cost
         print(f"cost: {c.calls} model call(s), {c.tokens_read} tokens read, {c.seconds:.1f} s", file=sys.stderr)

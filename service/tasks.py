@@ -82,11 +82,12 @@ class JobProgress:
 
 def result_dict(result: JobResult, tasks: list[Any]) -> dict[str, Any]:
     answers = []
-    for task, answer in zip(tasks, result.answers, strict=True):
+    for task, answer, supported in zip(tasks, result.answers, result.supported, strict=True):
         item = {
             "kind": task.kind.value,
             "question": task.question,
             "text": answer.text,
+            "supported": supported,  # found in its evidence (see JobResult.supported)
             "evidence": [vars(e) for e in answer.evidence],
             "cost": vars(answer.cost),
         }

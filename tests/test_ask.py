@@ -38,7 +38,9 @@ def test_planted_fact_is_answered(planted_file: Path, engine: str) -> None:
     assert result["engine"]["kind"] == engine
     assert result["cost"]["calls"] == 1 and result["cost"]["tokens_read"] > result["document"]["tokens"]
     assert result["kind"] == "lookup" and result["attempts"] == [{"strategy": "full", "supported": [True]}]
-    keys = {"question", "answer", "strategy", "reason", "kind", "attempts", "document", "engine", "cost", "evidence"}
+    assert result["supported"] is True  # the answer given was found in its evidence
+    keys = {"question", "answer", "supported", "strategy", "reason", "kind", "attempts", "document", "engine", "cost"}
+    keys |= {"evidence"}
     assert set(result) == keys
 
 
@@ -47,6 +49,7 @@ def test_plain_output_has_answer_on_stdout_and_cost_on_stderr(planted_file: Path
     assert out.returncode == 0, out.stderr
     assert "biscuit" in out.stdout.lower()
     assert "strategy: full" in out.stderr and "tokens read" in out.stderr
+    assert "unsupported" not in out.stderr
 
 
 def test_full_never_truncates() -> None:

@@ -282,6 +282,8 @@ def test_job_result_and_signed_webhook(api: httpx.Client, workers: list[Worker])
         said = " ".join(a["text"] for a in answers).lower()
         only_in_document = ("pilot", "orla", "venn", "brell", "warm stones", "keswith")
         assert any(w in said for w in only_in_document), answers  # the model read the document
+        chosen = next(a for a in job["result"]["attempts"] if a["strategy"] == job["result"]["strategy"])
+        assert [a["supported"] for a in answers] == chosen["supported"]  # each answer says if its evidence backs it
         assert job["cost"]["calls"] == 2 and job["cost"]["tokens_read"] > 200
         assert job["progress"]["done"] == job["progress"]["total"] == 1
 
