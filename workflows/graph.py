@@ -52,9 +52,12 @@ class JobResult:
     cost: Cost = field(default_factory=Cost)  # all attempts together, fallbacks included
     kind: str = "lookup"
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    # per task: whether the answer given was found in the text it was read from (`verify`); False means no strategy
-    # that ran could back its answer with its evidence, so the answer may be made up
-    supported: list[bool] = field(default_factory=list)
+
+    @property
+    def supported(self) -> list[bool]:
+        """Per task: whether the answer given was found in the text it was read from (`verify`); False means no
+        strategy that ran could back its answer with its evidence, so the answer may be made up."""
+        return next(a["supported"] for a in self.attempts if a["strategy"] == self.strategy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +181,6 @@ def run_job(
         for a in attempt["answers"]:
             total = total.add(Cost(**a["cost"]))
     attempts = [{"strategy": a["strategy"], "supported": a["supported"]} for a in final["attempts"]]
-    supported = next(a["supported"] for a in attempts if a["strategy"] == final["strategy"])
     return JobResult(
-        answers, final["strategy"], final["reason"], final["document_tokens"], total, final["kind"], attempts, supported
+        answers, final["strategy"], final["reason"], final["document_tokens"], total, final["kind"], attempts
     )
