@@ -162,7 +162,11 @@ class RemoteVllmEngine:
         return self._max_context
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.client.post(path, json={"model": self.model_name, **body}).raise_for_status().json()
+        response = self.client.post(path, json={"model": self.model_name, **body})
+        if response.is_error:  # the server says what was wrong (a missing flag, a bad shape): pass it on
+            detail = f"vLLM at {self.config.vllm_url} answered {response.status_code} to {path}: {response.text[:500]}"
+            raise httpx.HTTPStatusError(detail, request=response.request, response=response)
+        return response.json()
 
     def tokenize(self, text: str) -> list[int]:
         return self._post("/tokenize", {"prompt": text, "add_special_tokens": False})["tokens"]

@@ -87,6 +87,8 @@ def test_remote_engine_answers_from_prompt_embeddings(vllm_server: str, native_e
     gen = engine.chat_from_embeddings([embeddings], params)[0]
     assert gen.text == engine.chat([msgs], params)[0].text and "paris" in gen.text.lower()
     assert gen.prompt_tokens == len(ids)
+    with pytest.raises(httpx.HTTPStatusError, match="hidden_size"):  # the server's reason, not a bare 400
+        engine.chat_from_embeddings([embeddings[:, :100]], params)
 
 
 def test_remote_engine_rejects_unknown_model(vllm_server: str) -> None:
