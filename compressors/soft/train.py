@@ -230,6 +230,11 @@ def plot_losses(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def logged_rates(row: dict, measure: str) -> list[int]:
+    """The rates a held-out log row has `measure` for (its keys are `measure@rate`)."""
+    return sorted(int(key.split("@")[1]) for key in row if key.startswith(f"{measure}@"))
+
+
 def plot_run(log: list[dict], path: Path) -> None:
     """The training curve, and beside it the held-out measures per rate when the log has them: distillation's
     (KL, answers right) and reconstruction's (CE, token accuracy) each in a panel of its own."""
@@ -270,7 +275,7 @@ def plot_run(log: list[dict], path: Path) -> None:
     if scored:
         right = rest.pop(0)
         steps = [r["step"] for r in scored]
-        rates = sorted({int(k.split("@")[1]) for k in scored[0] if k.startswith("kl@")})
+        rates = logged_rates(scored[0], "kl")
         for rate in rates:
             right.plot(steps, [r[f"kl@{rate}"] for r in scored], marker="o", label=f"KL, {rate}x")
         twin = right.twinx()
@@ -289,7 +294,7 @@ def plot_run(log: list[dict], path: Path) -> None:
     if repeated:
         right = rest.pop(0)
         steps = [r["step"] for r in repeated]
-        rates = sorted({int(k.split("@")[1]) for k in repeated[0] if k.startswith("recon_acc@")})
+        rates = logged_rates(repeated[0], "recon_acc")
         for rate in rates:
             right.plot(steps, [r[f"recon_acc@{rate}"] for r in repeated], marker="o", label=f"token accuracy, {rate}x")
         if "recon_acc_full" in repeated[0]:
@@ -341,7 +346,7 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
     heldout_text = ""
     if heldout:
         a, b = heldout[0], heldout[-1]
-        rates = sorted({int(key.split("@")[1]) for key in a if key.startswith("kl@")})
+        rates = logged_rates(a, "kl")
         per = "; ".join(
             f"{r}x KL {a[f'kl@{r}']:.3f} -> {b[f'kl@{r}']:.3f}, student CE {a[f'student_ce@{r}']:.3f} -> "
             f"{b[f'student_ce@{r}']:.3f}, answers right {a[f'answers@{r}']:.2f} -> {b[f'answers@{r}']:.2f}"
@@ -356,7 +361,7 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
         )
     if repeated:
         a, b = repeated[0], repeated[-1]
-        rates = sorted({int(key.split("@")[1]) for key in a if key.startswith("recon_acc@")})
+        rates = logged_rates(a, "recon_acc")
         per = "; ".join(
             f"{r}x CE {a[f'recon_ce@{r}']:.3f} -> {b[f'recon_ce@{r}']:.3f}, token accuracy "
             f"{a[f'recon_acc@{r}']:.3f} -> {b[f'recon_acc@{r}']:.3f}"
