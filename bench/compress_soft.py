@@ -2,7 +2,10 @@
 
 Two parts, each measured against its baseline in the same run:
 - accuracy: the harness tasks that fit the 8K context (niah_single, qa, babilong; evaluation seeds 0..n-1, the
-  harness's own scoring), `full` and the compressor at each rate on the same samples;
+  harness's own scoring), `full` and the compressor at each rate on the same samples; for compllm also each
+  question-aware RATE/SEGMENT_RATE pair (`--question-aware 2/4`: the question's nearest segments raw, the rest at
+  4x, in the vectors of 2x) beside its control `raw-only` (the same raw segments, the rest dropped), which tells
+  what the compressed rest adds to the answer;
 - ttft: time to the first token (one generated token, so prefill plus one step) and input vectors for a
   4K and an 8K document: `full`; the compressor cold (the document compressed now) and warm (a second
   question over the same document: compllm reads every segment from the content-hash cache, gist continues
@@ -36,7 +39,7 @@ from compressors.soft.cache import file_digest
 from compressors.soft.gist import kv_bytes
 from compressors.soft.gist_strategy import Gist, GistStrategyConfig
 from compressors.soft.model import SHIPPED
-from compressors.soft.strategy import CompLLMConfig, compress, prompt_embeddings
+from compressors.soft.strategy import CompLLMConfig, Compressed, build_prompts, prompt_embeddings
 from engines import EngineConfig, create_engine
 from engines.base import Engine, SamplingParams
 from engines.prompting import answer_each, answer_messages, prompt_around
@@ -58,12 +61,20 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def answer_cell(
-    engine: Engine, samples: list[Sample], method: tuple[str, int, Path], batch_tokens: int
-) -> list[dict[str, Any]]:
-    """Score `method` ("full", or a compressor with its rate and adapter) on every sample, in batches of about
-    `batch_tokens` prompt tokens (one sample a batch when 0), grouped by answer budget."""
-    kind, rate, adapter = method
+Method = tuple[str, int, int, Path]  # (full, gist, compllm or raw-only; rate; segment rate; adapter)
+
+
+def raw_only(engine: Engine, compressed: Compressed, raw: set[int]) -> torch.Tensor:
+    """The control for question-aware compllm: the segments the question reads raw, the others dropped."""
+    ids = [t for i in sorted(raw) for t in compressed.ids[i]]
+    with torch.inference_mode():
+        return engine.hf_model.get_input_embeddings()(torch.tensor(ids))  # type: ignore[attr-defined]
+
+
+def answer_cell(engine: Engine, samples: list[Sample], method: Method, batch_tokens: int) -> list[dict[str, Any]]:
+    """Score `method` on every sample, in batches of about `batch_tokens` prompt tokens (one sample a batch when 0),
+    grouped by answer budget. `raw-only` reads what question-aware compllm reads raw and nothing else."""
+    kind, rate, segment_rate, adapter = method
     got: dict[int, dict[str, Any]] = {}
     groups: dict[int, list[int]] = {}
     for i, s in enumerate(samples):
@@ -86,11 +97,14 @@ def answer_cell(
                 texts = [a.text for a in answers]
                 inputs = [a.details.get("input_vectors") or a.cost.tokens_read for a in answers]
             else:
-                config = CompLLMConfig(rate=rate, adapter=adapter, cache=False)
-                prompts = [
-                    prompt_embeddings(engine, compress(engine, s.document.text, config).vectors, s.question)
-                    for s in part
-                ]
+                config = CompLLMConfig(rate=rate, segment_rate=segment_rate, adapter=adapter, cache=False)
+                built = [build_prompts(engine, s.document.text, [s.question], config) for s in part]
+                prompts = [b.embeddings[0] for b in built]
+                if kind == "raw-only":
+                    prompts = [
+                        prompt_embeddings(engine, raw_only(engine, b.compressed, b.raw[0]), s.question)
+                        for b, s in zip(built, part, strict=True)
+                    ]
                 generations = engine.chat_from_embeddings(prompts, SamplingParams(max_tokens=budget))  # type: ignore[attr-defined]
                 texts = [g.text for g in generations]
                 inputs = [g.prompt_tokens for g in generations]
@@ -106,21 +120,25 @@ def answer_cell(
 def accuracy_part(engine: Engine, args: argparse.Namespace, write: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     deadline = time.perf_counter() + args.max_minutes * 60
-    methods = [(args.compressor, r, args.adapter) for r in args.rates]
-    methods += [(args.compressor, min(args.rates), other) for other in args.also_adapter]
+    methods: list[Method] = [(args.compressor, r, r, args.adapter) for r in args.rates]
+    if args.compressor == "compllm":
+        for r, sr in args.question_aware:
+            methods += [("compllm", r, sr, args.adapter), ("raw-only", r, sr, args.adapter)]
+    methods += [(args.compressor, min(args.rates), min(args.rates), other) for other in args.also_adapter]
     for length in args.lengths:
         for task in args.tasks:
             if time.perf_counter() > deadline:
                 print(f"deadline: {length} {task} not measured", file=sys.stderr, flush=True)
                 continue
             samples = [generate(task, engine, length, seed) for seed in range(args.n)]
-            base = answer_cell(engine, samples, ("full", 1, args.adapter), args.batch_tokens)
+            base = answer_cell(engine, samples, ("full", 1, 1, args.adapter), args.batch_tokens)
             for method in methods:
                 got = answer_cell(engine, samples, method, args.batch_tokens)
                 rows.append(
                     {
                         "compressor": method[0],
                         "rate": method[1],
+                        "segment_rate": method[2],
                         "task": task,
                         "length": length,
                         "n": len(got),
@@ -132,8 +150,8 @@ def accuracy_part(engine: Engine, args: argparse.Namespace, write: Any) -> list[
                         "baseline_input_tokens": round(mean([g["input"] for g in base])),
                         "seconds": round(mean([g["seconds"] for g in got]), 2),
                         "baseline_seconds": round(mean([g["seconds"] for g in base]), 2),
-                        "adapter": file_digest(method[2])[:12] if method[0] == "compllm" else None,
-                        "adapter_steps": adapter_steps(method[2]) if method[0] == "compllm" else None,
+                        "adapter": file_digest(method[3])[:12] if method[0] != "gist" else None,
+                        "adapter_steps": adapter_steps(method[3]) if method[0] != "gist" else None,
                     }
                 )
             write(rows)
@@ -163,28 +181,30 @@ def first_token_ms(engine: Engine, prompt: Any) -> tuple[float, int]:
 
 
 def compllm_ttft(
-    engine: Engine, text: str, rate: int, tasks: tuple[Task, Task], adapter: Path = SHIPPED
+    engine: Engine, text: str, rates: tuple[int, int], tasks: tuple[Task, Task], adapter: Path = SHIPPED
 ) -> tuple[float, float, int]:
-    """(cold ms, warm ms, input vectors): the first question compresses every segment, the second reads them back."""
+    """(cold ms, warm ms, input vectors) at (rate, segment rate): the first question compresses the segments it does
+    not read raw, the second reads those back (and compresses any it needs that the first read raw)."""
     shutil.rmtree(engine.config.home / "cache" / "compllm", ignore_errors=True)  # type: ignore[attr-defined]
     times, inputs = [], 0
+    config = CompLLMConfig(rate=rates[0], segment_rate=rates[1], adapter=adapter)
     for phase, task in zip(("cold", "warm"), tasks, strict=True):
         start = time.perf_counter()
-        compressed = compress(engine, text, CompLLMConfig(rate=rate, adapter=adapter))
-        if phase == "warm" and compressed.cached != compressed.segments:
-            raise RuntimeError("the second question did not find its segments in the cache")
-        _, inputs = first_token_ms(engine, prompt_embeddings(engine, compressed.vectors, task))
-        times.append(1000 * (time.perf_counter() - start))  # compression or cache reads included
+        built = build_prompts(engine, text, [task], config)
+        if phase == "warm" and built.compressed.cached == 0:
+            raise RuntimeError("the second question found none of its segments in the cache")
+        _, inputs = first_token_ms(engine, built.embeddings[0])
+        times.append(1000 * (time.perf_counter() - start))  # choosing, compression or cache reads included
     return times[0], times[1], inputs
 
 
 def gist_ttft(
-    engine: Engine, text: str, rate: int, tasks: tuple[Task, Task], adapter: Path = SHIPPED
+    engine: Engine, text: str, rates: tuple[int, int], tasks: tuple[Task, Task], adapter: Path = SHIPPED
 ) -> tuple[float, float, int]:
     """(cold ms, warm ms, input positions): the first question compresses, the second continues the same gist KV."""
     one = SamplingParams(max_tokens=1)
     start = time.perf_counter()
-    compressed = gist_strategy.compress(engine, text, GistStrategyConfig(rate=rate))
+    compressed = gist_strategy.compress(engine, text, GistStrategyConfig(rate=rates[0]))
     times, inputs = [], 0
     for task in tasks:
         _, after = prompt_around(engine, task)
@@ -202,20 +222,21 @@ def ttft_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
         Task("What does the narrator do at the end?", max_answer_tokens=32),
     )
     measure = gist_ttft if args.compressor == "gist" else compllm_ttft
+    configs = [(r, r) for r in args.rates] + (args.question_aware if args.compressor == "compllm" else [])
     warm_up = document_of(engine, 1000)  # the first calls load the adapter and, on a GPU, its kernels: not timed
     first_token_ms(engine, answer_messages(warm_up, tasks[0]))
-    for r in args.rates:
-        measure(engine, warm_up, r, tasks, args.adapter)
+    for pair in configs:
+        measure(engine, warm_up, pair, tasks, args.adapter)
     for length in args.ttft_lengths:
         text = document_of(engine, length - 120)
         base_ms, base_in = [], 0
         for _ in range(args.repeats):
             ms, base_in = first_token_ms(engine, answer_messages(text, tasks[0]))
             base_ms.append(ms)
-        for r in args.rates:
+        for r, sr in configs:
             cold, warm, inputs = [], [], 0
             for _ in range(args.repeats):
-                c, w, inputs = measure(engine, text, r, tasks, args.adapter)
+                c, w, inputs = measure(engine, text, (r, sr), tasks, args.adapter)
                 cold.append(c)
                 warm.append(w)
             for phase, values in (("cold", cold), ("warm", warm)):
@@ -223,6 +244,7 @@ def ttft_part(engine: Engine, args: argparse.Namespace) -> list[dict[str, Any]]:
                     {
                         "compressor": args.compressor,
                         "rate": r,
+                        "segment_rate": sr,
                         "cache": phase,
                         "length": base_in,
                         "n": len(values),
@@ -250,7 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttft-lengths", default="4096,8192")
     parser.add_argument("--n", type=int, default=3, help="questions per task and length (evaluation seeds 0..n-1)")
     parser.add_argument("--repeats", type=int, default=1, help="ttft measurements per cell")
-    parser.add_argument("--rates", default="2,4")
+    parser.add_argument("--rates", default="2,4", help="every segment compressed at the rate")
+    parser.add_argument(
+        "--question-aware",
+        default="2/4",
+        help="compllm RATE/SEGMENT_RATE pairs: the question's nearest segments raw, the rest at SEGMENT_RATE, in the "
+        "vectors of RATE; each with its raw-only control (the same raw segments, the rest dropped). '' for none",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default=EngineConfig.dtype, help="float32 where the CPU has no fast bf16")
     parser.add_argument("--name", default=None, help="default: compress-soft (compllm), compress-soft-gist (gist)")
@@ -268,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.ttft_lengths = [int(x) for x in args.ttft_lengths.split(",")]
     args.rates = [int(x) for x in args.rates.split(",")]
+    args.question_aware = [tuple(int(v) for v in x.split("/")) for x in args.question_aware.split(",") if x]
     args.name = args.name or ("compress-soft" if args.compressor == "compllm" else f"compress-soft-{args.compressor}")
     home = Path(tempfile.mkdtemp(prefix="tome-soft-bench-"))  # a private segment cache, models linked in
     (home / "models").symlink_to(EngineConfig().home / "models")
