@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args.tasks = args.tasks.split(",")
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.ttft_lengths = [int(x) for x in args.ttft_lengths.split(",")]
-    args.rates = [int(x) for x in args.rates.split(",")]
+    args.rates = [int(x) for x in args.rates.split(",") if x]
     args.question_aware = [tuple(int(v) for v in x.split("/")) for x in args.question_aware.split(",") if x]
     args.name = args.name or ("compress-soft" if args.compressor == "compllm" else f"compress-soft-{args.compressor}")
     home = Path(tempfile.mkdtemp(prefix="tome-soft-bench-"))  # a private segment cache, models linked in

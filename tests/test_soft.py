@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from compressors.soft.cache import RedisSegmentCache, SegmentCache, segment_key
 from compressors.soft.data import REPEAT, ExampleMaker
 from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config
+from compressors.soft.selection import raw_segments
 from compressors.soft.strategy import (
     CompLLM,
     CompLLMConfig,
+    build_prompts,
     cache_for,
     compress,
     compressed_length,
@@ -60,8 +62,8 @@ def test_cached_segment_round_trips_bit_identical(engine: Engine, text: str, tmp
     assert segment_key("adapter", 4, ids) != key and segment_key("other", 2, ids) != key
 
     # Through the strategy's path: a second pass over the same text computes nothing and gives the same bytes.
-    first = compress(engine, text[:3000], CompLLMConfig(rate=2))
-    second = compress(engine, text[:3000], CompLLMConfig(rate=2))
+    first = compress(engine, text[:3000], CompLLMConfig(rate=2, segment_rate=2))
+    second = compress(engine, text[:3000], CompLLMConfig(rate=2, segment_rate=2))
     assert first.cached == 0 and second.cached == second.segments == first.segments
     assert second.passes == 0 and torch.equal(first.vectors, second.vectors)
 
@@ -109,7 +111,7 @@ def test_compressed_input_is_rate_times_shorter(engine: Engine, text: str, rate:
     ids = engine.tokenize(text)
     exact = engine.detokenize(ids[: 8 * size])
     n = engine.count_tokens(exact)
-    got = compress(engine, exact, CompLLMConfig(rate=rate, cache=False))
+    got = compress(engine, exact, CompLLMConfig(rate=rate, segment_rate=rate, cache=False))
     assert got.document_tokens == n
     assert got.vectors.shape == (compressed_length(n, size, rate), engine.hf_model.config.hidden_size)
     if n % size == 0:
@@ -134,13 +136,56 @@ def test_fits_needs_input_embeddings_and_room(engine: Engine) -> None:
 
 
 def test_job_answers_and_second_question_reuses_segments(engine: Engine, text: str) -> None:
+    """The default is question-aware: the first question compresses every segment it does not read raw, the second
+    reads those back and compresses only the ones the first left raw and it does not."""
     document = Document(text[4000:6500])  # text no earlier test compressed: this job starts with a cold cache
     first = run_job(document, [Task("Where is the ship?", max_answer_tokens=8)], engine, strategy="compllm")
     second = run_job(document, [Task("Who tells the story?", max_answer_tokens=8)], engine, strategy="compllm")
     a, b = first.answers[0], second.answers[0]
     assert first.strategy == second.strategy == "compllm" and a.text and b.text
-    assert a.details["cached_segments"] == 0 and b.details["cached_segments"] == b.details["segments"]
-    assert b.cost.calls == 1 < a.cost.calls  # the second question runs no compressor pass
+    assert 0 < a.details["raw_segments"] < a.details["segments"]
+    assert a.details["cached_segments"] == 0
+    assert a.details["compressed_segments"] == a.details["segments"] - a.details["raw_segments"]
+    assert b.details["cached_segments"] == a.details["compressed_segments"]
+    assert b.details["compressed_segments"] <= a.details["raw_segments"] < a.details["compressed_segments"]
+
+
+def test_raw_segments_fill_the_budget_best_first() -> None:
+    sizes = [32] * 10 + [5]  # 2x budget: 16 a segment (3 for the last); at 4x a segment costs 8 (2), raw 32 (5)
+    scores = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.0, 0.0, 0.0, 0.0, 0.5]
+    raw = raw_segments(scores, sizes, rate=2, segment_rate=4)
+    assert raw == {1, 3, 5, 10}  # three best full segments (3 x 24 of 81 spare), then only the short one still fits
+    vectors = sum(n if i in raw else -(-n // 4) for i, n in enumerate(sizes))
+    assert vectors <= sum(-(-n // 2) for n in sizes)
+    assert raw_segments(scores, sizes, rate=4, segment_rate=4) == set()
+
+
+def test_question_aware_prompt_reads_the_fact_raw_within_the_budget(engine: Engine, text: str) -> None:
+    """At 2x with the rest at 4x the segments holding a planted fact are read as tokens and the answer is right; the
+    prompt is no longer than the document compressed at 2x, and only the other segments ran the compressor."""
+    body = text  # about 2.4K tokens
+    cut = body.index(". ", len(body) // 2) + 2
+    fact = "The special magic number for harbour-gate is: 4821376. "
+    document = body[:cut] + fact + body[cut:]
+    task = Task(
+        "What is the special magic number for harbour-gate mentioned in the provided text?", max_answer_tokens=24
+    )
+    built = build_prompts(engine, document, [task], CompLLMConfig(cache=False))
+    compressed, raw = built.compressed, built.raw[0]
+    size, n = read_config(SHIPPED).segment_tokens, built.compressed.document_tokens
+    before, after = prompt_around(engine, task)
+    context = built.embeddings[0].shape[0] - len(before) - len(after)
+    assert compressed_length(n, size, 4) < context <= compressed_length(n, size, 2)
+    ends = [len(engine.detokenize([t for s in compressed.ids[: i + 1] for t in s])) for i in range(len(compressed.ids))]
+    holding = {i for i, end in enumerate(ends) if end > cut and (i == 0 or ends[i - 1] < cut + len(fact))}
+    assert holding and holding <= raw
+    assert all((p is None) == (i in raw) for i, p in enumerate(compressed.pieces))  # raw ones never compressed
+    answer = engine.chat_from_embeddings(built.embeddings, SamplingParams(max_tokens=24))[0].text  # type: ignore[attr-defined]
+    assert "4821376" in answer, answer
+
+    agnostic = build_prompts(engine, document, [task], CompLLMConfig(rate=2, segment_rate=2, cache=False))
+    assert agnostic.raw == [set()]
+    assert agnostic.embeddings[0].shape[0] - len(before) - len(after) == compressed_length(n, size, 2)
 
 
 def test_compllm_on_vllm_compresses_natively_and_answers_from_prompt_embeddings(
@@ -154,7 +199,7 @@ def test_compllm_on_vllm_compresses_natively_and_answers_from_prompt_embeddings(
     document, task = Document(text[6500:8000]), Task("Who is on the deck?", max_answer_tokens=8)
     assert CompLLM().fits(1000, [task], vllm_engine)
     answer = CompLLM().run(document, [task], vllm_engine, lambda *a: None)[0]
-    prompt = prompt_embeddings(engine, compress(engine, document.text).vectors, task)
+    prompt = build_prompts(engine, document.text, [task], CompLLMConfig()).embeddings[0]
     assert answer.details["input_vectors"] == prompt.shape[0]  # 2x: the document half as many vectors as tokens
     assert answer.details["input_vectors"] < engine.count_tokens(document.text)
     again = vllm_engine.chat_from_embeddings([prompt], SamplingParams(max_tokens=8))[0]  # type: ignore[attr-defined]

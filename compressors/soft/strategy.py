@@ -76,6 +76,11 @@ class Compressed:
         return len(self.ids)
 
     @property
+    def computed(self) -> int:
+        """Segments compressed by this call (neither cached nor skipped)."""
+        return sum(p is not None for p in self.pieces) - self.cached
+
+    @property
     def vectors(self) -> torch.Tensor:
         """Every segment compressed, in order (the question-agnostic prompt)."""
         if any(p is None for p in self.pieces):
@@ -255,6 +260,7 @@ class CompLLM:
                 segments=compressed.segments,
                 raw_segments=len(raw[i]),
                 cached_segments=compressed.cached,
+                compressed_segments=compressed.computed,
             )
             answers.append(answer)
         progress(len(tasks), len(tasks), "compllm: answered")
