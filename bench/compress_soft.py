@@ -130,7 +130,8 @@ def accuracy_part(engine: Engine, args: argparse.Namespace, write: Any) -> list[
             if time.perf_counter() > deadline:
                 print(f"deadline: {length} {task} not measured", file=sys.stderr, flush=True)
                 continue
-            samples = [generate(task, engine, length, seed) for seed in range(args.n)]
+            seeds = range(args.first_seed, args.first_seed + args.n)
+            samples = [generate(task, engine, length, seed) for seed in seeds]
             base = answer_cell(engine, samples, ("full", 1, 1, args.adapter), args.batch_tokens)
             for method in methods:
                 got = answer_cell(engine, samples, method, args.batch_tokens)
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="niah_single,qa,babilong")
     parser.add_argument("--lengths", default="2048,4096", help="accuracy part")
     parser.add_argument("--ttft-lengths", default="4096,8192")
-    parser.add_argument("--n", type=int, default=3, help="questions per task and length (evaluation seeds 0..n-1)")
+    parser.add_argument("--n", type=int, default=3, help="questions per task and length (evaluation seeds from 0)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first evaluation seed (more questions later)")
     parser.add_argument("--repeats", type=int, default=1, help="ttft measurements per cell")
     parser.add_argument("--rates", default="2,4", help="every segment compressed at the rate")
     parser.add_argument(
