@@ -61,7 +61,7 @@ class CompLLMConfig:
 @dataclass
 class Compressed:
     ids: list[list[int]]  # the document's token ids, segment by segment
-    pieces: list[torch.Tensor | None]  # per segment [ceil(n / rate), hidden] (model dtype); None: left raw, not run
+    pieces: list[torch.Tensor | None]  # per segment [ceil(n / segment_rate), hidden], model dtype; None: raw, not run
     cached: int  # segments read from the cache
     passes: int  # compressor forward passes
     tokens_scanned: int  # tokens + slots those passes read
