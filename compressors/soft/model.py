@@ -48,6 +48,11 @@ class CompressorConfig:
         return math.ceil(tokens / rate)
 
 
+def segments_of(ids: Sequence[int], size: int) -> list[list[int]]:
+    """Token ids cut into the compressor's segments (the last one shorter)."""
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
 def shared_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree whose parameters and buffers are the original tensors (no new memory)."""
     memo: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()]}

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from compressors.soft.cache import FOLDER, RedisSegmentCache, SegmentCache, file_digest, segment_key
-from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config
+from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config, segments_of
 from compressors.soft.selection import raw_segments, segment_scores
 from engines.base import Engine, SamplingParams, SupportsInputEmbeddings, engine_home
 from engines.internals import has_layers, layers_engine
@@ -115,14 +115,12 @@ def cache_for(engine: Engine, url: str | None = None) -> SegmentCache | RedisSeg
     return SegmentCache(Path(home) / FOLDER) if home else None
 
 
-def split(engine: Engine, text: str, adapter: Path) -> list[list[int]]:
+def segment_ids(engine: Engine, text: str, config: CompLLMConfig) -> list[list[int]]:
     """The document's token ids in the adapter's segments."""
-    size = read_config(adapter).segment_tokens
-    ids = engine.tokenize(text)
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+    size = compressor_for(engine, config.adapter)[0].config.segment_tokens
+    return segments_of(engine.tokenize(text), size)
 
 
-@torch.inference_mode()
 def compress(
     engine: Engine,
     text: str,
@@ -132,9 +130,20 @@ def compress(
 ) -> Compressed:
     """The document as ceil(n / segment_rate) vectors per segment, from the cache where it has them; the segments
     in `skip` (read raw by every question at hand) are not compressed unless the cache has them."""
+    return compress_segments(engine, segment_ids(engine, text, config), config, progress, skip)
+
+
+@torch.inference_mode()
+def compress_segments(
+    engine: Engine,
+    segments: list[list[int]],
+    config: CompLLMConfig,
+    progress: Progress = no_progress,
+    skip: Collection[int] = (),
+) -> Compressed:
+    """`compress` on a document already cut into segments."""
     start = time.perf_counter()
     compressor, digest = compressor_for(engine, config.adapter)
-    segments = split(engine, text, config.adapter)
     rate = config.segment_rate
     keys = [segment_key(digest, rate, s) for s in segments]
     cache = cache_for(engine, config.cache_url) if config.cache else None
@@ -213,8 +222,9 @@ def build_prompts(
     start = time.perf_counter()
     if config.question_aware:
         progress(0, len(tasks), "compllm: choosing the segments each question reads raw")
-    raw = choose_raw(engine, split(engine, text, config.adapter), tasks, config)
-    compressed = compress(engine, text, config, progress, skip=set.intersection(*raw) if raw else set())
+    segments = segment_ids(engine, text, config)
+    raw = choose_raw(engine, segments, tasks, config)
+    compressed = compress_segments(engine, segments, config, progress, skip=set.intersection(*raw) if raw else set())
     contexts = [context_vectors(engine, compressed, r) for r in raw]
     prompts = [prompt_embeddings(engine, c, t) for c, t in zip(contexts, tasks, strict=True)]
     return Prompts(prompts, compressed, raw, time.perf_counter() - start)

@@ -31,17 +31,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from compressors.soft.data import ANSWER_FORMAT, REPEAT, Example, ExampleMaker, training_texts
-from compressors.soft.model import SHIPPED, CompressorConfig, SegmentCompressor
+from compressors.soft.model import SHIPPED, CompressorConfig, SegmentCompressor, segments_of
 from engines import EngineConfig, create_engine
 from engines.prompting import prompt_around
 from engines.types import Task
 
 CORPUS = Path("/work/shared/data/corpus")
 ANSWERED = ("fact", "location")  # kinds with one right answer: the held-out "answers right" counts these
-
-
-def segments_of(ids: Sequence[int], size: int) -> list[list[int]]:
-    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
 def answer_positions(starts: Sequence[int], lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
