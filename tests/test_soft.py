@@ -158,6 +158,8 @@ def test_raw_segments_fill_the_budget_best_first() -> None:
     vectors = sum(n if i in raw else -(-n // 4) for i, n in enumerate(sizes))
     assert vectors <= sum(-(-n // 2) for n in sizes)
     assert raw_segments(scores, sizes, rate=4, segment_rate=4) == set()
+    with pytest.raises(ValueError, match="rate <= segment_rate"):
+        CompLLMConfig(rate=4, segment_rate=2)  # the budget cannot be tighter than the compressor's rate
 
 
 def test_question_aware_prompt_reads_the_fact_raw_within_the_budget(engine: Engine, text: str) -> None:
