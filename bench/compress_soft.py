@@ -1,7 +1,7 @@
 """Soft compression (`compllm` or `gist` at 2x and 4x) against the uncompressed prompt (`full`), SmolLM2 here.
 
 Two parts, each measured against its baseline in the same run:
-- accuracy: the harness tasks that fit the 8K context (niah_single, qa, babilong; evaluation seeds 0..n-1, the
+- accuracy: the harness tasks that fit the 8K context (niah_single, qa, babilong; seeds from --first-seed, the
   harness's own scoring), `full` and the compressor at each rate on the same samples; for compllm also each
   question-aware RATE/SEGMENT_RATE pair (`--question-aware 2/4`: the question's nearest segments raw, the rest at
   4x, in the vectors of 2x) beside its control `raw-only` (the same raw segments, the rest dropped), which tells
@@ -39,7 +39,7 @@ from compressors.soft.cache import file_digest
 from compressors.soft.gist import kv_bytes
 from compressors.soft.gist_strategy import Gist, GistStrategyConfig
 from compressors.soft.model import SHIPPED
-from compressors.soft.strategy import CompLLMConfig, Compressed, build_prompts, prompt_embeddings
+from compressors.soft.strategy import CompLLMConfig, build_prompts, choose_raw, prompt_embeddings, segment_ids
 from engines import EngineConfig, create_engine
 from engines.base import Engine, SamplingParams
 from engines.prompting import answer_each, answer_messages, prompt_around
@@ -64,11 +64,16 @@ def mean(values: list[float]) -> float:
 Method = tuple[str, int, int, Path]  # (full, gist, compllm or raw-only; rate; segment rate; adapter)
 
 
-def raw_only(engine: Engine, compressed: Compressed, raw: set[int]) -> torch.Tensor:
-    """The control for question-aware compllm: the segments the question reads raw, the others dropped."""
-    ids = [t for i in sorted(raw) for t in compressed.ids[i]]
+def raw_only(engine: Engine, text: str, task: Task, config: CompLLMConfig) -> torch.Tensor:
+    """The control for question-aware compllm: the prompt of the segments the question reads raw, the others dropped
+    (and never compressed, so its time is the selection's and the read's)."""
+    segments = segment_ids(engine, text, config)
+    raw = choose_raw(engine, segments, [task], config)[0]
     with torch.inference_mode():
-        return engine.hf_model.get_input_embeddings()(torch.tensor(ids))  # type: ignore[attr-defined]
+        context = engine.hf_model.get_input_embeddings()(  # type: ignore[attr-defined]
+            torch.tensor([t for i in sorted(raw) for t in segments[i]])
+        )
+    return prompt_embeddings(engine, context, task)
 
 
 def answer_cell(engine: Engine, samples: list[Sample], method: Method, batch_tokens: int) -> list[dict[str, Any]]:
@@ -98,13 +103,10 @@ def answer_cell(engine: Engine, samples: list[Sample], method: Method, batch_tok
                 inputs = [a.details.get("input_vectors") or a.cost.tokens_read for a in answers]
             else:
                 config = CompLLMConfig(rate=rate, segment_rate=segment_rate, adapter=adapter, cache=False)
-                built = [build_prompts(engine, s.document.text, [s.question], config) for s in part]
-                prompts = [b.embeddings[0] for b in built]
                 if kind == "raw-only":
-                    prompts = [
-                        prompt_embeddings(engine, raw_only(engine, b.compressed, b.raw[0]), s.question)
-                        for b, s in zip(built, part, strict=True)
-                    ]
+                    prompts = [raw_only(engine, s.document.text, s.question, config) for s in part]
+                else:
+                    prompts = [build_prompts(engine, s.document.text, [s.question], config).embeddings[0] for s in part]
                 generations = engine.chat_from_embeddings(prompts, SamplingParams(max_tokens=budget))  # type: ignore[attr-defined]
                 texts = [g.text for g in generations]
                 inputs = [g.prompt_tokens for g in generations]
