@@ -110,6 +110,9 @@ SMOOTH_CONFIGS = [
     (128, 128, 8, 2, True, False),
     (64, 128, 4, 3, True, False),
 ]
+# --mix-rows: each ranking in 64x64 tiles and in 128x128 ones, whose longer key chunks hold more mass around each
+# slash for about the same kernel time on contiguous runs (bench/kernel_tune.py --configs tall)
+MIX_CONFIGS = [TRITON_CONFIGS[0], (128, 128, 8, 3, True, False)]
 SHARED_CONFIGS = [(16, 64, 4, 3, True, False), (32, 64, 8, 3, True, False), (32, 64, 8, 3, False, False)]
 
 for name, value in (("recompile_limit", 256), ("cache_size_limit", 256), ("accumulated_cache_size_limit", 4096)):
@@ -414,9 +417,10 @@ def bench_family(
         band = torch.arange(8192, device=q.device).expand(1, HQ, -1)
         vs_triton(VS_SMOOTH[0], TRITON_CONFIGS[:1], False, (vertical, band), "local band 0..8191 (8192 slashes)")
 
-    if mix_rows:  # top-k, smoothed and the mixed rankings (VS_MIX), Triton in one config, no Flex
+    if mix_rows:  # top-k, smoothed and the mixed rankings (VS_MIX), Triton in each of MIX_CONFIGS, no Flex
         for pattern in (VS, *VS_SMOOTH, *VS_MIX):
-            attempt(partial(vs_triton, pattern, TRITON_CONFIGS[:1], False), None)
+            for config in MIX_CONFIGS:
+                attempt(partial(vs_triton, pattern, [config], False), None)
         attempt(oracle_slash_rows, None)
         return TRITON_CONFIGS[0]
 
@@ -477,14 +481,15 @@ def correctness_checks(length: int = 4096) -> dict[str, float]:
     for name, (got, mask) in pairs.items():
         ref = masked_attention(q.float(), k.float(), v.float(), mask)
         checks[name] = round((got.float() - ref).abs().max().item(), 4)
-    # the index's scores (bf16 softmax, one Triton pass) against float32 torch sums, relative to the largest score
+    # the index's scores (from bf16 logits, two Triton passes) against float32 torch sums, relative to the largest
     r = VerticalSlash().last_q
     s = grouped_scores(q[:, :, -r:], k, 1.0 / math.sqrt(D))
+    logits = s.bfloat16()
     s[..., -r:].masked_fill_(torch.ones(r, r, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     p = torch.softmax(s, -1)
     for name, got, want in zip(
         ("vertical_scores", "slash_scores"),
-        vertical_slash_scores(p.bfloat16()),
+        vertical_slash_scores(logits),
         (p.sum(2), diagonal_sums(p)),
         strict=True,
     ):
@@ -550,17 +555,15 @@ def _index_profile(length: int, reps: int) -> dict[str, float]:
     r, scale = pattern.last_q, 1.0 / math.sqrt(D)
     qg = (q[:, :, -r:] * scale).reshape(1, HKV, HQ // HKV * r, D)
     s = torch.matmul(qg, k.transpose(-1, -2)).reshape(1, HQ, r, length)
-    p = torch.softmax(s, dim=-1)
-    vscore, sscore = vertical_slash_scores(p)
+    vscore, sscore = vertical_slash_scores(s)
     vertical, slash = vertical_slash_index(q, k, pattern)
     parts = {
         "index": partial(vertical_slash_index, q, k, pattern),
         "qk": partial(torch.matmul, qg, k.transpose(-1, -2)),
-        "softmax": partial(torch.softmax, s, dim=-1),
-        "scores": partial(vertical_slash_scores, p),
-        "scores_b64_w4": partial(vertical_slash_scores, p, block=64, num_warps=4),
-        "scores_b256_w8": partial(vertical_slash_scores, p, block=256, num_warps=8),
-        "scores_b128_w8": partial(vertical_slash_scores, p, block=128, num_warps=8),
+        "scores": partial(vertical_slash_scores, s),
+        "scores_b64_w4": partial(vertical_slash_scores, s, block=64, num_warps=4),
+        "scores_b256_w8": partial(vertical_slash_scores, s, block=256, num_warps=8),
+        "scores_b128_w8": partial(vertical_slash_scores, s, block=128, num_warps=8),
         "top_vertical": partial(top_indices, vscore, pattern.sink, pattern.vertical, None, length),
         "smooth": partial(smoothed_slash_score, sscore, pattern.smooth),
         "top_slash": partial(top_indices, sscore, pattern.window, pattern.slash, None, 0),
@@ -702,7 +705,7 @@ def main() -> None:
         "--index-rows", action="store_true", help="only Triton vertical-slash, top-k and smoothed, best config, no Flex"
     )
     ap.add_argument(
-        "--mix-rows", action="store_true", help="only Triton vertical-slash, top-k, smoothed, VS_MIX, one config"
+        "--mix-rows", action="store_true", help="only Triton vertical-slash, top-k, smoothed, VS_MIX, MIX_CONFIGS"
     )
     ap.add_argument("--full-configs", action="store_true", help="dense through the kernel in each SMOOTH_CONFIGS tile")
     ap.add_argument("--index-profile", action="store_true", help="time the index's parts (topical, VS_SMOOTH)")

@@ -47,18 +47,18 @@ def vertical_slash_index(
     # scores in the input dtype (half the bytes of float32; they only rank columns)
     qg = ((q[:, :, -r:] if rows is None else q[:, :, positions]) * scale).reshape(b, hkv, (hq // hkv) * n, d)
     s = torch.matmul(qg, k.transpose(-1, -2)).reshape(b, hq, n, length)
-    # only the last r columns can lie past a last row (the r x r corner); the spread rows are masked past themselves
-    s[..., n - r :, length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
-    if rows is not None:
-        s[..., :r, :].masked_fill_(torch.arange(length, device=q.device) > rows[:, None], float("-inf"))
     group = hq // hkv
-    if q.is_cuda:  # p in the input dtype (half the bytes; summed in float32), both sums in one Triton pass over it
+    if q.is_cuda:  # logits in the input dtype (half the bytes); softmax, causal mask and both sums in two Triton passes
         from kernels.triton_vertical_slash import vertical_slash_scores
 
         vertical_score, slash_score = vertical_slash_scores(
-            torch.softmax(s, dim=-1), group if cfg.shared else 1, positions=positions, vertical_from=n - r, slash_to=r
+            s, group if cfg.shared else 1, positions=positions, vertical_from=n - r, slash_to=r
         )
     else:
+        # only the last r columns can lie past a last row (the r x r corner); the spread rows are masked past themselves
+        s[..., n - r :, length - r :].masked_fill_(_above_diagonal(r, q.device), float("-inf"))
+        if rows is not None:
+            s[..., :r, :].masked_fill_(torch.arange(length, device=q.device) > rows[:, None], float("-inf"))
         p = torch.softmax(s, dim=-1, dtype=torch.float32)
         del s
         vertical_score = p[:, :, n - r :].sum(dim=2)

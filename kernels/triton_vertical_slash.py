@@ -357,7 +357,7 @@ def _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk
     p = tl.math.exp2(qk - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # accumulated in place by the tensor cores
     return m_new, l_i, acc
 
 
@@ -380,7 +380,7 @@ def _softmax_pv(qk, v, m_i, l_i, acc, qk_scale):
     p = tl.math.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # accumulated in place by the tensor cores
     return m_new, l_i, acc
 
 
@@ -425,6 +425,7 @@ def _vertical_slash_fwd(
     HEAD_DIM: tl.constexpr,
     TMA: tl.constexpr,
     PIPE: tl.constexpr,
+    WS: tl.constexpr,
 ):
     # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
     # the heaviest (last) query blocks start first
@@ -486,8 +487,8 @@ def _vertical_slash_fwd(
                 col0 = col1
             v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
             m_i, l_i, acc = _softmax_pv(qk, v, m_i, l_i, acc, qk_scale)
-    else:
-        for c in range(c_full, c_mid):
+    else:  # with WS, Triton splits the loop into warps that load K/V tiles and warps that compute (as FA3 does)
+        for c in tl.range(c_full, c_mid, warp_specialize=WS):
             col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
             k = _load_tile(K_desc, k_base, col0, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
             v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
@@ -543,6 +544,7 @@ def vertical_slash_attention(
     num_stages: int = 3,  # best on the H100 at 32K-256K (bench/kernel_bench.py)
     tma: bool | None = None,  # K/V tiles through tensor descriptors; default: on Hopper and newer, and on CPU
     pipe: bool = False,  # issue the next tile's q·kᵀ before this tile's softmax (no faster on the H200 so far)
+    warp_specialize: bool = False,  # the unmasked chunk loop warp-specialized (producer / consumer warps)
 ) -> torch.Tensor:
     """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
 
@@ -600,6 +602,7 @@ def vertical_slash_attention(
         HEAD_DIM=d,
         TMA=tma,
         PIPE=pipe,
+        WS=warp_specialize,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -607,8 +610,27 @@ def vertical_slash_attention(
 
 
 @triton.jit
+def _causal_logsumexp(S, positions, out, length, rows, BLOCK: tl.constexpr):
+    """log-sum-exp of one row of S [BH * rows, L] over its columns at or before positions[row]."""
+    pid = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions + pid % rows)
+    c = tl.arange(0, BLOCK)
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for c0 in range(0, pos + 1, BLOCK):
+        x = tl.load(S + pid * length + c0 + c, mask=c0 + c <= pos, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, x)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # lanes with nothing yet stay at zero
+        acc = acc * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+        m = m_new
+    top = tl.max(m, 0)  # column 0 is always there: finite
+    tl.store(out + pid, top + tl.log(tl.sum(acc * tl.exp(m - top), 0)))
+
+
+@triton.jit
 def _vertical_slash_scores(
-    P,
+    S,
+    LSE,
     positions,
     vertical_out,
     slash_out,
@@ -620,21 +642,31 @@ def _vertical_slash_scores(
     R: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Column sums (rows vertical_from..) and diagonal sums (rows ..slash_to, row i at positions[i]) of one head's p
-    [rows, L], added into its group's row (GROUP consecutive heads share one): one BLOCK of columns read straight
-    (verticals), one of offsets skewed (slashes)."""
+    """Column sums (rows vertical_from..) and diagonal sums (rows ..slash_to, row i at positions[i]) of one head's
+    softmax p = exp(s - lse), causal at each row's position, read from the logits s [rows, L] (p is never written),
+    added into its group's row (GROUP consecutive heads share one): one BLOCK of columns read straight (verticals),
+    one of offsets skewed (slashes)."""
     pid_h = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    base = S + pid_h * rows * length
+    log2e = 1.4426950408889634
+    # each sum reads only its own rows (R of them at most; row i sits at positions[i], L - rows + i for the last rows)
+    i = vertical_from + tl.arange(0, R)
+    ok = i < rows
+    pos = tl.load(positions + i, mask=ok, other=0)
+    lse = tl.load(LSE + pid_h * rows + i, mask=ok, other=0.0)
+    keep = ok[:, None] & (c[None, :] <= pos[:, None])
+    s = tl.load(base + i[:, None] * length + c[None, :], mask=keep, other=float("-inf")).to(tl.float32)
+    vertical = tl.sum(tl.math.exp2((s - lse[:, None]) * log2e), 0)
+    # row i's entry for offset o is column positions[i] - o
     i = tl.arange(0, R)
-    in_rows = i[:, None] < rows
-    base = P + pid_h * rows * length + i[:, None] * length
-    p = tl.load(base + c[None, :], mask=in_rows & (c[None, :] < length), other=0.0)
-    vertical = tl.sum(tl.where(i[:, None] >= vertical_from, p.to(tl.float32), 0.0), 0)  # rows from vertical_from
-    # row i sits at positions[i] (L - rows + i for the last rows), so its entry for offset o is column positions[i] - o
-    pos = tl.load(positions + i, mask=i < rows, other=0)
+    ok = i < slash_to
+    pos = tl.load(positions + i, mask=ok, other=0)
+    lse = tl.load(LSE + pid_h * rows + i, mask=ok, other=0.0)
     skew = pos[:, None] - c[None, :]
-    p = tl.load(base + skew, mask=(i[:, None] < slash_to) & in_rows & (skew >= 0) & (c[None, :] < length), other=0.0)
-    slash = tl.sum(p.to(tl.float32), 0)
+    keep = ok[:, None] & (skew >= 0) & (c[None, :] < length)
+    s = tl.load(base + i[:, None] * length + skew, mask=keep, other=float("-inf")).to(tl.float32)
+    slash = tl.sum(tl.math.exp2((s - lse[:, None]) * log2e), 0)
     out = (pid_h // GROUP) * length + c
     if GROUP == 1:
         tl.store(vertical_out + out, vertical, mask=c < length)
@@ -645,7 +677,7 @@ def _vertical_slash_scores(
 
 
 def vertical_slash_scores(
-    p: torch.Tensor,
+    s: torch.Tensor,
     group: int = 1,
     block: int = 128,
     num_warps: int = 4,
@@ -653,28 +685,34 @@ def vertical_slash_scores(
     vertical_from: int = 0,
     slash_to: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vertical (column) and slash (diagonal, by offset q_pos - k_pos) sums of p [B, H, r, L], the softmax of the last
-    r queries (or of the queries at `positions` [r]), in one pass over p instead of two; the column sums over rows
+    """Vertical (column) and slash (diagonal, by offset q_pos - k_pos) sums of p = softmax(s), causal: s [B, H, r, L]
+    holds the scaled logits of the last r queries (or of the queries at `positions` [r], ascending), and row i's
+    columns past its position do not count. Two passes over s and none over p (neither a softmax's write of p nor
+    its masking pass): a row log-sum-exp, then both sums in one pass. The column sums run over rows
     `vertical_from`.. only, the diagonal sums over rows ..`slash_to` only; with `group`, summed over each run of
     `group` heads (a shared index): float32 [B, H // group, L] each."""
-    b, h, r, length = p.shape
-    p = p.contiguous()
+    b, h, r, length = s.shape
+    s = s.contiguous()
     if positions is None:
-        positions = torch.arange(length - r, length, device=p.device)
-    vertical = torch.zeros(b, h // group, length, dtype=torch.float32, device=p.device)
+        positions = torch.arange(length - r, length, device=s.device)
+    slash_to = r if slash_to is None else slash_to
+    lse = torch.empty(b * h * r, dtype=torch.float32, device=s.device)
+    _causal_logsumexp[(b * h * r,)](s, positions, lse, length, r, BLOCK=4096, num_warps=8)
+    vertical = torch.zeros(b, h // group, length, dtype=torch.float32, device=s.device)
     slash = torch.zeros_like(vertical)
     grid = (b * h, triton.cdiv(length, block))
     _vertical_slash_scores[grid](
-        p,
+        s,
+        lse,
         positions,
         vertical,
         slash,
         length,
         r,
         vertical_from,
-        r if slash_to is None else slash_to,
+        slash_to,
         GROUP=group,
-        R=triton.next_power_of_2(r),
+        R=triton.next_power_of_2(max(r - vertical_from, slash_to)),
         BLOCK=block,
         num_warps=num_warps,
     )

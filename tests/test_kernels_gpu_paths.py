@@ -137,26 +137,32 @@ def test_triton_greedy_cover_and_vertical_band() -> None:
     assert torch.allclose(out, masked_attention(q, k, v, layout_mask(lay, 1, HQ, 300)), atol=1e-5)
 
 
+def causal_softmax(s: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(s.masked_fill(torch.arange(s.shape[-1]) > positions[:, None], float("-inf")), -1)
+
+
 def test_triton_scores_match_column_and_diagonal_sums() -> None:
+    # the kernel reads logits: its softmax is causal at each row's position and p is never materialised
     # 5 last rows (padded to 8 inside the kernel) over 300 columns: more than one block of columns and of offsets
-    p = torch.softmax(torch.randn(1, HQ, 5, 300, generator=torch.Generator().manual_seed(13)), -1)
-    vertical, slash = vertical_slash_scores(p)
-    assert torch.allclose(vertical, p.sum(2), atol=1e-6)
-    assert torch.allclose(slash, diagonal_sums(p), atol=1e-6)
+    s = 3 * torch.randn(1, HQ, 5, 300, generator=torch.Generator().manual_seed(13))
+    p = causal_softmax(s, torch.arange(295, 300))
+    vertical, slash = vertical_slash_scores(s)
+    assert torch.allclose(vertical, p.sum(2), atol=1e-5)
+    assert torch.allclose(slash, diagonal_sums(p), atol=1e-5)
     group = HQ // HKV  # a shared index: sums over each KV group's query heads
-    vertical, slash = vertical_slash_scores(p, group)
-    assert torch.allclose(vertical, p.sum(2).reshape(1, HKV, group, 300).sum(2), atol=1e-6)
-    assert torch.allclose(slash, diagonal_sums(p).reshape(1, HKV, group, 300).sum(2), atol=1e-6)
+    vertical, slash = vertical_slash_scores(s, group)
+    assert torch.allclose(vertical, p.sum(2).reshape(1, HKV, group, 300).sum(2), atol=1e-5)
+    assert torch.allclose(slash, diagonal_sums(p).reshape(1, HKV, group, 300).sum(2), atol=1e-5)
     # rows at given positions (VerticalSlash.spread): the diagonal sums follow them; each sum over its own rows
     positions = torch.tensor([40, 101, 180, 299])
-    p = torch.softmax(torch.randn(1, HQ, 4, 300, generator=torch.Generator().manual_seed(14)), -1)
-    p = p.masked_fill(torch.arange(300) > positions[:, None], 0)
-    vertical, slash = vertical_slash_scores(p, positions=positions)
-    assert torch.allclose(vertical, p.sum(2), atol=1e-6)
-    assert torch.allclose(slash, diagonal_sums(p, positions), atol=1e-6)
-    vertical, slash = vertical_slash_scores(p, positions=positions, vertical_from=2, slash_to=3)
-    assert torch.allclose(vertical, p[:, :, 2:].sum(2), atol=1e-6)  # column sums over the last two rows only
-    assert torch.allclose(slash, diagonal_sums(p[:, :, :3], positions[:3]), atol=1e-6)  # diagonals of the first three
+    s = 3 * torch.randn(1, HQ, 4, 300, generator=torch.Generator().manual_seed(14))
+    p = causal_softmax(s, positions)
+    vertical, slash = vertical_slash_scores(s, positions=positions)
+    assert torch.allclose(vertical, p.sum(2), atol=1e-5)
+    assert torch.allclose(slash, diagonal_sums(p, positions), atol=1e-5)
+    vertical, slash = vertical_slash_scores(s, positions=positions, vertical_from=2, slash_to=3)
+    assert torch.allclose(vertical, p[:, :, 2:].sum(2), atol=1e-5)  # column sums over the last two rows only
+    assert torch.allclose(slash, diagonal_sums(p[:, :, :3], positions[:3]), atol=1e-5)  # diagonals of the first three
 
 
 def test_layout_chunks_are_the_sequential_greedy_cover() -> None:
