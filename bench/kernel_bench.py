@@ -64,6 +64,7 @@ from kernels.triton_vertical_slash import (
 
 HQ, HKV, D = 32, 8, 128
 FAMILIES = ["topical", "diffuse"]  # synthetic inputs, see structured_qkv
+RECALL_ROWS = [48]  # query rows (evenly over L/4..L) that recall and density are measured on; --recall-rows
 TOPIC_WINDOWS = (16, 64, 256, 1024, 4096, 16384, 65536)
 TOPIC_STRENGTH = 0.42
 VS = VerticalSlash()  # MInference's default budget: 1000 vertical, 6096 slash
@@ -84,6 +85,7 @@ VS_MIX = [
     VerticalSlash(smooth=1024, spread=True, mix=0.2),
     VerticalSlash(smooth=1024, spread=True, mix=0.25),
     VerticalSlash(smooth=1024, spread=True, mix=0.3),
+    VerticalSlash(smooth=128, spread=True, mix=0.2),
 ]
 # not MInference's budget: twice the slashes, smoothed (what `topical` needs for 95% recall at 256K), best config only
 VS_WIDE = VerticalSlash(slash=12192, smooth=1024)
@@ -300,7 +302,7 @@ def bench_family(
     mix_rows: bool = False,
 ) -> tuple:
     q, k, v = structured_qkv(length, "cuda", family=family)
-    rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
+    rows_at = torch.linspace(length // 4, length - 1, RECALL_ROWS[0], device="cuda").long()
     recall = lambda mask: round(attention_recall(q, k, mask, rows_at, chunk=16), 4)  # noqa: E731
     oracle = oracle_recall(q, k, rows_at)
     print(f"{family} {length}: oracle top-4096 recall {oracle}", flush=True)
@@ -710,14 +712,17 @@ def main() -> None:
     ap.add_argument("--full-configs", action="store_true", help="dense through the kernel in each SMOOTH_CONFIGS tile")
     ap.add_argument("--index-profile", action="store_true", help="time the index's parts (topical, VS_SMOOTH)")
     ap.add_argument("--e2e-names", nargs="*", help="only these e2e attention implementations (default: all)")
+    ap.add_argument("--recall-rows", type=int, default=48, help="query rows that recall is measured on, per length")
     args = ap.parse_args()
     FAMILIES[:] = args.families
+    RECALL_ROWS[:] = [args.recall_rows]
     props = torch.cuda.get_device_properties(0)
     meta = {
         "commit": os.environ.get("KERNELS_COMMIT", "unknown"),  # the GPU gets a copy of the tree without our git
         "code_commit": os.environ.get("KERNELS_COMMIT", "unknown"),  # the GPU gets a copy of the tree without git
         "machine": f"{props.name}, torch {torch.__version__}",
         "heads": f"{HQ} query / {HKV} KV, head dim {D}, bf16",
+        "recall_rows": args.recall_rows,
         "patterns": {"vertical_slash": str(VS), "a_shape": str(A_SHAPE), "block_sparse": str(BLOCK_SPARSE)},
     }
     start = time.time()

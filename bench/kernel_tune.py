@@ -42,7 +42,7 @@ CONFIGS = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages, pipe, warp_specialize)
     ],
 }
 # --configs ws: the unmasked chunk loop warp-specialized, against the best plain config (on the H100 with Triton
-# 3.6 the 4-warp ones fail to compile and the 8-warp ones are no faster: bench/results/kernel-tune-ws-h100.log)
+# 3.6 the 4-warp ones fail to compile and the 8-warp ones are no faster: bench/results/kernel-tune-tiles-h100.log)
 WS_CONFIGS = [
     (64, 64, 4, 3, False, False),
     (64, 64, 4, 3, False, True),
@@ -61,7 +61,9 @@ TALL_CONFIGS = [
     (128, 64, 8, 3, False, False),
     (128, 128, 8, 3, False, True),
 ]
-CONFIG_SETS = {"ws": WS_CONFIGS, "tall": TALL_CONFIGS}
+# --configs square: the two square tiles alone
+SQUARE_CONFIGS = [TALL_CONFIGS[0], TALL_CONFIGS[2]]
+CONFIG_SETS = {"ws": WS_CONFIGS, "tall": TALL_CONFIGS, "square": SQUARE_CONFIGS}
 
 
 def main() -> None:
@@ -73,11 +75,12 @@ def main() -> None:
     ap.add_argument("--old", action="store_true", help="also time bench/kernel_tune_old.py (a saved earlier kernel)")
     ap.add_argument("--configs", choices=sorted(CONFIG_SETS), help="these configs instead of CONFIGS")
     ap.add_argument(
-        "--mix", type=float, nargs="*", help="indexes VerticalSlash(smooth=1024, spread=True, mix=MIX), not top-k"
+        "--mix", type=float, nargs="*", help="indexes VerticalSlash(smooth=SMOOTH, spread=True, mix=MIX), not top-k"
     )
+    ap.add_argument("--smooth", type=int, nargs="+", default=[1024], help="with --mix: these smoothing widths")
     ap.add_argument("--profile-index", action="store_true", help="also print the index's CUDA kernels, by time")
     args = ap.parse_args()
-    indexes = [VS] if not args.mix else [VerticalSlash(smooth=1024, spread=True, mix=m) for m in args.mix]
+    indexes = [VerticalSlash(smooth=w, spread=True, mix=m) for w in args.smooth for m in args.mix or []] or [VS]
     try:
         old = importlib.import_module("bench.kernel_tune_old") if args.old else None
     except ImportError:
