@@ -38,6 +38,10 @@ class CompressorConfig:
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     base_model: str = ""  # the model the adapter was trained on (its folder name)
+    # Decoder layers the compressor runs (0: all). The slots' states are read after layer `layers` (and the final
+    # norm): a compressor on the first few layers costs that share of a full pass, which is most of a cold request's
+    # time when the reader's prompt is short.
+    layers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # training facts kept with the weights
 
     @property
@@ -59,12 +63,15 @@ def shared_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def lora_copy(model: nn.Module, rank: int, alpha: int, target_modules: Sequence[str]) -> nn.Module:
-    """A shared copy of `model` with fresh LoRA layers: the base stays frozen, only the (float32) LoRA learns."""
+def lora_copy(model: nn.Module, rank: int, alpha: int, target_modules: Sequence[str], layers: int = 0) -> nn.Module:
+    """A shared copy of `model` with fresh LoRA layers: the base stays frozen, only the (float32) LoRA learns.
+    With `layers`, the copy keeps only its first `layers` decoder layers (the original keeps all of them)."""
     from peft import LoraConfig, inject_adapter_in_model  # heavy import: only where an adapter is built
 
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules))
     base = shared_copy(model)
+    if layers:
+        base.model.layers = base.model.layers[:layers]
     for p in base.parameters():
         p.requires_grad_(False)
     lm = inject_adapter_in_model(lora, base)
@@ -113,7 +120,7 @@ class SegmentCompressor(nn.Module):
         super().__init__()
         self.config = config
         hidden = model.config.hidden_size
-        self.lm = lora_copy(model, config.lora_rank, config.lora_alpha, config.target_modules)
+        self.lm = lora_copy(model, config.lora_rank, config.lora_alpha, config.target_modules, config.layers)
         embed = model.get_input_embeddings().weight
         # Slots start as the average token embedding (a neutral input), one learned vector per slot index.
         self.slots = nn.Parameter(embed.detach().float().mean(0).repeat(config.max_slots, 1))

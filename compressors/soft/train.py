@@ -551,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--init", type=Path, default=None, help="start from this adapter's weights (same shape)")
     parser.add_argument("--lora-rank", type=int, default=CompressorConfig.lora_rank)
+    parser.add_argument("--layers", type=int, default=0, help="decoder layers the compressor runs (0: all)")
     parser.add_argument("--target-modules", default=",".join(CompressorConfig.target_modules), help="comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -583,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lora_rank=args.lora_rank,
         lora_alpha=2 * args.lora_rank,
         target_modules=tuple(args.target_modules.split(",")),
+        layers=args.layers,
     )
     compressor = SegmentCompressor(model, config).to(model.device)
     if args.init is not None:
