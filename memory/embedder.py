@@ -12,11 +12,13 @@ from engines.models import resolve_embedder
 
 
 class Embedder:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, dtype: str = "float32") -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.model = SentenceTransformer(str(resolve_embedder(name)), device=_device())
+        self.model.to(getattr(torch, dtype))
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dimension() or 0)
         self.max_tokens = int(self.model.max_seq_length) - 2  # [CLS] and [SEP]
@@ -39,6 +41,6 @@ def _device() -> str:
 
 
 @cache
-def get_embedder(name: str) -> Embedder:
-    """One loaded embedder per name and process."""
-    return Embedder(name)
+def get_embedder(name: str, dtype: str = "float32") -> Embedder:
+    """One loaded embedder per name, dtype and process."""
+    return Embedder(name, dtype)
