@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from compressors.soft.cache import RedisSegmentCache, SegmentCache, segment_key
 from compressors.soft.data import REPEAT, ExampleMaker
-from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config
+from compressors.soft.model import EARLY, SHIPPED, SegmentCompressor, load_compressor, read_config
 from compressors.soft.selection import raw_segments
 from compressors.soft.strategy import (
     CompLLM,
@@ -234,11 +234,14 @@ def answer_nll(engine: Engine, compressor: SegmentCompressor, needles: list, rat
     return total / count
 
 
-def test_trained_adapter_beats_untrained_on_held_out_needles(engine: Engine, text: str) -> None:
+@pytest.mark.parametrize("adapter", [SHIPPED, EARLY], ids=["all-layers", "first-8-layers"])
+def test_trained_adapter_beats_untrained_on_held_out_needles(engine: Engine, text: str, adapter: Path) -> None:
     rng = random.Random("held-out-needles")
     needles = [planted(engine, text, rng) for _ in range(8)]
-    trained = load_compressor(engine.hf_model)
-    untrained = SegmentCompressor(engine.hf_model, read_config(SHIPPED)).eval()  # same shape, LoRA and head at init
+    trained = load_compressor(engine.hf_model, adapter)
+    untrained = SegmentCompressor(engine.hf_model, read_config(adapter)).eval()  # same shape, LoRA and head at init
+    layers = read_config(adapter).layers or len(engine.hf_model.model.layers)
+    assert len(trained.lm.model.layers) == layers and len(engine.hf_model.model.layers) == 30  # the engine keeps all
     for rate in (2, 4):
         better, worse = answer_nll(engine, trained, needles, rate), answer_nll(engine, untrained, needles, rate)
         assert better < worse, (rate, better, worse)

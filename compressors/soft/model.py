@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 SHIPPED = Path(__file__).with_name("compllm.safetensors")
+EARLY = Path(__file__).with_name("compllm-early.safetensors")  # the compressor on the first 8 decoder layers
 
 
 @dataclass(frozen=True)

@@ -394,6 +394,7 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
         else f"Reconstruction CE on training batches (mean of the first / last {kr} steps): "
         f"{mean(repeat[:kr], 'loss'):.3f} -> {mean(repeat[-kr:], 'loss'):.3f}."
     )
+    layers = f"; the compressor runs the first {config['layers']} decoder layers" if config.get("layers") else ""
     text = f"""# CompLLM segment compressor for {config["base_model"]}
 
 Written by `tome train compllm` (compressors/soft/train.py); the numbers below come from its log
@@ -401,7 +402,7 @@ Written by `tome train compllm` (compressors/soft/train.py); the numbers below c
 
 - Adapter: `{Path(run["output"]).name}` (LoRA rank {config["lora_rank"]}, alpha {config["lora_alpha"]} on
   {", ".join(config["target_modules"])}; {math.ceil(config["segment_tokens"] / min(config["rates"]))} slot embeddings;
-  a square linear head added to mean-pooled token embeddings),
+  a square linear head added to mean-pooled token embeddings{layers}),
   bf16 safetensors, config in the file's metadata. Rates {", ".join(f"{r}x" for r in config["rates"])},
   segments of {config["segment_tokens"]} tokens.
 - Data: `{run["corpus"]}` minus the evaluation documents (`evals.corpus.EVAL_DOCS`), unwrapped; examples generated
