@@ -38,7 +38,7 @@ from compressors.soft import gist_strategy
 from compressors.soft.cache import file_digest
 from compressors.soft.gist import kv_bytes
 from compressors.soft.gist_strategy import Gist, GistStrategyConfig
-from compressors.soft.model import SHIPPED
+from compressors.soft.model import EARLY
 from compressors.soft.strategy import CompLLMConfig, build_prompts, choose_raw, prompt_embeddings, segment_ids
 from engines import EngineConfig, create_engine
 from engines.base import Engine, SamplingParams
@@ -184,7 +184,7 @@ def first_token_ms(engine: Engine, prompt: Any) -> tuple[float, int]:
 
 
 def compllm_ttft(
-    engine: Engine, text: str, rates: tuple[int, int], tasks: tuple[Task, Task], adapter: Path = SHIPPED
+    engine: Engine, text: str, rates: tuple[int, int], tasks: tuple[Task, Task], adapter: Path = EARLY
 ) -> tuple[float, float, int]:
     """(cold ms, warm ms, input vectors) at (rate, segment rate): the first question compresses the segments it does
     not read raw, the second reads those back (and compresses any it needs that the first read raw)."""
@@ -202,7 +202,7 @@ def compllm_ttft(
 
 
 def gist_ttft(
-    engine: Engine, text: str, rates: tuple[int, int], tasks: tuple[Task, Task], adapter: Path = SHIPPED
+    engine: Engine, text: str, rates: tuple[int, int], tasks: tuple[Task, Task], adapter: Path = EARLY
 ) -> tuple[float, float, int]:
     """(cold ms, warm ms, input positions): the first question compresses, the second continues the same gist KV."""
     one = SamplingParams(max_tokens=1)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="default: compress-soft (compllm), compress-soft-gist (gist)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--model-dir", type=Path, default=None, help="an HF model folder (default: the TOME model)")
-    parser.add_argument("--adapter", type=Path, default=SHIPPED, help="the compllm adapter to measure")
+    parser.add_argument("--adapter", type=Path, default=EARLY, help="the compllm adapter to measure")
     parser.add_argument(
         "--also-adapter", type=Path, action="append", default=[], help="another compllm adapter, at the lower rate"
     )

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from compressors.soft.cache import FOLDER, RedisSegmentCache, SegmentCache, file_digest, segment_key
-from compressors.soft.model import SHIPPED, SegmentCompressor, load_compressor, read_config, segments_of
+from compressors.soft.model import EARLY, SegmentCompressor, load_compressor, read_config, segments_of
 from compressors.soft.selection import raw_segments, segment_scores
 from engines.base import Engine, SamplingParams, SupportsInputEmbeddings, engine_home
 from engines.internals import has_layers, layers_engine
@@ -42,7 +42,9 @@ class CompLLMConfig:
     # Rate of the compressed segments; above `rate`, the segments nearest the question fill the rest of the budget
     # as raw tokens. Equal to `rate`: every segment compressed, the prompt independent of the question.
     segment_rate: int = 4
-    adapter: Path = SHIPPED
+    # The compressor on the first 8 decoder layers: a cold request's compression costs about a quarter of the 30-layer
+    # one's (SHIPPED), and the answers come out the same (bench/results/compress-soft-early-*.md)
+    adapter: Path = EARLY
     batch_segments: int = 64  # segments compressed per forward pass
     cache: bool = True
     cache_url: str | None = None  # Redis for the segment cache; unset: TOME_COMPLLM_CACHE_URL, else TOME_HOME on disk
