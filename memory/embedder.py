@@ -8,6 +8,7 @@ from functools import cache
 
 import numpy as np
 
+from engines.config import resolve_dtype
 from engines.models import resolve_embedder
 
 
@@ -40,7 +41,12 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@cache
 def get_embedder(name: str, dtype: str = "float32") -> Embedder:
-    """One loaded embedder per name, dtype and process."""
+    """One loaded embedder per name, dtype and process; `auto` is bfloat16 where the device computes it natively
+    (engines.config.resolve_dtype), else the float32 one rag uses (no second copy)."""
+    return _embedder(name, resolve_dtype(dtype, _device()))
+
+
+@cache
+def _embedder(name: str, dtype: str) -> Embedder:
     return Embedder(name, dtype)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from compressors.soft.cache import RedisSegmentCache, SegmentCache, segment_key
 from compressors.soft.data import REPEAT, ExampleMaker
-from compressors.soft.model import EARLY, SHIPPED, SegmentCompressor, load_compressor, read_config
+from compressors.soft.model import EARLY, SHIPPED, CompressorConfig, SegmentCompressor, load_compressor, read_config
 from compressors.soft.selection import raw_segments
 from compressors.soft.strategy import (
     CompLLM,
@@ -245,6 +245,12 @@ def test_trained_adapter_beats_untrained_on_held_out_needles(engine: Engine, tex
     for rate in (2, 4):
         better, worse = answer_nll(engine, trained, needles, rate), answer_nll(engine, untrained, needles, rate)
         assert better < worse, (rate, better, worse)
+
+
+def test_compressor_layers_out_of_range_are_refused(engine: Engine) -> None:
+    for layers in (-1, len(engine.hf_model.model.layers) + 1):
+        with pytest.raises(ValueError, match="decoder layers"):
+            SegmentCompressor(engine.hf_model, CompressorConfig(layers=layers))
 
 
 def test_reconstruction_objective_learns_to_repeat_a_batch(engine: Engine, text: str) -> None:

@@ -71,6 +71,10 @@ def lora_copy(model: nn.Module, rank: int, alpha: int, target_modules: Sequence[
 
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules))
     base = shared_copy(model)
+    if not 0 <= layers <= len(base.model.layers):
+        raise ValueError(
+            f"layers must be 0 (all) to {len(base.model.layers)}, the model's decoder layers; got {layers}"
+        )
     if layers:
         base.model.layers = base.model.layers[:layers]
     for p in base.parameters():

@@ -11,8 +11,9 @@ to the question plus `lexical_weight` times the IDF-weighted share of the questi
 (memory/lexical.py); a segment takes the better of its two windows. Tens of tokens alone are a fragment of a
 sentence, and a fact cut by a segment boundary is whole in one window, so both its halves score high. The
 windows' vectors are kept per document in the process, so a later question embeds only itself. The embedder runs
-in bfloat16 here: a cold request embeds twice the document's tokens before anything else, and bf16 about halves
-that on CPUs with bf16 dot products (cosine to the float32 vectors >= 0.998), while rag's index keeps float32.
+in bfloat16 where the device has bf16 arithmetic (`auto`): a cold request embeds twice the document's tokens
+before anything else, and bf16 about halves that on such CPUs (cosine to the float32 vectors >= 0.998), while
+rag's index keeps float32.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from memory.embedder import get_embedder
 from memory.lexical import LexicalScorer
 
-DTYPE = "bfloat16"
+DTYPE = "auto"
 
 
 @functools.lru_cache(maxsize=16)
