@@ -12,7 +12,10 @@ log = logging.getLogger(__name__)
 
 
 def parse_length(text: str) -> int:
+    """`8K`, `8192`, or `doc` (docqa: the whole document at its natural length, recorded as length 0)."""
     text = text.strip().upper()
+    if text in ("DOC", "WHOLE"):
+        return 0
     return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
 
 
@@ -38,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="routing policy file for `auto` (default: the model's shipped one); `tome router fit` makes one",
     )
+    p.add_argument(
+        "--split",
+        choices=["dev", "test"],
+        default="dev",
+        help="docqa's documents: dev (default; for every choice) or test (for claims only)",
+    )
     p.add_argument("--name", default=None, help="results name (default: the preset name)")
     p.add_argument("--out", default="bench/results", help="results folder")
     p.add_argument("--engine", choices=["native", "vllm"], default=None, help="default: TOME_ENGINE or native")
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from engines import create_engine
     from evals import report
     from evals.presets import PRESETS
-    from evals.runner import Plan, read_log, run_plan, strategy_names
+    from evals.runner import Plan, question_key, read_log, run_plan, strategy_names
     from evals.tasks import TASKS
     from service.settings import Settings
     from workflows.policy import Policy
@@ -76,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"tome eval: error: {exc}", file=sys.stderr)
         return 2
-    samples = {n: args.samples or preset.samples.get(n, 1) for n in lengths}
+    if args.samples:
+        samples = {n: args.samples for n in lengths}
+    elif tasks == ("docqa",):  # every question of the split that can be asked at each length
+        from evals.tasks.docqa import asked
+
+        samples = {n: len(asked(args.split, n)) for n in lengths}
+    else:
+        samples = {n: preset.samples.get(n, 1) for n in lengths}
     name = args.name or preset.name
     out = Path(args.out)
     log_path = out / f"eval-{name}.questions.jsonl"
@@ -84,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         log_path.unlink()
 
     settings = Settings()
-    plan = Plan(strategies, tasks, lengths, samples, seeds_from=args.seeds_from)
+    plan = Plan(strategies, tasks, lengths, samples, seeds_from=args.seeds_from, split=args.split)
     started = time.perf_counter()
     if args.report_only:
-        wanted = {(s, t, n, d) for s in strategies for t, n, d in plan.questions()}
-        records = [r for r in read_log(log_path) if (r["strategy"], r["task"], r["length"], r["seed"]) in wanted]
+        wanted = plan.keys()
+        records = [r for r in read_log(log_path) if question_key(r) in wanted]
         if not records:
             print(f"tome eval: error: no questions of this plan in {log_path}", file=sys.stderr)
             return 2
@@ -118,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "lengths": list(lengths),
         "samples": {str(n): k for n, k in samples.items()},
         "seeds_from": args.seeds_from,
+        "split": args.split if "docqa" in tasks else None,
         "policy": str(args.policy) if args.policy else "shipped",
         "questions_planned": plan.total,
         "questions_answered": len(records),

@@ -18,6 +18,8 @@ EVAL_DOCS: tuple[str, ...] = (
     "conrad_heart_of_darkness.txt",
     "franklin_autobiography.txt",
 )
+# Held out from training as well: docqa's test split reads these (EVAL_DOCS and one more novel).
+HELD_OUT_DOCS: tuple[str, ...] = (*EVAL_DOCS, "shelley_frankenstein_1818.txt")
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
 
@@ -34,6 +36,15 @@ def read_doc(name: str) -> str:
     if name not in EVAL_DOCS:
         raise ValueError(f"{name!r} is not an evaluation document: {', '.join(EVAL_DOCS)}")
     return normalize((CORPUS_DIR / name).read_text(encoding="utf-8"))
+
+
+@cache
+def read_text(name: str) -> str:
+    """Any document shipped in evals/data/corpus, unwrapped (docqa's evidence offsets refer to this text)."""
+    path = CORPUS_DIR / name
+    if path.parent != CORPUS_DIR or not path.is_file():
+        raise ValueError(f"{name!r} is not a document in {CORPUS_DIR}")
+    return normalize(path.read_text(encoding="utf-8"))
 
 
 @cache

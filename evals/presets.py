@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evals.tasks import LENGTHS, TASKS
+from evals.tasks import LENGTHS, TASKS, WHOLE
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,7 @@ class Preset:
     name: str
     lengths: tuple[int, ...]
     samples: dict[int, int]  # questions per task at each length; fewer where one question costs more
-    tasks: tuple[str, ...] = tuple(TASKS)
+    tasks: tuple[str, ...] = tuple(t for t in TASKS if t != "docqa")  # docqa is asked by name (--tasks docqa)
 
 
 PRESETS: dict[str, Preset] = {
@@ -25,4 +25,7 @@ PRESETS: dict[str, Preset] = {
         LENGTHS,
         {2048: 5, 4096: 3, 8192: 2, 16384: 2, 32768: 1, 65536: 1, 131072: 1},
     ),
+    # Natural questions over real documents: whole documents and cuts of 8K and 32K tokens around the evidence;
+    # every item of the split (--split) at each length unless --samples says fewer.
+    "docqa": Preset("docqa", (WHOLE, 8192, 32768), {}, ("docqa",)),
 }

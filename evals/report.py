@@ -23,18 +23,22 @@ MEAN_FIELDS = ("calls", "tokens_read", "tokens_generated", "seconds", "model_sec
 
 
 def _k(length: int) -> str:
+    if length == 0:
+        return "doc"  # docqa: the whole document at its natural length
     return f"{length // 1024}K" if length % 1024 == 0 else str(length)
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (strategy, task, length): accuracy and per-question costs over the questions that ran."""
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        groups[(r["strategy"], r["task"], r["length"])].append(r)
+    groups: dict[tuple[str, str, int, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:  # docqa's rows are per kind and split as well
+        groups[(r["strategy"], r["task"], r["length"], r.get("kind") or "", r.get("split") or "")].append(r)
     rows = []
     task_order = list(dict.fromkeys(r["task"] for r in records))  # the plan's order (DESIGN.md's task list)
-    for (strategy, task, length), rs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], task_order.index(kv[0][1]), kv[0][2])
+    kind_order = ["", "lookup", "multihop", "aggregation", "unanswerable"]
+    for (strategy, task, length, kind, split), rs in sorted(
+        groups.items(),
+        key=lambda kv: (kv[0][0], task_order.index(kv[0][1]), kv[0][2], kind_order.index(kv[0][3]), kv[0][4]),
     ):
         ran = [r for r in rs if r["status"] == "ok"]
         statuses = {r["status"] for r in rs}
@@ -42,6 +46,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "strategy": strategy,
             "task": task,
             "length": length,
+            **({"kind": kind, "split": split} if kind else {}),
             "n": len(rs),
             "n_ran": len(ran),
             "accuracy": round(mean(r["accuracy"] for r in ran), 4) if ran else None,
@@ -53,6 +58,12 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             row[name] = round(mean(r[name] for r in ran), 3) if ran else None
         recalls = [r["evidence_recall"] for r in ran if r.get("evidence_recall") is not None]  # older logs lack it
         row["evidence_recall"] = round(mean(recalls), 4) if recalls else None
+        # `supported` is the product's own claim that its answer is backed by what it read: how often it makes the
+        # claim, and how often a supported answer is right (its precision).
+        claims = [r for r in ran if r.get("supported") is not None]
+        backed = [r for r in claims if r["supported"]]
+        row["supported"] = round(len(backed) / len(claims), 4) if claims else None
+        row["supported_precision"] = round(mean(r["accuracy"] for r in backed), 4) if backed else None
         row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ran) if ran else None
         row["does_not_fit"] = sum(r["status"] == "does_not_fit" for r in rs)
         row["errors"] = sum(r["status"] == "error" for r in rs)
@@ -103,6 +114,9 @@ def markdown(doc: dict[str, Any]) -> str:
     head = ["strategy", "task", "length", "n", "accuracy", "calls", "tokens_read", "seconds", "peak_rss_mb", "status"]
     if any(r.get("evidence_recall") is not None for r in doc["rows"]):
         head.insert(head.index("accuracy") + 1, "evidence_recall")
+    if any(r.get("kind") for r in doc["rows"]):  # docqa
+        head[head.index("length") + 1 : head.index("length") + 1] = ["kind", "split"]
+        head[head.index("accuracy") + 1 : head.index("accuracy") + 1] = ["supported", "supported_precision"]
     lines = [
         f"# {doc['benchmark']}",
         "",
@@ -114,13 +128,15 @@ def markdown(doc: dict[str, Any]) -> str:
         "that ran; calls, tokens_read and seconds are per question. `does_not_fit`: the strategy cannot take "
         "a document this long on this engine, so nothing ran (no truncation). `evidence_recall`, where a "
         "strategy returns evidence: the same score over the text the answer was read from (did the reference "
-        "reach the answering model).",
+        "reach the answering model). docqa (length `doc`: the whole document) scores evidence recall as the share "
+        "of the gold evidence spans that the text read covers (half a span's characters or more), and "
+        "`supported_precision` is the accuracy of the answers the product called supported.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in doc["rows"]:
-        cells = [_k(r["length"]) if h == "length" else _cell(r[h]) for h in head]
+        cells = [_k(r["length"]) if h == "length" else _cell(r.get(h)) for h in head]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -220,10 +236,13 @@ def write(name: str, records: Sequence[dict[str, Any]], meta: dict[str, Any], ou
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = results(name, aggregate(records), meta)
     base = out_dir / f"eval-{name}"
-    paths = [base.with_suffix(".json"), base.with_suffix(".md"), out_dir / f"eval-{name}-accuracy.png"]
+    paths = [base.with_suffix(".json"), base.with_suffix(".md")]
     paths[0].write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths[1].write_text(markdown(doc), encoding="utf-8")
-    plot_accuracy(doc, paths[2])
+    sized = [r for r in doc["rows"] if r["length"] and not r.get("kind")]  # docqa's rows are read in the table
+    if sized:
+        paths.append(out_dir / f"eval-{name}-accuracy.png")
+        plot_accuracy({**doc, "rows": sized}, paths[-1])
     for strategy in sorted({r["strategy"] for r in records}):
         path = out_dir / f"eval-{name}-depth-{strategy}.png"
         if plot_depth(records, strategy, path, doc["benchmark"]):

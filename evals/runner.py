@@ -105,6 +105,8 @@ def run_question(strategy: str, sample: Sample, engine: Engine, policy: Policy |
         **record,
         "status": "ok",
         "ran": result.strategy,
+        "supported": result.supported[0],
+        "router_kind": result.kind,
         **sample.scored(answer),
         "seconds": round(time.perf_counter() - start, 3),
         "peak_rss_mb": round(memory.peak_rss / 2**20, 1),
@@ -126,6 +128,7 @@ class Plan:
     lengths: Sequence[int]
     samples: dict[int, int]
     seeds_from: int = 0
+    split: str = "dev"  # docqa's documents: dev for every choice, test for claims only
 
     def questions(self) -> Iterator[tuple[str, int, int]]:
         for i in range(max(self.samples.values())):
@@ -134,13 +137,19 @@ class Plan:
                     for task in self.tasks:
                         yield task, length, self.seeds_from + i
 
+    def keys(self) -> set[tuple[str, str, int, int]]:
+        """The log keys (runner.question_key) of every planned question."""
+        tag = lambda t: f"{t}:{self.split}" if t == "docqa" else t  # noqa: E731
+        return {(s, tag(t), n, d) for s in self.strategies for t, n, d in self.questions()}
+
     @property
     def total(self) -> int:
         return len(self.strategies) * sum(self.samples[length] * len(self.tasks) for length in self.lengths)
 
 
-def _key(r: dict[str, Any]) -> tuple[str, str, int, int]:
-    return (r["strategy"], r["task"], r["length"], r["seed"])
+def question_key(r: dict[str, Any]) -> tuple[str, str, int, int]:
+    task = f"{r['task']}:{r['split']}" if r.get("split") else r["task"]  # docqa's splits share seeds
+    return (r["strategy"], task, r["length"], r["seed"])
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -151,7 +160,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             record = json.loads(line)
-            records.setdefault(_key(record), record)
+            records.setdefault(question_key(record), record)
     return list(records.values())
 
 
@@ -164,15 +173,16 @@ def run_plan(
 ) -> list[dict[str, Any]]:
     """Ask every planned question of every strategy; records already in `log_path` are kept, not rerun."""
     records = read_log(log_path)
-    done = {_key(r) for r in records}
+    done = {question_key(r) for r in records}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     count = len(done)
     with log_path.open("a", encoding="utf-8") as out:
         for task, length, seed in plan.questions():
-            todo = [s for s in plan.strategies if (s, task, length, seed) not in done]
+            keyed = f"{task}:{plan.split}" if task == "docqa" else task
+            todo = [s for s in plan.strategies if (s, keyed, length, seed) not in done]
             if not todo:
                 continue
-            sample = generate(task, engine, length, seed)  # once per question, shared by every strategy
+            sample = generate(task, engine, length, seed, plan.split)  # once per question, shared by every strategy
             for strategy in todo:
                 if progress:
                     progress(count, plan.total, f"{strategy} {task} {length} #{seed}")
@@ -183,5 +193,5 @@ def run_plan(
                 count += 1
     if progress:
         progress(count, plan.total, "done")
-    wanted = {(s, t, n, d) for s in plan.strategies for t, n, d in plan.questions()}
-    return [r for r in records if _key(r) in wanted]
+    wanted = plan.keys()
+    return [r for r in records if question_key(r) in wanted]

@@ -44,3 +44,37 @@ class LexicalScorer:
         if not total:
             return [0.0] * self.n
         return [sum(w for t, w in weights.items() if t in terms) / total for terms in self.terms]
+
+
+class BM25Scorer:
+    """Okapi BM25 over one document's passages (the `bm25s` library, Snowball-stemmed English, stopwords out).
+
+    Natural questions paraphrase ("married" for "marries", "voyages" for "voyage"): stemming matches the forms that
+    the plain word overlap above misses, and BM25's length normalisation keeps long passages from winning on bulk.
+    Scores are divided by the question's best passage score, so they lie in [0, 1] like `LexicalScorer.scores` and
+    add to a cosine on a fixed scale. `terms` and `df` are the plain-word view that coverage checks still use.
+    """
+
+    def __init__(self, passages: Sequence[str]) -> None:
+        import bm25s
+        import Stemmer
+
+        self.terms = [words(p) for p in passages]
+        self.df = Counter(t for terms in self.terms for t in terms)
+        self.n = len(passages)
+        self._stemmer = Stemmer.Stemmer("english")
+        self._tokenize = bm25s.tokenize
+        self._index = bm25s.BM25()
+        tokens = bm25s.tokenize(list(passages), stopwords="en", stemmer=self._stemmer, show_progress=False)
+        self._index.index(tokens, show_progress=False)
+
+    def scores(self, question: str) -> list[float]:
+        tokens = self._tokenize(
+            [question], stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False
+        )[0]
+        known = [t for t in tokens if t in self._index.vocab_dict]
+        if not known:
+            return [0.0] * self.n
+        raw = self._index.get_scores(known)
+        best = float(raw.max())
+        return (raw / best).tolist() if best > 0 else [0.0] * self.n

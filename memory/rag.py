@@ -38,7 +38,7 @@ from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
 from memory.embedder import Embedder, get_embedder
 from memory.index import IndexSpec, PassageIndex, open_client
-from memory.lexical import LexicalScorer, words
+from memory.lexical import BM25Scorer, LexicalScorer, words
 from memory.memagent import MemAgent
 from memory.spans import Span, pack, split_sentences
 
@@ -58,6 +58,9 @@ class RagConfig:
     # A passage scores cosine + lexical_weight * the IDF-weighted share of the question's words it holds
     # (memory/lexical.py): a rare key the embedding blurs still lifts its passage clear of the rest. 0: dense only.
     lexical_weight: float = 0.3
+    # The lexical score: "coverage" (memory/lexical.py LexicalScorer: the share of the question's words held) or
+    # "bm25" (BM25Scorer: stemmed Okapi BM25, normalised to the question's best passage).
+    lexical: str = "coverage"
     # A unit is read only if its score is within this (cosine) of the best unit's; None: fill the read budget.
     focus_margin: float | None = 0.1
     # A unit read alone is cut to about this many tokens of passages around its best one (0: the whole unit): the
@@ -100,6 +103,14 @@ def passages(text: str, embedder: Embedder, tokens: int) -> list[Span]:
     return pack(sentences, lambda s: size_of[s], min(tokens, embedder.max_tokens))
 
 
+def lexical_scorer(kind: str, passages: Sequence[str]) -> LexicalScorer | BM25Scorer:
+    if kind == "coverage":
+        return LexicalScorer(passages)
+    if kind == "bm25":
+        return BM25Scorer(passages)
+    raise ValueError(f"unknown lexical score {kind!r}: coverage or bm25")
+
+
 def window(spans: Sequence[Span], center: int, unit: Span, tokens: int, per_char: float) -> Span:
     """Passage `center` grown by its neighbours inside `unit`, alternately before and after, to about `tokens`."""
     size = lambda i: (spans[i][1] - spans[i][0]) * per_char  # noqa: E731
@@ -114,7 +125,7 @@ def window(spans: Sequence[Span], center: int, unit: Span, tokens: int, per_char
     return spans[lo][0], spans[hi][1]
 
 
-def terms_within(read: Sequence[Span], spans: Sequence[Span], lexical: LexicalScorer) -> set[str]:
+def terms_within(read: Sequence[Span], spans: Sequence[Span], lexical: LexicalScorer | BM25Scorer) -> set[str]:
     """The words of every passage that lies inside one of the `read` spans."""
     inside = (p for p, (s, e) in enumerate(spans) if any(a <= s and e <= b for a, b in read))
     return set().union(*(lexical.terms[p] for p in inside))
@@ -202,7 +213,7 @@ class Rag:
             while s >= units[u][1]:
                 u += 1
             unit_of.append(u)
-        lexical = LexicalScorer([text[s:e] for s, e in spans]) if c.lexical_weight else None
+        lexical = lexical_scorer(c.lexical, [text[s:e] for s, e in spans]) if c.lexical_weight else None
         retrieved = []
         for q, task in zip(embedder.embed([t.question for t in tasks]), tasks, strict=True):
             limit = min(c.search_passages, len(spans))
@@ -254,7 +265,7 @@ class Rag:
         spans: Sequence[Span],
         unit_of: Sequence[int],
         units: Sequence[Span],
-        lexical: LexicalScorer,
+        lexical: LexicalScorer | BM25Scorer,
         room: int,
         per_char: float,
     ) -> list[Span]:

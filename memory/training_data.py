@@ -10,7 +10,7 @@ The steps are built like the harness's tasks (evals/tasks: needle sentences, var
 the harness's own templates), plus plain-prose facts (`prose`: names, places, dates, quantities and relations,
 each written in one of several phrasings and asked in other words, among distractor facts about other subjects
 or other facts about the same one), but never from the harness's held-out material:
-- the haystack text and the words that make keys and names come from corpus files outside `evals.corpus.EVAL_DOCS`;
+- the haystack text and the words that make keys and names come from corpus files outside `evals.corpus.HELD_OUT_DOCS`;
 - seeds start at `EVAL_SEEDS.stop`, so no training seed is an evaluation seed;
 - no word of the project's tests' own planted facts (TEST_WORDS) builds a prose fact.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from engines.base import Message
 from engines.prompting import answer_messages
 from engines.types import Task
-from evals.corpus import EVAL_DOCS, ends_sentence, normalize, words_of
+from evals.corpus import HELD_OUT_DOCS, ends_sentence, normalize, words_of
 from evals.tasks import EVAL_SEEDS
 from evals.tasks.babilong import _facts as babi_facts
 from evals.tasks.fitting import fit, insert_at_boundaries
@@ -197,7 +197,7 @@ class Example:
 
 def training_documents(corpus: Path = DEFAULT_CORPUS) -> list[Path]:
     """Corpus texts usable for training: every .txt file that is not held out for evaluation."""
-    docs = sorted(p for p in corpus.glob("*.txt") if p.name not in EVAL_DOCS)
+    docs = sorted(p for p in corpus.glob("*.txt") if p.name not in HELD_OUT_DOCS)
     if not docs:
         raise FileNotFoundError(f"no training documents (non-evaluation .txt files) in {corpus}")
     return docs

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evals.corpus import EVAL_DOCS, normalize  # which texts are held out, and the same unwrapping
+from evals.corpus import HELD_OUT_DOCS, normalize  # which texts are held out, and the same unwrapping
 
 _SENTENCE = re.compile(r"[^.!?]+[.!?][\"')\]]*\s*")
 # (statement planted in the text, question, answer): the answer restates the question as SmolLM2 itself answers
@@ -64,7 +64,7 @@ class Example:
 
 
 def training_texts(corpus: Path) -> list[str]:
-    files = [f for f in sorted(corpus.glob("*.txt")) if f.name not in EVAL_DOCS]
+    files = [f for f in sorted(corpus.glob("*.txt")) if f.name not in HELD_OUT_DOCS]
     if not files:
         raise FileNotFoundError(f"no training text in {corpus} (evaluation documents are skipped)")
     return [normalize(f.read_text(encoding="utf-8")) for f in files]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from evals.corpus import EVAL_DOCS
 from evals.tasks.aggregation import cwe, fwe
 from evals.tasks.babilong import babilong
+from evals.tasks.docqa import SPLITS, WHOLE, docqa
 from evals.tasks.niah import niah_multikey, niah_multiquery, niah_multivalue, niah_single
 from evals.tasks.qa import qa
 from evals.tasks.sample import DEPTHS, Sample, Tokenizer
@@ -32,6 +33,7 @@ TASKS: dict[str, Generator] = {
     "fwe": fwe,
     "babilong": babilong,
     "qa": qa,
+    "docqa": docqa,  # the dev split; generate(..., split="test") asks the test split
 }
 
 # Seeds the evals use; training generators must draw from seeds >= len(EVAL_SEEDS).
@@ -40,10 +42,14 @@ EVAL_SEEDS = range(0, 10_000)
 LENGTHS: tuple[int, ...] = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
-def generate(task: str, tok: Tokenizer, length: int, seed: int) -> Sample:
+def generate(task: str, tok: Tokenizer, length: int, seed: int, split: str = "dev") -> Sample:
+    """One question. `split` chooses docqa's documents (dev for every choice, test for claims only); the
+    generated tasks have no split."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if task == "docqa":
+        return docqa(tok, length, seed, split)
     return TASKS[task](tok, length, seed)
 
 
-__all__ = ["DEPTHS", "EVAL_DOCS", "EVAL_SEEDS", "LENGTHS", "TASKS", "Sample", "generate"]
+__all__ = ["DEPTHS", "EVAL_DOCS", "EVAL_SEEDS", "LENGTHS", "SPLITS", "TASKS", "WHOLE", "Sample", "generate"]

@@ -12,7 +12,7 @@ from engines.base import Message
 from engines.prompting import answer_overhead
 from engines.types import Answer, Document, Task
 from evals.corpus import vocabulary
-from evals.metrics import score
+from evals.metrics import abstains, score, span_recall
 
 # Needle depths as a fraction of the document: sample `seed` sits at DEPTHS[seed % len(DEPTHS)].
 DEPTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -61,7 +61,7 @@ class Sample:
             "document_tokens": self.document_tokens,
             "metric": self.metric,
             "references": list(self.answers),
-            **{k: v for k, v in self.info.items() if k not in ("budget_gap", "evidence")},
+            **{k: v for k, v in self.info.items() if k not in ("budget_gap", "evidence", "gold_spans")},
         }
 
     def scored(self, answer: Answer) -> dict[str, Any]:
@@ -69,11 +69,20 @@ class Sample:
 
         `evidence_recall` scores the answer's evidence (the text it was read from) as if it were the answer: a
         wrong answer with recall 1 was misread, one with recall 0 never reached the model. None without evidence.
+        docqa's items name their evidence as spans: there it is the share of those spans the text read covers
+        (evals.metrics.span_recall), and an answer that abstains scores 0 unless the question is unanswerable.
         """
         evidence = "\n".join(e.text for e in answer.evidence)
+        accuracy = score(self.metric, answer.text, self.answers)
+        recall = score(self.metric, evidence, self.answers) if answer.evidence else None
+        gold = self.info.get("gold_spans")
+        if gold is not None:  # docqa: the gold spans' share that the text read covers; abstaining answers nothing
+            recall = span_recall(gold, [(e.start, e.end) for e in answer.evidence]) if gold else None
+            if self.metric != "abstain" and abstains(answer.text):
+                accuracy = 0.0
         return {
-            "accuracy": score(self.metric, answer.text, self.answers),
-            "evidence_recall": score(self.metric, evidence, self.answers) if answer.evidence else None,
+            "accuracy": accuracy,
+            "evidence_recall": recall,
             "prediction": answer.text,
             "calls": answer.cost.calls,
             "tokens_read": answer.cost.tokens_read,

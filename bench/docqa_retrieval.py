@@ -1,0 +1,97 @@
+"""Does retrieval put the evidence of people's questions in front of the reader? docqa's evidence recall per
+retrieval configuration, with no generation (the embedder, BM25 and Qdrant local mode only).
+
+Every configuration is `rag`'s own retrieval (memory/rag.py) with some RagConfig fields changed; `current` is the
+shipped default, so each run carries its baseline. Whole documents of the chosen split (dev for every choice).
+
+    python bench/docqa_retrieval.py --split dev --name docqa-retrieval-dev
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_results  # noqa: E402
+from engines import EngineConfig, create_engine  # noqa: E402
+from engines.types import Task, no_progress  # noqa: E402
+from evals.metrics import span_recall  # noqa: E402
+from evals.tasks.docqa import WHOLE, docqa  # noqa: E402
+from memory.rag import Rag, RagConfig  # noqa: E402
+
+# name: RagConfig changes from the shipped default. `focus` (cutting a unit read alone to a few hundred tokens) is
+# what the model reads without the trained extractor; with it (the default), whole units are read.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "current": {},
+    "bm25": {"lexical": "bm25"},
+    "fill": {"focus_margin": None},
+    "bm25-fill": {"lexical": "bm25", "focus_margin": None},
+    "bm25-fill-u512": {"lexical": "bm25", "focus_margin": None, "unit_tokens": 512},
+    "bm25-fill-u256": {"lexical": "bm25", "focus_margin": None, "unit_tokens": 256},
+    "bm25-fill-u512-w1": {"lexical": "bm25", "focus_margin": None, "unit_tokens": 512, "lexical_weight": 1.0},
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--split", default="dev", choices=["dev", "test"])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    p.add_argument("--limit", type=int, default=0, help="first N questions only (0: all)")
+    p.add_argument("--name", default="docqa-retrieval-dev")
+    args = p.parse_args()
+
+    engine = create_engine(EngineConfig(kind="native"))
+    store = Path(tempfile.mkdtemp(prefix="docqa-retrieval-"))
+    from evals.tasks.docqa import asked
+
+    items = asked(args.split, WHOLE)
+    n = args.limit or len(items)
+    samples = [docqa(engine, WHOLE, seed, args.split) for seed in range(n)]
+    samples = [s for s in samples if s.info["gold_spans"]]  # unanswerable questions have no evidence to reach
+    rows = []
+    for name in args.configs:
+        rag = Rag(replace(RagConfig(qdrant_path=store), **CONFIGS[name]))
+        per_kind: dict[str, list[tuple[float, int, float]]] = defaultdict(list)
+        for s in samples:
+            start = time.perf_counter()
+            got = rag.retrieve(s.document, [Task(s.question.question)], engine, no_progress, focus=False)[0]
+            seconds = time.perf_counter() - start
+            read = sum(engine.count_tokens(s.document.text[a:b]) for a, b in got.units)
+            per_kind[s.info["kind"]].append((span_recall(s.info["gold_spans"], got.units), read, seconds))
+        for kind, got_rows in sorted(per_kind.items()):
+            rows.append(
+                {
+                    "config": name,
+                    "split": args.split,
+                    "kind": kind,
+                    "n": len(got_rows),
+                    "evidence_recall": round(mean(r for r, _, _ in got_rows), 4),
+                    "all_evidence": round(mean(r == 1.0 for r, _, _ in got_rows), 4),
+                    "tokens_read": round(mean(t for _, t, _ in got_rows)),
+                    "seconds": round(mean(x for _, _, x in got_rows), 3),
+                }
+            )
+            print(rows[-1], flush=True)
+    write_results(
+        args.name,
+        "docqa_retrieval",
+        engine.model_name,
+        rows,
+        split=args.split,
+        configs={k: CONFIGS[k] for k in args.configs},
+        note="evidence_recall: share of gold spans at least half covered by the units read; all_evidence: share "
+        "of questions with every span covered; seconds include each document's index build on first use",
+    )
+
+
+if __name__ == "__main__":
+    main()
