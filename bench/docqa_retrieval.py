@@ -38,6 +38,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bm25-fill-u512": {"lexical": "bm25", "focus_margin": None, "unit_tokens": 512},
     "bm25-fill-u256": {"lexical": "bm25", "focus_margin": None, "unit_tokens": 256},
     "bm25-fill-u512-w1": {"lexical": "bm25", "focus_margin": None, "unit_tokens": 512, "lexical_weight": 1.0},
+    "bm25-win4x256": {"lexical": "bm25", "windows": 4, "window_tokens": 256},
+    "bm25-win6x256": {"lexical": "bm25", "windows": 6, "window_tokens": 256},
+    "bm25-win8x192": {"lexical": "bm25", "windows": 8, "window_tokens": 192},
+    "bm25-win6x256-w1": {"lexical": "bm25", "windows": 6, "window_tokens": 256, "lexical_weight": 1.0},
+    "cov-win6x256": {"windows": 6, "window_tokens": 256},
+    "bm25-only-win6x256": {"lexical": "bm25", "windows": 6, "window_tokens": 256, "lexical_weight": 10.0},
+    "bm25-win4x256-r2": {"lexical": "bm25", "windows": 4, "window_tokens": 256, "second_round": 2},
+    "bm25-win6x256-r2": {"lexical": "bm25", "windows": 6, "window_tokens": 256, "second_round": 2},
+    "bm25-w1-win6x256-r2": {"lexical": "bm25", "lexical_weight": 1.0, "windows": 6, "second_round": 2},
+    "bm25-w1-win8x256": {"lexical": "bm25", "lexical_weight": 1.0, "windows": 8},
+    "bm25-w1-win8x256-r2": {"lexical": "bm25", "lexical_weight": 1.0, "windows": 8, "second_round": 2},
+    "bm25-w1-win12x256": {"lexical": "bm25", "lexical_weight": 1.0, "windows": 12},
+    "bm25-w1-win10x256-r2": {"lexical": "bm25", "lexical_weight": 1.0, "windows": 10, "second_round": 2},
 }
 
 
@@ -47,10 +60,11 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS))
     p.add_argument("--limit", type=int, default=0, help="first N questions only (0: all)")
     p.add_argument("--name", default="docqa-retrieval-dev")
+    p.add_argument("--store", type=Path, default=None, help="index store to reuse (default: a fresh temporary one)")
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native"))
-    store = Path(tempfile.mkdtemp(prefix="docqa-retrieval-"))
+    store = args.store or Path(tempfile.mkdtemp(prefix="docqa-retrieval-"))
     from evals.tasks.docqa import asked
 
     items = asked(args.split, WHOLE)

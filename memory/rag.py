@@ -1,22 +1,21 @@
-"""`rag`: retrieve long units of the document (LongRAG-style) up to what the engine can read, then answer.
+"""`rag`: retrieve what a question needs from a document longer than the context, then answer from it.
 
-Passages of at most the embedder's window (256 word pieces for MiniLM) are embedded and indexed once per
-document. A passage scores its cosine to the question plus a lexical term (memory/lexical.py: the IDF-weighted
-share of the question's words it holds), so a rare key that the embedding blurs still lifts its passage clear of
-the rest. A retrieval unit is a few thousand engine tokens of consecutive passages, scored by its best
-passage (max pooling: one sentence holding the answer is enough to pick its unit). Units are taken best
-first up to the read budget, then put back in document order so the model reads a coherent text. A unit whose
-best passage scores clearly below the best unit's is left out even when the budget has room: SmolLM2-135M copies
-a fact from the 1K tokens of its unit where it invents one from the 3K around it (the old and new runs on the
-same questions: bench/results/rag-traces-rag128-niah-128k.md), so a clear match is read alone and only close
-scores share the budget; a unit the model reads alone is cut further, to a few hundred tokens of passages around
-its best one (`focus_tokens`; bench/results/rag-hybrid-niah-128k.md). A question that names several rare things
-(four keys, two people) is then covered: for each rare question word no chosen text holds, the window around the
-best passage holding it is read too, while the budget lasts (`cover_df`).
+Passages of at most 128 embedder word pieces, cut at sentence boundaries, are embedded and indexed once per
+document (Qdrant); what else rag derives from a document (its passages, BM25 index, tokens per character) is kept
+per process (`prepared`), so a later question pays only for itself. A passage scores its cosine to the question
+plus a weighted lexical score (memory/lexical.py: stemmed BM25 by default), so paraphrased words and rare names
+both count.
 
-Where the memory agent's trained extractor is available (`notes`), the model does not read the units directly:
-the extractor reads each unit as a memagent segment, copying the sentences that answer, and the answer is read
-from those sentences alone (they are its evidence); if it keeps nothing, the model reads the units itself.
+By default the model reads windows: about 256 tokens around each of the best passages, joined where they meet and
+put back in document order. A second round asks again with the rarest words of the sentence that best matched the
+question (the name of what the question only describes), and adds windows around what that finds: a multi-hop
+question's second fact rarely shares the question's words.
+
+With `windows=0` it reads units instead (LongRAG-style): a few thousand tokens of consecutive passages scored by
+their best passage, a clear match read alone and cut to `focus_tokens` around it, the question's rare keys covered
+(`cover_df`), and, where the memory agent's trained extractor is available (`notes`), read through it: it copies
+the sentences that answer and the answer comes from those (its evidence). This is the mode the needle tasks were
+tuned on.
 
 The answer is then checked against what was read: a small model copying a long rare word often drops a piece
 of it (`solvent-musing` for `insolvent-musing`), so an answer word that is one word of the read text with one
@@ -27,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +55,13 @@ class RagConfig:
     # tokens but not in 7K (bench/results/memory_needles_h100.md), so the default reads three units.
     read_tokens: int | None = 3072
     search_passages: int = 64  # passages fetched per question by each score; units are scored from these
-    # A passage scores cosine + lexical_weight * the IDF-weighted share of the question's words it holds
-    # (memory/lexical.py): a rare key the embedding blurs still lifts its passage clear of the rest. 0: dense only.
-    lexical_weight: float = 0.3
-    # The lexical score: "coverage" (memory/lexical.py LexicalScorer: the share of the question's words held) or
-    # "bm25" (BM25Scorer: stemmed Okapi BM25, normalised to the question's best passage).
-    lexical: str = "coverage"
+    # A passage scores cosine + lexical_weight * its lexical score in [0, 1] (memory/lexical.py): a rare key the
+    # embedding blurs still lifts its passage clear of the rest, and a paraphrased question still shares stems with
+    # its evidence. 0: dense only. The lexical score: "bm25" (BM25Scorer: stemmed Okapi BM25, normalised to the
+    # question's best passage) or "coverage" (LexicalScorer: the IDF-weighted share of the question's words held).
+    # bm25 at weight 1 reached more of docqa's dev evidence than coverage at 0.3 (bench/results/docqa-retrieval-dev*).
+    lexical_weight: float = 1.0
+    lexical: str = "bm25"
     # A unit is read only if its score is within this (cosine) of the best unit's; None: fill the read budget.
     focus_margin: float | None = 0.1
     # A unit read alone is cut to about this many tokens of passages around its best one (0: the whole unit): the
@@ -73,12 +74,23 @@ class RagConfig:
     # passage that holds it, while the budget lasts: the best units alone hold one or two keys, and the rest of
     # the budget went to units near them in score, not to the other keys. 0: off.
     cover_df: int = 2
-    # Read the retrieved text through the memory agent's trained extractor (memory/memagent.py) when its adapter
-    # is available: it copies the sentences that answer, and the answer comes from those alone. SmolLM2-135M
-    # answers more often from a few copied sentences than from the text around them
+    # Read the retrieved units (not windows) through the memory agent's trained extractor (memory/memagent.py)
+    # when its adapter is available: it copies the sentences that answer, and the answer comes from those alone.
+    # SmolLM2-135M answers more often from a few copied sentences than from the text around them
     # (bench/results/eval-rag-notes-qa-8k.md vs eval-rag-notes-qa-8k-old.md, the same questions). If it keeps
     # nothing, the model reads the text itself.
     notes: bool = True
+    # Read windows of about `window_tokens` around the `windows` best passages instead of whole units (0: units,
+    # chosen by the unit fields above). People's questions rarely have one clear match: eight windows of 256 tokens
+    # hold more of docqa's dev evidence than three 1K units, in fewer tokens, and a question whose facts sit in
+    # several places gets a window at each.
+    windows: int = 8
+    window_tokens: int = 256
+    # Windows added by a second round (0: none), asked with the question and the `second_round_terms` rarest words
+    # of the sentence of the first round's best passage that shares most words with the question (a multi-hop
+    # question describes what the first fact names).
+    second_round: int = 2
+    second_round_terms: int = 4
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 
 
@@ -103,12 +115,47 @@ def passages(text: str, embedder: Embedder, tokens: int) -> list[Span]:
     return pack(sentences, lambda s: size_of[s], min(tokens, embedder.max_tokens))
 
 
-def lexical_scorer(kind: str, passages: Sequence[str]) -> LexicalScorer | BM25Scorer:
-    if kind == "coverage":
-        return LexicalScorer(passages)
-    if kind == "bm25":
-        return BM25Scorer(passages)
-    raise ValueError(f"unknown lexical score {kind!r}: coverage or bm25")
+class Prepared:
+    """What rag derives from one document once and reuses for every later question in this process: its passages,
+    the engine tokens per character, and the lexical scorers. (A 100K-token book takes seconds to cut into
+    sentences, tokenize and index lexically; a second question should not pay that again.)"""
+
+    def __init__(self, text: str, spans: list[Span]) -> None:
+        self.text = text
+        self.spans = spans
+        self._per_char: dict[str, float] = {}
+        self._lexical: dict[str, LexicalScorer | BM25Scorer] = {}
+
+    def per_char(self, engine: Engine) -> float:
+        if engine.model_name not in self._per_char:
+            self._per_char[engine.model_name] = engine.count_tokens(self.text) / len(self.text)
+        return self._per_char[engine.model_name]
+
+    def lexical(self, kind: str) -> LexicalScorer | BM25Scorer:
+        if kind not in self._lexical:
+            texts = [self.text[s:e] for s, e in self.spans]
+            if kind == "coverage":
+                self._lexical[kind] = LexicalScorer(texts)
+            elif kind == "bm25":
+                self._lexical[kind] = BM25Scorer(texts)
+            else:
+                raise ValueError(f"unknown lexical score {kind!r}: coverage or bm25")
+        return self._lexical[kind]
+
+
+PREPARED_DOCUMENTS = 8  # documents whose preparation this process keeps (least recently used goes first)
+_prepared: OrderedDict[tuple[str, str, int], Prepared] = OrderedDict()
+
+
+def prepared(document: Document, embedder: Embedder, passage_tokens: int) -> Prepared:
+    key = (document.content_hash, embedder.name, passage_tokens)
+    if key in _prepared:
+        _prepared.move_to_end(key)
+    else:
+        _prepared[key] = Prepared(document.text, passages(document.text, embedder, passage_tokens))
+        while len(_prepared) > PREPARED_DOCUMENTS:
+            _prepared.popitem(last=False)
+    return _prepared[key]
 
 
 def window(spans: Sequence[Span], center: int, unit: Span, tokens: int, per_char: float) -> Span:
@@ -164,7 +211,7 @@ class Rag:
         """The document's passage index, built now if missing or built by another embedder."""
         c = self.config
         size = min(c.passage_tokens, embedder.max_tokens)
-        spans = passages(document.text, embedder, size)
+        spans = prepared(document, embedder, size).spans
         url = c.qdrant_url or os.environ.get("TOME_QDRANT_URL") or None
         home = Path(os.environ.get("TOME_HOME", Path.home() / ".cache" / "tome")).expanduser()
         client = open_client(None if url else c.qdrant_path or home / "qdrant", url)
@@ -205,7 +252,8 @@ class Rag:
         index, spans, built = self.index(document, embedder, progress)
         progress(1, 2, f"retrieving ({built} index)")
         text = document.text
-        per_char = engine.count_tokens(text) / len(text)
+        ready = prepared(document, embedder, min(c.passage_tokens, embedder.max_tokens))
+        per_char = ready.per_char(engine)
         units = pack(spans, lambda s: int((s[1] - s[0]) * per_char) + 1, min(c.unit_tokens, budget))
         unit_of = []
         u = 0
@@ -213,17 +261,32 @@ class Rag:
             while s >= units[u][1]:
                 u += 1
             unit_of.append(u)
-        lexical = lexical_scorer(c.lexical, [text[s:e] for s, e in spans]) if c.lexical_weight else None
+        lexical = ready.lexical(c.lexical) if c.lexical_weight else None
         retrieved = []
         for q, task in zip(embedder.embed([t.question for t in tasks]), tasks, strict=True):
-            limit = min(c.search_passages, len(spans))
-            passage_scores = dict(index.search(q, limit))
-            if lexical is not None:
-                overlap = lexical.scores(task.question)
-                best = sorted(range(len(spans)), key=overlap.__getitem__, reverse=True)[:limit]
-                missing = [p for p in best if p not in passage_scores]  # lexical matches the dense search missed
-                passage_scores.update(zip(missing, (index.vectors(missing) @ q).tolist(), strict=True))
-                passage_scores = {p: s + c.lexical_weight * overlap[p] for p, s in passage_scores.items()}
+            passage_scores = self.passage_scores(q, task.question, index, lexical, len(spans))
+            if c.windows:  # short windows around the best passages, not whole units
+                read = self.best_windows(passage_scores, spans, len(text), per_char, budget)
+                if c.second_round and lexical is not None:
+                    # What the first round found names what the question only describes ("the woman who later
+                    # helped Darcy"): asked again with the rarest words of the best passage (names, mostly), the
+                    # passage of the other fact ranks.
+                    first = max(passage_scores, key=passage_scores.__getitem__)
+                    asked = words(task.question)
+                    # the passage's sentence that shares most with the question is where the found thing is named
+                    said = max(
+                        split_sentences(text, *spans[first]), key=lambda x: len(words(text[x[0] : x[1]]) & asked)
+                    )
+                    found = sorted(words(text[said[0] : said[1]]) - asked, key=lambda t: (lexical.df[t], t))
+                    again = " ".join([task.question, *found[: c.second_round_terms]])
+                    scores2 = self.passage_scores(embedder.embed([again])[0], again, index, lexical, len(spans))
+                    fresh = {p: x for p, x in scores2.items() if not any(a <= spans[p][0] < b for a, b in read)}
+                    room = budget - sum(int((e - s) * per_char) + 2 for s, e in read)
+                    added = self.best_windows(fresh, spans, len(text), per_char, room, c.second_round)
+                    read = merged(read + added)
+                top = sorted(passage_scores.values(), reverse=True)[: len(read)]
+                retrieved.append(Retrieved(read, [round(x, 4) for x in top], [], built, len(spans)))
+                continue
             scores: dict[int, float] = {}  # a unit scores as its best passage
             best_passage: dict[int, int] = {}
             for pid, score in passage_scores.items():
@@ -257,6 +320,44 @@ class Rag:
                 )
             )
         return retrieved
+
+    def passage_scores(
+        self, q: Any, question: str, index: PassageIndex, lexical: LexicalScorer | BM25Scorer | None, n: int
+    ) -> dict[int, float]:
+        """Cosine to the question for the best dense and the best lexical matches, plus the weighted lexical score."""
+        c = self.config
+        limit = min(c.search_passages, n)
+        scores = dict(index.search(q, limit))
+        if lexical is not None:
+            overlap = lexical.scores(question)
+            best = sorted(range(n), key=overlap.__getitem__, reverse=True)[:limit]
+            missing = [p for p in best if p not in scores]  # lexical matches the dense search missed
+            scores.update(zip(missing, (index.vectors(missing) @ q).tolist(), strict=True))
+            scores = {p: s + c.lexical_weight * overlap[p] for p, s in scores.items()}
+        return scores
+
+    def best_windows(
+        self,
+        passage_scores: dict[int, float],
+        spans: Sequence[Span],
+        length: int,
+        per_char: float,
+        budget: int,
+        count: int | None = None,
+    ) -> list[Span]:
+        """Windows of about `window_tokens` around the `count` (default `windows`) best passages, best first while
+        the budget lasts, then in document order (overlapping windows joined)."""
+        c = self.config
+        read: list[Span] = []
+        used = 0
+        for p in sorted(passage_scores, key=passage_scores.__getitem__, reverse=True)[: count or c.windows]:
+            span = window(spans, p, (0, length), c.window_tokens, per_char)
+            cost = int((span[1] - span[0]) * per_char) + 2
+            if used + cost > budget:
+                break
+            read.append(span)
+            used += cost
+        return merged(read)
 
     def cover(
         self,
@@ -295,7 +396,8 @@ class Rag:
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
         start = time.perf_counter()
         reader = MemAgent()
-        extract = self.config.notes and reader.adapter(engine) is not None
+        # Windows are already the few hundred tokens around each match: the model reads them itself.
+        extract = self.config.notes and not self.config.windows and reader.adapter(engine) is not None
         retrieved = self.retrieve(document, tasks, engine, progress, focus=not extract)
         text = document.text
         contexts = ["\n\n".join(text[s:e] for s, e in r.units) for r in retrieved]
@@ -328,6 +430,7 @@ class Rag:
             if task.kind == TaskKind.QA:  # extractions are JSON the schema check reads as written
                 a.text, completed = complete_fragments(a.text, context, task.question)
             a.details = {
+                **a.details,
                 "index": r.index,
                 "scores": r.scores,
                 "passages": r.passages,

@@ -48,6 +48,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             "question": task.question,
             "answer": answer.text,
             "supported": result.supported[0],
+            "unsupported_reply": answer.details.get("unsupported_reply"),
             "strategy": result.strategy,
             "reason": result.reason,
             "kind": result.kind,
@@ -69,8 +70,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         print(answer.text)
-        if not result.supported[0]:
-            note = "unsupported: the answer was not found in the text it was read from; it may be wrong"
+        if not result.supported[0] and answer.details.get("unsupported_reply"):
+            reply = answer.details["unsupported_reply"]
+            note = f"unsupported: the model replied {reply!r}, which nothing read backs (not found near what was asked)"
             print(f"\n{note}", file=sys.stderr)
         print(f"\nstrategy: {result.strategy} ({result.reason})", file=sys.stderr)
         c = result.cost

@@ -32,6 +32,10 @@ def doc16k(native_engine) -> Document:
     return long_document(native_engine, FACT, 16_000, 0.6)
 
 
+# rag's unit mode (windows=0) with the lexical score its needle tests were tuned with
+UNITS = {"windows": 0, "second_round": 0, "lexical": "coverage", "lexical_weight": 0.3}
+
+
 @pytest.fixture
 def rag(tmp_path) -> Rag:
     return Rag(RagConfig(qdrant_path=tmp_path / "qdrant"))
@@ -180,20 +184,20 @@ def test_rag_rebuilds_an_index_built_by_another_embedder(native_engine, rag):
 def test_rag_reads_a_clear_match_alone_and_answers_from_it(native_engine, tmp_path):
     doc = long_document(native_engine, FACT, 6000, 0.5)
     at = doc.text.index(FACT)
-    focused = Rag(RagConfig(qdrant_path=tmp_path / "qdrant"))
+    focused = Rag(RagConfig(qdrant_path=tmp_path / "qdrant", **UNITS))
     answer = focused.run(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
     assert len(answer.evidence) == 1 and answer.evidence[0].start <= at < answer.evidence[0].end
     assert "biscuit" in answer.text.lower()
     # The memory agent's extractor read the retrieved window and kept the fact's sentence; the answer came from it.
     assert answer.details["notes"] and answer.evidence[0].text.strip() == FACT
     # Without it the model reads the window itself, and the evidence is the whole window.
-    direct = Rag(RagConfig(qdrant_path=tmp_path / "qdrant", notes=False))
+    direct = Rag(RagConfig(qdrant_path=tmp_path / "qdrant", notes=False, **UNITS))
     read = direct.run(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
     assert not read.details["notes"] and FACT in read.evidence[0].text and len(read.evidence[0].text) > 2 * len(FACT)
     best, second = (s for *_, s in answer.details["ranked"][:2])
     assert best - second > focused.config.focus_margin  # why it read one unit: the others scored far below
     # Without the margin the same index fills the read budget with units that do not hold the fact.
-    filled = Rag(RagConfig(qdrant_path=tmp_path / "qdrant", focus_margin=None))
+    filled = Rag(RagConfig(qdrant_path=tmp_path / "qdrant", focus_margin=None, **UNITS))
     units = filled.retrieve(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0].units
     assert len(units) >= 3 and sum(s <= at < e for s, e in units) == 1
 
@@ -228,7 +232,7 @@ def test_rag_hybrid_score_lifts_a_rare_key_clear_of_the_rest(native_engine, tmp_
     at, task = doc.text.index(fact), Task("What is the passphrase for quill-orchard?")
 
     def retrieve(weight: float):
-        config = RagConfig(qdrant_path=tmp_path / "qdrant", lexical_weight=weight)
+        config = RagConfig(qdrant_path=tmp_path / "qdrant", **{**UNITS, "lexical_weight": weight})
         return Rag(config).retrieve(doc, [task], native_engine, lambda *a: None)[0]
 
     dense, hybrid = retrieve(0.0), retrieve(0.3)
@@ -301,7 +305,7 @@ def test_rag_covers_each_rare_key_of_a_question_that_names_several(native_engine
     task = Task("What are the special magic numbers for " + ", ".join(keys) + " mentioned in the provided text?")
 
     def read(cover_df: int) -> str:
-        config = RagConfig(qdrant_path=tmp_path / "qdrant", cover_df=cover_df)
+        config = RagConfig(qdrant_path=tmp_path / "qdrant", cover_df=cover_df, **UNITS)
         units = Rag(config).retrieve(doc, [task], native_engine, lambda *a: None)[0].units
         assert units == sorted(units) and all(a[1] < b[0] for a, b in itertools.pairwise(units))  # no text twice
         assert sum(native_engine.count_tokens(doc.text[s:e]) for s, e in units) <= 3072 + 64
@@ -310,3 +314,58 @@ def test_rag_covers_each_rare_key_of_a_question_that_names_several(native_engine
     covered, plain = read(2), read(0)
     assert all(str(v) in covered for v in keys.values())
     assert not all(str(v) in plain for v in keys.values())  # the best units alone hold three keys at most
+
+
+def test_bm25_matches_other_forms_of_the_question_words():
+    from memory.lexical import BM25Scorer
+
+    passages = [
+        "Mr. Collins was not a sensible man, and the deficiency of nature had been but little assisted.",
+        "Charlotte Lucas accepted him, and they were married in the church at Hunsford.",
+        "The weather was fine and the walk to Meryton was pleasant.",
+    ]
+    scores = BM25Scorer(passages).scores("Whom does Mr. Collins marry?")
+    assert scores[1] > scores[2] and scores[0] == pytest.approx(1.0)  # "marry" finds "married"; "Collins" is rarer
+    assert all(0.0 <= x <= 1.0 for x in scores)
+    assert BM25Scorer(passages).scores("zyzzyva?") == [0.0] * 3
+
+
+def test_rag_windows_read_around_the_best_passage_and_a_second_round_finds_the_other_fact(native_engine, tmp_path):
+    first = "The harbour master's niece was called Odile Vantongeren."
+    second = "Odile Vantongeren later kept a bakery on the Quai des Brumes."
+    paragraphs = long_document(native_engine, "", 9000, 0.5).text.split("\n\n")
+    third = len(paragraphs) // 3
+    parts = [*paragraphs[:third], first, *paragraphs[third : 2 * third], second, *paragraphs[2 * third :]]
+    doc = Document("\n\n".join(parts))
+    task = Task("Where did the harbour master's niece end up working?")  # names neither her nor the bakery
+
+    def read(second_round: int) -> list[tuple[int, int]]:
+        config = RagConfig(
+            qdrant_path=tmp_path / "qdrant",
+            lexical="bm25",
+            lexical_weight=1.0,
+            windows=1,
+            window_tokens=128,
+            second_round=second_round,
+        )
+        return Rag(config).retrieve(doc, [task], native_engine, lambda *a: None)[0].units
+
+    def holds(units: list[tuple[int, int]], fact: str) -> bool:
+        at = doc.text.index(fact)
+        return any(s <= at < e for s, e in units)
+
+    one, two = read(0), read(1)
+    assert len(one) == 1 and native_engine.count_tokens(doc.text[one[0][0] : one[0][1]]) <= 160
+    assert holds(one, first) and not holds(one, second)
+    assert holds(two, first) and holds(two, second)  # asked again with her name, the bakery's passage ranks
+
+
+def test_rag_prepares_a_document_once_per_process(native_engine, tmp_path):
+    from memory.embedder import get_embedder
+    from memory.rag import prepared
+
+    doc = long_document(native_engine, FACT, 3000, 0.5)
+    embedder = get_embedder("all-MiniLM-L6-v2")
+    ready = prepared(doc, embedder, 128)
+    assert prepared(doc, embedder, 128) is ready and ready.lexical("bm25") is ready.lexical("bm25")
+    assert prepared(Document(doc.text + " More."), embedder, 128) is not ready

@@ -57,7 +57,7 @@ def test_task_kinds_are_read_from_the_request() -> None:
 
 
 def test_eval_rows_are_fit_under_the_kind_the_router_reads(native_engine: Engine) -> None:
-    for name in TASKS:
+    for name in (t for t in TASKS if t != "docqa"):  # docqa's rows carry each question's own kind
         question = generate(name, native_engine, 2048, 0).question
         assert task_kind(question) == KIND_OF_EVAL_TASK[name], (name, question.question)
 

@@ -21,7 +21,7 @@ from workflows.memagent import add_memagent_loop
 from workflows.policy import Policy
 from workflows.registry import get_strategy
 from workflows.router import Budget, choose_strategy
-from workflows.verify import answer_supported
+from workflows.verify import NOT_STATED, answer_supported
 
 # memagent takes one graph step per segment: a 10M-token document is well under this.
 RECURSION_LIMIT = 10_000
@@ -108,10 +108,21 @@ def verify(state: JobState, config: RunnableConfig) -> JobState:
     if all(supported) or not state["fallbacks"]:
         # Nothing better to try: keep the attempt with the most supported answers (the router's first on a tie).
         best = max(attempts, key=lambda a: sum(a["supported"]))
-        return {"attempts": attempts, "answers": best["answers"], "strategy": best["strategy"], "done": True}
+        answers = [
+            a if ok or t.kind != TaskKind.QA else says_not_stated(a)
+            for a, ok, t in zip(best["answers"], best["supported"], _tasks(state), strict=True)
+        ]
+        return {"attempts": attempts, "answers": answers, "strategy": best["strategy"], "done": True}
     nxt, rest = state["fallbacks"][0], state["fallbacks"][1:]
     reason = f"{state['reason']}; fell back to {nxt}: {state['strategy']}'s answer was not supported by its evidence"
     return {"attempts": attempts, "strategy": nxt, "fallbacks": rest, "reason": reason, "done": False}
+
+
+def says_not_stated(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer nothing read could back says so; what the model replied stays in its details."""
+    if answer["text"] == NOT_STATED:
+        return answer
+    return {**answer, "text": NOT_STATED, "details": {**answer.get("details", {}), "unsupported_reply": answer["text"]}}
 
 
 def build_graph(checkpointer: Checkpointer = None) -> Any:

@@ -128,8 +128,12 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
         for row in doc["rows"]:
             if row.get("accuracy") is None or row.get("strategy") == "auto" or not row.get("n"):
                 continue
-            kind = KIND_OF_EVAL_TASK.get(row["task"], row["task"])
-            groups[(row["strategy"], kind, int(row["length"]))].append(row)
+            # docqa's rows are per question kind (an unanswerable question reads as a lookup) and whole documents
+            # (length 0) are filed at their size
+            kind = row.get("kind") or KIND_OF_EVAL_TASK.get(row["task"], row["task"])
+            kind = "lookup" if kind == "unanswerable" else kind
+            length = int(row["length"]) or int(row["document_tokens"])
+            groups[(row["strategy"], kind, length)].append(row)
 
     def total(rows: list[dict[str, Any]], key: str) -> float:
         return sum(float(r.get(key) or 0) * int(r["n"]) for r in rows)

@@ -1,11 +1,53 @@
-"""Is an answer supported by the evidence it was read from? A model-free check the graph uses to fall back."""
+"""Is an answer supported by the evidence it was read from? A model-free check the graph uses to fall back.
+
+Two tests. The answer's own words must be in what it was read from (it was not made up). And, for a question
+asking one stated fact, they must be found near what the question asks about: a name that merely occurs somewhere
+in a long passage read (asked whom Mr. Collins marries, "Elizabeth") is not backed by it; the sentence that holds
+it, or its neighbours, must share the question's other words (stemmed: "marries" finds "married").
+"""
 
 from __future__ import annotations
 
+import re
+from functools import cache
+
 from engines.grounding import content_words, is_abstention
 from engines.types import Answer, Task, TaskKind
+from workflows.analysis import task_kind
 
+NOT_STATED = "The document does not say."  # the answer to a question nothing read could back
 SUPPORTED = 0.5  # share of the answer's new content words that must occur in its evidence
+# Share of the question's other content words (stems) that the sentences around the answer must hold, for lookups.
+ASKED_NEAR = 0.34
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
+
+
+@cache
+def _stemmer():  # noqa: ANN202 - PyStemmer's type
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def stems(words: set[str]) -> set[str]:
+    return set(_stemmer().stemWords(sorted(words)))
+
+
+def near_question(answer: str, question: str, source: str, around: int = 1) -> float:
+    """The largest share of the question's other content-word stems held by a window of sentences (the one with an
+    answer word and `around` on each side) in `source`; 1.0 when the question has no other words."""
+    answer_words = content_words(answer) - content_words(question)
+    asked = stems(content_words(question) - content_words(answer))
+    if not asked:
+        return 1.0
+    sentences = [stems(content_words(m.group(0))) for m in _SENTENCE.finditer(source)]
+    wanted = stems(answer_words)
+    best = 0.0
+    for i, words in enumerate(sentences):
+        if words & wanted:
+            window = set().union(*sentences[max(0, i - around) : i + around + 1])
+            best = max(best, len(asked & window) / len(asked))
+    return best
 
 
 def answer_supported(answer: Answer, task: Task, document_text: str) -> bool:
@@ -23,4 +65,8 @@ def answer_supported(answer: Answer, task: Task, document_text: str) -> bool:
         return False  # an answer that shows nothing it was read from cannot be checked
     source = "\n".join(document_text[e.start : e.end] for e in answer.evidence)
     found = content_words(source)
-    return sum(w in found for w in new) / len(new) >= SUPPORTED
+    if sum(w in found for w in new) / len(new) < SUPPORTED:
+        return False
+    if task_kind(task) != "lookup":
+        return True  # a multi-hop answer sits by the last fact of its chain, not by the question's words
+    return near_question(answer.text, task.question, source) >= ASKED_NEAR

@@ -84,6 +84,7 @@ class Sample:
             "accuracy": accuracy,
             "evidence_recall": recall,
             "prediction": answer.text,
+            "evidence_spans": [[e.start, e.end] for e in answer.evidence],
             "calls": answer.cost.calls,
             "tokens_read": answer.cost.tokens_read,
             "tokens_generated": answer.cost.tokens_generated,
