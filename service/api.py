@@ -436,6 +436,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    from service import events  # it imports this module: included here, once it is loaded
+
+    app.include_router(events.router)
 
     app.add_middleware(MeasureRequests)
 

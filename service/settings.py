@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     allow_private_callbacks: bool = Field(default=False, description="development only: loopback/private callbacks")
     public_url: str = Field(default="http://localhost:8000", description="the API's base URL, for links in webhooks")
+    # The web page and the event stream (service/web.py, service/events.py).
+    events_poll_interval: float = Field(default=0.25, gt=0, le=5, description="seconds between job-row reads")
+    events_keepalive: float = Field(default=15, gt=0, description="seconds of silence before a keep-alive comment")
+    events_max_seconds: float = Field(default=3600, gt=0, description="a stream closes after this; clients reconnect")
+    events_retry_ms: int = Field(default=2000, ge=0, description="the `retry:` the stream tells clients")
+    web_page: bool = Field(default=True, description="serve the page at / (static files in service/static)")
+    cors_origins: list[str] = Field(default=[], description="origins allowed by CORS; empty: CORS off")
+    cors_allow_credentials: bool = False
+    cors_max_age: int = Field(default=600, ge=0)
     job_queue: str = "cpu"  # `gpu` sends jobs to the GPU workers
     webhook_queue: str = "webhooks"
     job_time_limit: float = Field(default=6 * 3600, gt=0, description="seconds before a running job is killed")
