@@ -436,9 +436,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
-    from service import events  # it imports this module: included here, once it is loaded
+    from service import events, web  # they import this module: included here, once it is loaded
 
     app.include_router(events.router)
+    web.mount(app, settings)
 
     app.add_middleware(MeasureRequests)
 
