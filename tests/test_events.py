@@ -156,3 +156,54 @@ def test_events_follow_a_real_job(
             assert any(d["strategy"] for d in running) or end["strategy"]
     finally:
         server.should_exit = True
+
+
+def test_openapi_declares_the_api_key_schemes(idle_api: tuple[str, Store]) -> None:
+    base, _ = idle_api
+    schema = httpx.get(f"{base}/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["type"] == "http" and schemes["bearerAuth"]["scheme"] == "bearer"
+    assert schemes["apiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    either = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    for path, method in [
+        ("/v1/jobs", "post"),
+        ("/v1/jobs", "get"),
+        ("/v1/jobs/{job_id}", "delete"),
+        ("/v1/jobs/{job_id}/events", "get"),
+        ("/v1/documents", "post"),
+        ("/v1/documents/{document_id}/text", "get"),
+    ]:
+        operation = schema["paths"][path][method]
+        assert operation["security"] == either and "401" in operation["responses"], (path, method)
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        assert "security" not in schema["paths"][open_path]["get"]
+    assert "/" not in schema["paths"]
+
+
+def test_cors_is_off_by_default_and_on_for_named_origins(env: dict[str, str], idle_api: tuple[str, Store]) -> None:
+    base, _ = idle_api
+    preflight = {
+        "Origin": "https://ui.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    off = httpx.options(f"{base}/v1/jobs", headers=preflight)
+    assert "access-control-allow-origin" not in off.headers
+    plain = httpx.get(f"{base}/v1/jobs", headers={"Origin": "https://ui.example", "X-API-Key": ALICE})
+    assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
+
+    on, server = serve(settings_from(env, job_queue="sse-idle", cors_origins="https://ui.example, https://b.example/"))
+    try:
+        allowed = httpx.options(f"{on}/v1/jobs", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://ui.example"
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        other = httpx.options(f"{on}/v1/jobs", headers={**preflight, "Origin": "https://evil.example"})
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+        response = httpx.get(f"{on}/v1/jobs", headers={"Origin": "https://b.example", "X-API-Key": ALICE})
+        assert response.headers["access-control-allow-origin"] == "https://b.example"
+        denied = httpx.get(f"{on}/v1/jobs", headers={"Origin": "https://b.example"})
+        assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "https://b.example"
+        assert "location" in response.headers["access-control-expose-headers"].lower()
+    finally:
+        server.should_exit = True
