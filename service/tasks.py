@@ -74,7 +74,7 @@ class JobProgress:
             self.routed = True
 
     def __call__(self, done: int, total: int, message: str) -> None:
-        if not self.routed:
+        if not self.routed or done == 0:  # every strategy starts at 0: a fallback's strategy and reason show at once
             self.record_route()
         self.total = max(total, 1)
         if not self.store.set_progress(self.job_id, done, total, message):

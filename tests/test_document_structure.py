@@ -4,6 +4,8 @@ evidence spans placed on their page and section."""
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +145,23 @@ def test_markdown_headings_make_an_outline() -> None:
     ]
     assert doc.locate(doc.text.index("blue")) == (None, "Part one")
     assert parse_document(b"plain words", "a.txt").metadata == {"filename": "a.txt"}
+
+
+def test_tome_ask_json_gives_pages(tmp_path: Path) -> None:
+    """`tome ask --json` on a PDF, as a user runs it (the real model): evidence with its page, image-only pages."""
+    from tests.test_ask import tome
+
+    path = tmp_path / "keeper.pdf"
+    path.write_bytes(make_pdf(PAGES, OUTLINE))
+    out = tome("ask", str(path), "What was the cat called?", "--strategy", "full", "--max-tokens", "8", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["document"]["pages"] == 4 and result["document"]["image_only_pages"] == [2]
+    evidence = result["evidence"]  # `full` read it all, from the first page on
+    assert len(evidence) == 1 and (evidence[0]["start"], evidence[0]["page"], evidence[0]["section"]) == (
+        0,
+        1,
+        "Title page",
+    )
+    plain = tome("ask", str(path), "What was the cat called?", "--strategy", "full", "--max-tokens", "8")
+    assert "not read (image-only pages, no text layer): 2" in plain.stderr

@@ -270,15 +270,27 @@ def test_docx_upload_keeps_its_headings(server: str, tmp_path: Path) -> None:
         assert odd.status_code == 415 and ".docx" in odd.json()["detail"]
 
 
-def test_cancel_a_running_job(server: str, browser: WebDriver, tmp_path: Path) -> None:
-    pdf = tmp_path / "notes.pdf"
-    pdf.write_bytes(make_pdf([Page([f"Line {i} of a note about the harbour and its lamps." for i in range(40)])]))
-    browser.get(server + "/")
+DROP = """
+const data = new DataTransfer();
+data.items.add(new File([arguments[0]], "notes.md", {type: "text/markdown"}));
+const zone = document.getElementById("drop");
+for (const type of ["dragenter", "dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+}
+"""
+
+
+def test_drop_a_file_poll_and_cancel(server: str, browser: WebDriver) -> None:
+    """A file dropped on the page, progress by polling (`?transport=poll`, the fallback), then Cancel."""
+    browser.get(server + "/?transport=poll")
     set_key(browser, ALICE)
-    browser.find_element(By.ID, "file").send_keys(str(pdf))
+    note = "# Harbour notes\n\n" + "\n".join(f"Line {i} of a note about the harbour and its lamps." for i in range(60))
+    browser.execute_script(DROP, note)
+    assert text_of(browser, "file-name").startswith("notes.md (")
     browser.find_element(By.ID, "questions").send_keys("How many lines are there?\nWhat is lit?")
     browser.find_element(By.ID, "submit").click()
     cancel = wait_for(lambda: (b := browser.find_element(By.ID, "cancel")).is_displayed() and b, 60, "Cancel")
+    assert wait_for(lambda: text_of(browser, "progress-via"), 10, "the transport") == "Polling every second"
     cancel.click()
     wait_for(lambda: text_of(browser, "progress-text").startswith("cancelled"), 30, "the cancelled job")
     assert "The job was cancelled." in text_of(browser, "answers-empty")
