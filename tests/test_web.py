@@ -284,6 +284,12 @@ def test_drop_a_file_poll_and_cancel(server: str, browser: WebDriver) -> None:
     """A file dropped on the page, progress by polling (`?transport=poll`, the fallback), then Cancel."""
     browser.get(server + "/?transport=poll")
     set_key(browser, ALICE)
+    browser.execute_script(DROP.replace("notes.md", "notes.odt"), "not a format we read")
+    browser.find_element(By.ID, "questions").send_keys("Anything?")
+    browser.find_element(By.ID, "submit").click()
+    error = wait_for(lambda: (box := browser.find_element(By.ID, "error")).is_displayed() and box.text, 20, "it")
+    assert error.startswith("Unusable document: notes.odt: unsupported file type '.odt'; supported: "), error
+    browser.find_element(By.ID, "questions").clear()
     note = "# Harbour notes\n\n" + "\n".join(f"Line {i} of a note about the harbour and its lamps." for i in range(60))
     browser.execute_script(DROP, note)
     assert text_of(browser, "file-name").startswith("notes.md (")
