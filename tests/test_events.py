@@ -35,11 +35,24 @@ from tests.test_service import (  # noqa: F401  (pytest fixtures)
 REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
+def private_home(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A TOME_HOME of the test's own (rag's local Qdrant folder admits one process, and another run on the host
+    may hold the default one) that shares the usual home's converted models."""
+    from service.settings import Settings
+
+    home = tmp_path_factory.mktemp("tome-home")
+    models = Settings().home / "models"
+    if models.is_dir():
+        (home / "models").symlink_to(models, target_is_directory=True)
+    return str(home)
+
+
 @pytest.fixture(scope="module")
-def env(database: str) -> Iterator[dict[str, str]]:  # noqa: F811
+def env(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:  # noqa: F811
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     yield {
+        "TOME_HOME": private_home(tmp_path_factory),
         "TOME_DATABASE_URL": database,
         "TOME_REDIS_URL": REDIS_URL,
         "TOME_API_KEYS": f"alice:{ALICE},bob:{BOB}",
@@ -148,7 +161,7 @@ def test_events_follow_a_real_job(
             names = [n for n, _ in seen]
             assert names[-1] == "end" and set(names[:-1]) == {"progress"}
             end = seen[-1][1]
-            assert end["status"] == "completed", end
+            assert end["status"] == "completed", (end["error"], end)
             assert len(end["result"]["answers"]) == 2
             statuses = [d["status"] for n, d in seen if n == "progress"]
             assert "running" in statuses

@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from bench.pdfgen import Heading, Page, book, make_pdf
+from tests.test_events import private_home
 from tests.test_service import ALICE, BOB, ROOT, Worker, database, free_port, wait_for  # noqa: F401
 
 pytest.importorskip("selenium")
@@ -61,18 +62,10 @@ def keeper_pdf() -> bytes:
 
 @pytest.fixture(scope="module")
 def env(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:  # noqa: F811
-    """Its own TOME_HOME (rag's local Qdrant folder admits one process: another run on the host may hold the
-    default one), sharing the converted models of the usual home."""
-    from service.settings import Settings
-
-    home = tmp_path_factory.mktemp("tome-home")
-    models = Settings().home / "models"
-    if models.is_dir():
-        (home / "models").symlink_to(models, target_is_directory=True)
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     yield {
-        "TOME_HOME": str(home),
+        "TOME_HOME": private_home(tmp_path_factory),
         "TOME_DATABASE_URL": database,
         "TOME_REDIS_URL": REDIS_URL,
         "TOME_API_KEYS": f"alice:{ALICE},bob:{BOB}",
