@@ -384,7 +384,15 @@ function renderAnswers(job) {
           where.length ? el("strong", { class: "where" }, where.join(" · ")) : null,
           where.length ? " " : "",
           el("span", { class: "snippet" }, label),
-          whole ? el("span", { class: "hint" }, ` (read: ${fmt.format(ev.end - ev.start)} characters)`) : "",
+          whole
+            ? el(
+                "span",
+                { class: "hint" },
+                ev.end - ev.start >= 0.9 * text.length
+                  ? " (it read the whole document)"
+                  : ` (it read ${fmt.format(ev.end - ev.start)} characters here)`,
+              )
+            : "",
         ),
       );
     });
