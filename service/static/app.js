@@ -380,7 +380,7 @@ function renderAnswers(job) {
         {},
         el(
           "button",
-          { type: "button", class: "evidence", "data-key": key, onclick: () => jumpTo(key) },
+          { type: "button", class: "evidence", "data-key": key, "data-page": page, onclick: () => jumpTo(key) },
           where.length ? el("strong", { class: "where" }, where.join(" · ")) : null,
           where.length ? " " : "",
           el("span", { class: "snippet" }, label),
@@ -528,6 +528,11 @@ function jumpTo(key) {
     marks[0].setAttribute("tabindex", "-1");
     marks[0].scrollIntoView({ block: "center" });
     marks[0].focus({ preventScroll: true });
+  } else if (button) {
+    // Nothing to highlight (it read everything and the answer's words are not in it): go to its page, or the top.
+    const target = button.dataset.page ? $(`page-${button.dataset.page}`) : null;
+    if (target) scrollToNode(target);
+    else $("doc-view").scrollTop = 0;
   }
 }
 
