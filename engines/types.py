@@ -6,6 +6,7 @@ so that a Document or an Answer means the same thing everywhere without an upwar
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,19 @@ class Document:
     def __post_init__(self) -> None:
         if not self.content_hash:
             object.__setattr__(self, "content_hash", content_hash(self.text))
+
+    def locate(self, offset: int) -> tuple[int | None, str | None]:
+        """The page (1-based) and the outline heading a character offset falls under, where the loader kept
+        them (`metadata["page_spans"]`: `[[page, start, end], ...]`; `metadata["outline"]`: `[{title, start}]`)."""
+        page = section = None
+        spans = self.metadata.get("page_spans") or []
+        if spans:
+            i = bisect.bisect_right([s[1] for s in spans], offset) - 1
+            page = spans[max(i, 0)][0]
+        outline = [h for h in self.metadata.get("outline") or [] if h.get("start", 0) <= offset]
+        if outline:
+            section = max(outline, key=lambda h: h["start"])["title"]
+        return page, section
 
 
 class TaskKind(StrEnum):
@@ -66,11 +80,14 @@ class Cost:
 
 @dataclass(frozen=True)
 class Evidence:
-    """A span of the document (character offsets) that the answer was read from."""
+    """A span of the document (character offsets) that the answer was read from; `page` and `section` where the
+    document has pages or an outline (filled in by the job graph from `Document.locate`)."""
 
     start: int
     end: int
     text: str
+    page: int | None = None
+    section: str | None = None
 
 
 @dataclass

@@ -161,7 +161,7 @@ def job_out(svc: Services, job: Job, callback_secret: str | None = None) -> JobO
 
 @router.post("/v1/documents", status_code=201, response_model=DocumentOut, tags=["documents"])
 async def upload_document(request: Request, svc: ServicesDep, owner: Owner, response: Response) -> DocumentOut:
-    """Upload a .txt, .md, .html or .pdf as multipart field `file`; the same bytes again return the same id."""
+    """Upload a .txt, .md, .html, .pdf or .docx as multipart field `file`; the same bytes again return the same id."""
     limit = svc.settings.max_upload_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + 64 * 1024:  # refuse before reading the body
@@ -436,6 +436,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    from service import events, web  # they import this module: included here, once it is loaded
+
+    app.include_router(events.router)
+    web.mount(app, settings)
 
     app.add_middleware(MeasureRequests)
 

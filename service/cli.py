@@ -33,7 +33,7 @@ def _progress_bar() -> Any:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from engines import create_engine
-    from service.documents import load_document
+    from service.documents import load_document, structure
     from service.settings import Settings
     from workflows.graph import run_job
 
@@ -57,6 +57,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 "source": document.source,
                 "content_hash": document.content_hash,
                 "tokens": result.document_tokens,
+                **structure(document),
             },
             "engine": {"kind": engine.name, "model": engine.model_name, "max_context": engine.max_context},
             "cost": {  # every attempt together, fallbacks included
@@ -65,7 +66,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 "tokens_generated": result.cost.tokens_generated,
                 "seconds": round(result.cost.seconds, 3),
             },
-            "evidence": [{"start": e.start, "end": e.end, "text": e.text} for e in answer.evidence],
+            "evidence": [
+                {"start": e.start, "end": e.end, "text": e.text, "page": e.page, "section": e.section}
+                for e in answer.evidence
+            ],
         }
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
@@ -75,6 +79,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
             note = f"unsupported: the model replied {reply!r}, which nothing read backs (not found near what was asked)"
             print(f"\n{note}", file=sys.stderr)
         print(f"\nstrategy: {result.strategy} ({result.reason})", file=sys.stderr)
+        skipped = structure(document).get("image_only_pages")
+        if skipped:
+            print(f"not read (image-only pages, no text layer): {', '.join(map(str, skipped))}", file=sys.stderr)
         c = result.cost
         print(f"cost: {c.calls} model call(s), {c.tokens_read} tokens read, {c.seconds:.1f} s", file=sys.stderr)
     return 0

@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     allow_private_callbacks: bool = Field(default=False, description="development only: loopback/private callbacks")
     public_url: str = Field(default="http://localhost:8000", description="the API's base URL, for links in webhooks")
+    # The web page and the event stream (service/web.py, service/events.py).
+    events_poll_interval: float = Field(default=0.25, gt=0, le=5, description="seconds between job-row reads")
+    events_keepalive: float = Field(default=15, gt=0, description="seconds of silence before a keep-alive comment")
+    events_max_seconds: float = Field(default=3600, gt=0, description="a stream closes after this; clients reconnect")
+    events_retry_ms: int = Field(default=2000, ge=0, description="the `retry:` the stream tells clients")
+    web_page: bool = Field(default=True, description="serve the page at / (static files in service/static)")
+    cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS (`*`: any); empty: off")
+    cors_allow_credentials: bool = Field(default=False, description="CORS: allow cookies (not with `*`)")
+    cors_max_age: int = Field(default=600, ge=0, description="seconds a browser may cache a CORS preflight")
     job_queue: str = "cpu"  # `gpu` sends jobs to the GPU workers
     webhook_queue: str = "webhooks"
     job_time_limit: float = Field(default=6 * 3600, gt=0, description="seconds before a running job is killed")
@@ -49,6 +58,9 @@ class Settings(BaseSettings):
     webhook_jitter: float = Field(default=0.2, ge=0, le=1)
     webhook_timeout: float = Field(default=15, gt=0)
     webhook_max_retry_after: float = Field(default=86400, gt=0, description="cap on a receiver's Retry-After")
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'tome.db'}"

@@ -21,6 +21,7 @@ from engines.types import Document
 from service import webhooks
 from service.celery_app import DELIVER_EVENT, RUN_JOB, app
 from service.checkpoints import open_checkpointer
+from service.documents import structure
 from service.models import Event, Job, utcnow
 from service.schemas import JobCreate
 from service.settings import get_settings
@@ -73,14 +74,14 @@ class JobProgress:
             self.routed = True
 
     def __call__(self, done: int, total: int, message: str) -> None:
-        if not self.routed:
+        if not self.routed or done == 0:  # every strategy starts at 0: a fallback's strategy and reason show at once
             self.record_route()
         self.total = max(total, 1)
         if not self.store.set_progress(self.job_id, done, total, message):
             raise JobCancelled(self.job_id)
 
 
-def result_dict(result: JobResult, tasks: list[Any]) -> dict[str, Any]:
+def result_dict(result: JobResult, tasks: list[Any], document: Document | None = None) -> dict[str, Any]:
     answers = []
     for task, answer, supported in zip(tasks, result.answers, result.supported, strict=True):
         item = {
@@ -102,6 +103,7 @@ def result_dict(result: JobResult, tasks: list[Any]) -> dict[str, Any]:
         "attempts": result.attempts,  # what ran and fell back, in order
         "cost": vars(result.cost),
         "document_tokens": result.document_tokens,
+        **({"document": structure(document)} if document is not None and structure(document) else {}),
     }
 
 
@@ -183,7 +185,7 @@ def run_job_task(self: Any, job_id: str) -> None:
         job_id,
         "completed",
         event_body,
-        result=result_dict(result, tasks),
+        result=result_dict(result, tasks, document),
         cost=cost,
         strategy=result.strategy,
         reason=result.reason,

@@ -8,7 +8,7 @@ its last finished node; the engine and the progress callback travel in the run c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypedDict
 
 from langchain_core.runnables import RunnableConfig
@@ -155,6 +155,14 @@ def _answer(d: dict[str, Any]) -> Answer:
     )
 
 
+def _with_places(answer: Answer, document: Document) -> Answer:
+    """Evidence spans with the page and section they start in (PDFs, Word and Markdown documents)."""
+    if not (document.metadata.get("page_spans") or document.metadata.get("outline")):
+        return answer
+    evidence = [replace(e, page=p, section=s) for e in answer.evidence for p, s in [document.locate(e.start)]]
+    return replace(answer, evidence=evidence)
+
+
 def run_job(
     document: Document,
     tasks: Sequence[Task],
@@ -186,7 +194,7 @@ def run_job(
     # Synchronous checkpoints: a job's route and each finished node are visible (and resumable) at once.
     kwargs: dict[str, Any] = {"durability": "sync"} if checkpointer is not None else {}
     final = graph.invoke(None if resume else state, config, **kwargs)
-    answers = [_answer(a) for a in final["answers"]]
+    answers = [_with_places(_answer(a), document) for a in final["answers"]]
     total = Cost()
     for attempt in final["attempts"]:
         for a in attempt["answers"]:
