@@ -40,8 +40,16 @@ def test_planted_fact_is_answered(planted_file: Path, engine: str) -> None:
     assert result["kind"] == "lookup" and result["attempts"] == [{"strategy": "full", "supported": [True]}]
     assert result["supported"] is True  # the answer given was found in its evidence
     keys = {"question", "answer", "supported", "strategy", "reason", "kind", "attempts", "document", "engine", "cost"}
-    keys |= {"evidence"}
-    assert set(result) == keys
+    keys |= {"evidence", "unsupported_reply"}
+    assert set(result) == keys and result["unsupported_reply"] is None
+
+
+def test_a_question_the_document_does_not_answer_gets_it_said(planted_file: Path) -> None:
+    out = tome("ask", str(planted_file), "Which country won the 1998 football World Cup final?", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    # whatever the model replied, nothing read backs it near what was asked: the answer says so
+    assert result["answer"] == "The document does not say." and result["supported"] is False
 
 
 def test_plain_output_has_answer_on_stdout_and_cost_on_stderr(planted_file: Path) -> None:
