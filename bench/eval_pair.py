@@ -47,14 +47,33 @@ def row(task: str, length: int, pairs: list[tuple[dict[str, Any], dict[str, Any]
         "baseline_tokens_read": mean([base.get("tokens_read") or 0 for base, _ in pairs]),
         "seconds": mean([new["seconds"] for _, new in pairs]),
         "baseline_seconds": mean([base["seconds"] for base, _ in pairs]),
+        **evidence_and_support(pairs),
     }
+
+
+def evidence_and_support(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """docqa's questions: evidence recall of each run, and how often each called its answer supported and was right
+    then (the product's claim and its precision)."""
+    out: dict[str, Any] = {}
+    for side, prefix in ((1, ""), (0, "baseline_")):
+        records = [p[side] for p in pairs]
+        recalls = [r["evidence_recall"] for r in records if r.get("evidence_recall") is not None]
+        backed = [r for r in records if r.get("supported")]
+        if recalls:
+            out[f"{prefix}evidence_recall"] = round(sum(recalls) / len(recalls), 4)
+        if any("supported" in r for r in records):
+            out[f"{prefix}supported"] = round(len(backed) / len(records), 4)
+            precision = sum(r["accuracy"] or 0.0 for r in backed) / len(backed) if backed else None
+            out[f"{prefix}supported_precision"] = round(precision, 4) if backed else None
+    return out
 
 
 def pair(base: dict[Question, dict[str, Any]], new: dict[Question, dict[str, Any]]) -> list[dict[str, Any]]:
     both = sorted(set(base) & set(new), key=lambda q: (q[1], q[0], q[2]))
     cells: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for q in both:
-        cells[(q[0], q[1])].append((base[q], new[q]))
+        kind = new[q].get("kind")  # docqa: a row per question kind
+        cells[(f"{q[0]}:{kind}" if kind else q[0], q[1])].append((base[q], new[q]))
         cells[("all", q[1])].append((base[q], new[q]))
     order = sorted(cells, key=lambda c: (c[1], c[0] == "all", c[0]))  # by length, its "all" row last
     return [row(task, length, cells[(task, length)]) for task, length in order]
