@@ -213,9 +213,7 @@ def _pypdf_pages(data: bytes, filename: str) -> tuple[list[str], list[tuple[str,
     return pages, toc
 
 
-def _pdf_outline(
-    text: str, spans: list[list[int]], toc: list[tuple[str, int, int | None]]
-) -> list[dict[str, Any]]:
+def _pdf_outline(text: str, spans: list[list[int]], toc: list[tuple[str, int, int | None]]) -> list[dict[str, Any]]:
     """Bookmarks with the offset of their page (of the title on it, where the page shows it)."""
     starts = {page: (start, end) for page, start, end in spans}
     outline = []

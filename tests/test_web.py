@@ -324,8 +324,10 @@ def test_a_long_pdf_two_answers_on_their_pages(server: str, browser: WebDriver, 
     started = time.monotonic()
     browser.find_element(By.ID, "submit").click()
     wait_for(
-        lambda: len(browser.find_elements(By.CSS_SELECTOR, "#answers li.answer")) == 2
-        or browser.find_element(By.ID, "error").is_displayed(),
+        lambda: (
+            len(browser.find_elements(By.CSS_SELECTOR, "#answers li.answer")) == 2
+            or browser.find_element(By.ID, "error").is_displayed()
+        ),
         900,
         "two answers",
         every=0.5,
