@@ -137,6 +137,8 @@ class JobOut(BaseModel):
     error: str | None
     runs: int = Field(description="task deliveries that ran this job (more than 1 after a worker was lost)")
     resumed_from: str | None = Field(description="the graph node a redelivered run resumed at")
+    worker: str | None = Field(default=None, description="host:pid of the worker holding the job's lease")
+    lease_expires_at: datetime | None = Field(default=None, description="when that lease lapses unless renewed")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     job_time_limit: float = Field(default=6 * 3600, gt=0, description="seconds before a running job is killed")
     broker_visibility_timeout: float = Field(default=7 * 3600, gt=0, description="above the longest job")
     broker_restore_interval: float = Field(default=10, gt=0, description="seconds between unacked-message sweeps")
+    # Leases: a running job is held by one worker, renewed every lease_seconds/3 (heartbeat); a lease not renewed
+    # for lease_seconds is swept back to the queue by any worker. The broker's visibility timeout stays a last resort.
+    lease_seconds: float = Field(default=60, gt=0, description="seconds a worker holds a job without renewing")
+    lease_sweep_interval: float = Field(default=10, gt=0, description="seconds between sweeps for expired leases")
+    preload_engine: bool = Field(default=False, description="load the model when a worker process starts")
     engine_retries: int = Field(default=3, ge=0, description="retries of a job after a transient engine error")
     engine_retry_backoff: float = Field(default=30, ge=0, description="first retry delay, doubled each time")
     # Standard Webhooks schedule (seconds after the previous attempt), jittered by webhook_jitter.

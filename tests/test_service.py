@@ -134,7 +134,11 @@ def env(database: str) -> Iterator[dict[str, str]]:
         "TOME_API_KEYS": f"alice:{ALICE},bob:{BOB}",
         "TOME_ALLOW_PRIVATE_CALLBACKS": "true",
         "TOME_MAX_UPLOAD_BYTES": str(64 * 1024),
-        "TOME_BROKER_VISIBILITY_TIMEOUT": "6",  # a lost worker's job comes back after 6 s (jobs here are short)
+        # A lost worker's job comes back when its lease lapses (8 s here), re-queued by a live worker's sweeper; the
+        # broker's redelivery (visibility timeout) is only a last resort, out of these tests' reach.
+        "TOME_LEASE_SECONDS": "8",
+        "TOME_LEASE_SWEEP_INTERVAL": "1",
+        "TOME_BROKER_VISIBILITY_TIMEOUT": "3600",
         "TOME_BROKER_RESTORE_INTERVAL": "1",
         "TOME_WEBHOOK_RETRY_DELAYS": "[0.5, 1, 1, 2, 2, 3]",
         "TOME_WEBHOOK_JITTER": "0.1",
