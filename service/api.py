@@ -29,6 +29,7 @@ from service import webhooks
 from service.auth import AuthError, bootstrap_keys, hash_key, key_from_headers
 from service.celery_app import RUN_JOB, create_celery
 from service.documents import DocumentError, parse_document
+from service.inputs import LimitBody, clean_filename, valid_id
 from service.metrics import Metrics
 from service.models import Job
 from service.schemas import (
@@ -175,7 +176,7 @@ async def upload_document(request: Request, svc: ServicesDep, owner: Owner, resp
         if not isinstance(upload, UploadFile):
             raise ProblemError(400, "Missing file", "the multipart body has no file in the field `file`")
         data = await upload.read(limit + 1)
-        filename = upload.filename or "upload"
+        filename = clean_filename(upload.filename or "upload")
     if len(data) > limit:
         raise ProblemError(413, "Upload too large", f"the file is larger than the {limit}-byte limit")
     try:
@@ -212,7 +213,7 @@ def document_out(stored: Any) -> DocumentOut:
 
 @router.get("/v1/documents/{document_id}", response_model=DocumentOut, tags=["documents"])
 def get_document(document_id: str, svc: ServicesDep, owner: Owner) -> DocumentOut:
-    stored = svc.store.get_document(owner, document_id)
+    stored = svc.store.get_document(owner, document_id) if valid_id(document_id) else None
     if stored is None:
         raise ProblemError(404, "Document not found", f"no document {document_id!r} for this API key")
     return document_out(stored)
@@ -245,8 +246,11 @@ def create_job(
     inline = None
     if body.text is not None:
         data = body.text.encode("utf-8")
+        if len(data) > svc.settings.max_upload_bytes:  # the same limit as an upload of this text
+            limit = svc.settings.max_upload_bytes
+            raise ProblemError(413, "Text too large", f"the text is {len(data)} bytes; the limit is {limit} bytes")
         inline = (hashlib.sha256(data).hexdigest(), body.text, len(data), "inline.txt")
-    elif svc.store.get_document(owner, body.document_id or "") is None:
+    elif not valid_id(body.document_id) or svc.store.get_document(owner, body.document_id or "") is None:
         raise ProblemError(404, "Document not found", f"no document {body.document_id!r} for this API key")
     fingerprint = body.fingerprint()
     try:
@@ -289,7 +293,7 @@ def create_job(
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
 def get_job(job_id: str, svc: ServicesDep, owner: Owner) -> JobOut:
-    job = svc.store.get_job(job_id, owner)
+    job = svc.store.get_job(job_id, owner) if valid_id(job_id) else None
     if job is None:
         raise ProblemError(404, "Job not found", f"no job {job_id!r} for this API key")
     return job_out(svc, job)
@@ -319,7 +323,7 @@ def list_jobs(
 @router.delete("/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
 def cancel_job(job_id: str, svc: ServicesDep, owner: Owner) -> JobOut:
     """Cancel a queued or running job: it ends `cancelled`, its worker is stopped, job.cancelled is sent."""
-    job = svc.store.get_job(job_id, owner)
+    job = svc.store.get_job(job_id, owner) if valid_id(job_id) else None
     if job is None:
         raise ProblemError(404, "Job not found", f"no job {job_id!r} for this API key")
     event, moved = svc.store.finish(
@@ -439,6 +443,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
 
+    app.add_middleware(LimitBody, limit=settings.body_limit())
     app.add_middleware(MeasureRequests)
 
     @app.exception_handler(ProblemError)

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from engines.types import Document
+from service.inputs import strip_unstorable
 
 MEDIA_TYPES = {
     ".txt": "text/plain",
@@ -46,9 +47,12 @@ def parse_document(data: bytes, filename: str, source: str | None = None) -> Doc
         raise DocumentError(filename, "the file is empty")
     if media_type == "application/pdf":
         text, meta = _pdf_text(data, filename)
+        text = strip_unstorable(text)  # a text layer's stray NULs are not the user's to fix (service/inputs.py)
     else:
         text = _decode(data, filename)
         meta = {}
+        if "\x00" in text:
+            raise DocumentError(filename, "the file contains NUL bytes: binary, or not UTF-8/UTF-16 text")
         if media_type == "text/html":
             text = _html_text(text)
     text = text.strip()

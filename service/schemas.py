@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engines.types import Task, TaskKind
+from service.inputs import check_strings
 
 MAX_QUESTIONS = 64
 
@@ -52,6 +53,12 @@ TaskSpec = Annotated[QuestionsTask | SummaryTask | ExtractTask, Field(discrimina
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        check_strings(data)  # NUL or a lone surrogate anywhere: 422 (service/inputs.py)
+        return data
     document_id: str | None = Field(default=None, description="from POST /v1/documents")
     text: str | None = Field(default=None, min_length=1, description="inline document text, instead of document_id")
     task: TaskSpec

@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     checkpoint_url: str = Field(default="", description="LangGraph checkpoints; empty: beside database_url")
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_keys: str = Field(default="", description="bootstrap keys, `name:key,name:key`; stored hashed")
-    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="uploads and inline text (UTF-8)")
+    max_body_bytes: int = Field(default=0, ge=0, description="non-upload request bodies; 0: max_upload_bytes + 1 MiB")
     allow_private_callbacks: bool = Field(default=False, description="development only: loopback/private callbacks")
     public_url: str = Field(default="http://localhost:8000", description="the API's base URL, for links in webhooks")
     job_queue: str = "cpu"  # `gpu` sends jobs to the GPU workers
@@ -54,6 +55,9 @@ class Settings(BaseSettings):
     webhook_jitter: float = Field(default=0.2, ge=0, le=1)
     webhook_timeout: float = Field(default=15, gt=0)
     webhook_max_retry_after: float = Field(default=86400, gt=0, description="cap on a receiver's Retry-After")
+
+    def body_limit(self) -> int:
+        return self.max_body_bytes or self.max_upload_bytes + 1024 * 1024
 
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'tome.db'}"

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.inputs import valid_id
 from service.models import ApiKey, DeliveryAttempt, Event, Job, StoredDocument, WebhookEndpoint, utcnow
 from service.webhooks import new_secret
 
@@ -515,5 +516,8 @@ def encode_cursor(job: Job) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, job id) of a cursor this API issued; ValueError for anything else."""
     created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+    if not valid_id(job_id):
+        raise ValueError("not a job id")
     return datetime.fromisoformat(created), job_id
