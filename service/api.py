@@ -26,7 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import webhooks
-from service.auth import AuthError, bootstrap_keys, hash_key, key_from_headers
+from service.auth import (
+    AuthError,
+    Throttle,
+    bootstrap_keys,
+    hash_key,
+    key_from_headers,
+    legacy_hash,
+    server_secret,
+)
 from service.celery_app import RUN_JOB, create_celery
 from service.documents import DocumentError, parse_document
 from service.inputs import LimitBody, clean_filename, valid_id
@@ -73,17 +81,26 @@ class Services:
         self.celery: Celery = create_celery(settings)
         self.metrics = Metrics(self.store)
         self.owners: dict[str, tuple[str, float]] = {}  # key hash -> (owner, checked at)
+        self.key_secret = server_secret(settings.key_secret, settings.home)
+        self.throttle = Throttle(settings.redis_url, settings.auth_failure_limit, settings.auth_failure_window)
 
     def enqueue(self, job_id: str) -> None:
         self.celery.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=self.settings.job_queue)
 
-    def owner(self, key: str) -> str:
-        digest = hash_key(key)
+    def owner(self, key: str, client: str) -> str:
+        """The key's owner. A key checked in the last KEY_CACHE_S passes at once; otherwise a client over its
+        failed-attempt budget gets 429 before the key is looked up, and a key that is not valid counts a failure."""
+        digest = hash_key(key, self.key_secret)
         cached = self.owners.get(digest)
         if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
             return cached[0]
-        owner = self.store.key_owner(digest)
+        wait = self.throttle.retry_after(client)
+        if wait:
+            detail = f"too many failed API key checks from this client; retry in {wait} s"
+            raise ProblemError(429, "Too many failed attempts", detail, {"Retry-After": str(wait)})
+        owner = self.store.key_owner(digest) or self.store.upgrade_key(legacy_hash(key), digest)
         if owner is None:
+            self.throttle.failed(client)
             raise AuthError("the API key is not valid")
         self.owners[digest] = (owner, time.monotonic())
         return owner
@@ -97,12 +114,13 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 
 def current_owner(
+    request: Request,
     svc: ServicesDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> str:
     try:
-        return svc.owner(key_from_headers(authorization, x_api_key))
+        return svc.owner(key_from_headers(authorization, x_api_key), request.client.host if request.client else "-")
     except AuthError as exc:
         raise ProblemError(401, "Unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
 
@@ -266,7 +284,7 @@ def create_job(
         )
     except (OSError, KombuError) as exc:  # the broker is down: nothing was stored
         log.warning("could not queue a job: %s", exc)
-        detail = f"the job could not be queued ({exc}); retry"
+        detail = "the job could not be queued: the broker is unavailable; nothing was stored, retry"
         raise ProblemError(503, "Queue unavailable", detail, {"Retry-After": "5"}) from None
     job = submission.job
     if submission.created:
@@ -354,8 +372,9 @@ def readyz(svc: ServicesDep) -> JSONResponse:
         try:
             check()
             checks[name] = "ok"
-        except Exception as exc:
-            checks[name] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # the body says what failed; how (hosts, paths, messages) goes to the log only
+            log.warning("readiness: %s failed: %s: %s", name, type(exc).__name__, exc)
+            checks[name] = "unavailable"
     ready = all(v == "ok" for v in checks.values())
     body = {"status": "ready" if ready else "not ready", "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)
@@ -431,7 +450,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = Services(settings)
         app.state.services = svc
-        bootstrap_keys(svc.store, settings.api_keys)
+        bootstrap_keys(svc.store, settings.api_keys, svc.key_secret)
         yield
         svc.store.engine.dispose()
 
@@ -465,7 +484,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return problem_response(request, 500, "Internal error", f"{type(exc).__name__}: the error was logged")
+        return problem_response(request, 500, "Internal error", "an internal error occurred; it was logged")
 
     return app
 

@@ -54,11 +54,6 @@ TaskSpec = Annotated[QuestionsTask | SummaryTask | ExtractTask, Field(discrimina
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _storable(cls, data: Any) -> Any:
-        check_strings(data)  # NUL or a lone surrogate anywhere: 422 (service/inputs.py)
-        return data
     document_id: str | None = Field(default=None, description="from POST /v1/documents")
     text: str | None = Field(default=None, min_length=1, description="inline document text, instead of document_id")
     task: TaskSpec
@@ -68,6 +63,12 @@ class JobCreate(BaseModel):
     callback_secret: str | None = Field(
         default=None, description="`whsec_` + base64 of 24-64 random bytes; generated when omitted"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        check_strings(data)  # NUL or a lone surrogate anywhere: 422 (service/inputs.py)
+        return data
 
     @model_validator(mode="after")
     def _one_document(self) -> JobCreate:

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     checkpoint_url: str = Field(default="", description="LangGraph checkpoints; empty: beside database_url")
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_keys: str = Field(default="", description="bootstrap keys, `name:key,name:key`; stored hashed")
+    key_secret: str = Field(default="", description="HMAC secret for key hashes; empty: generated in home/key_secret")
+    auth_failure_limit: int = Field(default=20, gt=0, description="failed key checks per client per window")
+    auth_failure_window: float = Field(default=60, gt=0, description="seconds; then 429 with Retry-After")
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="uploads and inline text (UTF-8)")
     max_body_bytes: int = Field(default=0, ge=0, description="non-upload request bodies; 0: max_upload_bytes + 1 MiB")
     allow_private_callbacks: bool = Field(default=False, description="development only: loopback/private callbacks")

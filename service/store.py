@@ -113,6 +113,15 @@ class Store:
         with self.session() as s:
             return s.scalar(select(ApiKey.id).where(ApiKey.key_hash == key_hash))
 
+    def upgrade_key(self, legacy_hash: str, key_hash: str) -> str | None:
+        """The owner of a key stored under its old unsalted hash, which is replaced by `key_hash` (once)."""
+        with self.session() as s:
+            owner = s.scalar(
+                update(ApiKey).where(ApiKey.key_hash == legacy_hash).values(key_hash=key_hash).returning(ApiKey.id)
+            )
+            s.commit()
+            return owner
+
     # documents
     def put_document(
         self, owner: str, content_hash: str, filename: str, media_type: str, size: int, text_: str, meta: dict[str, Any]

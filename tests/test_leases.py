@@ -40,7 +40,7 @@ def store() -> Iterator[Store]:
 
 @pytest.fixture(scope="module")
 def owner(store: Store) -> str:
-    return store.add_key("leases", hash_key("leases-test-key-0123456789"))
+    return store.add_key("leases", hash_key("leases-test-key-0123456789", b"a server secret"))
 
 
 def new_job(store: Store, owner: str, sent: list[str] | None = None) -> str:

@@ -450,7 +450,7 @@ def test_embedded_store_on_sqlite(tmp_path: Path) -> None:
     migrate(url)
     migrate(url)  # idempotent
     store = Store(url)
-    owner = store.add_key("solo", hash_key(ALICE))
+    owner = store.add_key("solo", hash_key(ALICE, b"a server secret"))
     body = JobCreate.model_validate(qa_job())
     request = body.model_dump(mode="json", exclude={"text"})
     inline = ("a" * 64, DOC, len(DOC), "inline.txt")
