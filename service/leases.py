@@ -121,10 +121,20 @@ class FencedCheckpointer(BaseCheckpointSaver):
 
 class Sweeper:
     """Every `interval` seconds, re-queue the jobs whose lease lapsed (any number of sweepers may run: the store's
-    compare-and-set re-queues each job once)."""
+    compare-and-set re-queues each job once), and send again the webhook deliveries that are overdue (a message
+    lost with a broker restart, a worker lost holding a delayed retry): `resend(event_id, attempt)`."""
 
-    def __init__(self, store: Store, enqueue: Callable[[str], None], interval: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        enqueue: Callable[[str], None],
+        interval: float,
+        resend: Callable[[str, int], None] | None = None,
+        grace: float = 60.0,
+        stale: float = 60.0,
+    ) -> None:
         self.store, self.enqueue, self.interval = store, enqueue, interval
+        self.resend, self.grace, self.stale = resend, grace, stale
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease-sweeper", daemon=True)
 
@@ -139,6 +149,9 @@ class Sweeper:
         requeued = self.store.requeue_expired(self.enqueue)
         for job_id in requeued:
             log.warning("job %s: its lease lapsed (worker lost?); re-queued", job_id)
+        if self.resend is not None:
+            for event_id, attempt in self.store.overdue_deliveries(self.grace, self.stale):
+                self.resend(event_id, attempt)
         return requeued
 
     def _loop(self) -> None:

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     # for lease_seconds is swept back to the queue by any worker. The broker's visibility timeout stays a last resort.
     lease_seconds: float = Field(default=60, gt=0, description="seconds a worker holds a job without renewing")
     lease_sweep_interval: float = Field(default=10, gt=0, description="seconds between sweeps for expired leases")
+    delivery_grace: float = Field(default=60, gt=0, description="seconds past due before a delivery is resent")
     preload_engine: bool = Field(default=False, description="load the model when a worker process starts")
     engine_retries: int = Field(default=3, ge=0, description="retries of a job after a transient engine error")
     engine_retry_backoff: float = Field(default=30, ge=0, description="first retry delay, doubled each time")

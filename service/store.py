@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, event, exists, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -323,6 +323,48 @@ class Store:
     def renew_lease(self, job_id: str, token: int, lease_s: float) -> bool:
         """Extend the lease held with `token`; False once it was taken (or the job ended): the holder must stop."""
         return self._update_running(job_id, token, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+
+    def overdue_deliveries(self, grace_s: float, stale_s: float, limit: int = 100) -> list[tuple[str, int]]:
+        """(event id, attempt) of deliveries that should have run by now and did not: an event whose first attempt
+        was never claimed `grace_s` after it was made (its message was lost: the broker was down, or restarted
+        without it), a retry `grace_s` past its time with no successor, or an attempt claimed `stale_s` ago and
+        never finished (its worker died mid-call). Resending one is safe: attempts are claimed once each."""
+        now = utcnow()
+        open_events = select(Event.id).where(
+            Event.endpoint_id.is_not(None), Event.delivered_at.is_(None), Event.gave_up_at.is_(None)
+        )
+        later = DeliveryAttempt.__table__.alias("later")
+        with self.session() as s:
+            never = s.execute(
+                select(Event.id, literal(1))
+                .where(Event.id.in_(open_events), Event.created_at < now - timedelta(seconds=grace_s))
+                .where(~exists().where(DeliveryAttempt.event_id == Event.id))
+                .limit(limit)
+            ).all()
+            retries = s.execute(
+                select(DeliveryAttempt.event_id, DeliveryAttempt.attempt + 1)
+                .where(
+                    DeliveryAttempt.event_id.in_(open_events),
+                    DeliveryAttempt.next_retry_at < now - timedelta(seconds=grace_s),
+                )
+                .where(
+                    ~exists().where(
+                        later.c.event_id == DeliveryAttempt.event_id, later.c.attempt == DeliveryAttempt.attempt + 1
+                    )
+                )
+                .limit(limit)
+            ).all()
+            stuck = s.execute(
+                select(DeliveryAttempt.event_id, DeliveryAttempt.attempt)
+                .where(
+                    DeliveryAttempt.event_id.in_(open_events),
+                    DeliveryAttempt.status_code.is_(None),
+                    DeliveryAttempt.error.is_(None),
+                    DeliveryAttempt.at < now - timedelta(seconds=stale_s),
+                )
+                .limit(limit)
+            ).all()
+        return [(event_id, int(attempt)) for event_id, attempt in [*never, *retries, *stuck]]
 
     def release(self, job_id: str, token: int) -> bool:
         """Give the lease back and queue the job again (a retry is coming); False if the lease was not ours."""

@@ -14,9 +14,13 @@ from functools import lru_cache
 from typing import Any
 
 import httpx
+import psycopg
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from kombu.exceptions import KombuError
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engines.base import Engine
 from engines.types import Document
@@ -31,6 +35,8 @@ from service.store import Run, Store, aware
 from workflows.graph import JobResult, build_graph, run_job
 
 log = logging.getLogger(__name__)
+# A database that is down or restarting (the job store through SQLAlchemy, the checkpoints through psycopg).
+DATABASE_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class JobCancelled(Exception):
@@ -127,7 +133,11 @@ def parse_extraction(text: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def send_delivery(event: Event | None, attempt: int = 1, countdown: float = 0) -> None:
-    webhooks.send_delivery(app, get_settings().webhook_queue, event, attempt, countdown)
+    """Queue a delivery attempt; with the broker away, leave it to the sweepers (they send overdue ones again)."""
+    try:
+        webhooks.send_delivery(app, get_settings().webhook_queue, event, attempt, countdown)
+    except (KombuError, OSError) as exc:
+        log.warning("could not queue a delivery of %s (%s); a sweeper sends it later", event and event.id, exc)
 
 
 def event_body(job: Job) -> str:
@@ -139,7 +149,11 @@ def event_body(job: Job) -> str:
 def run_job_task(self: Any, job_id: str) -> None:
     settings, store = get_settings(), worker_store()
     worker_engine()  # load the model before taking a lease: a first load can outlast a short lease on a busy host
-    run = store.start_run(job_id, worker_name(), settings.lease_seconds)
+    try:
+        run = store.start_run(job_id, worker_name(), settings.lease_seconds)
+    except DATABASE_ERRORS as exc:  # the job store is away: keep the message (a new one, later), never drop it
+        log.warning("job %s: the job store is unreachable (%s); retrying in 5 s", job_id, type(exc).__name__)
+        raise self.retry(countdown=5) from None
     if run == "missing":
         # The API sends the message just before it commits the job; wait for the commit, or for a rollback.
         if self.request.retries < 10:
@@ -157,6 +171,8 @@ def run_job_task(self: Any, job_id: str) -> None:
         execute(self, run, lease)
     except LeaseLost:  # another worker took the job: it owns the row and the checkpoints now
         log.warning("job %s: lease %d lost; stopped without writing", job_id, run.token)
+    except DATABASE_ERRORS as exc:  # the store went away after the run: the lease lapses, a sweeper re-queues it
+        log.warning("job %s: the job store is unreachable (%s); left to its lease", job_id, type(exc).__name__)
     finally:
         lease.stop()
 
@@ -205,6 +221,12 @@ def execute(task: Any, run: Run, lease: Lease) -> None:
         return
     except LeaseLost:
         raise
+    except DATABASE_ERRORS as exc:
+        # The job store or the checkpoints are unreachable: not the job's fault, so it is neither failed nor retried
+        # here. Its lease lapses and a sweeper re-queues it once the database is back; it resumes from its last
+        # checkpoint.
+        log.warning("job %s: the database is unreachable (%s); left to its lease", job_id, type(exc).__name__)
+        raise LeaseLost(job_id) from exc
     except SoftTimeLimitExceeded:
         fail(f"the job ran past the {settings.job_time_limit:.0f} s time limit")
         return
@@ -260,7 +282,16 @@ def start_sweeper(**_: Any) -> None:
     def enqueue(job_id: str) -> None:
         app.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=settings.job_queue)
 
-    _sweeper = Sweeper(store, enqueue, settings.lease_sweep_interval).start()
+    guard = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+
+    def resend(event_id: str, attempt: int) -> None:
+        # Once per grace period across all sweepers (a queue that is merely slow must not fill with copies).
+        if guard.set(f"tome:resent:{event_id}:{attempt}", 1, nx=True, ex=max(1, int(settings.delivery_grace))):
+            log.warning("event %s: attempt %d is overdue (message lost?); sent again", event_id, attempt)
+            webhooks.send_delivery_attempt(app, settings.webhook_queue, event_id, attempt)
+
+    stale = settings.webhook_timeout + 30  # as deliver_event_task's claim
+    _sweeper = Sweeper(store, enqueue, settings.lease_sweep_interval, resend, settings.delivery_grace, stale).start()
 
 
 @worker_shutdown.connect

@@ -277,6 +277,10 @@ def send_delivery(celery: Celery, queue: str, event: Event | None, attempt: int 
     """Enqueue one delivery attempt (its own task); nothing to do for events without an endpoint or already done."""
     if event is None or event.endpoint_id is None or event.delivered_at or event.gave_up_at:
         return
+    send_delivery_attempt(celery, queue, event.id, attempt, countdown)
+
+
+def send_delivery_attempt(celery: Celery, queue: str, event_id: str, attempt: int, countdown: float = 0) -> None:
     celery.send_task(
-        DELIVER_EVENT, args=[event.id, attempt], task_id=f"{event.id}-{attempt}", queue=queue, countdown=countdown
+        DELIVER_EVENT, args=[event_id, attempt], task_id=f"{event_id}-{attempt}", queue=queue, countdown=countdown
     )

@@ -192,3 +192,31 @@ def test_sweeper_thread_requeues(store: Store, owner: str) -> None:
     finally:
         sweeper.stop()
     assert sent.count(job_id) == 1
+
+
+def test_overdue_deliveries_are_found_for_the_sweeper(store: Store, owner: str) -> None:
+    """An event whose delivery message was lost (a broker restart) is found again; once claimed it is not."""
+    from datetime import timedelta
+
+    from service.models import utcnow
+
+    body = JobCreate.model_validate({"text": f"text {time.time_ns()}", "task": {"kind": "summary"}})
+    content = body.text or ""
+    inline = (hashlib.sha256(content.encode()).hexdigest(), content, len(content), "inline.txt")
+    callback = (f"http://example.com/{time.time_ns()}", None)
+    request = body.model_dump(mode="json", exclude={"text"})
+    job_id = store.submit_job(owner, request, body.fingerprint(), None, None, inline, callback, lambda _: None).job.id
+    run = store.start_run(job_id, "w1", 60)
+    assert isinstance(run, Run)
+    event, moved = store.finish(job_id, "completed", lambda j: "{}", token=run.token)
+    assert moved and event is not None
+    assert (event.id, 1) not in store.overdue_deliveries(grace_s=60, stale_s=60)  # not due yet
+    assert (event.id, 1) in store.overdue_deliveries(grace_s=0, stale_s=60)  # its first attempt never ran
+    assert store.claim_attempt(event.id, 1, stale_after=60) is None
+    assert (event.id, 1) not in store.overdue_deliveries(grace_s=0, stale_s=60)
+    assert (event.id, 1) in store.overdue_deliveries(grace_s=0, stale_s=0)  # claimed, never finished: stuck
+    store.record_attempt(event.id, 1, 503, "HTTP 503", 5.0, utcnow() - timedelta(seconds=1))
+    found = store.overdue_deliveries(grace_s=0, stale_s=0)
+    assert (event.id, 2) in found and (event.id, 1) not in found  # the retry is due and was never sent
+    store.record_attempt(event.id, 1, 204, None, 5.0, None)  # delivered: nothing more to do
+    assert all(e != event.id for e, _ in store.overdue_deliveries(grace_s=0, stale_s=0))
