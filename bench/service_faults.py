@@ -7,7 +7,7 @@ redis-server for the restart), the API (`tome serve` as its own process), Celery
 processes, killed with SIGKILL as a lost host is), a webhook receiver on localhost, and SmolLM2 on the CPU.
 `tests/test_faults.py` runs the same scenarios with fewer trials (`make test-faults`).
 
-    python -m bench.service_faults                          # all scenarios, the lease at 10 s
+    python -m bench.service_faults                          # all scenarios, the default lease (60 s)
     python -m bench.service_faults --scenarios race_two_workers --race-trials 100
 """
 
@@ -544,7 +544,7 @@ def main() -> None:
     parser.add_argument(
         "--scenarios", default="kill_worker_host,race_two_workers,redis_restart,postgres_restart,receiver_down_an_hour"
     )
-    parser.add_argument("--lease-seconds", type=float, default=10)
+    parser.add_argument("--lease-seconds", type=float, default=60, help="TOME_LEASE_SECONDS (the default: 60)")
     parser.add_argument("--kill-trials", type=int, default=3)
     parser.add_argument("--race-trials", type=int, default=100)
     parser.add_argument("--restart-trials", type=int, default=10)
