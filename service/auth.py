@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import secrets
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -51,10 +52,18 @@ def server_secret(configured: str, home: Path) -> bytes:
         return configured.encode("utf-8")
     path = home / "key_secret"
     if not path.exists():
+        # Written whole under a temporary name, then linked into place: of API processes starting together one
+        # link wins, and none can read a half-written secret.
         home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # one writer wins a race; others read it
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".key_secret-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
     return path.read_text().strip().encode("utf-8")
 
 
