@@ -223,8 +223,9 @@ def qa_job(**extra: Any) -> dict[str, Any]:
 
 
 def too_long_job(**extra: Any) -> dict[str, Any]:
-    """Fails in the router at once (strategy `full`, a document over the context): no model time spent."""
-    text = " ".join(f"word{i}" for i in range(12_000))
+    """Fails in the router at once (strategy `full`, a document over the context): no model time spent. About 20K
+    tokens in 40 KB: inline text is held to the upload limit (64 KiB here)."""
+    text = " ".join(str(i % 10) for i in range(20_000))
     return {"text": text, "task": {"kind": "summary"}, "strategy": "full", **extra}
 
 
