@@ -1,10 +1,13 @@
-.PHONY: setup test test-slow lint
+.PHONY: setup test test-slow test-faults lint
 setup:
 	scripts/setup.sh
 lint:
 	.venv/bin/ruff check .
 test: lint
-	.venv/bin/pytest -q -m "not slow"
+	.venv/bin/pytest -q -m "not slow and not faults"
 # Long-document tests: minutes each on a 2-core CPU, kept out of CI's 30-minute budget.
 test-slow:
 	.venv/bin/pytest -q -m slow
+# Fault suite on the real stack (workers SIGKILLed, racing, Redis restarted, receiver down): minutes.
+test-faults:
+	.venv/bin/pytest -q -m faults

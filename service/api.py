@@ -26,9 +26,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import webhooks
-from service.auth import AuthError, bootstrap_keys, hash_key, key_from_headers
+from service.auth import (
+    AuthError,
+    Throttle,
+    bootstrap_keys,
+    hash_key,
+    key_from_headers,
+    legacy_hash,
+    server_secret,
+)
 from service.celery_app import RUN_JOB, create_celery
 from service.documents import DocumentError, parse_document
+from service.inputs import LimitBody, clean_filename, valid_id
 from service.metrics import Metrics
 from service.models import Job
 from service.schemas import (
@@ -72,17 +81,26 @@ class Services:
         self.celery: Celery = create_celery(settings)
         self.metrics = Metrics(self.store)
         self.owners: dict[str, tuple[str, float]] = {}  # key hash -> (owner, checked at)
+        self.key_secret = server_secret(settings.key_secret, settings.home)
+        self.throttle = Throttle(settings.redis_url, settings.auth_failure_limit, settings.auth_failure_window)
 
     def enqueue(self, job_id: str) -> None:
         self.celery.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=self.settings.job_queue)
 
-    def owner(self, key: str) -> str:
-        digest = hash_key(key)
+    def owner(self, key: str, client: str) -> str:
+        """The key's owner. A key checked in the last KEY_CACHE_S passes at once; otherwise a client over its
+        failed-attempt budget gets 429 before the key is looked up, and a key that is not valid counts a failure."""
+        digest = hash_key(key, self.key_secret)
         cached = self.owners.get(digest)
         if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
             return cached[0]
-        owner = self.store.key_owner(digest)
+        wait = self.throttle.retry_after(client)
+        if wait:
+            detail = f"too many failed API key checks from this client; retry in {wait} s"
+            raise ProblemError(429, "Too many failed attempts", detail, {"Retry-After": str(wait)})
+        owner = self.store.key_owner(digest) or self.store.upgrade_key(legacy_hash(key), digest)
         if owner is None:
+            self.throttle.failed(client)
             raise AuthError("the API key is not valid")
         self.owners[digest] = (owner, time.monotonic())
         return owner
@@ -96,12 +114,13 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 
 def current_owner(
+    request: Request,
     svc: ServicesDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> str:
     try:
-        return svc.owner(key_from_headers(authorization, x_api_key))
+        return svc.owner(key_from_headers(authorization, x_api_key), request.client.host if request.client else "-")
     except AuthError as exc:
         raise ProblemError(401, "Unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
 
@@ -151,6 +170,8 @@ def job_out(svc: Services, job: Job, callback_secret: str | None = None) -> JobO
         error=job.error,
         runs=job.runs,
         resumed_from=job.resumed_from,
+        worker=job.lease_owner,
+        lease_expires_at=aware(job.lease_expires_at),
         created_at=aware(job.created_at),  # type: ignore[arg-type]
         started_at=aware(job.started_at),
         finished_at=aware(job.finished_at),
@@ -173,7 +194,7 @@ async def upload_document(request: Request, svc: ServicesDep, owner: Owner, resp
         if not isinstance(upload, UploadFile):
             raise ProblemError(400, "Missing file", "the multipart body has no file in the field `file`")
         data = await upload.read(limit + 1)
-        filename = upload.filename or "upload"
+        filename = clean_filename(upload.filename or "upload")
     if len(data) > limit:
         raise ProblemError(413, "Upload too large", f"the file is larger than the {limit}-byte limit")
     try:
@@ -210,7 +231,7 @@ def document_out(stored: Any) -> DocumentOut:
 
 @router.get("/v1/documents/{document_id}", response_model=DocumentOut, tags=["documents"])
 def get_document(document_id: str, svc: ServicesDep, owner: Owner) -> DocumentOut:
-    stored = svc.store.get_document(owner, document_id)
+    stored = svc.store.get_document(owner, document_id) if valid_id(document_id) else None
     if stored is None:
         raise ProblemError(404, "Document not found", f"no document {document_id!r} for this API key")
     return document_out(stored)
@@ -243,8 +264,11 @@ def create_job(
     inline = None
     if body.text is not None:
         data = body.text.encode("utf-8")
+        if len(data) > svc.settings.max_upload_bytes:  # the same limit as an upload of this text
+            limit = svc.settings.max_upload_bytes
+            raise ProblemError(413, "Text too large", f"the text is {len(data)} bytes; the limit is {limit} bytes")
         inline = (hashlib.sha256(data).hexdigest(), body.text, len(data), "inline.txt")
-    elif svc.store.get_document(owner, body.document_id or "") is None:
+    elif not valid_id(body.document_id) or svc.store.get_document(owner, body.document_id or "") is None:
         raise ProblemError(404, "Document not found", f"no document {body.document_id!r} for this API key")
     fingerprint = body.fingerprint()
     try:
@@ -260,7 +284,7 @@ def create_job(
         )
     except (OSError, KombuError) as exc:  # the broker is down: nothing was stored
         log.warning("could not queue a job: %s", exc)
-        detail = f"the job could not be queued ({exc}); retry"
+        detail = "the job could not be queued: the broker is unavailable; nothing was stored, retry"
         raise ProblemError(503, "Queue unavailable", detail, {"Retry-After": "5"}) from None
     job = submission.job
     if submission.created:
@@ -287,7 +311,7 @@ def create_job(
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
 def get_job(job_id: str, svc: ServicesDep, owner: Owner) -> JobOut:
-    job = svc.store.get_job(job_id, owner)
+    job = svc.store.get_job(job_id, owner) if valid_id(job_id) else None
     if job is None:
         raise ProblemError(404, "Job not found", f"no job {job_id!r} for this API key")
     return job_out(svc, job)
@@ -317,7 +341,7 @@ def list_jobs(
 @router.delete("/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
 def cancel_job(job_id: str, svc: ServicesDep, owner: Owner) -> JobOut:
     """Cancel a queued or running job: it ends `cancelled`, its worker is stopped, job.cancelled is sent."""
-    job = svc.store.get_job(job_id, owner)
+    job = svc.store.get_job(job_id, owner) if valid_id(job_id) else None
     if job is None:
         raise ProblemError(404, "Job not found", f"no job {job_id!r} for this API key")
     event, moved = svc.store.finish(
@@ -348,8 +372,9 @@ def readyz(svc: ServicesDep) -> JSONResponse:
         try:
             check()
             checks[name] = "ok"
-        except Exception as exc:
-            checks[name] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # the body says what failed; how (hosts, paths, messages) goes to the log only
+            log.warning("readiness: %s failed: %s: %s", name, type(exc).__name__, exc)
+            checks[name] = "unavailable"
     ready = all(v == "ok" for v in checks.values())
     body = {"status": "ready" if ready else "not ready", "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)
@@ -425,7 +450,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = Services(settings)
         app.state.services = svc
-        bootstrap_keys(svc.store, settings.api_keys)
+        bootstrap_keys(svc.store, settings.api_keys, svc.key_secret)
         yield
         svc.store.engine.dispose()
 
@@ -441,6 +466,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     web.mount(app, settings)
 
+    app.add_middleware(LimitBody, limit=settings.body_limit())
     app.add_middleware(MeasureRequests)
 
     @app.exception_handler(ProblemError)
@@ -462,7 +488,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return problem_response(request, 500, "Internal error", f"{type(exc).__name__}: the error was logged")
+        return problem_response(request, 500, "Internal error", "an internal error occurred; it was logged")
 
     return app
 

@@ -22,6 +22,8 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A pool process that preloads the model reports alive only once it is loaded (Celery's default: 4 s).
+        worker_proc_alive_timeout=600 if settings.preload_engine else 4.0,
         task_time_limit=settings.job_time_limit,
         task_soft_time_limit=settings.job_time_limit * 0.95,
         task_default_queue=settings.job_queue,

@@ -126,12 +126,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from service.auth import hash_key, new_key
+    from service.auth import hash_key, new_key, server_secret
     from service.settings import Settings
     from service.store import Store
 
+    settings = Settings()
     key = new_key()
-    Store(Settings().database()).add_key(args.name, hash_key(key))
+    Store(settings.database()).add_key(args.name, hash_key(key, server_secret(settings.key_secret, settings.home)))
     print(key)
     print(f"stored the hash of a new key named {args.name!r}; the key is shown only now", file=sys.stderr)
     return 0
@@ -240,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("-Q", "--queues", default="cpu,webhooks", help="queues to consume (GPU hosts: gpu)")
     worker.add_argument("-c", "--concurrency", type=int, default=1, help="processes; each loads the engine once")
     worker.set_defaults(func=cmd_worker)
-    keys = sub.add_parser("keys", help="create an API key (prints it once; stores its hash)")
-    keys.add_argument("name")
-    keys.set_defaults(func=cmd_keys)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create (or replace) the key NAME: prints it once, stores its hash")
+    create.add_argument("name")
+    create.set_defaults(func=cmd_keys)
     # Options belong to evals/cli.py (`tome eval --help`); they pass through untouched.
     evaluate = sub.add_parser("eval", help="run the evaluation harness (evals/): tome eval --help", add_help=False)
     evaluate.set_defaults(func=cmd_eval)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.types import Document
+from service.inputs import blank_unstorable
 
 MEDIA_TYPES = {
     ".txt": "text/plain",
@@ -73,10 +74,13 @@ def parse_document(data: bytes, filename: str, source: str | None = None) -> Doc
     meta: dict[str, Any] = {}
     if media_type == "application/pdf":
         text, meta = _pdf_text(data, filename)
+        text = blank_unstorable(text)  # a text layer's stray NULs are not the user's to fix (service/inputs.py)
     elif media_type == DOCX:
         text, meta = _docx_text(data, filename)
     else:
         text = _decode(data, filename).strip()
+        if "\x00" in text:
+            raise DocumentError(filename, "the file contains NUL bytes: binary, or not UTF-8/UTF-16 text")
         if media_type == "text/html":
             text = _html_text(text)
         elif media_type == "text/markdown":

@@ -67,6 +67,7 @@ class Job(Base):
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_status_created", "owner_id", "status", "created_at"),
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),  # the sweeper's scan
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # also the Celery task id and LangGraph thread id
@@ -80,6 +81,11 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None]
     runs: Mapped[int] = mapped_column(Integer, default=0)  # task starts, redeliveries included
     resumed_from: Mapped[str | None] = mapped_column(String(100))  # graph node a redelivered run resumed at
+    # The lease of the worker running it: a fencing token (bumped by every take and every sweep; a worker's writes
+    # name it, so a worker whose lease was taken writes nothing), its holder, and when it lapses unless renewed.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
     strategy: Mapped[str | None] = mapped_column(String(50))
     reason: Mapped[str | None] = mapped_column(Text)
     document_tokens: Mapped[int | None] = mapped_column(Integer)

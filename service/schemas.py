@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engines.types import Task, TaskKind
+from service.inputs import check_strings
 
 MAX_QUESTIONS = 64
 
@@ -52,6 +53,7 @@ TaskSpec = Annotated[QuestionsTask | SummaryTask | ExtractTask, Field(discrimina
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
     document_id: str | None = Field(default=None, description="from POST /v1/documents")
     text: str | None = Field(default=None, min_length=1, description="inline document text, instead of document_id")
     task: TaskSpec
@@ -61,6 +63,12 @@ class JobCreate(BaseModel):
     callback_secret: str | None = Field(
         default=None, description="`whsec_` + base64 of 24-64 random bytes; generated when omitted"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        check_strings(data)  # NUL or a lone surrogate anywhere: 422 (service/inputs.py)
+        return data
 
     @model_validator(mode="after")
     def _one_document(self) -> JobCreate:
@@ -137,6 +145,8 @@ class JobOut(BaseModel):
     error: str | None
     runs: int = Field(description="task deliveries that ran this job (more than 1 after a worker was lost)")
     resumed_from: str | None = Field(description="the graph node a redelivered run resumed at")
+    worker: str | None = Field(default=None, description="host:pid of the worker holding the job's lease")
+    lease_expires_at: datetime | None = Field(default=None, description="when that lease lapses unless renewed")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

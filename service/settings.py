@@ -34,7 +34,11 @@ class Settings(BaseSettings):
     checkpoint_url: str = Field(default="", description="LangGraph checkpoints; empty: beside database_url")
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_keys: str = Field(default="", description="bootstrap keys, `name:key,name:key`; stored hashed")
-    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    key_secret: str = Field(default="", description="HMAC secret for key hashes; empty: generated in home/key_secret")
+    auth_failure_limit: int = Field(default=20, gt=0, description="failed key checks per client per window")
+    auth_failure_window: float = Field(default=60, gt=0, description="seconds; then 429 with Retry-After")
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="uploads and inline text (UTF-8)")
+    max_body_bytes: int = Field(default=0, ge=0, description="non-upload request bodies; 0: max_upload_bytes + 1 MiB")
     allow_private_callbacks: bool = Field(default=False, description="development only: loopback/private callbacks")
     public_url: str = Field(default="http://localhost:8000", description="the API's base URL, for links in webhooks")
     # The web page and the event stream (service/web.py, service/events.py).
@@ -51,6 +55,12 @@ class Settings(BaseSettings):
     job_time_limit: float = Field(default=6 * 3600, gt=0, description="seconds before a running job is killed")
     broker_visibility_timeout: float = Field(default=7 * 3600, gt=0, description="above the longest job")
     broker_restore_interval: float = Field(default=10, gt=0, description="seconds between unacked-message sweeps")
+    # Leases: a running job is held by one worker, renewed every lease_seconds/3 (heartbeat); a lease not renewed
+    # for lease_seconds is swept back to the queue by any worker. The broker's visibility timeout stays a last resort.
+    lease_seconds: float = Field(default=60, gt=0, description="seconds a worker holds a job without renewing")
+    lease_sweep_interval: float = Field(default=10, gt=0, description="seconds between sweeps for expired leases")
+    delivery_grace: float = Field(default=60, gt=0, description="seconds past due before a delivery is resent")
+    preload_engine: bool = Field(default=False, description="load the model when a worker process starts")
     engine_retries: int = Field(default=3, ge=0, description="retries of a job after a transient engine error")
     engine_retry_backoff: float = Field(default=30, ge=0, description="first retry delay, doubled each time")
     # Standard Webhooks schedule (seconds after the previous attempt), jittered by webhook_jitter.
@@ -61,6 +71,9 @@ class Settings(BaseSettings):
 
     def cors_origin_list(self) -> list[str]:
         return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
+
+    def body_limit(self) -> int:
+        return self.max_body_bytes or self.max_upload_bytes + 1024 * 1024
 
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'tome.db'}"

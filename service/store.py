@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, event, exists, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.inputs import valid_id
 from service.models import ApiKey, DeliveryAttempt, Event, Job, StoredDocument, WebhookEndpoint, utcnow
 from service.webhooks import new_secret
 
@@ -73,6 +74,14 @@ class Submission:
     created: bool
 
 
+@dataclass
+class Run:
+    """A job taken by a worker, with the fencing token of its lease."""
+
+    job: Job
+    token: int
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
@@ -103,6 +112,15 @@ class Store:
     def key_owner(self, key_hash: str) -> str | None:
         with self.session() as s:
             return s.scalar(select(ApiKey.id).where(ApiKey.key_hash == key_hash))
+
+    def upgrade_key(self, legacy_hash: str, key_hash: str) -> str | None:
+        """The owner of a key stored under its old unsalted hash, which is replaced by `key_hash` (once)."""
+        with self.session() as s:
+            owner = s.scalar(
+                update(ApiKey).where(ApiKey.key_hash == legacy_hash).values(key_hash=key_hash).returning(ApiKey.id)
+            )
+            s.commit()
+            return owner
 
     # documents
     def put_document(
@@ -259,59 +277,191 @@ class Store:
             return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())  # type: ignore[arg-type]
 
     # worker transitions
-    def start_run(self, job_id: str) -> Job | Literal["missing", "ended"]:
-        """Mark a job running for this delivery of its task.
+    def start_run(
+        self, job_id: str, worker: str = "", lease_s: float = 60.0
+    ) -> Run | Literal["missing", "ended", "leased"]:
+        """Take the job's lease for this delivery of its task, by compare-and-set: one taker wins.
 
-        "ended": it already did (a duplicate delivery, or cancelled while queued); "missing": no such row yet
-        (the API sends the message just before it commits) or ever (its request failed).
+        A queued job, or a running one whose lease lapsed (its worker died or stalled), is taken: the fencing token
+        goes up by one and `runs` counts the take. "leased": another worker holds a live lease (a duplicate or
+        redelivered message; the holder finishes it, or the sweeper re-queues it); "ended": it already ended
+        (or was cancelled while queued); "missing": no such row yet (the API sends the message just before it
+        commits) or ever (its request failed).
         """
         with self.session() as s:
             while True:
                 now = utcnow()
-                done = s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status.in_(ACTIVE))
-                    .values(status="running", runs=Job.runs + 1, started_at=func.coalesce(Job.started_at, now))
+                takeable = (Job.status == "queued") | (
+                    (Job.status == "running") & ((Job.lease_expires_at.is_(None)) | (Job.lease_expires_at < now))
                 )
-                if done.rowcount:
+                token = s.scalar(
+                    update(Job)
+                    .where(Job.id == job_id, takeable)
+                    .values(
+                        status="running",
+                        runs=Job.runs + 1,
+                        started_at=func.coalesce(Job.started_at, now),
+                        lease_token=Job.lease_token + 1,
+                        lease_owner=worker[:200] or None,
+                        lease_expires_at=now + timedelta(seconds=lease_s),
+                    )
+                    .returning(Job.lease_token)
+                )
+                if token is not None:
                     s.commit()
-                    return s.get_one(Job, job_id)
+                    return Run(s.get_one(Job, job_id), token)
+                s.rollback()
                 status = s.scalar(select(Job.status).where(Job.id == job_id))
                 if status is None:
                     return "missing"
                 if status in TERMINAL:
                     return "ended"
-                # committed between the two statements: the update will match now
+                if status == "running":
+                    return "leased"
+                # committed (queued) between the two statements: the update will match now
 
-    def set_resumed_from(self, job_id: str, node: str) -> None:
-        self._update_running(job_id, resumed_from=node)
+    def renew_lease(self, job_id: str, token: int, lease_s: float) -> bool:
+        """Extend the lease held with `token`; False once it was taken (or the job ended): the holder must stop."""
+        return self._update_running(job_id, token, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
 
-    def set_route(self, job_id: str, strategy: str, reason: str, document_tokens: int) -> None:
-        self._update_running(job_id, strategy=strategy, reason=reason, document_tokens=document_tokens)
-
-    def set_progress(self, job_id: str, done: int, total: int, message: str) -> bool:
-        """Record progress; False once the job is no longer running (cancelled), so the worker stops."""
-        return self._update_running(job_id, progress_done=done, progress_total=total, progress_message=message)
-
-    def _update_running(self, job_id: str, **values: Any) -> bool:
+    def overdue_deliveries(self, grace_s: float, stale_s: float, limit: int = 100) -> list[tuple[str, int]]:
+        """(event id, attempt) of deliveries that should have run by now and did not: an event whose first attempt
+        was never claimed `grace_s` after it was made (its message was lost: the broker was down, or restarted
+        without it), a retry `grace_s` past its time with no successor, or an attempt claimed `stale_s` ago and
+        never finished (its worker died mid-call). Resending one is safe: attempts are claimed once each."""
+        now = utcnow()
+        open_events = select(Event.id).where(
+            Event.endpoint_id.is_not(None), Event.delivered_at.is_(None), Event.gave_up_at.is_(None)
+        )
+        later = DeliveryAttempt.__table__.alias("later")
         with self.session() as s:
-            done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(**values))
+            never = s.execute(
+                select(Event.id, literal(1))
+                .where(Event.id.in_(open_events), Event.created_at < now - timedelta(seconds=grace_s))
+                .where(~exists().where(DeliveryAttempt.event_id == Event.id))
+                .limit(limit)
+            ).all()
+            retries = s.execute(
+                select(DeliveryAttempt.event_id, DeliveryAttempt.attempt + 1)
+                .where(
+                    DeliveryAttempt.event_id.in_(open_events),
+                    DeliveryAttempt.next_retry_at < now - timedelta(seconds=grace_s),
+                )
+                .where(
+                    ~exists().where(
+                        later.c.event_id == DeliveryAttempt.event_id, later.c.attempt == DeliveryAttempt.attempt + 1
+                    )
+                )
+                .limit(limit)
+            ).all()
+            stuck = s.execute(
+                select(DeliveryAttempt.event_id, DeliveryAttempt.attempt)
+                .where(
+                    DeliveryAttempt.event_id.in_(open_events),
+                    DeliveryAttempt.status_code.is_(None),
+                    DeliveryAttempt.error.is_(None),
+                    DeliveryAttempt.at < now - timedelta(seconds=stale_s),
+                )
+                .limit(limit)
+            ).all()
+        return [(event_id, int(attempt)) for event_id, attempt in [*never, *retries, *stuck]]
+
+    def release(self, job_id: str, token: int) -> bool:
+        """Give the lease back and queue the job again (a retry is coming); False if the lease was not ours."""
+        with self.session() as s:
+            done = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.lease_token == token)
+                .values(status="queued", lease_token=Job.lease_token + 1, lease_owner=None, lease_expires_at=None)
+            )
+            s.commit()
+            return bool(done.rowcount)
+
+    def requeue_expired(self, enqueue: Callable[[str], None], limit: int = 100) -> list[str]:
+        """Put running jobs whose lease lapsed back in the queue; returns their ids.
+
+        Per job a compare-and-set on the token it was seen with (so of several sweepers one re-queues it, once),
+        which also bumps the token: the late holder's writes no longer match. The message goes out before the
+        commit, as in submit_job: a failed send leaves the job for the next sweep, and a message that arrives
+        before the commit finds a lapsed lease, which start_run takes as well.
+        """
+        requeued = []
+        with self.session() as s:
+            stale = s.execute(
+                select(Job.id, Job.lease_token)
+                .where(
+                    Job.status == "running",
+                    (Job.lease_expires_at.is_(None)) | (Job.lease_expires_at < utcnow()),
+                )
+                .limit(limit)
+            ).all()
+            for job_id, token in stale:
+                done = s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == "running", Job.lease_token == token)
+                    .values(
+                        status="queued",
+                        lease_token=Job.lease_token + 1,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        enqueued_at=utcnow(),
+                    )
+                )
+                if not done.rowcount:
+                    s.rollback()
+                    continue
+                try:
+                    enqueue(job_id)
+                except Exception:
+                    s.rollback()
+                    raise
+                s.commit()
+                requeued.append(job_id)
+        return requeued
+
+    def set_resumed_from(self, job_id: str, node: str, token: int | None = None) -> None:
+        self._update_running(job_id, token, resumed_from=node)
+
+    def set_route(
+        self, job_id: str, strategy: str, reason: str, document_tokens: int, token: int | None = None
+    ) -> None:
+        self._update_running(job_id, token, strategy=strategy, reason=reason, document_tokens=document_tokens)
+
+    def set_progress(self, job_id: str, done: int, total: int, message: str, token: int | None = None) -> bool:
+        """Record progress; False once the job is no longer running (cancelled) or its lease was taken: stop."""
+        return self._update_running(job_id, token, progress_done=done, progress_total=total, progress_message=message)
+
+    def _update_running(self, job_id: str, token: int | None, **values: Any) -> bool:
+        """Update a running job; with a fencing token, only while that token still holds the lease."""
+        with self.session() as s:
+            query = update(Job).where(Job.id == job_id, Job.status == "running")
+            if token is not None:
+                query = query.where(Job.lease_token == token)
+            done = s.execute(query.values(**values))
             s.commit()
             return bool(done.rowcount)
 
     def finish(
-        self, job_id: str, status: str, event_body: Any, from_status: tuple[str, ...] = ACTIVE, **values: Any
+        self,
+        job_id: str,
+        status: str,
+        event_body: Any,
+        from_status: tuple[str, ...] = ACTIVE,
+        token: int | None = None,
+        **values: Any,
     ) -> tuple[Event | None, bool]:
         """Move a job to a terminal status and create its one event, atomically.
 
         `event_body(job) -> str` builds the webhook body from the updated row. Returns (the job's event, whether
         this call moved it); a job that had already ended keeps its first event (a redelivered task, a late cancel).
+        A worker passes its lease's fencing token: once another worker took the lease, nothing is written.
         """
         with self.session() as s:
+            query = update(Job).where(Job.id == job_id, Job.status.in_(from_status))
+            if token is not None:
+                query = query.where(Job.lease_token == token, Job.status == "running")
             done = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status.in_(from_status))
-                .values(status=status, finished_at=utcnow(), **values)
+                query.values(status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values)
             )
             if not done.rowcount:
                 s.rollback()
@@ -417,5 +567,8 @@ def encode_cursor(job: Job) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, job id) of a cursor this API issued; ValueError for anything else."""
     created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+    if not valid_id(job_id):
+        raise ValueError("not a job id")
     return datetime.fromisoformat(created), job_id

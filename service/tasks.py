@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
 import httpx
+import psycopg
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from kombu.exceptions import KombuError
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engines.base import Engine
 from engines.types import Document
@@ -22,13 +28,16 @@ from service import webhooks
 from service.celery_app import DELIVER_EVENT, RUN_JOB, app
 from service.checkpoints import open_checkpointer
 from service.documents import structure
+from service.leases import FencedCheckpointer, Lease, LeaseLost, Sweeper, worker_name
 from service.models import Event, Job, utcnow
 from service.schemas import JobCreate
 from service.settings import get_settings
-from service.store import Store, aware
+from service.store import Run, Store, aware
 from workflows.graph import JobResult, build_graph, run_job
 
 log = logging.getLogger(__name__)
+# A database that is down or restarting (the job store through SQLAlchemy, the checkpoints through psycopg).
+DATABASE_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class JobCancelled(Exception):
@@ -60,25 +69,31 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class JobProgress:
-    """The strategy's progress callback: writes "segment 12 of 40" into the job row; stops a cancelled job."""
+    """The strategy's progress callback: writes "segment 12 of 40" into the job row under the job's lease; stops
+    a cancelled job, and a job whose lease another worker took."""
 
-    def __init__(self, store: Store, job_id: str, checkpointer: BaseCheckpointSaver) -> None:
-        self.store, self.job_id, self.checkpointer = store, job_id, checkpointer
+    def __init__(self, store: Store, job_id: str, checkpointer: BaseCheckpointSaver, lease: Lease) -> None:
+        self.store, self.job_id, self.checkpointer, self.lease = store, job_id, checkpointer, lease
         self.routed = False
         self.total = 1
 
     def record_route(self) -> None:
         values = build_graph(self.checkpointer).get_state({"configurable": {"thread_id": self.job_id}}).values
         if "strategy" in values:
-            self.store.set_route(self.job_id, values["strategy"], values["reason"], values["document_tokens"])
+            route = values["strategy"], values["reason"], values["document_tokens"]
+            self.store.set_route(self.job_id, *route, token=self.lease.token)
             self.routed = True
 
     def __call__(self, done: int, total: int, message: str) -> None:
+        self.lease.check()
         if not self.routed or done == 0:  # every strategy starts at 0: a fallback's strategy and reason show at once
             self.record_route()
         self.total = max(total, 1)
-        if not self.store.set_progress(self.job_id, done, total, message):
-            raise JobCancelled(self.job_id)
+        if not self.store.set_progress(self.job_id, done, total, message, token=self.lease.token):
+            job = self.store.get_job(self.job_id)
+            if job is not None and job.status == "cancelled":
+                raise JobCancelled(self.job_id)
+            raise LeaseLost(self.job_id)
 
 
 def result_dict(result: JobResult, tasks: list[Any], document: Document | None = None) -> dict[str, Any]:
@@ -120,7 +135,11 @@ def parse_extraction(text: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def send_delivery(event: Event | None, attempt: int = 1, countdown: float = 0) -> None:
-    webhooks.send_delivery(app, get_settings().webhook_queue, event, attempt, countdown)
+    """Queue a delivery attempt; with the broker away, leave it to the sweepers (they send overdue ones again)."""
+    try:
+        webhooks.send_delivery(app, get_settings().webhook_queue, event, attempt, countdown)
+    except (KombuError, OSError) as exc:
+        log.warning("could not queue a delivery of %s (%s); a sweeper sends it later", event and event.id, exc)
 
 
 def event_body(job: Job) -> str:
@@ -131,30 +150,63 @@ def event_body(job: Job) -> str:
 @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_job_task(self: Any, job_id: str) -> None:
     settings, store = get_settings(), worker_store()
-    job = store.start_run(job_id)
-    if job == "missing":
+    worker_engine()  # load the model before taking a lease: a first load can outlast a short lease on a busy host
+    try:
+        run = store.start_run(job_id, worker_name(), settings.lease_seconds)
+    except DATABASE_ERRORS as exc:  # the job store is away: keep the message (a new one, later), never drop it
+        log.warning("job %s: the job store is unreachable (%s); retrying in 5 s", job_id, type(exc).__name__)
+        raise self.retry(countdown=5) from None
+    if run == "missing":
         # The API sends the message just before it commits the job; wait for the commit, or for a rollback.
         if self.request.retries < 10:
             raise self.retry(countdown=0.5 * (self.request.retries + 1))
         log.warning("job %s was never stored (its request failed); dropping the message", job_id)
         return
-    if job == "ended":  # a redelivery, or cancelled while queued: make sure its event went out
+    if run == "ended":  # a redelivery, or cancelled while queued: make sure its event went out
         send_delivery(store.deliveries(job_id)[0])
         return
+    if run == "leased":  # a duplicate or redelivered message while a live worker runs it: that worker finishes it
+        log.info("job %s is held by a live lease; dropping this message", job_id)
+        return
+    lease = Lease(store, job_id, run.token, settings.lease_seconds).start()
+    try:
+        execute(self, run, lease)
+    except LeaseLost:  # another worker took the job: it owns the row and the checkpoints now
+        log.warning("job %s: lease %d lost; stopped without writing", job_id, run.token)
+    except DATABASE_ERRORS as exc:  # the store went away after the run: the lease lapses, a sweeper re-queues it
+        log.warning("job %s: the job store is unreachable (%s); left to its lease", job_id, type(exc).__name__)
+    finally:
+        lease.stop()
+
+
+def execute(task: Any, run: Run, lease: Lease) -> None:
+    """Run a job whose lease this worker holds; every write names the lease's fencing token."""
+    settings, store, job_id, job = get_settings(), worker_store(), run.job.id, run.job
     request = JobCreate.model_validate(job.request)
     tasks = request.tasks()
     stored = store.document_text(job.document_id)
     document = Document(stored.text, source=stored.filename, media_type=stored.media_type, metadata=stored.meta)
-    checkpointer = worker_checkpointer()
-    progress = JobProgress(store, job_id, checkpointer)
+    shared = worker_checkpointer()
+    checkpointer = FencedCheckpointer(shared, lease)
+    progress = JobProgress(store, job_id, checkpointer, lease)
     state = build_graph(checkpointer).get_state({"configurable": {"thread_id": job_id}})
     if state.next:  # a previous run of this job stopped mid-graph (its worker died): resume there
-        store.set_resumed_from(job_id, state.next[0])
+        store.set_resumed_from(job_id, state.next[0], token=run.token)
         progress.record_route()
 
+    def not_moved() -> None:
+        """finish() wrote nothing: cancelled meanwhile (the cancel sent its event), or the lease was taken."""
+        current = store.get_job(job_id)
+        if current is None or current.status != "cancelled":
+            raise LeaseLost(job_id)
+        shared.delete_thread(job_id)
+
     def fail(message: str) -> None:
-        send_delivery(store.finish(job_id, "failed", event_body, error=message)[0])
-        checkpointer.delete_thread(job_id)
+        event, moved = store.finish(job_id, "failed", event_body, token=run.token, error=message)
+        if not moved:
+            return not_moved()
+        shared.delete_thread(job_id)
+        send_delivery(event)
 
     try:
         result = run_job(
@@ -167,24 +219,35 @@ def run_job_task(self: Any, job_id: str) -> None:
             thread_id=job_id,
         )
     except JobCancelled:
-        checkpointer.delete_thread(job_id)
+        shared.delete_thread(job_id)  # the cancel ended the lease too; the checkpoints are of no use now
         return
+    except LeaseLost:
+        raise
+    except DATABASE_ERRORS as exc:
+        # The job store or the checkpoints are unreachable: not the job's fault, so it is neither failed nor retried
+        # here. Its lease lapses and a sweeper re-queues it once the database is back; it resumes from its last
+        # checkpoint.
+        log.warning("job %s: the database is unreachable (%s); left to its lease", job_id, type(exc).__name__)
+        raise LeaseLost(job_id) from exc
     except SoftTimeLimitExceeded:
         fail(f"the job ran past the {settings.job_time_limit:.0f} s time limit")
         return
     except Exception as exc:
-        if is_transient(exc) and self.request.retries < settings.engine_retries:
-            delay = settings.engine_retry_backoff * 2**self.request.retries
+        if is_transient(exc) and task.request.retries < settings.engine_retries:
+            delay = settings.engine_retry_backoff * 2**task.request.retries
             log.warning("job %s: transient engine error (%s); retrying in %.0f s", job_id, exc, delay)
-            raise self.retry(exc=exc, countdown=delay) from None
+            if not store.release(job_id, run.token):  # queued again, so that the retry's delivery takes it
+                raise LeaseLost(job_id) from None
+            raise task.retry(exc=exc, countdown=delay) from None
         log.exception("job %s failed", job_id)
         fail(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
         return
     cost = vars(result.cost)
-    event, _ = store.finish(
+    event, moved = store.finish(
         job_id,
         "completed",
         event_body,
+        token=run.token,
         result=result_dict(result, tasks, document),
         cost=cost,
         strategy=result.strategy,
@@ -193,8 +256,50 @@ def run_job_task(self: Any, job_id: str) -> None:
         progress_done=progress.total,
         progress_total=progress.total,
     )
-    checkpointer.delete_thread(job_id)
+    if not moved:
+        return not_moved()
+    shared.delete_thread(job_id)  # the job ended under our token: its checkpoints are of no use now
     send_delivery(event)
+
+
+_sweeper: Sweeper | None = None
+
+
+@worker_process_init.connect
+def preload_engine(**_: Any) -> None:
+    """With TOME_PRELOAD_ENGINE, a pool process loads the model as it starts, not inside its first job."""
+    if get_settings().preload_engine:
+        worker_engine()
+
+
+@worker_ready.connect
+def start_sweeper(**_: Any) -> None:
+    """Each worker's main process sweeps for lapsed leases (its own store: connections are not shared over fork)."""
+    global _sweeper
+    settings = get_settings()
+    store = Store(settings.database())
+    # A pool child forked later must not touch the parent's connections (closing them would end the parent's).
+    os.register_at_fork(after_in_child=lambda: store.engine.dispose(close=False))
+
+    def enqueue(job_id: str) -> None:
+        app.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=settings.job_queue)
+
+    guard = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+
+    def resend(event_id: str, attempt: int) -> None:
+        # Once per grace period across all sweepers (a queue that is merely slow must not fill with copies).
+        if guard.set(f"tome:resent:{event_id}:{attempt}", 1, nx=True, ex=max(1, int(settings.delivery_grace))):
+            log.warning("event %s: attempt %d is overdue (message lost?); sent again", event_id, attempt)
+            webhooks.send_delivery_attempt(app, settings.webhook_queue, event_id, attempt)
+
+    stale = settings.webhook_timeout + 30  # as deliver_event_task's claim
+    _sweeper = Sweeper(store, enqueue, settings.lease_sweep_interval, resend, settings.delivery_grace, stale).start()
+
+
+@worker_shutdown.connect
+def stop_sweeper(**_: Any) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()
 
 
 @app.task(name=DELIVER_EVENT, bind=True, acks_late=True, reject_on_worker_lost=True)

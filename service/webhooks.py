@@ -19,7 +19,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
+from socket import SOCK_STREAM
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from celery import Celery
@@ -85,24 +86,111 @@ def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None 
     raise WebhookError("no matching signature")
 
 
-def check_callback_url(url: str, allow_private: bool) -> None:
-    """Refuse URLs that resolve to private, loopback, link-local or otherwise internal addresses (SSRF guard)."""
-    parts = urlsplit(url)
+# IPv6 prefixes that carry an IPv4 address, and where it sits (the address is refused if that IPv4 is internal).
+NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+COMPAT = ipaddress.IPv6Network("::/96")  # deprecated IPv4-compatible ::a.b.c.d ([::127.0.0.1])
+TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT IPv4-translated ::ffff:0:a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address may reach: mapped, compatible, translated, 6to4, Teredo (server and
+    client), NAT64 (well-known and local-use prefixes), ISATAP interface ids."""
+    found = []
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address in COMPAT or address in TRANSLATED or any(address in net for net in NAT64):
+        found.append(low32)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if (int(address) >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP: ...:0:5efe:a.b.c.d or ...:200:5efe:a.b.c.d
+        found.append(low32)
+    return found
+
+
+# Not globally reachable per IANA's IPv4 special-purpose registry (whatever this Python's ipaddress says).
+IPV4_INTERNAL = [
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    )
+]
+
+
+def internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Private, loopback, link-local, reserved, multicast or unspecified, directly or through an IPv4 inside."""
+    if isinstance(address, ipaddress.IPv4Address) and any(address in net for net in IPV4_INTERNAL):
+        return True
+    if not address.is_global or address.is_multicast or address.is_reserved or address.is_unspecified:
+        return True
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local or address in COMPAT:
+            return True
+        return any(internal(v4) for v4 in embedded_ipv4(address))
+    return False
+
+
+def check_callback_url(url: str, allow_private: bool) -> list[str]:
+    """Refuse URLs that resolve to private, loopback, link-local or otherwise internal addresses (SSRF guard;
+    `allow_private` skips only that test).
+
+    Returns the addresses checked, for delivery to connect to: the name is not resolved again between the check
+    and the connection, so a DNS answer that changes in between cannot point the delivery inside.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", a port out of range
+        raise WebhookError(f"callback_url {url!r} is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError(f"callback_url {url!r} must be an absolute http(s) URL")
-    if allow_private:
-        return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        infos = socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80), type=SOCK_STREAM)
     except socket.gaierror as exc:
         raise WebhookError(f"callback_url host {parts.hostname!r} does not resolve ({exc.strerror})") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if not address.is_global or address.is_multicast:
+    except (UnicodeError, ValueError):  # a label over 63 characters, an empty label
+        raise WebhookError(f"callback_url host {parts.hostname!r} is not a valid host name") from None
+    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+    for address in addresses if not allow_private else []:
+        if internal(address):
             raise WebhookError(
                 f"callback_url host {parts.hostname!r} resolves to {address}, a private, loopback or link-local "
                 "address; such callbacks are refused (TOME_ALLOW_PRIVATE_CALLBACKS=true allows them for development)"
             )
+    if not addresses:
+        raise WebhookError(f"callback_url host {parts.hostname!r} does not resolve")
+    return [str(a) for a in addresses]
+
+
+def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict[str, object]]:
+    """The URL to connect to (the host replaced by the checked address), the Host header, and the TLS name, so
+    that the certificate is still verified against the URL's host name."""
+    parts = urlsplit(url)
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host = parts.hostname or ""
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    if ":" in host and not host.startswith("["):
+        host_header = f"[{host}]" if parts.port is None else f"[{host}]:{parts.port}"
+    pinned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    extensions: dict[str, object] = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return pinned, {"host": host_header}, extensions
 
 
 @dataclass(frozen=True)
@@ -122,13 +210,22 @@ class Outcome:
 
 
 def deliver(url: str, secret: str, msg_id: str, body: bytes, timeout: float, allow_private: bool) -> Outcome:
-    """One attempt. Only a 2xx counts; redirects are not followed; the URL is checked again (DNS may change)."""
+    """One attempt. Only a 2xx counts; redirects are not followed; the URL is checked again (DNS may have changed
+    since the job was submitted) and the connection goes to the address that was checked."""
     start = time.perf_counter()
     try:
-        check_callback_url(url, allow_private)
-        response = httpx.post(
-            url, content=body, headers=signed_headers(secret, msg_id, body), timeout=timeout, follow_redirects=False
-        )
+        addresses = check_callback_url(url, allow_private)
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            for i, address in enumerate(addresses):  # each checked address in turn, as a resolver's client would
+                target, host, extensions = pinned_request(url, address)
+                headers = {**signed_headers(secret, msg_id, body), **host}
+                request = client.build_request("POST", target, content=body, headers=headers, extensions=extensions)
+                try:
+                    response = client.send(request)
+                    break
+                except httpx.ConnectError:
+                    if i == len(addresses) - 1:
+                        raise
     except (httpx.HTTPError, WebhookError) as exc:
         return Outcome(None, f"{type(exc).__name__}: {exc}", None, (time.perf_counter() - start) * 1000)
     ms = (time.perf_counter() - start) * 1000
@@ -180,6 +277,10 @@ def send_delivery(celery: Celery, queue: str, event: Event | None, attempt: int 
     """Enqueue one delivery attempt (its own task); nothing to do for events without an endpoint or already done."""
     if event is None or event.endpoint_id is None or event.delivered_at or event.gave_up_at:
         return
+    send_delivery_attempt(celery, queue, event.id, attempt, countdown)
+
+
+def send_delivery_attempt(celery: Celery, queue: str, event_id: str, attempt: int, countdown: float = 0) -> None:
     celery.send_task(
-        DELIVER_EVENT, args=[event.id, attempt], task_id=f"{event.id}-{attempt}", queue=queue, countdown=countdown
+        DELIVER_EVENT, args=[event_id, attempt], task_id=f"{event_id}-{attempt}", queue=queue, countdown=countdown
     )

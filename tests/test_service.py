@@ -134,7 +134,11 @@ def env(database: str) -> Iterator[dict[str, str]]:
         "TOME_API_KEYS": f"alice:{ALICE},bob:{BOB}",
         "TOME_ALLOW_PRIVATE_CALLBACKS": "true",
         "TOME_MAX_UPLOAD_BYTES": str(64 * 1024),
-        "TOME_BROKER_VISIBILITY_TIMEOUT": "6",  # a lost worker's job comes back after 6 s (jobs here are short)
+        # A lost worker's job comes back when its lease lapses (8 s here), re-queued by a live worker's sweeper; the
+        # broker's redelivery (visibility timeout) is only a last resort, out of these tests' reach.
+        "TOME_LEASE_SECONDS": "8",
+        "TOME_LEASE_SWEEP_INTERVAL": "1",
+        "TOME_BROKER_VISIBILITY_TIMEOUT": "3600",
         "TOME_BROKER_RESTORE_INTERVAL": "1",
         "TOME_WEBHOOK_RETRY_DELAYS": "[0.5, 1, 1, 2, 2, 3]",
         "TOME_WEBHOOK_JITTER": "0.1",
@@ -219,8 +223,9 @@ def qa_job(**extra: Any) -> dict[str, Any]:
 
 
 def too_long_job(**extra: Any) -> dict[str, Any]:
-    """Fails in the router at once (strategy `full`, a document over the context): no model time spent."""
-    text = " ".join(f"word{i}" for i in range(12_000))
+    """Fails in the router at once (strategy `full`, a document over the context): no model time spent. About 20K
+    tokens in 40 KB: inline text is held to the upload limit (64 KiB here)."""
+    text = " ".join(str(i % 10) for i in range(20_000))
     return {"text": text, "task": {"kind": "summary"}, "strategy": "full", **extra}
 
 
@@ -446,7 +451,7 @@ def test_embedded_store_on_sqlite(tmp_path: Path) -> None:
     migrate(url)
     migrate(url)  # idempotent
     store = Store(url)
-    owner = store.add_key("solo", hash_key(ALICE))
+    owner = store.add_key("solo", hash_key(ALICE, b"a server secret"))
     body = JobCreate.model_validate(qa_job())
     request = body.model_dump(mode="json", exclude={"text"})
     inline = ("a" * 64, DOC, len(DOC), "inline.txt")

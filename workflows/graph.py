@@ -17,6 +17,7 @@ from langgraph.types import Checkpointer
 
 from engines.base import Engine
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
+from workflows.mapreduce import add_mapreduce_loop
 from workflows.memagent import add_memagent_loop
 from workflows.policy import Policy
 from workflows.registry import get_strategy
@@ -38,7 +39,7 @@ class JobState(TypedDict, total=False):
     budget: dict[str, Any]
     fallbacks: list[str]  # strategies still to try, best first
     answers: list[dict[str, Any]]
-    reading: dict[str, Any]  # memagent: segments, memories and costs so far (checkpointed per segment)
+    reading: dict[str, Any]  # memagent, mapreduce: segments, memories or notes so far (checkpointed per step)
     attempts: list[dict[str, Any]]  # every strategy that ran: its answers and whether they were supported
     done: bool
 
@@ -133,15 +134,18 @@ def build_graph(checkpointer: Checkpointer = None) -> Any:
     graph.add_edge(START, "analyse")
     graph.add_edge("analyse", "route")
     graph.add_node("verify", verify)
-    memagent = add_memagent_loop(graph, _engine, _progress, _tasks, then="verify")
+    # Strategies that read segment by segment run as loops of nodes, so that every step is checkpointed.
+    loops = {
+        "memagent": add_memagent_loop(graph, _engine, _progress, _tasks, then="verify"),
+        "mapreduce": add_mapreduce_loop(graph, _engine, _progress, _tasks, then="verify"),
+    }
 
     def runner(state: JobState) -> str:
-        # memagent runs as a loop of nodes so that every segment is checkpointed; the others in one node.
-        return memagent if state["strategy"] == "memagent" else "run"
+        return loops.get(state["strategy"], "run")
 
-    graph.add_conditional_edges("route", runner, [memagent, "run"])
+    graph.add_conditional_edges("route", runner, [*loops.values(), "run"])
     graph.add_edge("run", "verify")
-    graph.add_conditional_edges("verify", lambda s: END if s["done"] else runner(s), [END, memagent, "run"])
+    graph.add_conditional_edges("verify", lambda s: END if s["done"] else runner(s), [END, *loops.values(), "run"])
     return graph.compile(checkpointer=checkpointer)
 
 

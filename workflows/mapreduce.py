@@ -1,28 +1,27 @@
-"""`mapreduce`: every segment read independently (LangGraph Send fan-out), the partial results combined.
+"""`mapreduce`: every segment read independently, the partial results combined.
 
 The strategy for summaries, extraction and aggregation over documents longer than the context: each map call sees
 one segment and the task; the reduce step answers from the collected notes, collapsing them in rounds while they
-do not fit.
+do not fit. In the job graph the map runs as a loop of nodes (`add_mapreduce_loop`), one batched call per
+node run, so a persistent checkpointer keeps the notes after every step and a resumed job reads on from there.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
-from typing import Annotated, Any, TypedDict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Send
+from langgraph.graph import StateGraph
 
 from engines.base import Engine, Message, SamplingParams
 from engines.grounding import content_words, is_abstention, support
 from engines.prompting import SYSTEM, answer_from_context, answer_overhead
-from engines.segmenting import Segment, split_segments
+from engines.segmenting import split_segments
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind
 
 NONE = "NONE"
-MAP_BATCH = 4  # segments per map call: local engines batch them, remote ones also run calls concurrently
+MAP_BATCH = 4  # segments per map call (and per checkpoint): local engines batch them, remote ones run them concurrently
 NOTE_TOKENS = 160
 MAX_ROUNDS = 3
 GROUNDED = 0.6  # share of a partial answer's content words that must occur in its segment
@@ -45,9 +44,7 @@ def map_messages(segment: str, task: Task) -> list[Message]:
     ]
 
 
-class MapState(TypedDict, total=False):
-    segments: list[dict[str, Any]]
-    notes: Annotated[list[dict[str, Any]], operator.add]
+Reading = dict[str, Any]  # plain data, so that the job graph checkpoints it after every step
 
 
 class MapReduce:
@@ -65,49 +62,49 @@ class MapReduce:
             answer_overhead(engine, t) < engine.max_context // 2 for t in tasks
         )
 
-    def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
+    def start(self, document: Document, tasks: Sequence[Task], engine: Engine) -> Reading:
+        """A reading of the document: its segments (character spans), the notes so far, how many were read."""
         if not document.text.strip():
             raise ValueError("mapreduce: the document is empty")
         segments = split_segments(document.text, engine, self.segment_tokens(tasks, engine))
-        done = [0]
+        return {"segments": [[s.start, s.end] for s in segments], "notes": [], "done": 0}
 
-        def map_node(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-            batch = [Segment(**s) for s in state["segments"]]
-            convs = [map_messages(s.text, t) for s in batch for t in tasks]
-            gens = engine.chat(convs, SamplingParams(max_tokens=NOTE_TOKENS))
-            notes = []
-            for k, g in enumerate(gens):
-                seg, task_i = batch[k // len(tasks)], k % len(tasks)
-                notes.append(
-                    {
-                        "segment": seg.index,
-                        "task": task_i,
-                        "text": g.text,
-                        "start": seg.start,
-                        "end": seg.end,
-                        "tokens_read": g.prompt_tokens,
-                        "tokens_generated": g.completion_tokens,
-                        "seconds": g.seconds,
-                    }
-                )
-            done[0] += len(batch)
-            progress(done[0], len(segments), f"segment {done[0]} of {len(segments)}")
-            return {"notes": notes}
+    def step(self, reading: Reading, document: Document, tasks: Sequence[Task], engine: Engine) -> Reading:
+        """Read the next MAP_BATCH segments in one (batched) engine call; a checkpoint after each step means a
+        restarted job redoes at most the call in flight: one segment per reader (batch row)."""
+        first = reading["done"]
+        spans = reading["segments"][first : first + MAP_BATCH]
+        batch = [(first + k, a, b) for k, (a, b) in enumerate(spans)]
+        convs = [map_messages(document.text[a:b], t) for _, a, b in batch for t in tasks]
+        gens = engine.chat(convs, SamplingParams(max_tokens=NOTE_TOKENS))
+        notes = []
+        for k, g in enumerate(gens):
+            (index, start, end), task_i = batch[k // len(tasks)], k % len(tasks)
+            notes.append(
+                {
+                    "segment": index,
+                    "task": task_i,
+                    "text": g.text,
+                    "start": start,
+                    "end": end,
+                    "tokens_read": g.prompt_tokens,
+                    "tokens_generated": g.completion_tokens,
+                    "seconds": g.seconds,
+                }
+            )
+        return {**reading, "notes": [*reading["notes"], *notes], "done": first + len(batch)}
 
-        def fan_out(state: MapState) -> list[Send]:
-            segs = state["segments"]
-            return [Send("map", {"segments": segs[i : i + MAP_BATCH]}) for i in range(0, len(segs), MAP_BATCH)]
+    def finish(self, reading: Reading, document: Document, tasks: Sequence[Task], engine: Engine) -> list[Answer]:
+        return [self._reduce(document, i, t, reading["notes"], engine) for i, t in enumerate(tasks)]
 
-        graph = StateGraph(MapState)
-        graph.add_node("map", map_node)
-        graph.add_conditional_edges(START, fan_out, ["map"])
-        graph.add_edge("map", END)
-        progress(0, len(segments), f"segment 0 of {len(segments)}")
-        concurrency = getattr(engine, "max_parallel_requests", 1)
-        final = graph.compile().invoke(
-            {"segments": [s.__dict__ for s in segments], "notes": []}, {"max_concurrency": concurrency}
-        )
-        return [self._reduce(document, i, t, final["notes"], engine) for i, t in enumerate(tasks)]
+    def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
+        reading = self.start(document, tasks, engine)
+        total = len(reading["segments"])
+        progress(0, total, f"segment 0 of {total}")
+        while reading["done"] < total:
+            reading = self.step(reading, document, tasks, engine)
+            progress(reading["done"], total, f"segment {reading['done']} of {total}")
+        return self.finish(reading, document, tasks, engine)
 
     def _useful(self, note: dict[str, Any], task: Task, document: Document) -> bool:
         if is_abstention(note["text"]):
@@ -157,3 +154,46 @@ class MapReduce:
         answer = answer_from_context(engine, context, [task], self.name, evidence, extra_cost=cost)[0]
         answer.details.update(segments=len(mine), notes_dropped=len(texts) - len(kept))
         return answer
+
+
+def add_mapreduce_loop(
+    graph: StateGraph,
+    engine_of: Callable[[RunnableConfig], Engine],
+    progress_of: Callable[[RunnableConfig], Progress],
+    tasks_of: Callable[[Any], list[Task]],
+    then: str,
+) -> str:
+    """Add the map loop's nodes to the job graph (the reduce goes on to `then`); returns the entry node's name.
+
+    The notes live in the job state's `reading` (as memagent's memories do), written at every step.
+    """
+    strategy = MapReduce()
+
+    def plan(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        reading = strategy.start(Document(**state["document"]), tasks_of(state), engine_of(config))
+        total = len(reading["segments"])
+        progress_of(config)(0, total, f"segment 0 of {total}")
+        return {"reading": reading}
+
+    def read(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        reading = strategy.step(state["reading"], Document(**state["document"]), tasks_of(state), engine_of(config))
+        total = len(reading["segments"])
+        progress_of(config)(reading["done"], total, f"segment {reading['done']} of {total}")
+        return {"reading": reading}
+
+    def reduce(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        document = Document(**state["document"])
+        answers = strategy.finish(state["reading"], document, tasks_of(state), engine_of(config))
+        return {"answers": [a.to_dict() for a in answers]}
+
+    def next_step(state: Any) -> str:
+        reading = state["reading"]
+        return "mapreduce_read" if reading["done"] < len(reading["segments"]) else "mapreduce_reduce"
+
+    graph.add_node("mapreduce_plan", plan)
+    graph.add_node("mapreduce_read", read)
+    graph.add_node("mapreduce_reduce", reduce)
+    graph.add_conditional_edges("mapreduce_plan", next_step, ["mapreduce_read", "mapreduce_reduce"])
+    graph.add_conditional_edges("mapreduce_read", next_step, ["mapreduce_read", "mapreduce_reduce"])
+    graph.add_edge("mapreduce_reduce", then)
+    return "mapreduce_plan"
