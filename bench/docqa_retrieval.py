@@ -1,9 +1,9 @@
 """Does retrieval put the evidence of people's questions in front of the reader? docqa's evidence recall per
 retrieval configuration, with no generation (the embedder, BM25 and Qdrant local mode only).
 
-Every configuration is `rag`'s own retrieval (memory/rag.py) with some RagConfig fields changed: `shipped` is the
-default, `units-coverage` the defaults before docqa (the baseline). Whole documents of the chosen split (dev for
-every choice, test for claims).
+Every configuration is `rag`'s own retrieval (memory/rag.py) with some RagConfig fields changed: `shipped` is what
+docqa chose (DOCUMENT_QUESTIONS), `units-coverage` rag's default unit mode (the baseline). Whole documents of the
+chosen split (dev for every choice, test for claims).
 
     python bench/docqa_retrieval.py --split test --configs units-coverage shipped --name docqa-retrieval-test
 """
@@ -27,28 +27,30 @@ from engines import EngineConfig, create_engine  # noqa: E402
 from engines.types import Task, no_progress  # noqa: E402
 from evals.metrics import span_recall  # noqa: E402
 from evals.tasks.docqa import WHOLE, docqa  # noqa: E402
-from memory.rag import Rag, RagConfig  # noqa: E402
+from memory.rag import DOCUMENT_QUESTIONS, Rag, RagConfig  # noqa: E402
 
-# name: RagConfig changes from the shipped default. Units are measured as the extractor reads them (whole, no
-# `focus` cut).
+# name: RagConfig changes (the sweep's on top of DOCUMENT_QUESTIONS). Units are measured as the extractor reads
+# them (whole, no `focus` cut).
 CONFIGS: dict[str, dict[str, Any]] = {
-    "shipped": {},
-    # rag's defaults before docqa (units read through the extractor, coverage at 0.3): the baseline
+    # what docqa chose (memory.rag.DOCUMENT_QUESTIONS), named `shipped` in runs where it was the default
+    "shipped": DOCUMENT_QUESTIONS,
+    # rag's defaults (units read through the extractor, coverage at 0.3): the baseline
     "units-coverage": {"windows": 0, "second_round": 0, "lexical": "coverage", "lexical_weight": 0.3},
     # the dev sweep that chose the shipped windows (runs before it named the old defaults `current`)
-    "bm25": {"windows": 0, "second_round": 0, "lexical_weight": 0.3},
+    "bm25": {**DOCUMENT_QUESTIONS, "windows": 0, "second_round": 0, "lexical_weight": 0.3},
     "bm25-fill-u256": {
+        **DOCUMENT_QUESTIONS,
         "windows": 0,
         "second_round": 0,
         "lexical_weight": 0.3,
         "focus_margin": None,
         "unit_tokens": 256,
     },
-    "bm25-win6x256": {"windows": 6, "second_round": 0, "lexical_weight": 0.3},
-    "bm25-w1-win8x256": {"windows": 8, "second_round": 0},
-    "bm25-w1-win8x256-r2": {"windows": 8, "second_round": 2},
-    "bm25-w1-win12x256": {"windows": 12, "second_round": 0},
-    "bm25-w1-win10x256-r2": {"windows": 10, "second_round": 2},
+    "bm25-win6x256": {**DOCUMENT_QUESTIONS, "windows": 6, "second_round": 0, "lexical_weight": 0.3},
+    "bm25-w1-win8x256": {**DOCUMENT_QUESTIONS, "windows": 8, "second_round": 0},
+    "bm25-w1-win8x256-r2": {**DOCUMENT_QUESTIONS, "windows": 8, "second_round": 2},
+    "bm25-w1-win12x256": {**DOCUMENT_QUESTIONS, "windows": 12, "second_round": 0},
+    "bm25-w1-win10x256-r2": {**DOCUMENT_QUESTIONS, "windows": 10, "second_round": 2},
 }
 
 
