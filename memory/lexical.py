@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 _WORD = re.compile(r"\w+")
 
@@ -56,8 +58,9 @@ class BM25Scorer:
     """
 
     def __init__(self, passages: Sequence[str]) -> None:
-        import bm25s
         import Stemmer
+
+        bm25s = _bm25s_without_numba()
 
         self.terms = [words(p) for p in passages]
         self.df = Counter(t for terms in self.terms for t in terms)
@@ -78,3 +81,19 @@ class BM25Scorer:
         raw = self._index.get_scores(known)
         best = float(raw.max())
         return (raw / best).tolist() if best > 0 else [0.0] * self.n
+
+
+def _bm25s_without_numba() -> Any:
+    """bm25s, imported with numba hidden: bm25s imports numba where it can, and numba's llvmlite leaves objects in
+    sys.modules that vLLM's kernel registration cannot scan (an in-process vLLM engine started after a BM25 index
+    failed to start). BM25Scorer scores with bm25s's numpy backend, which needs no numba."""
+    if "bm25s" in sys.modules or "numba" in sys.modules:
+        import bm25s
+
+        return bm25s
+    sys.modules["numba"] = None  # type: ignore[assignment]  # `import numba` raises ImportError
+    try:
+        import bm25s
+    finally:
+        del sys.modules["numba"]
+    return bm25s

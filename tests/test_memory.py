@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import sys
 
 import pytest
 
@@ -328,6 +329,7 @@ def test_bm25_matches_other_forms_of_the_question_words():
     assert scores[1] > scores[2] and scores[0] == pytest.approx(1.0)  # "marry" finds "married"; "Collins" is rarer
     assert all(0.0 <= x <= 1.0 for x in scores)
     assert BM25Scorer(passages).scores("zyzzyva?") == [0.0] * 3
+    assert "llvmlite" not in sys.modules  # numba stays out: an in-process vLLM engine can still start
 
 
 def test_rag_windows_read_around_the_best_passage_and_a_second_round_finds_the_other_fact(native_engine, tmp_path):

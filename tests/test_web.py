@@ -187,6 +187,10 @@ def test_upload_ask_watch_and_read_the_evidence(server: str, browser: WebDriver,
         time.sleep(0.05)
     else:
         pytest.fail(f"no answers after 600 s; progress seen: {seen}")
+    # the answers and the final progress line come from the same end event; read the line once it has settled
+    wait_for(lambda: text_of(browser, "progress-text").startswith("completed"), 10, "the completed line")
+    if seen[-1] != text_of(browser, "progress-text"):
+        seen.append(text_of(browser, "progress-text"))
     assert text_of(browser, "progress-via") == "Live: Server-Sent Events"
     assert any(s.startswith("running") for s in seen), seen
     assert seen[-1].startswith("completed"), seen
