@@ -51,6 +51,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bm25-w1-win8x256-r2": {**DOCUMENT_QUESTIONS, "windows": 8, "second_round": 2},
     "bm25-w1-win12x256": {**DOCUMENT_QUESTIONS, "windows": 12, "second_round": 0},
     "bm25-w1-win10x256-r2": {**DOCUMENT_QUESTIONS, "windows": 10, "second_round": 2},
+    # dense scores only for the best lexical passages (no whole-document index before the first question)
+    "cand64": {**DOCUMENT_QUESTIONS, "dense_candidates": 64},
+    "cand32": {**DOCUMENT_QUESTIONS, "dense_candidates": 32},
+    "cand64-win12-r2": {**DOCUMENT_QUESTIONS, "dense_candidates": 64, "windows": 12},
+    "cand64-win8-r4": {**DOCUMENT_QUESTIONS, "dense_candidates": 64, "second_round": 4},
+    # the windows cut to their best sentences (with a neighbour each side)
+    "cand64-s6": {**DOCUMENT_QUESTIONS, "dense_candidates": 64, "sentences": 6},
+    "cand32-s6": {**DOCUMENT_QUESTIONS, "dense_candidates": 32, "sentences": 6},
+    "cand32-s10": {**DOCUMENT_QUESTIONS, "dense_candidates": 32, "sentences": 10},
+    "cand32-s6c0": {**DOCUMENT_QUESTIONS, "dense_candidates": 32, "sentences": 6, "sentence_context": 0},
 }
 
 

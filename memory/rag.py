@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engines.base import Engine
 from engines.grounding import complete_fragments
 from engines.prompting import answer_each, answer_overhead
@@ -92,6 +94,16 @@ class RagConfig:
     # question describes what the first fact names).
     second_round: int = 0
     second_round_terms: int = 4
+    # Dense scores for the `dense_candidates` best lexical passages only, embedded when a question first needs them
+    # and kept per process (None: the whole document is embedded and indexed before the first question). Needs a
+    # lexical score. A 100K-token book is ~900 passages: embedding them all is minutes on one CPU thread, the
+    # candidates of one question seconds, and the dense score only reorders what BM25 found.
+    dense_candidates: int | None = None
+    # Of the windows found, read only the `sentences` best sentences (cosine + BM25 over the windows' sentences),
+    # each with `sentence_context` neighbours on each side, in document order (0: the whole windows). A small
+    # reader copies an answer out of a few hundred tokens far more often than out of two thousand.
+    sentences: int = 0
+    sentence_context: int = 1
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 
 
@@ -131,6 +143,17 @@ class Prepared:
         self.spans = spans
         self._per_char: dict[str, float] = {}
         self._lexical: dict[str, LexicalScorer | BM25Scorer] = {}
+        self._vectors: dict[tuple[str, Span], np.ndarray] = {}  # (embedder, span) -> its embedding
+
+    def embedded(self, spans: Sequence[Span], embedder: Embedder) -> np.ndarray:
+        """The embeddings of these spans of the text (passages, sentences), in the order asked; those not yet
+        embedded are embedded now and kept."""
+        missing = [x for x in dict.fromkeys(spans) if (embedder.name, x) not in self._vectors]
+        if missing:
+            got = embedder.embed([self.text[s:e] for s, e in missing])
+            self._vectors.update(((embedder.name, x), v) for x, v in zip(missing, got, strict=True))
+        vectors = [self._vectors[embedder.name, x] for x in spans]
+        return np.asarray(vectors, dtype=np.float32).reshape(len(spans), embedder.dim)
 
     def per_char(self, engine: Engine) -> float:
         if engine.model_name not in self._per_char:
@@ -255,10 +278,16 @@ class Rag:
         c = self.config
         budget = self._check(document, tasks, engine)
         embedder = get_embedder(c.embedder or os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2"))
-        index, spans, built = self.index(document, embedder, progress)
+        ready = prepared(document, embedder, min(c.passage_tokens, embedder.max_tokens))
+        if c.dense_candidates is None:
+            index, spans, built = self.index(document, embedder, progress)
+            dense: PassageIndex | Prepared = index
+        else:
+            if not c.lexical_weight:
+                raise ValueError("dense_candidates needs a lexical score (lexical_weight > 0)")
+            spans, dense, built = ready.spans, ready, "none (dense scores for the lexical candidates)"
         progress(1, 2, f"retrieving ({built} index)")
         text = document.text
-        ready = prepared(document, embedder, min(c.passage_tokens, embedder.max_tokens))
         per_char = ready.per_char(engine)
         units = pack(spans, lambda s: int((s[1] - s[0]) * per_char) + 1, min(c.unit_tokens, budget))
         unit_of = []
@@ -270,7 +299,7 @@ class Rag:
         lexical = ready.lexical(c.lexical) if c.lexical_weight else None
         retrieved = []
         for q, task in zip(embedder.embed([t.question for t in tasks]), tasks, strict=True):
-            passage_scores = self.passage_scores(q, task.question, index, lexical, len(spans))
+            passage_scores = self.passage_scores(q, task.question, dense, lexical, embedder, len(spans))
             if c.windows:  # short windows around the best passages, not whole units
                 read = self.best_windows(passage_scores, spans, len(text), per_char, budget)
                 if c.second_round and lexical is not None:
@@ -285,11 +314,14 @@ class Rag:
                     )
                     found = sorted(words(text[said[0] : said[1]]) - asked, key=lambda t: (lexical.df[t], t))
                     again = " ".join([task.question, *found[: c.second_round_terms]])
-                    scores2 = self.passage_scores(embedder.embed([again])[0], again, index, lexical, len(spans))
+                    q2 = embedder.embed([again])[0]
+                    scores2 = self.passage_scores(q2, again, dense, lexical, embedder, len(spans))
                     fresh = {p: x for p, x in scores2.items() if not any(a <= spans[p][0] < b for a, b in read)}
                     room = budget - sum(int((e - s) * per_char) + 2 for s, e in read)
                     added = self.best_windows(fresh, spans, len(text), per_char, room, c.second_round)
                     read = merged(read + added)
+                if c.sentences:
+                    read = self.best_sentences(task.question, q, read, ready, embedder)
                 top = sorted(passage_scores.values(), reverse=True)[: len(read)]
                 retrieved.append(Retrieved(read, [round(x, 4) for x in top], [], built, len(spans)))
                 continue
@@ -328,10 +360,24 @@ class Rag:
         return retrieved
 
     def passage_scores(
-        self, q: Any, question: str, index: PassageIndex, lexical: LexicalScorer | BM25Scorer | None, n: int
+        self,
+        q: Any,
+        question: str,
+        dense: PassageIndex | Prepared,
+        lexical: LexicalScorer | BM25Scorer | None,
+        embedder: Embedder,
+        n: int,
     ) -> dict[int, float]:
-        """Cosine to the question for the best dense and the best lexical matches, plus the weighted lexical score."""
+        """Cosine to the question for the best dense and the best lexical matches, plus the weighted lexical score.
+        With `dense` a Prepared document (dense_candidates mode), only the best lexical matches are scored."""
         c = self.config
+        if isinstance(dense, Prepared):
+            assert lexical is not None and c.dense_candidates is not None
+            overlap = lexical.scores(question)
+            best = sorted(range(n), key=overlap.__getitem__, reverse=True)[: c.dense_candidates]
+            cosines = (dense.embedded([dense.spans[p] for p in best], embedder) @ q).tolist()
+            return {p: x + c.lexical_weight * overlap[p] for p, x in zip(best, cosines, strict=True)}
+        index = dense
         limit = min(c.search_passages, n)
         scores = dict(index.search(q, limit))
         if lexical is not None:
@@ -364,6 +410,28 @@ class Rag:
             read.append(span)
             used += cost
         return merged(read)
+
+    def best_sentences(
+        self, question: str, q: Any, read: Sequence[Span], ready: Prepared, embedder: Embedder
+    ) -> list[Span]:
+        """The `sentences` sentences of `read` nearest the question (cosine + weighted BM25 among them), each with
+        `sentence_context` neighbours from its own window, merged, in document order."""
+        c = self.config
+        per_window = [split_sentences(ready.text, s, e) for s, e in read]
+        flat = [(w, i) for w, spans in enumerate(per_window) for i in range(len(spans))]
+        if len(flat) <= c.sentences:
+            return list(read)
+        sentences = [per_window[w][i] for w, i in flat]
+        texts = [ready.text[s:e] for s, e in sentences]
+        scores = ready.embedded(sentences, embedder) @ q
+        if c.lexical_weight:
+            scores = scores + c.lexical_weight * np.asarray(BM25Scorer(texts).scores(question))
+        chosen = []
+        for k in np.argsort(-scores, kind="stable")[: c.sentences]:
+            w, i = flat[int(k)]
+            lo, hi = max(0, i - c.sentence_context), min(len(per_window[w]) - 1, i + c.sentence_context)
+            chosen.append((per_window[w][lo][0], per_window[w][hi][1]))
+        return merged(chosen)
 
     def cover(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -371,3 +372,19 @@ def test_rag_prepares_a_document_once_per_process(native_engine, tmp_path):
     ready = prepared(doc, embedder, 128)
     assert prepared(doc, embedder, 128) is ready and ready.lexical("bm25") is ready.lexical("bm25")
     assert prepared(Document(doc.text + " More."), embedder, 128) is not ready
+
+
+def test_rag_without_an_index_scores_lexical_candidates_and_reads_the_best_sentences(native_engine, tmp_path):
+    doc = long_document(native_engine, FACT, 9000, 0.5)
+    store = tmp_path / "qdrant"
+    config = RagConfig(qdrant_path=store, windows=8, lexical="bm25", lexical_weight=1.0, dense_candidates=16)
+    windows = Rag(config).retrieve(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
+    focused = Rag(replace(config, sentences=2)).retrieve(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
+    assert windows.index.startswith("none") and not store.exists()  # no whole-document index was built
+    at = doc.text.index(FACT)
+    for got in (windows, focused):
+        assert any(s <= at < e for s, e in got.units)
+    tokens = lambda got: sum(native_engine.count_tokens(doc.text[s:e]) for s, e in got.units)  # noqa: E731
+    # two sentences with a neighbour on each side, cut from the windows
+    assert all(any(a <= s and e <= b for a, b in windows.units) for s, e in focused.units)
+    assert tokens(focused) < 300 < tokens(windows)

@@ -68,6 +68,15 @@ def test_short_document_goes_to_full(native_engine: Engine) -> None:
     assert route.fallbacks == ["rag"]
 
 
+def test_a_fallback_that_would_read_a_book_is_not_lined_up(native_engine: Engine) -> None:
+    # At 32K the lookup goes to rag; mapreduce, measured reading 33K tokens there, is the next best.
+    route = choose_strategy("auto", 32768, [LOOKUP], native_engine, policy(), Budget(max_fallback_tokens=16384))
+    assert route.strategy == "rag" and route.fallbacks == []
+    assert "no fallback reads more than 16384 tokens" in route.reason
+    route = choose_strategy("auto", 32768, [LOOKUP], native_engine, policy(), Budget(max_fallback_tokens=None))
+    assert route.strategy == "rag" and route.fallbacks == ["mapreduce"]
+
+
 def test_within_tolerance_the_cheaper_strategy_wins(native_engine: Engine) -> None:
     tolerant = policy()
     tolerant.entries.append(Entry("rag", "lookup", 2048, 0.94, 1000, 1.0, 10))

@@ -29,6 +29,10 @@ class Budget:
 
     max_tokens_read: int | None = None
     max_fallbacks: int = 1
+    # A fallback is lined up only if it reads at most this many tokens (measured for this kind near this length;
+    # unmeasured: the whole document). A retrieval answer found unsupported on a book is not worth a whole
+    # reading of it: 100K tokens are many minutes for a CPU reader. None: no limit.
+    max_fallback_tokens: int | None = 32768
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ def choose_strategy(
             f"{sizes}; candidates: {', '.join(candidates)}"
         )
     name, entry = ranked[0]
+    limit = budget.max_fallback_tokens if budget.max_fallback_tokens is not None else float("inf")
     if entry is None:
         why = f"no measurements for a {kind} task at this length; first that fits in the default order"
     elif policy.estimate(name, kind, document_tokens) is None:
@@ -87,5 +92,14 @@ def choose_strategy(
             f"best measured for {kind} tasks near {entry.length} tokens: accuracy {entry.accuracy:.2f} reading "
             f"{entry.tokens_read:.0f} tokens (n={entry.n})"
         )
-    fallbacks = [n for n, _ in ranked[1 : 1 + budget.max_fallbacks]]
+    affordable = [n for n, _ in ranked[1:] if fallback_reads(policy, n, kind, document_tokens) <= limit]
+    fallbacks = affordable[: budget.max_fallbacks]
+    if len(affordable) < len(ranked) - 1 and len(fallbacks) < budget.max_fallbacks:
+        why += f"; no fallback reads more than {limit} tokens"
     return Route(name, f"{why}; {sizes}", kind, fallbacks)
+
+
+def fallback_reads(policy: Policy, strategy: str, kind: str, document_tokens: int) -> float:
+    """Tokens a fallback is expected to read: measured near this length, else the whole document."""
+    entry = policy.estimate(strategy, kind, document_tokens)
+    return entry.tokens_read if entry is not None else document_tokens

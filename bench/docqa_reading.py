@@ -1,0 +1,104 @@
+"""Does the reader answer people's questions from what retrieval found? docqa answers per rag configuration.
+
+`rag` runs alone (no router, no verify step), each configuration on the same questions of one split, one process:
+accuracy beside evidence recall (the share of gold spans in the text the model read), tokens read and seconds. The
+configurations are bench/docqa_retrieval.py's. Dev for every choice, test for claims. `--task` runs a generated
+task instead (at `--length`, seeds 0..limit-1): what a configuration chosen on docqa does to the needles.
+
+    python bench/docqa_reading.py --split dev --kinds lookup --limit 24 --configs cand64 cand64-s6
+    python bench/docqa_reading.py --task niah_single --length 32768 --limit 8 --configs units-coverage cand64-s6
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from statistics import mean, median
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_results  # noqa: E402
+from bench.docqa_retrieval import CONFIGS  # noqa: E402
+from engines import EngineConfig, create_engine  # noqa: E402
+from engines.types import no_progress  # noqa: E402
+from evals.tasks import TASKS, generate  # noqa: E402
+from evals.tasks.docqa import WHOLE, asked, docqa  # noqa: E402
+from memory.rag import Rag, RagConfig  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--split", default="dev", choices=["dev", "test"])
+    p.add_argument("--task", default="docqa", choices=list(TASKS))
+    p.add_argument("--length", type=int, default=WHOLE, help="generated tasks: document tokens")
+    p.add_argument("--configs", nargs="+", required=True)
+    p.add_argument("--kinds", nargs="+", default=["lookup", "multihop", "aggregation", "unanswerable"])
+    p.add_argument("--limit", type=int, default=0, help="first N questions of the chosen kinds (0: all)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="docqa-reading-dev")
+    p.add_argument("--store", type=Path, default=None, help="index store (configs without dense_candidates)")
+    args = p.parse_args()
+
+    engine = create_engine(EngineConfig(kind="native", threads=args.threads))
+    if args.task == "docqa":
+        samples = [docqa(engine, WHOLE, seed, args.split) for seed in range(len(asked(args.split, WHOLE)))]
+        samples = [s for s in samples if s.info["kind"] in args.kinds][: args.limit or None]
+    else:
+        samples = [generate(args.task, engine, args.length, seed) for seed in range(args.limit or 8)]
+    rows: list[dict[str, Any]] = []
+    for name in args.configs:
+        rag = Rag(replace(RagConfig(qdrant_path=args.store), **CONFIGS[name]))
+        per_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for s in samples:
+            start = time.perf_counter()
+            answer = rag.run(s.document, [s.question], engine, no_progress)[0]
+            got = {**s.scored(answer), "seconds": time.perf_counter() - start}
+            per_kind[s.info.get("kind", args.task)].append(got)
+            print(
+                name,
+                s.info.get("id", s.seed),
+                round(got["accuracy"], 2),
+                got["evidence_recall"],
+                repr(answer.text[:80]),
+            )
+        for kind, got_rows in sorted(per_kind.items()):
+            recalls = [r["evidence_recall"] for r in got_rows if r["evidence_recall"] is not None]
+            rows.append(
+                {
+                    "config": name,
+                    "strategy": "rag",
+                    "task": args.task,
+                    "split": args.split if args.task == "docqa" else None,
+                    "kind": kind,
+                    "length": args.length,
+                    "n": len(got_rows),
+                    "accuracy": round(mean(r["accuracy"] for r in got_rows), 4),
+                    "evidence_recall": round(mean(recalls), 4) if recalls else None,
+                    "tokens_read": round(mean(r["tokens_read"] for r in got_rows)),
+                    "calls": round(mean(r["calls"] for r in got_rows), 2),
+                    "seconds": round(mean(r["seconds"] for r in got_rows), 2),
+                    "median_seconds": round(median(r["seconds"] for r in got_rows), 2),
+                }
+            )
+            print(rows[-1], flush=True)
+    write_results(
+        args.name,
+        "docqa_reading",
+        engine.model_name,
+        rows,
+        split=args.split,
+        threads=args.threads,
+        configs={k: CONFIGS[k] for k in args.configs},
+        questions=[s.info.get("id", s.seed) for s in samples],
+        note="rag alone (no router or verify step); seconds per question include retrieval (a document's first "
+        "question pays for its preparation); evidence_recall over the gold spans of answerable questions",
+    )
+
+
+if __name__ == "__main__":
+    main()
