@@ -20,10 +20,9 @@ All state between segments is plain data (`Reading`), so the job graph checkpoin
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,7 +71,7 @@ class MemAgentConfig:
     margin_tokens: int = 64  # chat-template and tokenisation slack
     update: Literal["overwrite", "append"] = "overwrite"  # append: keep old notes, add what the model copied
     # "auto": the adapter ADAPTERS lists for the engine's model, if any; "none": the base model; or an adapter folder.
-    adapter: str = field(default_factory=lambda: os.environ.get("TOME_MEMAGENT_ADAPTER", "auto"))
+    adapter: str = "auto"  # Settings.memagent_adapter (TOME_MEMAGENT_ADAPTER)
 
 
 class MemAgentInputError(ValueError):

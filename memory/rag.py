@@ -24,7 +24,6 @@ piece left out is completed to that word (engines.grounding.complete_fragments).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import Engine
+from engines.config import DEFAULT_EMBEDDER, DEFAULT_HOME
 from engines.grounding import complete_fragments
 from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
@@ -45,10 +45,10 @@ from memory.spans import Span, pack, split_sentences
 
 @dataclass(frozen=True)
 class RagConfig:
-    # Unset: read at use from TOME_EMBEDDER, TOME_QDRANT_URL, TOME_HOME (strategies sit below the service settings).
-    embedder: str | None = None
+    # Filled from Settings by workflows.registry.build_strategies (embedder, qdrant_url, home/qdrant).
+    embedder: str = DEFAULT_EMBEDDER
     qdrant_url: str | None = None
-    qdrant_path: Path | None = None  # local mode, used when there is no URL
+    qdrant_path: Path = DEFAULT_HOME / "qdrant"  # local mode, used when there is no URL
     passage_tokens: int = 128  # embedder word pieces per passage: a short fact dominates a short passage
     unit_tokens: int = 1024  # engine tokens per retrieval unit
     # Retrieved tokens read per question; None: all the engine's context. SmolLM2-135M finds a fact in 1-4K
@@ -218,9 +218,8 @@ class Rag:
         c = self.config
         size = min(c.passage_tokens, embedder.max_tokens)
         spans = prepared(document, embedder, size).spans
-        url = c.qdrant_url or os.environ.get("TOME_QDRANT_URL") or None
-        home = Path(os.environ.get("TOME_HOME", Path.home() / ".cache" / "tome")).expanduser()
-        client = open_client(None if url else c.qdrant_path or home / "qdrant", url)
+        url = c.qdrant_url or None
+        client = open_client(None if url else c.qdrant_path, url)
         index = PassageIndex(client, document.content_hash, IndexSpec(embedder.name, embedder.dim, size))
         status = index.status()
         if status == "ready":
@@ -254,7 +253,7 @@ class Rag:
         directly; the extractor reads whole units, as it reads a memagent segment)."""
         c = self.config
         budget = self._check(document, tasks, engine)
-        embedder = get_embedder(c.embedder or os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2"))
+        embedder = get_embedder(c.embedder)
         index, spans, built = self.index(document, embedder, progress)
         progress(1, 2, f"retrieving ({built} index)")
         text = document.text

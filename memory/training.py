@@ -45,7 +45,7 @@ def model_home(model: str) -> Path:
     (pydantic-settings) can train from a copied folder."""
     if (Path(model) / "config.json").exists():
         return Path(model)
-    from service.settings import Settings
+    from engines.settings import Settings
 
     return Settings().home
 

@@ -1,7 +1,7 @@
 """The job API (FastAPI): thin routes over the store, the broker and the webhook helpers.
 
-Errors are application/problem+json. `create_app(settings)` builds an app; `app` serves TOME_* settings
-(`uvicorn service.api:app`, or `tome serve`).
+Errors are application/problem+json. `create_app(settings)` builds an app; `app_from_environment` is uvicorn's
+factory for TOME_* settings (`tome serve`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engines.settings import Settings
 from service import webhooks
 from service.auth import (
     AuthError,
@@ -50,9 +51,8 @@ from service.schemas import (
     Progress,
     WebhookOut,
 )
-from service.settings import Settings, get_settings
 from service.store import ACTIVE, Store, aware, decode_cursor, encode_cursor
-from workflows.registry import STRATEGIES
+from workflows.registry import build_strategies
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -77,6 +77,7 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.strategies = sorted(build_strategies(settings))  # names a job may request; they run in the workers
         self.store = Store(settings.database())
         self.celery: Celery = create_celery(settings)
         self.metrics = Metrics(self.store)
@@ -249,8 +250,8 @@ def create_job(
     (409 while it is queued or running), the same key with another body is 422."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise ProblemError(400, "Bad Idempotency-Key", "the Idempotency-Key must be 1 to 255 characters")
-    if body.strategy != "auto" and body.strategy not in STRATEGIES:
-        available = ", ".join(["auto", *sorted(STRATEGIES)])
+    if body.strategy != "auto" and body.strategy not in svc.strategies:
+        available = ", ".join(["auto", *svc.strategies])
         raise ProblemError(422, "Unknown strategy", f"unknown strategy {body.strategy!r}; available: {available}")
     callback = None
     if body.callback_url is not None:
@@ -443,8 +444,7 @@ class MeasureRequests:
                 svc.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -464,7 +464,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service import events, web  # they import this module: included here, once it is loaded
 
     app.include_router(events.router)
-    web.mount(app, settings)
+    web.mount(app, settings, sorted(build_strategies(settings)))
 
     app.add_middleware(LimitBody, limit=settings.body_limit())
     app.add_middleware(MeasureRequests)
@@ -493,7 +493,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def __getattr__(name: str) -> Any:  # `uvicorn service.api:app` builds the app from TOME_* settings on first use
-    if name == "app":
-        return create_app()
-    raise AttributeError(name)
+def app_from_environment() -> FastAPI:
+    """uvicorn's app factory (`tome serve`, `uvicorn --factory service.api:app_from_environment`): each uvicorn
+    worker process is an entry point and builds its settings from TOME_* once."""
+    return create_app(Settings())

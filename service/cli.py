@@ -33,15 +33,17 @@ def _progress_bar() -> Any:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from engines import create_engine
+    from engines.settings import Settings
     from service.documents import load_document, structure
-    from service.settings import Settings
     from workflows.graph import run_job
+    from workflows.registry import build_strategies
 
     settings = Settings()
+    strategies = build_strategies(settings)
     document = load_document(args.file)
     task = Task(question=args.question, kind=TaskKind(args.kind), max_answer_tokens=args.max_tokens)
     engine = create_engine(settings.engine_config(kind=args.engine, model=args.model))
-    result = run_job(document, [task], engine, strategy=args.strategy, progress=_progress_bar())
+    result = run_job(document, [task], engine, strategy=args.strategy, progress=_progress_bar(), strategies=strategies)
     answer = result.answers[0]
     if args.json:
         out = {
@@ -89,7 +91,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from engines.models import resolve_embedder, resolve_model
-    from service.settings import Settings
+    from engines.settings import Settings
 
     settings = Settings()
     print(f"model: {resolve_model(settings.model, settings.home)}")
@@ -98,7 +100,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from service.settings import Settings
+    from engines.settings import Settings
     from service.store import migrate
 
     url = Settings().database()
@@ -112,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not args.no_migrate:
         cmd_migrate(args)
-    uvicorn.run("service.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    uvicorn.run("service.api:app_from_environment", factory=True, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -126,8 +128,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from engines.settings import Settings
     from service.auth import hash_key, new_key, server_secret
-    from service.settings import Settings
     from service.store import Store
 
     settings = Settings()
@@ -181,8 +183,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from compressors.calibration import calibrate
     from compressors.layer_store import STORE, save_entry
     from engines import create_engine
+    from engines.settings import Settings
     from service.documents import load_document
-    from service.settings import Settings
 
     settings = Settings()
     example = Path(__file__).resolve().parents[1] / "examples" / "walden_long.txt"

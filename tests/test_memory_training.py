@@ -85,8 +85,8 @@ def test_prose_facts_are_varied_asked_in_other_words_and_never_the_tests_own(nat
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(native_engine):
     import torch
 
+    from engines.settings import Settings
     from memory.training import encode_all, load_base, mean_loss, train, with_lora
-    from service.settings import Settings
 
     torch.manual_seed(0)
     base, tokenizer = load_base("smollm2", Settings().home)

@@ -441,7 +441,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         return EngineConfig(
             kind="native", model=str(args.model_dir), device=args.device or "auto", threads=args.threads
         )
-    from service.settings import Settings
+    from engines.settings import Settings
 
     device = {"device": args.device} if args.device else {}
     return Settings().engine_config(kind="native", threads=args.threads, model=args.model, **device)

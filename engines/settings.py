@@ -1,21 +1,25 @@
-"""Typed settings from TOME_* environment variables (and a .env file)."""
+"""Every TOME_* setting, typed (pydantic-settings: environment variables and a .env file).
+
+The one place that reads the environment. Entry points (the CLI, the API's app factory, the Celery worker, vLLM's
+plugin process) build a `Settings` once and pass it, or the plain config objects made from it, down. It lives at
+engines/ level so that every layer above may import it; nothing here imports a strategy.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines.config import EngineConfig
+from engines.config import DEFAULT_EMBEDDER, DEFAULT_HOME, EngineConfig
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOME_", env_file=".env", extra="ignore")
 
-    home: Path = Field(default=Path.home() / ".cache" / "tome", description="data directory: models, indexes, caches")
+    home: Path = Field(default=DEFAULT_HOME, description="data directory: models, indexes, caches")
     engine: Literal["native", "vllm"] = "native"
     model: str = "smollm2"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -26,8 +30,17 @@ class Settings(BaseSettings):
     vllm_url: str | None = None
     vllm_memory_fraction: float = Field(default=0.3, gt=0, le=1)
     vllm_enforce_eager: bool = True
-    embedder: str = "all-MiniLM-L6-v2"
-    qdrant_url: str | None = None  # rag's vector store; unset: Qdrant local mode under home/qdrant
+    embedder: str = Field(default=DEFAULT_EMBEDDER, description="sentence-transformers model alias or folder")
+    qdrant_url: str | None = Field(default=None, description="rag's Qdrant server; unset: local mode in home/qdrant")
+    compllm_cache_url: str | None = Field(
+        default=None, description="a Redis for compllm's compressed segments; unset: files under home/cache/compllm"
+    )
+    memagent_adapter: str = Field(
+        default="auto", description="memagent's LoRA adapter: `auto` (the model's listed one), `none`, or a folder"
+    )
+    vllm_sparse: str = Field(
+        default="vertical_slash", description="kernels/ pattern of the vLLM CUSTOM attention backend's sparse prefill"
+    )
 
     # The service (API, workers, job store). Embedded default: SQLite under `home`; the stack sets PostgreSQL.
     database_url: str = Field(default="", description="SQLAlchemy URL; empty: sqlite:///<home>/tome.db")
@@ -100,8 +113,3 @@ class Settings(BaseSettings):
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return EngineConfig(**values)  # type: ignore[arg-type]
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
