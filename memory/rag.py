@@ -3,7 +3,7 @@
 Passages of at most 128 embedder word pieces, cut at sentence boundaries, are embedded and indexed once per
 document (Qdrant); what else rag derives from a document (its passages, BM25 index, tokens per character) is kept
 per process (`prepared`), so a later question pays only for itself. A passage scores its cosine to the question
-plus a weighted lexical score (memory/lexical.py: stemmed BM25 by default), so paraphrased words and rare names
+plus a weighted lexical score (engines/lexical.py: stemmed BM25 by default), so paraphrased words and rare names
 both count.
 
 With `windows` (DOCUMENT_QUESTIONS, what docqa measured) the model reads windows: about 256 tokens around each of
@@ -33,12 +33,12 @@ from typing import Any
 
 from engines.base import Engine
 from engines.config import DEFAULT_EMBEDDER, DEFAULT_HOME
+from engines.embedder import Embedder, get_embedder
 from engines.grounding import complete_fragments
+from engines.lexical import BM25Scorer, LexicalScorer, words
 from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
-from memory.embedder import Embedder, get_embedder
 from memory.index import IndexSpec, PassageIndex, open_client
-from memory.lexical import BM25Scorer, LexicalScorer, words
 from memory.memagent import MemAgent
 from memory.spans import Span, pack, split_sentences
 
@@ -55,7 +55,7 @@ class RagConfig:
     # tokens but not in 7K (bench/results/memory_needles_h100.md), so the default reads three units.
     read_tokens: int | None = 3072
     search_passages: int = 64  # passages fetched per question by each score; units are scored from these
-    # A passage scores cosine + lexical_weight * its lexical score in [0, 1] (memory/lexical.py): a rare key the
+    # A passage scores cosine + lexical_weight * its lexical score in [0, 1] (engines/lexical.py): a rare key the
     # embedding blurs still lifts its passage clear of the rest, and a paraphrased question still shares stems with
     # its evidence. 0: dense only. The lexical score: "bm25" (BM25Scorer: stemmed Okapi BM25, normalised to the
     # question's best passage) or "coverage" (LexicalScorer: the IDF-weighted share of the question's words held).

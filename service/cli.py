@@ -163,18 +163,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(args.passthrough_argv)
 
 
-# `tome train TARGET ...`: each trainer owns its options (`tome train TARGET --help`); module -> main(argv).
-TRAINERS: dict[str, str] = {
-    "compllm": "compressors.soft.train",
-    "gist": "compressors.soft.gist_train",
-    "memagent": "memory.training",
-}
+# `tome train TARGET ...`: each trainer owns its options (`tome train TARGET --help`).
+TRAIN_TARGETS = ("compllm", "gist", "memagent")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import importlib
+    """The trainers take their data and settings from here: the examples come from the evaluation's generators,
+    which keep every evaluation document and seed out (the product itself never imports evals/)."""
+    from engines.settings import Settings
+    from evals.corpus import TRAINING_CORPUS, training_texts
 
-    return importlib.import_module(TRAINERS[args.target]).main(args.passthrough_argv)
+    settings, argv = Settings(), args.passthrough_argv
+    if args.target == "memagent":
+        from evals.memagent_data import TRAIN_SEED_START, make_examples
+        from memory import training
+
+        return training.main(argv, make_examples, TRAIN_SEED_START, TRAINING_CORPUS, settings)
+    if args.target == "gist":
+        from compressors.soft import gist_train
+
+        return gist_train.main(argv, training_texts, TRAINING_CORPUS, settings)
+    from compressors.soft import train
+
+    return train.main(argv, training_texts, TRAINING_CORPUS, settings)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -252,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     train = sub.add_parser("train", help="train an adapter for the model: tome train TARGET --help", add_help=False)
-    train.add_argument("target", choices=sorted(TRAINERS))
+    train.add_argument("target", choices=TRAIN_TARGETS)
     train.set_defaults(func=cmd_train)
 
     calibrate = sub.add_parser("calibrate", help="tune a compressor for the model (gemfilter: its filter layer)")

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from engines.grounding import complete_fragments
+from engines.lexical import LexicalScorer, words
 from engines.types import Document, Task
-from memory.lexical import LexicalScorer, words
 from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
 from memory.rag import Rag, RagConfig, RagInputError
 from memory.spans import split_sentences
@@ -342,7 +342,7 @@ def test_rag_covers_each_rare_key_of_a_question_that_names_several(native_engine
 
 
 def test_bm25_matches_other_forms_of_the_question_words():
-    from memory.lexical import BM25Scorer
+    from engines.lexical import BM25Scorer
 
     passages = [
         "Mr. Collins was not a sensible man, and the deficiency of nature had been but little assisted.",
@@ -387,7 +387,7 @@ def test_rag_windows_read_around_the_best_passage_and_a_second_round_finds_the_o
 
 
 def test_rag_prepares_a_document_once_per_process(native_engine, tmp_path):
-    from memory.embedder import get_embedder
+    from engines.embedder import get_embedder
     from memory.rag import prepared
 
     doc = long_document(native_engine, FACT, 3000, 0.5)

@@ -4,7 +4,8 @@ Four generic kinds, each a (context, question, answer) triple whose answer the m
 reading the context: a planted fact (a key and a random value, a number, a word, a hyphenated word pair or a
 hex code, in a sentence of its own, sometimes beside facts of other keys as distractors), where a person went
 last (two or three moves of people of the trainer's own, none of the evaluation's names), the sentence that
-follows a quoted opening, and the text's next sentence. The evaluation documents are skipped. A context is
+follows a quoted opening, and the text's next sentence. The texts come from the trainer's caller (`tome train`
+reads the corpus without the evaluation documents: evals.corpus.training_texts). A context is
 `context_tokens` long unless the caller asks for another length (the trainer's curriculum does).
 """
 
@@ -13,10 +14,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from evals.corpus import HELD_OUT_DOCS, normalize  # which texts are held out, and the same unwrapping
 
 _SENTENCE = re.compile(r"[^.!?]+[.!?][\"')\]]*\s*")
 # (statement planted in the text, question, answer): the answer restates the question as SmolLM2 itself answers
@@ -61,13 +59,6 @@ class Example:
     question: str
     answer: list[int]
     kind: str
-
-
-def training_texts(corpus: Path) -> list[str]:
-    files = [f for f in sorted(corpus.glob("*.txt")) if f.name not in HELD_OUT_DOCS]
-    if not files:
-        raise FileNotFoundError(f"no training text in {corpus} (evaluation documents are skipped)")
-    return [normalize(f.read_text(encoding="utf-8")) for f in files]
 
 
 class ExampleMaker:
