@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from engines.types import Task, TaskKind
@@ -141,8 +142,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_router_fit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from workflows.policy import POLICIES, fit_files
 
     paths = [Path(p) for p in args.results]
@@ -188,9 +187,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train.main(argv, training_texts, TRAINING_CORPUS, settings)
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+# README.md's settings table sits between these markers; `tome settings --write README.md` regenerates it.
+SETTINGS_TABLE_MARKERS = ("<!-- settings-table -->\n", "<!-- /settings-table -->")
 
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from engines.settings import settings_table
+
+    table = settings_table()
+    if args.write is None:
+        print(table, end="")
+        return 0
+    start, end = SETTINGS_TABLE_MARKERS
+    text = args.write.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        print(f"tome: error: {args.write} has no {start.strip()} ... {end} markers", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    head, rest = text.split(start, 1)
+    args.write.write_text(head + start + table + end + rest.split(end, 1)[1], encoding="utf-8")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from compressors.calibration import calibrate
     from compressors.layer_store import STORE, save_entry
     from engines import create_engine
@@ -265,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an adapter for the model: tome train TARGET --help", add_help=False)
     train.add_argument("target", choices=TRAIN_TARGETS)
     train.set_defaults(func=cmd_train)
+
+    settings = sub.add_parser("settings", help="print every TOME_* setting as a markdown table")
+    settings.add_argument("--write", type=Path, default=None, help="put the table between a file's markers instead")
+    settings.set_defaults(func=cmd_settings)
 
     calibrate = sub.add_parser("calibrate", help="tune a compressor for the model (gemfilter: its filter layer)")
     calibrate.add_argument("compressor", choices=["gemfilter"])

@@ -85,3 +85,13 @@ def test_only_the_settings_module_reads_the_environment() -> None:
     assert unexpected == []
     # The allow-list names only lines that still exist, so it cannot go stale.
     assert {(p, line) for p, line, _ in found} == LIBRARY_ENVIRONMENT
+
+
+def test_the_readme_settings_table_is_generated_from_the_settings() -> None:
+    from engines.settings import Settings, settings_table
+    from service.cli import SETTINGS_TABLE_MARKERS
+
+    start, end = SETTINGS_TABLE_MARKERS
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.split(start, 1)[1].split(end, 1)[0] == settings_table(), "run `tome settings --write README.md`"
+    assert all(field.description for field in Settings.model_fields.values())  # every row says what it means
