@@ -285,7 +285,7 @@ def start_sweeper(**_: Any) -> None:
     settings = worker_settings
     store = Store(settings.database())
     # A pool child forked later must not touch the parent's connections (closing them would end the parent's).
-    os.register_at_fork(after_in_child=lambda: store.engine.dispose(close=False))
+    os.register_at_fork(after_in_child=lambda: store.db_engine.dispose(close=False))
 
     def enqueue(job_id: str) -> None:
         app.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=settings.job_queue)

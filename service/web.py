@@ -24,7 +24,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from engines.settings import Settings
-from service.api import Owner, ProblemError, ServicesDep, current_owner
+from service.deps import Owner, ServicesDep, current_owner
+from service.errors import ProblemError
 from service.store import aware
 
 STATIC = Path(__file__).with_name("static")

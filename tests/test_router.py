@@ -47,7 +47,7 @@ def test_task_kinds_are_read_from_the_request() -> None:
     assert task_kind(Task("Where is the football? Answer with one location.")) == "multihop"  # its latest place
     assert task_kind(Task("Where was the treaty signed?")) == "lookup"  # a past event: one fact says it
     assert task_kind(Task("", kind=TaskKind.SUMMARY)) == "summary"
-    assert task_kind(Task("name, year", kind=TaskKind.EXTRACT, json_schema={})) == "extraction"
+    assert task_kind(Task("name, year", kind=TaskKind.EXTRACT, json_schema={})) == "extract"
 
 
 def test_eval_rows_are_fit_under_the_kind_the_router_reads(native_engine: Engine) -> None:

@@ -45,7 +45,7 @@ def build_strategies(settings: Settings) -> dict[str, Strategy]:
 # The order where the policy has no measurement: cheaper and more faithful first.
 PREFERENCE = ["full", "rag", "mapreduce", "memagent", "gemfilter", "hard"]
 # Tasks that need the whole document (summaries, extraction, counting) read every segment before retrieving.
-WHOLE_DOCUMENT_KINDS = ("summary", "extraction", "aggregation")
+WHOLE_DOCUMENT_KINDS = ("summary", "extract", "aggregation")
 WHOLE_DOCUMENT_PREFERENCE = ["full", "mapreduce", "memagent", "rag", "gemfilter", "hard"]
 
 
