@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=0, ge=0, description="non-upload request bodies; 0: max_upload_bytes + 1 MiB")
     allow_private_callbacks: bool = Field(default=False, description="development only: loopback/private callbacks")
     public_url: str = Field(default="http://localhost:8000", description="the API's base URL, for links in webhooks")
-    # The web page and the event stream (service/web.py, service/events.py).
+    # The web page and the event stream (service/web.py, service/routes/events.py).
     events_poll_interval: float = Field(default=0.25, gt=0, le=5, description="seconds between job-row reads")
     events_keepalive: float = Field(default=15, gt=0, description="seconds of silence before a keep-alive comment")
     events_max_seconds: float = Field(default=3600, gt=0, description="a stream closes after this; clients reconnect")

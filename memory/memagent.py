@@ -44,7 +44,7 @@ UPDATE_STOP = (NONE, "Question:", "Answer:")
 # The adapter memory/training.py trained for SmolLM2 (on a GPU; adapters/smollm2-memagent/MODEL_CARD.md).
 SMOLLM2_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-memagent"
 # Adapters used by default ("auto"), by model alias. SmolLM2's was trained on the harness's templates and on
-# plain-prose facts (names, places, dates, quantities, relations: memory/training_data.py), so it also answers a
+# plain-prose facts (names, places, dates, quantities, relations: evals/memagent_data.py), so it also answers a
 # planted prose fact (tests/test_memory.py) that the templates-only adapter missed;
 # bench/results/eval-memory-memagent-lora-prose.md for the harness tasks.
 ADAPTERS: dict[str, Path] = {"smollm2": SMOLLM2_ADAPTER}

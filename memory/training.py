@@ -307,7 +307,7 @@ that helps answer; NONE when the segment adds nothing) and the final answer from
 `memory.memagent.ADAPTERS` lists it for the engine's model or `TOME_MEMAGENT_ADAPTER` names its folder; both engines
 load it (native: transformers' PEFT integration; vLLM: `LoRARequest`).
 
-## Data (memory/training_data.py)
+## Data (evals/memagent_data.py)
 
 {summary["examples"]} synthetic examples, built with {kinds},
 in text from the project corpus **without** the documents held out for evaluation (`evals.corpus.EVAL_DOCS`),
