@@ -10,6 +10,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+from engines.text import SENTENCE_END
+
 CORPUS_DIR = Path(__file__).parent / "data" / "corpus"
 
 # Held out from any training: the evals' haystacks and QA questions come from these documents only.
@@ -23,7 +25,7 @@ HELD_OUT_DOCS: tuple[str, ...] = (*EVAL_DOCS, "shelley_frankenstein_1818.txt")
 # The project corpus on the machines that train (`tome train TARGET --corpus DIR` names another).
 TRAINING_CORPUS = Path("/work/shared/data/corpus")
 
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+_SENTENCE_END = re.compile(SENTENCE_END + "$")
 
 
 def normalize(text: str) -> str:

@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-_SENTENCE = re.compile(r"[^.!?]+[.!?][\"')\]]*\s*")
+from engines.text import SENTENCE_END
+
+_SENTENCE = re.compile(r"[^.!?]+" + SENTENCE_END + r"\s*")
 # (statement planted in the text, question, answer): the answer restates the question as SmolLM2 itself answers
 # such questions ("The byte vote code is 524619."), so the teacher's next-token distributions on it are what the
 # model would say; a bare value right after the assistant turn opens is not (the teacher's CE on bare values was
