@@ -193,27 +193,6 @@ def _corpus(corpus: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return words_of(joined), tuple(eval_free)
 
 
-def insert_paragraphs(words: Sequence[str], needles: Sequence[tuple[float, str]]) -> str:
-    """Join `words` and put each needle, as a paragraph of its own, at the paragraph break nearest its depth."""
-    n = len(words)
-    breaks = [0] + [i + 1 for i, w in enumerate(words) if w.endswith("\n\n")] + [n]
-    at: dict[int, list[str]] = {}
-    last = 0
-    for depth, needle in needles:
-        b = min((b for b in breaks if b >= last), key=lambda b: abs(b - depth * n), default=n)
-        at.setdefault(b, []).append(needle)
-        last = b
-    parts: list[str] = []
-    for i in range(n + 1):
-        for needle in at.get(i, []):
-            if parts and not parts[-1].endswith("\n\n"):
-                parts.append("\n\n" if not parts[-1].endswith("\n") else "\n")
-            parts.append(needle + "\n\n")
-        if i < n:
-            parts.append(words[i])
-    return "".join(parts).strip()
-
-
 @dataclass
 class Facts:
     """The planted sentences of one step: which sit in the notes, which in the segment, which are relevant."""
@@ -250,8 +229,8 @@ class StepMaker:
     ) -> str:
         depths = sorted(rng.random() for _ in planted)
         needles = list(zip(depths, planted, strict=True))
-        insert = insert_paragraphs if paragraphs else insert_at_boundaries
-        return fit(lambda k: insert(filler[:k], needles), self.count, tokens, int(tokens * 0.7), len(filler))
+        insert = lambda k: insert_at_boundaries(filler[:k], needles, paragraphs)  # noqa: E731
+        return fit(insert, self.count, tokens, int(tokens * 0.7), len(filler))
 
     # -- task families (the harness's templates) -------------------------------------------------------------------
 
