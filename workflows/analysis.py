@@ -41,7 +41,7 @@ _MULTIHOP = re.compile(
 
 def task_kind(task: Task) -> str:
     if task.kind in (TaskKind.SUMMARY, TaskKind.EXTRACT):
-        return task.kind.value
+        return TaskKind(task.kind).value  # a Task may carry the plain string
     if _AGGREGATION.search(task.question):
         return "aggregation"
     if _MULTIHOP.search(task.question):
