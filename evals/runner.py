@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from engines.base import ContextOverflowError, Engine
 from evals.tasks import Sample, generate
 from workflows.graph import run_job
 from workflows.policy import Policy
-from workflows.registry import STRATEGIES
+from workflows.registry import Strategies
 from workflows.router import NoStrategyError
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,14 @@ log = logging.getLogger(__name__)
 AUTO = "auto"  # the router's choice: not a registered strategy but runnable like one
 
 
-def strategy_names(requested: str) -> list[str]:
+def strategy_names(requested: str, registered: Collection[str]) -> list[str]:
     """`all` means every registered strategy; otherwise a comma list of registered names (or `auto`)."""
     if requested == "all":
-        return list(STRATEGIES)
+        return list(registered)
     names = [n.strip() for n in requested.split(",") if n.strip()]
-    unknown = [n for n in names if n not in STRATEGIES and n != AUTO]
+    unknown = [n for n in names if n not in registered and n != AUTO]
     if unknown:
-        raise ValueError(f"unknown strategy {', '.join(unknown)}; registered: {', '.join(STRATEGIES)} (or auto, all)")
+        raise ValueError(f"unknown strategy {', '.join(unknown)}; registered: {', '.join(registered)} (or auto, all)")
     return names
 
 
@@ -79,7 +79,9 @@ class PeakMemory:
                 self.cuda_peak = torch.cuda.max_memory_allocated()
 
 
-def run_question(strategy: str, sample: Sample, engine: Engine, policy: Policy | None = None) -> dict[str, Any]:
+def run_question(
+    strategy: str, sample: Sample, engine: Engine, policy: Policy | None = None, *, strategies: Strategies
+) -> dict[str, Any]:
     """One question through run_job. A strategy that cannot take the document says so; nothing is truncated."""
     record: dict[str, Any] = {
         "strategy": strategy,
@@ -91,7 +93,9 @@ def run_question(strategy: str, sample: Sample, engine: Engine, policy: Policy |
     start = time.perf_counter()
     try:
         with memory.track():
-            result = run_job(sample.document, [sample.question], engine, strategy=strategy, policy=policy)
+            result = run_job(
+                sample.document, [sample.question], engine, strategy=strategy, policy=policy, strategies=strategies
+            )
     except NoStrategyError as exc:  # raised by the router before any model call
         return {**record, "status": "does_not_fit", "accuracy": None, "reason": str(exc)}
     except ContextOverflowError as exc:  # the strategy said it fits but the engine disagreed: a strategy bug
@@ -170,6 +174,8 @@ def run_plan(
     log_path: Path,
     progress: Callable[[int, int, str], None] | None = None,
     policy: Policy | None = None,
+    *,
+    strategies: Strategies,
 ) -> list[dict[str, Any]]:
     """Ask every planned question of every strategy; records already in `log_path` are kept, not rerun."""
     records = read_log(log_path)
@@ -186,7 +192,7 @@ def run_plan(
             for strategy in todo:
                 if progress:
                     progress(count, plan.total, f"{strategy} {task} {length} #{seed}")
-                record = run_question(strategy, sample, engine, policy)
+                record = run_question(strategy, sample, engine, policy, strategies=strategies)
                 records.append(record)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()

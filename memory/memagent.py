@@ -20,10 +20,9 @@ All state between segments is plain data (`Reading`), so the job graph checkpoin
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +44,7 @@ UPDATE_STOP = (NONE, "Question:", "Answer:")
 # The adapter memory/training.py trained for SmolLM2 (on a GPU; adapters/smollm2-memagent/MODEL_CARD.md).
 SMOLLM2_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-memagent"
 # Adapters used by default ("auto"), by model alias. SmolLM2's was trained on the harness's templates and on
-# plain-prose facts (names, places, dates, quantities, relations: memory/training_data.py), so it also answers a
+# plain-prose facts (names, places, dates, quantities, relations: evals/memagent_data.py), so it also answers a
 # planted prose fact (tests/test_memory.py) that the templates-only adapter missed;
 # bench/results/eval-memory-memagent-lora-prose.md for the harness tasks.
 ADAPTERS: dict[str, Path] = {"smollm2": SMOLLM2_ADAPTER}
@@ -72,7 +71,7 @@ class MemAgentConfig:
     margin_tokens: int = 64  # chat-template and tokenisation slack
     update: Literal["overwrite", "append"] = "overwrite"  # append: keep old notes, add what the model copied
     # "auto": the adapter ADAPTERS lists for the engine's model, if any; "none": the base model; or an adapter folder.
-    adapter: str = field(default_factory=lambda: os.environ.get("TOME_MEMAGENT_ADAPTER", "auto"))
+    adapter: str = "auto"  # Settings.memagent_adapter (TOME_MEMAGENT_ADAPTER)
 
 
 class MemAgentInputError(ValueError):

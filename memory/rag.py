@@ -3,7 +3,7 @@
 Passages of at most 128 embedder word pieces, cut at sentence boundaries, are embedded and indexed once per
 document (Qdrant); what else rag derives from a document (its passages, BM25 index, tokens per character) is kept
 per process (`prepared`), so a later question pays only for itself. A passage scores its cosine to the question
-plus a weighted lexical score (memory/lexical.py: stemmed BM25 by default), so paraphrased words and rare names
+plus a weighted lexical score (engines/lexical.py: stemmed BM25 by default), so paraphrased words and rare names
 both count.
 
 With `windows` (DOCUMENT_QUESTIONS, what docqa measured) the model reads windows: about 256 tokens around each of
@@ -24,7 +24,6 @@ piece left out is completed to that word (engines.grounding.complete_fragments).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -35,29 +34,30 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
+from engines.config import DEFAULT_EMBEDDER, DEFAULT_HOME
+from engines.embedder import Embedder, get_embedder
 from engines.grounding import complete_fragments
+from engines.lexical import BM25Scorer, LexicalScorer, words
 from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
-from memory.embedder import Embedder, get_embedder
 from memory.index import IndexSpec, PassageIndex, open_client
-from memory.lexical import BM25Scorer, LexicalScorer, words
 from memory.memagent import MemAgent
 from memory.spans import Span, pack, split_sentences
 
 
 @dataclass(frozen=True)
 class RagConfig:
-    # Unset: read at use from TOME_EMBEDDER, TOME_QDRANT_URL, TOME_HOME (strategies sit below the service settings).
-    embedder: str | None = None
+    # Filled from Settings by workflows.registry.build_strategies (embedder, qdrant_url, home/qdrant).
+    embedder: str = DEFAULT_EMBEDDER
     qdrant_url: str | None = None
-    qdrant_path: Path | None = None  # local mode, used when there is no URL
+    qdrant_path: Path = DEFAULT_HOME / "qdrant"  # local mode, used when there is no URL
     passage_tokens: int = 128  # embedder word pieces per passage: a short fact dominates a short passage
     unit_tokens: int = 1024  # engine tokens per retrieval unit
     # Retrieved tokens read per question; None: all the engine's context. SmolLM2-135M finds a fact in 1-4K
     # tokens but not in 7K (bench/results/memory_needles_h100.md), so the default reads three units.
     read_tokens: int | None = 3072
     search_passages: int = 64  # passages fetched per question by each score; units are scored from these
-    # A passage scores cosine + lexical_weight * its lexical score in [0, 1] (memory/lexical.py): a rare key the
+    # A passage scores cosine + lexical_weight * its lexical score in [0, 1] (engines/lexical.py): a rare key the
     # embedding blurs still lifts its passage clear of the rest, and a paraphrased question still shares stems with
     # its evidence. 0: dense only. The lexical score: "bm25" (BM25Scorer: stemmed Okapi BM25, normalised to the
     # question's best passage) or "coverage" (LexicalScorer: the IDF-weighted share of the question's words held).
@@ -241,9 +241,8 @@ class Rag:
         c = self.config
         size = min(c.passage_tokens, embedder.max_tokens)
         spans = prepared(document, embedder, size).spans
-        url = c.qdrant_url or os.environ.get("TOME_QDRANT_URL") or None
-        home = Path(os.environ.get("TOME_HOME", Path.home() / ".cache" / "tome")).expanduser()
-        client = open_client(None if url else c.qdrant_path or home / "qdrant", url)
+        url = c.qdrant_url or None
+        client = open_client(None if url else c.qdrant_path, url)
         index = PassageIndex(client, document.content_hash, IndexSpec(embedder.name, embedder.dim, size))
         status = index.status()
         if status == "ready":
@@ -277,7 +276,7 @@ class Rag:
         directly; the extractor reads whole units, as it reads a memagent segment)."""
         c = self.config
         budget = self._check(document, tasks, engine)
-        embedder = get_embedder(c.embedder or os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2"))
+        embedder = get_embedder(c.embedder)
         ready = prepared(document, embedder, min(c.passage_tokens, embedder.max_tokens))
         if c.dense_candidates is None:
             index, spans, built = self.index(document, embedder, progress)

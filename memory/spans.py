@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from engines.text import SENTENCE_END
+
 Span = tuple[int, int]  # [start, end) character offsets into the document text
 
 # A sentence ends at . ! ? (optionally closed by a quote or bracket) followed by space, or at a blank line / newline.
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+_BOUNDARY = re.compile(SENTENCE_END + r"\s+|\n+")
 
 
 def split_sentences(text: str, start: int = 0, end: int | None = None, max_chars: int = 400) -> list[Span]:

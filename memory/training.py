@@ -1,6 +1,7 @@
 """`tome train memagent`: LoRA SFT of the default model on the memagent update step and its final answer.
 
-CPU-sized: short synthetic steps (memory.training_data), batch 1, a small LoRA rank; loss on the reply only.
+CPU-sized: short synthetic steps (the caller's `make_examples`; `tome train` passes evals/memagent_data.py),
+batch 1, a small LoRA rank; loss on the reply only.
 The adapter (bf16 safetensors, a few MB) is saved every `--save-every` steps, so a stopped run is usable, and
 at the end with the loss curve (JSON lines and PNG) beside it.
 
@@ -12,18 +13,35 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from memory.training_data import DEFAULT_CORPUS, TRAIN_SEED_START, Example, make_examples
+from engines.base import Message
+
+if TYPE_CHECKING:  # a GPU host training from a model folder and a --data file needs no pydantic-settings
+    from engines.settings import Settings
 
 ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-memagent"
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    kind: str  # "update" or "answer"
+    family: str
+    seed: int
+    messages: list[Message]  # the prompt, exactly as memory.memagent sends it
+    target: str  # the reply the model is trained to give
+
+
+# (count_tokens, n, first_seed, answer_share, segment_tokens, corpus) -> n examples from seeds first_seed..
+MakeExamples = Callable[[Callable[[str], int], int, int, float, tuple[int, int], Path], list[Example]]
 
 
 def load_base(model: str, home: Path, dtype: str = "auto", device: str = "cpu") -> tuple[Any, Any]:
@@ -40,14 +58,13 @@ def load_base(model: str, home: Path, dtype: str = "auto", device: str = "cpu") 
     return base, tokenizer
 
 
-def model_home(model: str) -> Path:
-    """TOME_HOME for an alias; a model folder needs none, so a GPU host without the service's packages
-    (pydantic-settings) can train from a copied folder."""
+def model_home(model: str, settings: Settings | None) -> Path:
+    """The settings' home for an alias; a model folder is its own."""
     if (Path(model) / "config.json").exists():
         return Path(model)
-    from service.settings import Settings
-
-    return Settings().home
+    if settings is None:
+        raise ValueError(f"{model!r} is not a model folder (config.json); an alias needs `tome train`'s settings")
+    return settings.home
 
 
 def with_lora(base: Any, rank: int, alpha: int, init: Path | None = None) -> Any:
@@ -290,7 +307,7 @@ that helps answer; NONE when the segment adds nothing) and the final answer from
 `memory.memagent.ADAPTERS` lists it for the engine's model or `TOME_MEMAGENT_ADAPTER` names its folder; both engines
 load it (native: transformers' PEFT integration; vLLM: `LoRARequest`).
 
-## Data (memory/training_data.py)
+## Data (evals/memagent_data.py)
 
 {summary["examples"]} synthetic examples, built with {kinds},
 in text from the project corpus **without** the documents held out for evaluation (`evals.corpus.EVAL_DOCS`),
@@ -340,7 +357,16 @@ def merge(adapter: Path, model: str, home: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None,
+    make_examples: MakeExamples | None = None,
+    first_seed: int = 0,
+    corpus: Path | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """`tome train memagent` passes evals' example generator (`make_examples`, seeds from `first_seed`, text from
+    `corpus` unless --corpus names another) and the settings (default model and threads). Without them (`python -m
+    memory.training` on a GPU host) it trains from a --data file and a --model folder only."""
     p = argparse.ArgumentParser(prog="tome train memagent", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (batch 1)")
     p.add_argument("--examples", type=int, default=0, help="distinct training examples (default: one per step)")
@@ -352,25 +378,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--segment-tokens", default="192,448", help="segment sizes of the update steps: MIN,MAX")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    p.add_argument("--corpus", type=Path, default=corpus)
     p.add_argument("--out", type=Path, default=ADAPTER_DIR)
-    p.add_argument("--model", default=os.environ.get("TOME_MODEL", "smollm2"))
-    p.add_argument("--threads", type=int, default=int(os.environ.get("TOME_THREADS", "1")))
+    p.add_argument("--model", default=settings.model if settings else None, help="an alias or an HF model folder")
+    p.add_argument("--threads", type=int, default=(settings.threads if settings else None) or 1)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--minutes", type=float, default=0.0, help="wall-clock limit of the training loop (0: none)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--first-seed", type=int, default=TRAIN_SEED_START, help="first example seed (not an eval seed)")
+    p.add_argument("--first-seed", type=int, default=first_seed, help="first example seed (not an eval seed)")
     p.add_argument("--first-token-weight", type=float, default=1.0, help="loss weight of the reply's first token")
     p.add_argument("--init", type=Path, default=None, help="continue training this adapter folder")
     p.add_argument("--merge-to", type=Path, default=None, help="only write --out's adapter merged into the model here")
     p.add_argument("--prepare-to", type=Path, default=None, help="only make and encode the examples into this file")
     p.add_argument("--data", type=Path, default=None, help="train on a --prepare-to file (its data settings win)")
     args = p.parse_args(argv)
+    if args.model is None:
+        p.error("--model FOLDER is needed without the settings")
+    if make_examples is None and not (args.data or args.merge_to):
+        p.error("examples come from `tome train memagent`; here only --data FILE (or --merge-to) works")
 
     import torch
 
     if args.merge_to:
-        merge(args.out, args.model, model_home(args.model), args.merge_to)
+        merge(args.out, args.model, model_home(args.model, settings), args.merge_to)
         return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -381,14 +411,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.first_seed, args.max_tokens, (lo, hi) = meta["first_seed"], meta["max_tokens"], meta["segment_tokens"]
         stats, held_families = meta["data"], meta["held_families"]
     else:
+        assert make_examples is not None  # checked with the arguments
         from transformers import AutoTokenizer
 
         from engines.models import resolve_model
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model, model_home(args.model)))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model, model_home(args.model, settings)))
         count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         n = args.examples or args.steps
-        examples = make_examples(count, n, args.first_seed, segment_tokens=(lo, hi), corpus=args.corpus)
+        examples = make_examples(count, n, args.first_seed, 0.25, (lo, hi), args.corpus)
         items = encode_all(tokenizer, examples, args.max_tokens)
         held_examples = make_examples(
             count, args.held_out, args.first_seed + 10 * n + 1000, 0.25, (lo, hi), args.corpus
@@ -403,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_items(args.prepare_to, items, held, meta)
             print(json.dumps({"examples": len(items), "held_out": len(held), **stats}), flush=True)
             return 0
-    base, _ = load_base(args.model, model_home(args.model), device=args.device)
+    base, _ = load_base(args.model, model_home(args.model, settings), device=args.device)
     model = with_lora(base, args.rank, args.alpha, args.init)
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "train_log.jsonl", "w")
@@ -459,5 +490,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `python -m memory.training`: the GPU host's way in, without the service's CLI
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m memory.training --data FILE --model FOLDER`: a GPU host, torch and peft only
+    raise SystemExit(main(sys.argv[1:]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from service.settings import Settings, get_settings
+from engines.settings import Settings
 from service.webhooks import DELIVER_EVENT
 
 RUN_JOB = "tome.run_job"
@@ -41,4 +41,6 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-app = create_celery(get_settings())
+# The worker process (and a process that submits jobs) builds its settings once, here: Celery needs a module-level app.
+worker_settings = Settings()
+app = create_celery(worker_settings)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from engines.types import Task, TaskKind
@@ -33,15 +34,17 @@ def _progress_bar() -> Any:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from engines import create_engine
+    from engines.settings import Settings
     from service.documents import load_document, structure
-    from service.settings import Settings
     from workflows.graph import run_job
+    from workflows.registry import build_strategies
 
     settings = Settings()
+    strategies = build_strategies(settings)
     document = load_document(args.file)
     task = Task(question=args.question, kind=TaskKind(args.kind), max_answer_tokens=args.max_tokens)
     engine = create_engine(settings.engine_config(kind=args.engine, model=args.model))
-    result = run_job(document, [task], engine, strategy=args.strategy, progress=_progress_bar())
+    result = run_job(document, [task], engine, strategy=args.strategy, progress=_progress_bar(), strategies=strategies)
     answer = result.answers[0]
     if args.json:
         out = {
@@ -89,7 +92,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from engines.models import resolve_embedder, resolve_model
-    from service.settings import Settings
+    from engines.settings import Settings
 
     settings = Settings()
     print(f"model: {resolve_model(settings.model, settings.home)}")
@@ -98,7 +101,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from service.settings import Settings
+    from engines.settings import Settings
     from service.store import migrate
 
     url = Settings().database()
@@ -112,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not args.no_migrate:
         cmd_migrate(args)
-    uvicorn.run("service.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    uvicorn.run("service.api:app_from_environment", factory=True, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -126,8 +129,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from engines.settings import Settings
     from service.auth import hash_key, new_key, server_secret
-    from service.settings import Settings
     from service.store import Store
 
     settings = Settings()
@@ -139,8 +142,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_router_fit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from workflows.policy import POLICIES, fit_files
 
     paths = [Path(p) for p in args.results]
@@ -161,28 +162,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(args.passthrough_argv)
 
 
-# `tome train TARGET ...`: each trainer owns its options (`tome train TARGET --help`); module -> main(argv).
-TRAINERS: dict[str, str] = {
-    "compllm": "compressors.soft.train",
-    "gist": "compressors.soft.gist_train",
-    "memagent": "memory.training",
-}
+# `tome train TARGET ...`: each trainer owns its options (`tome train TARGET --help`).
+TRAIN_TARGETS = ("compllm", "gist", "memagent")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import importlib
+    """The trainers take their data and settings from here: the examples come from the evaluation's generators,
+    which keep every evaluation document and seed out (the product itself never imports evals/)."""
+    from engines.settings import Settings
+    from evals.corpus import TRAINING_CORPUS, training_texts
 
-    return importlib.import_module(TRAINERS[args.target]).main(args.passthrough_argv)
+    settings, argv = Settings(), args.passthrough_argv
+    if args.target == "memagent":
+        from evals.memagent_data import TRAIN_SEED_START, make_examples
+        from memory import training
+
+        return training.main(argv, make_examples, TRAIN_SEED_START, TRAINING_CORPUS, settings)
+    if args.target == "gist":
+        from compressors.soft import gist_train
+
+        return gist_train.main(argv, training_texts, TRAINING_CORPUS, settings)
+    from compressors.soft import train
+
+    return train.main(argv, training_texts, TRAINING_CORPUS, settings)
+
+
+# README.md's settings table sits between these markers; `tome settings --write README.md` regenerates it.
+SETTINGS_TABLE_MARKERS = ("<!-- settings-table -->\n", "<!-- /settings-table -->")
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from engines.settings import settings_table
+
+    table = settings_table()
+    if args.write is None:
+        print(table, end="")
+        return 0
+    start, end = SETTINGS_TABLE_MARKERS
+    text = args.write.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        print(f"tome: error: {args.write} has no {start.strip()} ... {end} markers", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    head, rest = text.split(start, 1)
+    args.write.write_text(head + start + table + end + rest.split(end, 1)[1], encoding="utf-8")
+    return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from compressors.calibration import calibrate
     from compressors.layer_store import STORE, save_entry
     from engines import create_engine
+    from engines.settings import Settings
     from service.documents import load_document
-    from service.settings import Settings
 
     settings = Settings()
     example = Path(__file__).resolve().parents[1] / "examples" / "walden_long.txt"
@@ -250,8 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     train = sub.add_parser("train", help="train an adapter for the model: tome train TARGET --help", add_help=False)
-    train.add_argument("target", choices=sorted(TRAINERS))
+    train.add_argument("target", choices=TRAIN_TARGETS)
     train.set_defaults(func=cmd_train)
+
+    settings = sub.add_parser("settings", help="print every TOME_* setting as a markdown table")
+    settings.add_argument("--write", type=Path, default=None, help="put the table between a file's markers instead")
+    settings.set_defaults(func=cmd_settings)
 
     calibrate = sub.add_parser("calibrate", help="tune a compressor for the model (gemfilter: its filter layer)")
     calibrate.add_argument("compressor", choices=["gemfilter"])

@@ -50,7 +50,7 @@ def migrate(url: str) -> None:
     command.upgrade(config, "head")
 
 
-def make_engine(url: str) -> Engine:
+def make_db_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -84,8 +84,8 @@ class Run:
 
 class Store:
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.db_engine = make_db_engine(url)
+        self.sessions = sessionmaker(self.db_engine, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -93,7 +93,7 @@ class Store:
             yield session
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     # keys

@@ -25,15 +25,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from engines.base import Engine
 from engines.types import Document
 from service import webhooks
-from service.celery_app import DELIVER_EVENT, RUN_JOB, app
+from service.celery_app import DELIVER_EVENT, RUN_JOB, app, worker_settings
 from service.checkpoints import open_checkpointer
 from service.documents import structure
 from service.leases import FencedCheckpointer, Lease, LeaseLost, Sweeper, worker_name
 from service.models import Event, Job, utcnow
 from service.schemas import JobCreate
-from service.settings import get_settings
 from service.store import Run, Store, aware
 from workflows.graph import JobResult, build_graph, run_job
+from workflows.registry import Strategies, build_strategies
 
 log = logging.getLogger(__name__)
 # A database that is down or restarting (the job store through SQLAlchemy, the checkpoints through psycopg).
@@ -46,19 +46,24 @@ class JobCancelled(Exception):
 
 @lru_cache(maxsize=1)
 def worker_store() -> Store:
-    return Store(get_settings().database())
+    return Store(worker_settings.database())
 
 
 @lru_cache(maxsize=1)
 def worker_engine() -> Engine:
     from engines import create_engine
 
-    return create_engine(get_settings().engine_config())
+    return create_engine(worker_settings.engine_config())
+
+
+@lru_cache(maxsize=1)
+def worker_strategies() -> Strategies:
+    return build_strategies(worker_settings)
 
 
 @lru_cache(maxsize=1)
 def worker_checkpointer() -> BaseCheckpointSaver:
-    return open_checkpointer(get_settings().checkpoints())
+    return open_checkpointer(worker_settings.checkpoints())
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -137,19 +142,19 @@ def parse_extraction(text: str, schema: dict[str, Any]) -> dict[str, Any]:
 def send_delivery(event: Event | None, attempt: int = 1, countdown: float = 0) -> None:
     """Queue a delivery attempt; with the broker away, leave it to the sweepers (they send overdue ones again)."""
     try:
-        webhooks.send_delivery(app, get_settings().webhook_queue, event, attempt, countdown)
+        webhooks.send_delivery(app, worker_settings.webhook_queue, event, attempt, countdown)
     except (KombuError, OSError) as exc:
         log.warning("could not queue a delivery of %s (%s); a sweeper sends it later", event and event.id, exc)
 
 
 def event_body(job: Job) -> str:
-    return webhooks.event_body(job, get_settings().public_url)
+    return webhooks.event_body(job, worker_settings.public_url)
 
 
 # max_retries=None: the task bounds its own retries (settings.engine_retries, and the wait for the job's commit).
 @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_job_task(self: Any, job_id: str) -> None:
-    settings, store = get_settings(), worker_store()
+    settings, store = worker_settings, worker_store()
     worker_engine()  # load the model before taking a lease: a first load can outlast a short lease on a busy host
     try:
         run = store.start_run(job_id, worker_name(), settings.lease_seconds)
@@ -181,7 +186,7 @@ def run_job_task(self: Any, job_id: str) -> None:
 
 def execute(task: Any, run: Run, lease: Lease) -> None:
     """Run a job whose lease this worker holds; every write names the lease's fencing token."""
-    settings, store, job_id, job = get_settings(), worker_store(), run.job.id, run.job
+    settings, store, job_id, job = worker_settings, worker_store(), run.job.id, run.job
     request = JobCreate.model_validate(job.request)
     tasks = request.tasks()
     stored = store.document_text(job.document_id)
@@ -217,6 +222,7 @@ def execute(task: Any, run: Run, lease: Lease) -> None:
             progress=progress,
             checkpointer=checkpointer,
             thread_id=job_id,
+            strategies=worker_strategies(),
         )
     except JobCancelled:
         shared.delete_thread(job_id)  # the cancel ended the lease too; the checkpoints are of no use now
@@ -268,7 +274,7 @@ _sweeper: Sweeper | None = None
 @worker_process_init.connect
 def preload_engine(**_: Any) -> None:
     """With TOME_PRELOAD_ENGINE, a pool process loads the model as it starts, not inside its first job."""
-    if get_settings().preload_engine:
+    if worker_settings.preload_engine:
         worker_engine()
 
 
@@ -276,10 +282,10 @@ def preload_engine(**_: Any) -> None:
 def start_sweeper(**_: Any) -> None:
     """Each worker's main process sweeps for lapsed leases (its own store: connections are not shared over fork)."""
     global _sweeper
-    settings = get_settings()
+    settings = worker_settings
     store = Store(settings.database())
     # A pool child forked later must not touch the parent's connections (closing them would end the parent's).
-    os.register_at_fork(after_in_child=lambda: store.engine.dispose(close=False))
+    os.register_at_fork(after_in_child=lambda: store.db_engine.dispose(close=False))
 
     def enqueue(job_id: str) -> None:
         app.send_task(RUN_JOB, args=[job_id], task_id=job_id, queue=settings.job_queue)
@@ -304,7 +310,7 @@ def stop_sweeper(**_: Any) -> None:
 
 @app.task(name=DELIVER_EVENT, bind=True, acks_late=True, reject_on_worker_lost=True)
 def deliver_event_task(self: Any, event_id: str, attempt: int = 1) -> None:
-    settings, store = get_settings(), worker_store()
+    settings, store = worker_settings, worker_store()
     event, endpoint = store.delivery_target(event_id)
     if endpoint is None or event.delivered_at or event.gave_up_at:
         return

@@ -10,6 +10,7 @@ API key the person enters (kept in the browser's sessionStorage, or localStorage
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from service.api import Owner, ProblemError, ServicesDep, current_owner
-from service.settings import Settings
+from engines.settings import Settings
+from service.deps import Owner, ServicesDep, current_owner
+from service.errors import ProblemError
 from service.store import aware
-from workflows.registry import STRATEGIES
 
 STATIC = Path(__file__).with_name("static")
 router = APIRouter()
@@ -63,9 +64,9 @@ def document_text(document_id: str, svc: ServicesDep, owner: Owner) -> DocumentT
     )
 
 
-def index_html() -> str:
+def index_html(strategies: Iterable[str]) -> str:
     options = "".join(
-        f'<option value="{html.escape(name)}">{html.escape(name)}</option>' for name in sorted(STRATEGIES)
+        f'<option value="{html.escape(name)}">{html.escape(name)}</option>' for name in sorted(strategies)
     )
     return (STATIC / "index.html").read_text(encoding="utf-8").replace("<!--STRATEGIES-->", options)
 
@@ -100,7 +101,7 @@ def secure_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def mount(app: FastAPI, settings: Settings) -> None:
+def mount(app: FastAPI, settings: Settings, strategies: Iterable[str]) -> None:
     """The extra route, CORS where origins are set, the OpenAPI security schemes, and (with `web_page` on) the
     page at / with its files under /static."""
     app.include_router(router)
@@ -121,6 +122,6 @@ def mount(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     def page() -> HTMLResponse:
-        return HTMLResponse(index_html(), headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(index_html(strategies), headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

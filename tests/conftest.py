@@ -17,15 +17,24 @@ EXAMPLES = ROOT / "examples"
 @pytest.fixture(scope="session")
 def native_engine():
     from engines import create_engine
-    from service.settings import Settings
+    from engines.settings import Settings
 
     return create_engine(Settings().engine_config(kind="native"))
 
 
 @pytest.fixture(scope="session")
+def strategies():
+    """Every strategy, built from the settings as the entry points build them."""
+    from engines.settings import Settings
+    from workflows.registry import build_strategies
+
+    return build_strategies(Settings())
+
+
+@pytest.fixture(scope="session")
 def vllm_engine():
     from engines import create_engine
-    from service.settings import Settings
+    from engines.settings import Settings
 
     return create_engine(Settings().engine_config(kind="vllm", max_context=4096))
 

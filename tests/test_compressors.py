@@ -32,6 +32,7 @@ from engines.prompting import answer_overhead
 from engines.segmenting import sentence_spans
 from engines.types import Document, Task
 from workflows.graph import run_job
+from workflows.registry import Strategies
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FACTION = "What are the two methods of curing the mischiefs of faction?"
@@ -256,15 +257,15 @@ def test_calibration_measures_every_layer_and_is_stored(engine: Engine, tmp_path
     assert stored_layer(result.model, result.num_layers, None) == shipped
 
 
-def test_strategies_answer_a_needle_through_the_job_graph(engine: Engine) -> None:
+def test_strategies_answer_a_needle_through_the_job_graph(engine: Engine, strategies: Strategies) -> None:
     needle = plant_needle(walden(engine, 3000), 0.5, random.Random(3))
     task = Task(needle.question, max_answer_tokens=32)
-    result = run_job(Document(needle.text), [task], engine, strategy="gemfilter")
+    result = run_job(Document(needle.text), [task], engine, strategy="gemfilter", strategies=strategies)
     answer = result.answers[0]
     assert result.strategy == "gemfilter" and 1024 - 128 < answer.details["kept_tokens"] <= 1024
     assert needle.answer in answer.text, answer.text
     assert any(needle.answer in e.text for e in answer.evidence)
-    result = run_job(Document(needle.text), [task], TextOnlyEngine(engine), strategy="hard")
+    result = run_job(Document(needle.text), [task], TextOnlyEngine(engine), strategy="hard", strategies=strategies)
     answer = result.answers[0]
     assert answer.details["stages"] == "coarse"
     assert within(answer.details["compressed_tokens"], answer.details["target_tokens"])

@@ -9,7 +9,7 @@ from engines import EngineConfig, SamplingParams, create_engine
 from engines.base import ContextOverflowError, Engine, SupportsInputEmbeddings, SupportsLayers
 from engines.config import resolve_dtype
 from engines.models import ModelNotFoundError
-from service.settings import Settings
+from engines.settings import Settings
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 

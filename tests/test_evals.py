@@ -19,7 +19,7 @@ from evals.runner import strategy_names
 from evals.tasks import EVAL_SEEDS, TASKS, generate
 from evals.tasks.aggregation import DOTS
 from evals.tasks.qa import qa_items
-from workflows.registry import STRATEGIES
+from workflows.registry import Strategies
 
 NEEDLE_TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "babilong")
 
@@ -148,10 +148,10 @@ def test_scored_answers_say_whether_the_reference_reached_the_model(engine: Engi
     assert sample.scored(Answer(value, "s"))["evidence_recall"] is None
 
 
-def test_runner_uses_the_registry() -> None:
-    assert strategy_names("all") == list(STRATEGIES)
+def test_runner_uses_the_registry(strategies: Strategies) -> None:
+    assert strategy_names("all", strategies) == list(strategies)
     with pytest.raises(ValueError, match="unknown strategy"):
-        strategy_names("no-such-strategy")
+        strategy_names("no-such-strategy", strategies)
 
 
 def test_smoke_run_of_full_writes_results(tmp_path: Path) -> None:

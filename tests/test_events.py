@@ -38,7 +38,7 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 def private_home(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A TOME_HOME of the test's own (rag's local Qdrant folder admits one process, and another run on the host
     may hold the default one) that shares the usual home's converted models."""
-    from service.settings import Settings
+    from engines.settings import Settings
 
     home = tmp_path_factory.mktemp("tome-home")
     models = Settings().home / "models"

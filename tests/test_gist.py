@@ -16,6 +16,7 @@ from engines.base import Engine
 from engines.prompting import prompt_around
 from engines.types import Document, Task
 from workflows.graph import run_job
+from workflows.registry import Strategies
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -78,12 +79,12 @@ def test_inference_keeps_only_gist_kv(engine: Engine, text: str, rate: int) -> N
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no trained adapter: run `tome train gist`")
-def test_strategy_answers_and_reports_cost(engine: Engine, text: str) -> None:
+def test_strategy_answers_and_reports_cost(engine: Engine, text: str, strategies: Strategies) -> None:
     from tests.test_compressors import TextOnlyEngine
 
     document = Document(text[:700])
     tasks = [Task("Where is the ship?", max_answer_tokens=4), Task("Who tells the story?", max_answer_tokens=4)]
-    result = run_job(document, tasks, engine, strategy="gist")
+    result = run_job(document, tasks, engine, strategy="gist", strategies=strategies)
     first, second = result.answers
     assert result.strategy == "gist" and first.text and second.text
     d = first.details

@@ -41,7 +41,7 @@ def database() -> Iterator[str]:
 
 
 def settings(database: str, **overrides: Any) -> Any:
-    from service.settings import Settings
+    from engines.settings import Settings
 
     values = {
         "database_url": database,

@@ -38,7 +38,7 @@ def database() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def api(database: str) -> Iterator[httpx.Client]:
-    from service.settings import Settings
+    from engines.settings import Settings
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     settings = Settings(

@@ -33,7 +33,7 @@ def store() -> Iterator[Store]:
     migrate(url)
     store = Store(url)
     yield store
-    store.engine.dispose()
+    store.db_engine.dispose()
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 

@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 
 from engines.grounding import complete_fragments
+from engines.lexical import LexicalScorer, words
 from engines.types import Document, Task
-from memory.lexical import LexicalScorer, words
 from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
 from memory.rag import Rag, RagConfig, RagInputError
 from memory.spans import split_sentences
@@ -77,12 +77,19 @@ def test_snap_keeps_only_document_sentences():
 
 
 @pytest.mark.slow
-def test_memagent_answers_a_planted_fact_in_16k_tokens_through_the_job_graph(native_engine, doc16k):
+def test_memagent_answers_a_planted_fact_in_16k_tokens_through_the_job_graph(native_engine, doc16k, strategies):
     from workflows.graph import run_job
 
     assert native_engine.count_tokens(doc16k.text) > native_engine.max_context  # the full strategy cannot read it
     seen: list[tuple[int, int, str]] = []
-    result = run_job(doc16k, [Task(QUESTION)], native_engine, strategy="memagent", progress=lambda *a: seen.append(a))
+    result = run_job(
+        doc16k,
+        [Task(QUESTION)],
+        native_engine,
+        strategy="memagent",
+        progress=lambda *a: seen.append(a),
+        strategies=strategies,
+    )
     answer = result.answers[0]
     assert "biscuit" in answer.text.lower()
     assert any(FACT in e.text for e in answer.evidence)  # the remembered sentence is the evidence
@@ -92,14 +99,13 @@ def test_memagent_answers_a_planted_fact_in_16k_tokens_through_the_job_graph(nat
     assert answer.cost.tokens_read > native_engine.count_tokens(doc16k.text)
 
 
-def test_memagent_resumes_after_a_crash_without_rereading_finished_segments(native_engine, tmp_path, monkeypatch):
+def test_memagent_resumes_after_a_crash_without_rereading_finished_segments(native_engine, tmp_path, strategies):
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    from workflows import registry
     from workflows.graph import run_job
 
     # Small segments keep this quick on a CPU; the loop and the checkpoints are the same at any size.
-    monkeypatch.setitem(registry.STRATEGIES, "memagent", MemAgent(MemAgentConfig(segment_tokens=512, memory_tokens=96)))
+    strategies = {**strategies, "memagent": MemAgent(MemAgentConfig(segment_tokens=512, memory_tokens=96))}
     doc = long_document(native_engine, FACT, 1800, 0.8)
     task = Task(QUESTION, max_answer_tokens=24)
 
@@ -113,11 +119,27 @@ def test_memagent_resumes_after_a_crash_without_rereading_finished_segments(nati
     db = tmp_path / "checkpoints.sqlite"
     with sqlite3.connect(db, check_same_thread=False) as conn:
         with pytest.raises(Crash):
-            run_job(doc, [task], native_engine, "memagent", crash_after_two, SqliteSaver(conn), thread_id="job-1")
+            run_job(
+                doc,
+                [task],
+                native_engine,
+                "memagent",
+                crash_after_two,
+                SqliteSaver(conn),
+                thread_id="job-1",
+                strategies=strategies,
+            )
     resumed: list[str] = []
     with sqlite3.connect(db, check_same_thread=False) as conn:  # a new connection: as a restarted worker
         result = run_job(
-            doc, [task], native_engine, "memagent", lambda d, t, m: resumed.append(m), SqliteSaver(conn), "job-1"
+            doc,
+            [task],
+            native_engine,
+            "memagent",
+            lambda d, t, m: resumed.append(m),
+            SqliteSaver(conn),
+            "job-1",
+            strategies=strategies,
         )
     answer = result.answers[0]
     total = answer.details["segments"]
@@ -287,12 +309,14 @@ def test_rag_rejects_bad_input_clearly(native_engine, rag):
         rag.run(Document("Some text."), [long_question], native_engine, lambda *a: None)
 
 
-def test_router_picks_a_memory_strategy_when_the_document_does_not_fit(native_engine):
+def test_router_picks_a_memory_strategy_when_the_document_does_not_fit(native_engine, strategies):
     from workflows.router import choose_strategy
 
-    route = choose_strategy("auto", 100_000, [Task(QUESTION)], native_engine)
+    route = choose_strategy("auto", 100_000, [Task(QUESTION)], native_engine, strategies=strategies)
     assert route.strategy in {"rag", "memagent", "mapreduce"} and route.strategy != "full"
-    summary = choose_strategy("auto", 100_000, [Task("Summarize the book.", kind="summary")], native_engine)
+    summary = choose_strategy(
+        "auto", 100_000, [Task("Summarize the book.", kind="summary")], native_engine, strategies=strategies
+    )
     assert summary.strategy not in {"rag", "full"}  # retrieval does not summarise; the book does not fit
 
 
@@ -319,7 +343,7 @@ def test_rag_covers_each_rare_key_of_a_question_that_names_several(native_engine
 
 
 def test_bm25_matches_other_forms_of_the_question_words():
-    from memory.lexical import BM25Scorer
+    from engines.lexical import BM25Scorer
 
     passages = [
         "Mr. Collins was not a sensible man, and the deficiency of nature had been but little assisted.",
@@ -364,7 +388,7 @@ def test_rag_windows_read_around_the_best_passage_and_a_second_round_finds_the_o
 
 
 def test_rag_prepares_a_document_once_per_process(native_engine, tmp_path):
-    from memory.embedder import get_embedder
+    from engines.embedder import get_embedder
     from memory.rag import prepared
 
     doc = long_document(native_engine, FACT, 3000, 0.5)

@@ -10,21 +10,12 @@ import pytest
 
 from engines.base import SamplingParams
 from engines.types import Document, Task
-from evals.corpus import EVAL_DOCS, read_doc
+from evals.corpus import EVAL_DOCS, TRAINING_CORPUS, read_doc, training_documents
+from evals.memagent_data import PROSE, TEST_WORDS, TRAIN_SEED_START, StepMaker, make_examples, reworded
 from evals.tasks import EVAL_SEEDS, generate
 from memory.memagent import ADAPTER_NAME, ADAPTERS, SMOLLM2_ADAPTER, MemAgent, MemAgentConfig
-from memory.training_data import (
-    DEFAULT_CORPUS,
-    PROSE,
-    TEST_WORDS,
-    TRAIN_SEED_START,
-    StepMaker,
-    make_examples,
-    reworded,
-    training_documents,
-)
 
-pytestmark = pytest.mark.skipif(not DEFAULT_CORPUS.is_dir(), reason=f"the training corpus {DEFAULT_CORPUS} is absent")
+pytestmark = pytest.mark.skipif(not TRAINING_CORPUS.is_dir(), reason=f"the training corpus {TRAINING_CORPUS} is absent")
 
 ADAPTER = SMOLLM2_ADAPTER
 PLANTED_FACT = "The lighthouse keeper's dog was called Biscuit Magnolia."  # tests/test_memory.py's FACT
@@ -35,7 +26,7 @@ def _sentences(text: str) -> list[str]:
 
 
 def test_training_data_never_uses_evaluation_documents_or_seeds(native_engine):
-    docs = training_documents()
+    docs = training_documents(TRAINING_CORPUS)
     assert docs and not {d.name for d in docs} & set(EVAL_DOCS)
     with pytest.raises(ValueError):
         make_examples(native_engine.count_tokens, 1, first_seed=EVAL_SEEDS.stop - 1)
@@ -85,8 +76,8 @@ def test_prose_facts_are_varied_asked_in_other_words_and_never_the_tests_own(nat
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(native_engine):
     import torch
 
+    from engines.settings import Settings
     from memory.training import encode_all, load_base, mean_loss, train, with_lora
-    from service.settings import Settings
 
     torch.manual_seed(0)
     base, tokenizer = load_base("smollm2", Settings().home)

@@ -19,6 +19,7 @@ from workflows import registry
 from workflows.analysis import KIND_OF_EVAL_TASK, task_kind
 from workflows.graph import run_job
 from workflows.policy import PRIOR_QUESTIONS, Entry, Policy, fit
+from workflows.registry import Strategies
 from workflows.router import Budget, choose_strategy
 
 LOOKUP = Task("What was the lighthouse keeper's dog called?")
@@ -39,13 +40,6 @@ def policy() -> Policy:
     return Policy("test", [Entry(s, k, n, a, t, 1.0, 10) for s, k, n, a, t in rows])
 
 
-@pytest.fixture(autouse=True)
-def with_rag(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The routing cases name `rag`; where the branch under test lacks it, a real stand-in joins the registry."""
-    if "rag" not in registry.STRATEGIES:
-        monkeypatch.setitem(registry.STRATEGIES, "rag", ClosedBook("rag"))
-
-
 def test_task_kinds_are_read_from_the_request() -> None:
     assert task_kind(LOOKUP) == "lookup"
     assert task_kind(AGGREGATION) == "aggregation"
@@ -53,7 +47,7 @@ def test_task_kinds_are_read_from_the_request() -> None:
     assert task_kind(Task("Where is the football? Answer with one location.")) == "multihop"  # its latest place
     assert task_kind(Task("Where was the treaty signed?")) == "lookup"  # a past event: one fact says it
     assert task_kind(Task("", kind=TaskKind.SUMMARY)) == "summary"
-    assert task_kind(Task("name, year", kind=TaskKind.EXTRACT, json_schema={})) == "extraction"
+    assert task_kind(Task("name, year", kind=TaskKind.EXTRACT, json_schema={})) == "extract"
 
 
 def test_eval_rows_are_fit_under_the_kind_the_router_reads(native_engine: Engine) -> None:
@@ -62,51 +56,61 @@ def test_eval_rows_are_fit_under_the_kind_the_router_reads(native_engine: Engine
         assert task_kind(question) == KIND_OF_EVAL_TASK[name], (name, question.question)
 
 
-def test_short_document_goes_to_full(native_engine: Engine) -> None:
-    route = choose_strategy("auto", 3000, [LOOKUP], native_engine, policy())
+def test_short_document_goes_to_full(native_engine: Engine, strategies: Strategies) -> None:
+    route = choose_strategy("auto", 3000, [LOOKUP], native_engine, policy(), strategies=strategies)
     assert route.strategy == "full" and "accuracy 0.95" in route.reason and "3000" in route.reason
     assert route.fallbacks == ["rag"]
 
 
-def test_a_fallback_that_would_read_a_book_is_not_lined_up(native_engine: Engine) -> None:
+def test_a_fallback_that_would_read_a_book_is_not_lined_up(native_engine: Engine, strategies: Strategies) -> None:
     # At 32K the lookup goes to rag; mapreduce, measured reading 33K tokens there, is the next best.
-    route = choose_strategy("auto", 32768, [LOOKUP], native_engine, policy(), Budget(max_fallback_tokens=16384))
+    route = choose_strategy(
+        "auto", 32768, [LOOKUP], native_engine, policy(), Budget(max_fallback_tokens=16384), strategies=strategies
+    )
     assert route.strategy == "rag" and route.fallbacks == []
     assert "no fallback reads more than 16384 tokens" in route.reason
-    route = choose_strategy("auto", 32768, [LOOKUP], native_engine, policy(), Budget(max_fallback_tokens=None))
+    route = choose_strategy(
+        "auto", 32768, [LOOKUP], native_engine, policy(), Budget(max_fallback_tokens=None), strategies=strategies
+    )
     assert route.strategy == "rag" and route.fallbacks == ["mapreduce"]
 
 
-def test_within_tolerance_the_cheaper_strategy_wins(native_engine: Engine) -> None:
+def test_within_tolerance_the_cheaper_strategy_wins(native_engine: Engine, strategies: Strategies) -> None:
     tolerant = policy()
     tolerant.entries.append(Entry("rag", "lookup", 2048, 0.94, 1000, 1.0, 10))
     tolerant.entries.append(Entry("full", "lookup", 2048, 0.95, 2000, 1.0, 10))
-    assert choose_strategy("auto", 2000, [LOOKUP], native_engine, tolerant).strategy == "rag"
+    assert choose_strategy("auto", 2000, [LOOKUP], native_engine, tolerant, strategies=strategies).strategy == "rag"
 
 
-def test_long_lookup_goes_to_retrieval(native_engine: Engine) -> None:
-    route = choose_strategy("auto", 30000, [LOOKUP], native_engine, policy())
+def test_long_lookup_goes_to_retrieval(native_engine: Engine, strategies: Strategies) -> None:
+    route = choose_strategy("auto", 30000, [LOOKUP], native_engine, policy(), strategies=strategies)
     assert route.strategy == "rag" and route.kind == "lookup"
 
 
-def test_aggregation_goes_to_segment_reading(native_engine: Engine) -> None:
-    route = choose_strategy("auto", 30000, [AGGREGATION], native_engine, policy())
+def test_aggregation_goes_to_segment_reading(native_engine: Engine, strategies: Strategies) -> None:
+    route = choose_strategy("auto", 30000, [AGGREGATION], native_engine, policy(), strategies=strategies)
     assert route.strategy == "mapreduce" and route.kind == "aggregation"
 
 
-def test_budget_is_a_constraint(native_engine: Engine) -> None:
-    route = choose_strategy("auto", 30000, [AGGREGATION], native_engine, policy(), Budget(max_tokens_read=5000))
+def test_budget_is_a_constraint(native_engine: Engine, strategies: Strategies) -> None:
+    route = choose_strategy(
+        "auto", 30000, [AGGREGATION], native_engine, policy(), Budget(max_tokens_read=5000), strategies=strategies
+    )
     assert route.strategy == "rag"
     with pytest.raises(ValueError, match="budget of 10 tokens"):
-        choose_strategy("auto", 30000, [LOOKUP], native_engine, policy(), Budget(max_tokens_read=10))
+        choose_strategy(
+            "auto", 30000, [LOOKUP], native_engine, policy(), Budget(max_tokens_read=10), strategies=strategies
+        )
 
 
-def test_unmeasured_model_uses_the_default_order(native_engine: Engine) -> None:
+def test_unmeasured_model_uses_the_default_order(native_engine: Engine, strategies: Strategies) -> None:
     empty = Policy("nothing")
-    assert choose_strategy("auto", 3000, [LOOKUP], native_engine, empty).strategy == "full"
-    long = choose_strategy("auto", 30000, [LOOKUP], native_engine, empty)
+    assert choose_strategy("auto", 3000, [LOOKUP], native_engine, empty, strategies=strategies).strategy == "full"
+    long = choose_strategy("auto", 30000, [LOOKUP], native_engine, empty, strategies=strategies)
     assert long.strategy == registry.PREFERENCE[1] and "no measurements" in long.reason
-    whole = choose_strategy("auto", 30000, [Task("", kind=TaskKind.SUMMARY)], native_engine, empty)
+    whole = choose_strategy(
+        "auto", 30000, [Task("", kind=TaskKind.SUMMARY)], native_engine, empty, strategies=strategies
+    )
     assert whole.strategy == "mapreduce"
 
 
@@ -117,7 +121,7 @@ def test_a_measurement_speaks_only_for_nearby_lengths(native_engine: Engine) -> 
     assert policy().estimate("full", "lookup", 128000) is None
 
 
-def test_far_measurements_rank_where_nothing_near_was_measured(native_engine: Engine) -> None:
+def test_far_measurements_rank_where_nothing_near_was_measured(native_engine: Engine, strategies: Strategies) -> None:
     # Aggregation is measured only at 32K (mapreduce 0.5, rag 0.1): at 128K nothing is near, and the nearest
     # measurements, not the default order, decide. Near measurements still come first where there are some.
     p = policy()
@@ -126,20 +130,22 @@ def test_far_measurements_rank_where_nothing_near_was_measured(native_engine: En
         "rag",
         "memagent",
     ]
-    route = choose_strategy("auto", 131072, [AGGREGATION], native_engine, p)
+    route = choose_strategy("auto", 131072, [AGGREGATION], native_engine, p, strategies=strategies)
     assert route.strategy == "mapreduce" and "nothing measured within 2x" in route.reason and "32768" in route.reason
     flipped = Policy("t", [Entry("rag", "aggregation", 32768, 0.6, 3000, 1.0, 4), *p.entries[:-2]])
-    assert choose_strategy("auto", 131072, [AGGREGATION], native_engine, flipped).strategy == "rag"
+    assert (
+        choose_strategy("auto", 131072, [AGGREGATION], native_engine, flipped, strategies=strategies).strategy == "rag"
+    )
     # Shorter than anything measured: no extrapolation downward, the default order reads a short document whole.
-    assert choose_strategy("auto", 1000, [LOOKUP], native_engine, p).strategy == "full"
+    assert choose_strategy("auto", 1000, [LOOKUP], native_engine, p, strategies=strategies).strategy == "full"
     # rag measured at 128K, mapreduce only at 32K: the near one ranks first even though the far one scored higher.
     mixed = Policy("t", [Entry("rag", "lookup", 131072, 0.3, 3000, 1.0, 4), *p.entries])
     assert [n for n, _ in mixed.rank(["rag", "mapreduce"], "lookup", 131072)] == ["rag", "mapreduce"]
 
 
-def test_requested_strategy_that_cannot_fit_names_both_sizes(native_engine: Engine) -> None:
+def test_requested_strategy_that_cannot_fit_names_both_sizes(native_engine: Engine, strategies: Strategies) -> None:
     with pytest.raises(ValueError, match="30000 tokens.*context 8192"):
-        choose_strategy("full", 30000, [LOOKUP], native_engine, policy())
+        choose_strategy("full", 30000, [LOOKUP], native_engine, policy(), strategies=strategies)
 
 
 def test_policy_round_trips_and_fits_from_eval_rows(tmp_path: Path) -> None:
@@ -213,14 +219,14 @@ class ClosedBook:
 
 
 def test_unsupported_answer_falls_back_to_the_next_strategy(
-    native_engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    native_engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, strategies: Strategies
 ) -> None:
-    monkeypatch.setitem(registry.STRATEGIES, "closed_book", ClosedBook())
+    strategies = {**strategies, "closed_book": ClosedBook()}
     monkeypatch.setattr(registry, "PREFERENCE", ["closed_book", "full"])
     # An unmeasured model: the default order puts the closed book first and `full` behind it.
     monkeypatch.setattr("workflows.policy.POLICIES", tmp_path)
     text = planted_document(native_engine, "The lighthouse keeper's dog was called Biscuit.", 2000, 0.6)
-    result = run_job(Document(text), [LOOKUP], native_engine)
+    result = run_job(Document(text), [LOOKUP], native_engine, strategies=strategies)
     assert [a["strategy"] for a in result.attempts] == ["closed_book", "full"]
     assert result.attempts[0]["supported"] == [False] and result.attempts[1]["supported"] == [True]
     assert result.strategy == "full" and "fell back to full" in result.reason
@@ -229,16 +235,16 @@ def test_unsupported_answer_falls_back_to_the_next_strategy(
 
 
 def test_a_policy_given_to_the_job_replaces_the_shipped_one(
-    native_engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    native_engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, strategies: Strategies
 ) -> None:
-    monkeypatch.setitem(registry.STRATEGIES, "closed_book", ClosedBook())
+    strategies = {**strategies, "closed_book": ClosedBook()}
     monkeypatch.setattr(registry, "PREFERENCE", ["closed_book", "full"])
     monkeypatch.setattr("workflows.policy.POLICIES", tmp_path)  # no shipped policy: closed_book would go first
     measured = Policy(
         "m", [Entry("full", "lookup", 2048, 0.9, 2000, 1.0, 5), Entry("closed_book", "lookup", 2048, 0.1, 20, 1.0, 5)]
     )
     text = planted_document(native_engine, "The lighthouse keeper's dog was called Biscuit.", 2000, 0.6)
-    result = run_job(Document(text), [LOOKUP], native_engine, policy=measured)
+    result = run_job(Document(text), [LOOKUP], native_engine, policy=measured, strategies=strategies)
     assert [a["strategy"] for a in result.attempts] == ["full"]
     assert "biscuit" in result.answers[0].text.lower()
 

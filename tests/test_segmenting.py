@@ -28,3 +28,10 @@ def test_long_paragraphs_split_at_sentences(native_engine) -> None:
 def test_bad_budget_is_an_error(native_engine) -> None:
     with pytest.raises(ValueError, match="positive"):
         split_segments("text", native_engine, 0)
+
+
+def test_sentences_start_after_closing_quotes_and_brackets() -> None:
+    from engines.text import sentence_starts
+
+    text = 'He said "Stop!" Then he left. (Quietly.) Version 2.5 stays whole.'
+    assert [text[i : i + 4] for i in sentence_starts(text)] == ["He s", "Then", "(Qui", "Vers"]

@@ -159,7 +159,7 @@ def serve(settings: Any) -> tuple[str, uvicorn.Server]:
 
 
 def settings_from(env: dict[str, str], **overrides: Any) -> Any:
-    from service.settings import Settings
+    from engines.settings import Settings
 
     values = {k.removeprefix("TOME_").lower(): v for k, v in env.items()}
     values["webhook_retry_delays"] = json.loads(values["webhook_retry_delays"])

@@ -31,6 +31,7 @@ from engines.base import Engine, SamplingParams
 from engines.prompting import prompt_around
 from engines.types import Document, Task
 from workflows.graph import run_job
+from workflows.registry import Strategies
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no trained adapter: run `tome train compllm`")
@@ -135,12 +136,16 @@ def test_fits_needs_input_embeddings_and_room(engine: Engine) -> None:
     assert not CompLLM(CompLLMConfig(adapter=Path("/nonexistent.safetensors"))).fits(1000, task, engine)
 
 
-def test_job_answers_and_second_question_reuses_segments(engine: Engine, text: str) -> None:
+def test_job_answers_and_second_question_reuses_segments(engine: Engine, text: str, strategies: Strategies) -> None:
     """The default is question-aware: the first question compresses every segment it does not read raw, the second
     reads those back and compresses only the ones the first left raw and it does not."""
     document = Document(text[4000:6500])  # text no earlier test compressed: this job starts with a cold cache
-    first = run_job(document, [Task("Where is the ship?", max_answer_tokens=8)], engine, strategy="compllm")
-    second = run_job(document, [Task("Who tells the story?", max_answer_tokens=8)], engine, strategy="compllm")
+    first = run_job(
+        document, [Task("Where is the ship?", max_answer_tokens=8)], engine, strategy="compllm", strategies=strategies
+    )
+    second = run_job(
+        document, [Task("Who tells the story?", max_answer_tokens=8)], engine, strategy="compllm", strategies=strategies
+    )
     a, b = first.answers[0], second.answers[0]
     assert first.strategy == second.strategy == "compllm" and a.text and b.text
     assert 0 < a.details["raw_segments"] < a.details["segments"]

@@ -15,8 +15,8 @@ import pytest
 
 from engines import EngineConfig, SamplingParams, create_engine
 from engines.models import resolve_model
+from engines.settings import Settings
 from engines.vllm import RemoteVllmEngine
-from service.settings import Settings
 
 
 def free_port() -> int:

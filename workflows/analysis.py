@@ -21,7 +21,7 @@ KIND_OF_EVAL_TASK = {
     "cwe": "aggregation",
     "fwe": "aggregation",
 }
-KINDS = ("lookup", "multihop", "aggregation", "summary", "extraction")
+KINDS = ("lookup", "multihop", "aggregation", "summary", "extract")  # summary and extract: TaskKind's names
 
 # Whole words only, and not inside a hyphenated name: "quietest-relative" is a key, not a question of relations.
 _AGGREGATION = re.compile(
@@ -40,10 +40,8 @@ _MULTIHOP = re.compile(
 
 
 def task_kind(task: Task) -> str:
-    if task.kind == TaskKind.SUMMARY:
-        return "summary"
-    if task.kind == TaskKind.EXTRACT:
-        return "extraction"
+    if task.kind in (TaskKind.SUMMARY, TaskKind.EXTRACT):
+        return TaskKind(task.kind).value  # a Task may carry the plain string
     if _AGGREGATION.search(task.question):
         return "aggregation"
     if _MULTIHOP.search(task.question):

@@ -2,7 +2,7 @@
 CLI and in a worker.
 
 State holds plain data only, so a persistent checkpointer (thread id = job id) can resume a job from
-its last finished node; the engine and the progress callback travel in the run config.
+its last finished node; the engine, the strategies and the progress callback travel in the run config.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from engines.types import Answer, Cost, Document, Evidence, Progress, Task, Task
 from workflows.mapreduce import add_mapreduce_loop
 from workflows.memagent import add_memagent_loop
 from workflows.policy import Policy
-from workflows.registry import get_strategy
+from workflows.registry import Strategies, get_strategy
 from workflows.router import Budget, choose_strategy
 from workflows.verify import NOT_STATED, answer_supported
 
@@ -68,6 +68,10 @@ def _engine(config: RunnableConfig) -> Engine:
     return config["configurable"]["engine"]
 
 
+def _strategies(config: RunnableConfig) -> Strategies:
+    return config["configurable"]["strategies"]
+
+
 def _progress(config: RunnableConfig) -> Progress:
     return config["configurable"].get("progress") or no_progress
 
@@ -88,12 +92,13 @@ def route(state: JobState, config: RunnableConfig) -> JobState:
         _engine(config),
         policy=config["configurable"].get("policy"),
         budget=Budget(**state["budget"]),
+        strategies=_strategies(config),
     )
     return {"strategy": r.strategy, "reason": r.reason, "kind": r.kind, "fallbacks": r.fallbacks, "attempts": []}
 
 
 def run(state: JobState, config: RunnableConfig) -> JobState:
-    strategy = get_strategy(state["strategy"])
+    strategy = get_strategy(_strategies(config), state["strategy"])
     answers = strategy.run(Document(**state["document"]), _tasks(state), _engine(config), _progress(config))
     return {"answers": [a.to_dict() for a in answers]}
 
@@ -136,7 +141,7 @@ def build_graph(checkpointer: Checkpointer = None) -> Any:
     graph.add_node("verify", verify)
     # Strategies that read segment by segment run as loops of nodes, so that every step is checkpointed.
     loops = {
-        "memagent": add_memagent_loop(graph, _engine, _progress, _tasks, then="verify"),
+        "memagent": add_memagent_loop(graph, _engine, _strategies, _progress, _tasks, then="verify"),
         "mapreduce": add_mapreduce_loop(graph, _engine, _progress, _tasks, then="verify"),
     }
 
@@ -177,13 +182,21 @@ def run_job(
     thread_id: str | None = None,
     budget: Budget | None = None,
     policy: Policy | None = None,
+    *,
+    strategies: Strategies,
 ) -> JobResult:
     """Run the graph to the end. With a checkpointer and the same thread id, a rerun resumes.
 
-    `policy` replaces the model's shipped routing policy (e.g. one fitted on other questions, for evaluation)."""
+    `strategies` is what the entry point built (`workflows.registry.build_strategies`); `policy` replaces the
+    model's shipped routing policy (e.g. one fitted on other questions, for evaluation)."""
     if not tasks:
         raise ValueError("a job needs at least one task")
-    configurable: dict[str, Any] = {"engine": engine, "progress": progress, "policy": policy}
+    configurable: dict[str, Any] = {
+        "engine": engine,
+        "strategies": strategies,
+        "progress": progress,
+        "policy": policy,
+    }
     if checkpointer is not None:
         configurable["thread_id"] = thread_id or document.content_hash
     config: RunnableConfig = {"configurable": configurable, "recursion_limit": RECURSION_LIMIT}

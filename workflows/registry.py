@@ -1,46 +1,63 @@
-"""Every strategy the graph can run, by name. The harness and the router read this; adding one is one line."""
+"""Every strategy the graph can run, by name, built from the settings. Adding a strategy is one line here.
+
+Entry points (the CLI, the worker, the evals) call `build_strategies` once and pass the mapping down to the router
+and the graph; nothing is built at import time.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 from compressors.gemfilter import GemFilter
 from compressors.hard import HardCompression
 from compressors.soft.gist_strategy import Gist
-from compressors.soft.strategy import CompLLM
+from compressors.soft.strategy import CompLLM, CompLLMConfig
+from engines.settings import Settings
 from engines.strategy import Strategy
-from memory.memagent import MemAgent
-from memory.rag import Rag
+from memory.memagent import MemAgent, MemAgentConfig
+from memory.rag import Rag, RagConfig
 from workflows.full import FullContext
 from workflows.mapreduce import MapReduce
+
+Strategies = Mapping[str, Strategy]
 
 
 class UnknownStrategyError(ValueError):
     pass
 
 
-def _build() -> dict[str, Strategy]:
-    strategies: list[Strategy] = [FullContext(), MapReduce(), Rag(), MemAgent(), GemFilter(), HardCompression()]
-    strategies += [CompLLM(), Gist()]
+def build_strategies(settings: Settings) -> dict[str, Strategy]:
+    rag = RagConfig(embedder=settings.embedder, qdrant_url=settings.qdrant_url, qdrant_path=settings.home / "qdrant")
+    compllm = CompLLMConfig(cache_url=settings.compllm_cache_url, embedder=settings.embedder)
+    strategies: list[Strategy] = [
+        FullContext(),
+        MapReduce(),
+        Rag(rag),
+        MemAgent(MemAgentConfig(adapter=settings.memagent_adapter)),
+        GemFilter(),
+        HardCompression(),
+        CompLLM(compllm),
+        Gist(),
+    ]
     return {s.name: s for s in strategies}
 
-
-STRATEGIES: dict[str, Strategy] = _build()
 
 # The order where the policy has no measurement: cheaper and more faithful first.
 PREFERENCE = ["full", "rag", "mapreduce", "memagent", "gemfilter", "hard"]
 # Tasks that need the whole document (summaries, extraction, counting) read every segment before retrieving.
-WHOLE_DOCUMENT_KINDS = ("summary", "extraction", "aggregation")
+WHOLE_DOCUMENT_KINDS = ("summary", "extract", "aggregation")
 WHOLE_DOCUMENT_PREFERENCE = ["full", "mapreduce", "memagent", "rag", "gemfilter", "hard"]
 
 
-def default_order(kind: str) -> list[str]:
+def default_order(kind: str, names: Iterable[str]) -> list[str]:
     first = WHOLE_DOCUMENT_PREFERENCE if kind in WHOLE_DOCUMENT_KINDS else PREFERENCE
-    return [*first, *(n for n in STRATEGIES if n not in first)]
+    return [*first, *(n for n in names if n not in first)]
 
 
-def get_strategy(name: str) -> Strategy:
+def get_strategy(strategies: Strategies, name: str) -> Strategy:
     try:
-        return STRATEGIES[name]
+        return strategies[name]
     except KeyError:
         raise UnknownStrategyError(
-            f"unknown strategy {name!r}; available: auto, {', '.join(sorted(STRATEGIES))}"
+            f"unknown strategy {name!r}; available: auto, {', '.join(sorted(strategies))}"
         ) from None

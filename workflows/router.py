@@ -55,6 +55,8 @@ def choose_strategy(
     engine: Engine,
     policy: Policy | None = None,
     budget: Budget | None = None,
+    *,
+    strategies: registry.Strategies,
 ) -> Route:
     budget = budget or Budget()
     kind = request_kind(tasks)
@@ -64,11 +66,11 @@ def choose_strategy(
         f"the document is {document_tokens} tokens ({needed} with the question and answer budget), context {context}"
     )
     if requested != "auto":
-        if not registry.get_strategy(requested).fits(document_tokens, tasks, engine):
+        if not registry.get_strategy(strategies, requested).fits(document_tokens, tasks, engine):
             raise NoStrategyError(f"strategy {requested!r} cannot run this request: {sizes}")
         return Route(requested, f"requested by the caller; {sizes}", kind)
-    order = registry.default_order(kind)
-    candidates = [n for n in order if registry.STRATEGIES[n].fits(document_tokens, tasks, engine)]
+    order = registry.default_order(kind, strategies)
+    candidates = [n for n in order if strategies[n].fits(document_tokens, tasks, engine)]
     if not candidates:
         raise NoStrategyError(f"no strategy can run this request: {sizes}")
     policy = policy or Policy.for_model(engine.model_name)

@@ -4,7 +4,8 @@ Four generic kinds, each a (context, question, answer) triple whose answer the m
 reading the context: a planted fact (a key and a random value, a number, a word, a hyphenated word pair or a
 hex code, in a sentence of its own, sometimes beside facts of other keys as distractors), where a person went
 last (two or three moves of people of the trainer's own, none of the evaluation's names), the sentence that
-follows a quoted opening, and the text's next sentence. The evaluation documents are skipped. A context is
+follows a quoted opening, and the text's next sentence. The texts come from the trainer's caller (`tome train`
+reads the corpus without the evaluation documents: evals.corpus.training_texts). A context is
 `context_tokens` long unless the caller asks for another length (the trainer's curriculum does).
 """
 
@@ -13,12 +14,11 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from evals.corpus import HELD_OUT_DOCS, normalize  # which texts are held out, and the same unwrapping
+from engines.text import SENTENCE_END
 
-_SENTENCE = re.compile(r"[^.!?]+[.!?][\"')\]]*\s*")
+_SENTENCE = re.compile(r"[^.!?]+" + SENTENCE_END + r"\s*")
 # (statement planted in the text, question, answer): the answer restates the question as SmolLM2 itself answers
 # such questions ("The byte vote code is 524619."), so the teacher's next-token distributions on it are what the
 # model would say; a bare value right after the assistant turn opens is not (the teacher's CE on bare values was
@@ -61,13 +61,6 @@ class Example:
     question: str
     answer: list[int]
     kind: str
-
-
-def training_texts(corpus: Path) -> list[str]:
-    files = [f for f in sorted(corpus.glob("*.txt")) if f.name not in HELD_OUT_DOCS]
-    if not files:
-        raise FileNotFoundError(f"no training text in {corpus} (evaluation documents are skipped)")
-    return [normalize(f.read_text(encoding="utf-8")) for f in files]
 
 
 class ExampleMaker:

@@ -6,12 +6,11 @@ gists only. The objective is KL(teacher || student) over the answer tokens' next
 (`--loss kl`, the default), or the student's cross-entropy on the answer (`--loss ce`); both are logged either
 way. The rate alternates per step over the adapter's rates.
 
-This entry point runs where only torch, transformers, peft, safetensors and numpy are installed (a GPU host):
-with `--model-dir` it loads the model straight from an HF folder and never imports the service's settings;
-without it the model comes from the TOME_* settings. matplotlib, where missing, only skips the loss-curve PNG
-(`--report-only` draws it and the card later from the log).
+With `--model-dir` it loads the model straight from an HF folder (a GPU host); without it the model comes from
+the settings. matplotlib, where missing, only skips the loss-curve PNG (`--report-only` draws it and the card later
+from the log).
 
-    python -m compressors.soft.gist_train --model-dir DIR --device cuda --corpus DIR --output FILE --minutes N
+    tome train gist --model-dir DIR --device cuda --corpus DIR --output FILE --minutes N
 """
 
 from __future__ import annotations
@@ -27,12 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from compressors.soft.data import Example, ExampleMaker, training_texts
+from compressors.soft.data import Example, ExampleMaker
 from compressors.soft.gist import SHIPPED, GistConfig, GistModel, layout
-from compressors.soft.train import CORPUS, answer_logits, engine_config, plot_losses
+from compressors.soft.train import ReadTexts, answer_logits, engine_config, plot_losses
 from engines import create_engine
 from engines.base import Engine
 from engines.prompting import prompt_around
+from engines.settings import Settings
 from engines.types import Task
 
 CARD_SECTION = "## Gist tokens"  # the trainer rewrites MODEL_CARD.md from this heading on
@@ -132,15 +132,16 @@ def report(output: Path) -> None:
     write_card(output.with_name("MODEL_CARD.md"), output, run, log, evals)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settings: Settings) -> int:
+    """`tome train gist`: `read_texts(corpus)` gives the training texts (the evaluation documents left out)."""
     parser = argparse.ArgumentParser(prog="tome train gist", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=None, help="an HF model folder (skips TOME_* settings)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="an HF model folder, not the settings' model")
     parser.add_argument("--model", default=None, help="without --model-dir: a model alias (default TOME_MODEL)")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: TOME_DEVICE, or auto)")
     parser.add_argument(
         "--dtype", default="auto", help="the frozen model's dtype; auto: bfloat16 on CUDA, float32 on CPU"
     )
-    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--corpus", type=Path, default=corpus)
     parser.add_argument("--output", type=Path, default=SHIPPED)
     parser.add_argument("--steps", type=int, default=400, help="cosine schedule length; --minutes may stop earlier")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock limit; stops with a saved adapter")
@@ -163,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
-    config = engine_config(args)  # compllm's: with --model-dir no service settings are imported
+    config = engine_config(args, settings)  # compllm's
     if args.dtype == "auto":
         # On the 2-core CPU a bf16 training step (204 tokens) took 12 s forward and 65 s backward against 1.7 and
         # 1.6 s in float32: bf16 matmuls there are slow, their backward above all.
@@ -177,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.requires_grad_(False)
     gist_config = GistConfig(chunk_tokens=args.chunk_tokens, base_model=Path(str(engine.path)).name)  # type: ignore[attr-defined]
     gist = GistModel(model, gist_config, seed=args.seed).to(model.device)
-    texts = training_texts(args.corpus)
+    texts = read_texts(args.corpus)
     tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
     maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed)
     heldout_maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
@@ -249,7 +250,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(args.output)
     print(f"saved {args.output} after {step} steps, {run['minutes']:.1f} min", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,7 +8,7 @@ still serves every question and job; only the choice of raw segments depends on 
 
 Windows of two neighbouring segments are scored as rag scores a passage (memory/rag.py): the embedder's cosine
 to the question plus `lexical_weight` times the IDF-weighted share of the question's words it holds
-(memory/lexical.py); a segment takes the better of its two windows. Tens of tokens alone are a fragment of a
+(engines/lexical.py); a segment takes the better of its two windows. Tens of tokens alone are a fragment of a
 sentence, and a fact cut by a segment boundary is whole in one window, so both its halves score high. The
 windows' vectors are kept per document in the process, so a later question embeds only itself. The embedder runs
 in bfloat16 where the device has bf16 arithmetic (`auto`): a cold request embeds twice the document's tokens
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from memory.embedder import get_embedder
-from memory.lexical import LexicalScorer
+from engines.embedder import get_embedder
+from engines.lexical import LexicalScorer
 
 DTYPE = "auto"
 

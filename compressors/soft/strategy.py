@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 import weakref
 from collections.abc import Collection, Sequence
@@ -31,6 +30,7 @@ from compressors.soft.cache import FOLDER, RedisSegmentCache, SegmentCache, file
 from compressors.soft.model import EARLY, SegmentCompressor, load_compressor, read_config, segments_of
 from compressors.soft.selection import raw_segments, segment_scores
 from engines.base import Engine, SamplingParams, SupportsInputEmbeddings, engine_home
+from engines.config import DEFAULT_EMBEDDER
 from engines.internals import has_layers, layers_engine
 from engines.prompting import answer_overhead, prompt_around
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
@@ -47,8 +47,8 @@ class CompLLMConfig:
     adapter: Path = EARLY
     batch_segments: int = 64  # segments compressed per forward pass
     cache: bool = True
-    cache_url: str | None = None  # Redis for the segment cache; unset: TOME_COMPLLM_CACHE_URL, else TOME_HOME on disk
-    embedder: str | None = None  # scores segments against the question; unset: TOME_EMBEDDER, else MiniLM (as rag)
+    cache_url: str | None = None  # Redis for the segment cache (Settings.compllm_cache_url); unset: files in home
+    embedder: str = DEFAULT_EMBEDDER  # scores segments against the question (Settings.embedder, as rag)
     lexical_weight: float = 0.3  # rag's: a rare key the embedding blurs still lifts its segment
 
     def __post_init__(self) -> None:
@@ -110,7 +110,6 @@ def _redis_cache(url: str) -> RedisSegmentCache:  # one connection pool per URL 
 
 
 def cache_for(engine: Engine, url: str | None = None) -> SegmentCache | RedisSegmentCache | None:
-    url = url or os.environ.get("TOME_COMPLLM_CACHE_URL") or None
     if url:
         return _redis_cache(url)
     home = engine_home(engine)
@@ -171,7 +170,7 @@ def choose_raw(
     """Per question, the segments it reads raw (none where the config is question-agnostic)."""
     if not config.question_aware or not segments:
         return [set() for _ in tasks]
-    embedder = config.embedder or os.environ.get("TOME_EMBEDDER", "all-MiniLM-L6-v2")
+    embedder = config.embedder
     texts = [engine.detokenize(s) for s in segments]
     scores = segment_scores(texts, [t.question for t in tasks], embedder, config.lexical_weight)
     sizes = [len(s) for s in segments]

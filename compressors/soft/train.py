@@ -30,13 +30,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from compressors.soft.data import ANSWER_FORMAT, REPEAT, Example, ExampleMaker, training_texts
+from compressors.soft.data import ANSWER_FORMAT, REPEAT, Example, ExampleMaker
 from compressors.soft.model import SHIPPED, CompressorConfig, SegmentCompressor, segments_of
 from engines import EngineConfig, create_engine
 from engines.prompting import prompt_around
+from engines.settings import Settings
 from engines.types import Task
 
-CORPUS = Path("/work/shared/data/corpus")
+ReadTexts = Callable[[Path], list[str]]  # a corpus folder -> its training texts
+
 ANSWERED = ("fact", "location")  # kinds with one right answer: the held-out "answers right" counts these
 
 
@@ -434,17 +436,14 @@ def report(output: Path) -> None:
     write_card(output.with_name("MODEL_CARD.md"), run, log)
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The native engine to train on: an explicit folder needs no service settings (and none of their packages),
-    which is how a GPU host with only torch, transformers and peft runs the trainer."""
+def engine_config(args: argparse.Namespace, settings: Settings) -> EngineConfig:
+    """The native engine to train on: an explicit folder (`--model-dir`), else the settings' model."""
     if args.model_dir is not None:
         return EngineConfig(
             kind="native", model=str(args.model_dir), device=args.device or "auto", threads=args.threads
         )
-    from service.settings import Settings
-
     device = {"device": args.device} if args.device else {}
-    return Settings().engine_config(kind="native", threads=args.threads, model=args.model, **device)
+    return settings.engine_config(kind="native", threads=args.threads, model=args.model, **device)
 
 
 # -- examples made ahead: worker processes tokenize while the accelerator trains --
@@ -514,9 +513,10 @@ def context_length(progress: float, lo: int, hi: int, ramp: float, rng: random.R
     return round(lo * (cap / lo) ** rng.random())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settings: Settings) -> int:
+    """`tome train compllm`: `read_texts(corpus)` gives the training texts (the evaluation documents left out)."""
     parser = argparse.ArgumentParser(prog="tome train compllm", description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--corpus", type=Path, default=corpus)
     parser.add_argument("--output", type=Path, default=SHIPPED)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument(
@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heldout-tokens", type=int, default=0, help="held-out contexts (default: the longest)")
     parser.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
     parser.add_argument(
-        "--model-dir", type=Path, default=None, help="an HF model folder; skips the service settings (GPU hosts)"
+        "--model-dir", type=Path, default=None, help="an HF model folder instead of the settings' model (GPU hosts)"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: TOME_DEVICE)")
     parser.add_argument("--report-only", action="store_true", help="draw the curve and card from --output's log")
@@ -576,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
-    engine = create_engine(engine_config(args))
+    engine = create_engine(engine_config(args, settings))
     model = engine.hf_model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -590,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     compressor = SegmentCompressor(model, config).to(model.device)
     if args.init is not None:
         compressor.load_trained(load_file(str(args.init)))
-    texts = training_texts(args.corpus)
+    texts = read_texts(args.corpus)
     maker = ExampleMaker(texts, engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed)
     other = ExampleMaker(texts, engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
     heldout = [other(args.heldout_tokens) for _ in range(args.heldout)] if args.eval_every else []
@@ -701,7 +701,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         batches.close()
     print(f"saved {args.output} after {step} steps, {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -40,14 +40,16 @@ def fit(build: Callable[[int], str], count: Callable[[str], int], budget: int, g
     return build(lo)
 
 
-def insert_at_boundaries(words: Sequence[str], needles: Sequence[tuple[float, str]]) -> str:
-    """Join `words` and put each needle at the sentence boundary nearest its depth (0 = start, 1 = end).
+def insert_at_boundaries(words: Sequence[str], needles: Sequence[tuple[float, str]], paragraphs: bool = False) -> str:
+    """Join `words` and put each needle at the sentence boundary nearest its depth (0 = start, 1 = end), or with
+    `paragraphs`, as a paragraph of its own at the nearest paragraph break (a word ending in a blank line).
 
     Needles keep their given order when they share a boundary, so chains (variable tracking, bAbI facts) stay
     in order if their depths are sorted.
     """
     n = len(words)
-    boundaries = [0] + [i + 1 for i, w in enumerate(words) if ends_sentence(w)] + [n]
+    ends = (lambda w: w.endswith("\n\n")) if paragraphs else ends_sentence
+    boundaries = [0] + [i + 1 for i, w in enumerate(words) if ends(w)] + [n]
     at: dict[int, list[str]] = {}
     last = 0
     for depth, needle in needles:
@@ -59,6 +61,11 @@ def insert_at_boundaries(words: Sequence[str], needles: Sequence[tuple[float, st
     parts: list[str] = []
     for i in range(n + 1):
         for needle in at.get(i, []):
+            if paragraphs:
+                if parts and not parts[-1].endswith("\n\n"):
+                    parts.append("\n\n" if not parts[-1].endswith("\n") else "\n")
+                parts.append(needle + "\n\n")
+                continue
             if parts and not parts[-1][-1:].isspace():
                 parts.append(" ")
             parts.append(needle + " ")

@@ -1,38 +1,63 @@
-"""Typed settings from TOME_* environment variables (and a .env file)."""
+"""Every TOME_* setting, typed (pydantic-settings: environment variables and a .env file).
+
+The one place that reads the environment. Entry points (the CLI, the API's app factory, the Celery worker, vLLM's
+plugin process) build a `Settings` once and pass it, or the plain config objects made from it, down. It lives at
+engines/ level so that every layer above may import it; nothing here imports a strategy.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines.config import EngineConfig
+from engines.config import DEFAULT_EMBEDDER, DEFAULT_HOME, EngineConfig
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOME_", env_file=".env", extra="ignore")
 
-    home: Path = Field(default=Path.home() / ".cache" / "tome", description="data directory: models, indexes, caches")
-    engine: Literal["native", "vllm"] = "native"
-    model: str = "smollm2"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_context: int = Field(default=8192, gt=0)
-    device: str = "auto"
-    attention: str = "sdpa"
-    threads: int | None = None
-    vllm_url: str | None = None
-    vllm_memory_fraction: float = Field(default=0.3, gt=0, le=1)
-    vllm_enforce_eager: bool = True
-    embedder: str = "all-MiniLM-L6-v2"
-    qdrant_url: str | None = None  # rag's vector store; unset: Qdrant local mode under home/qdrant
+    home: Path = Field(default=DEFAULT_HOME, description="data directory: converted models, indexes, caches")
+    engine: Literal["native", "vllm"] = Field(
+        default="native", description="`native` (transformers in-process) or `vllm`"
+    )
+    model: str = Field(default="smollm2", description="a model alias or a local HF folder")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="`auto`: bfloat16 on a GPU or a CPU with bf16 instructions (AVX512-BF16, AMX), else float32",
+    )
+    max_context: int = Field(default=8192, gt=0, description="context the engine may use (capped by the model's)")
+    device: str = Field(default="auto", description="native engine: `cpu`, `cuda` or `auto`")
+    attention: str = Field(
+        default="sdpa",
+        description="native prefill attention: `sdpa`, or a sparse pattern (`vertical_slash`, `a_shape`, "
+        "`block_sparse`, `per_head`); decode stays dense",
+    )
+    threads: int | None = Field(default=None, description="torch threads; unset: torch's default")
+    vllm_url: str | None = Field(default=None, description="a `vllm serve` URL; unset runs vLLM in-process")
+    vllm_memory_fraction: float = Field(default=0.3, gt=0, le=1, description="in-process vLLM's memory share")
+    vllm_enforce_eager: bool = Field(default=True, description="in-process vLLM: skip its ~100 s compile at start")
+    vllm_sparse: str = Field(
+        default="vertical_slash", description="kernels/ pattern of the vLLM CUSTOM attention backend's sparse prefill"
+    )
+    embedder: str = Field(default=DEFAULT_EMBEDDER, description="sentence-transformers model alias or folder")
+    qdrant_url: str | None = Field(default=None, description="rag's Qdrant server; unset: local mode in home/qdrant")
+    compllm_cache_url: str | None = Field(
+        default=None, description="a Redis for compllm's compressed segments; unset: files under home/cache/compllm"
+    )
+    memagent_adapter: str = Field(
+        default="auto",
+        description="memagent's LoRA adapter: `auto` (the one listed for the model), `none` (the base model), "
+        "or a folder",
+    )
 
     # The service (API, workers, job store). Embedded default: SQLite under `home`; the stack sets PostgreSQL.
     database_url: str = Field(default="", description="SQLAlchemy URL; empty: sqlite:///<home>/tome.db")
     checkpoint_url: str = Field(default="", description="LangGraph checkpoints; empty: beside database_url")
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery's broker, leases, throttling")
     api_keys: str = Field(default="", description="bootstrap keys, `name:key,name:key`; stored hashed")
     key_secret: str = Field(default="", description="HMAC secret for key hashes; empty: generated in home/key_secret")
     auth_failure_limit: int = Field(default=20, gt=0, description="failed key checks per client per window")
@@ -41,7 +66,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=0, ge=0, description="non-upload request bodies; 0: max_upload_bytes + 1 MiB")
     allow_private_callbacks: bool = Field(default=False, description="development only: loopback/private callbacks")
     public_url: str = Field(default="http://localhost:8000", description="the API's base URL, for links in webhooks")
-    # The web page and the event stream (service/web.py, service/events.py).
+    # The web page and the event stream (service/web.py, service/routes/events.py).
     events_poll_interval: float = Field(default=0.25, gt=0, le=5, description="seconds between job-row reads")
     events_keepalive: float = Field(default=15, gt=0, description="seconds of silence before a keep-alive comment")
     events_max_seconds: float = Field(default=3600, gt=0, description="a stream closes after this; clients reconnect")
@@ -50,8 +75,8 @@ class Settings(BaseSettings):
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS (`*`: any); empty: off")
     cors_allow_credentials: bool = Field(default=False, description="CORS: allow cookies (not with `*`)")
     cors_max_age: int = Field(default=600, ge=0, description="seconds a browser may cache a CORS preflight")
-    job_queue: str = "cpu"  # `gpu` sends jobs to the GPU workers
-    webhook_queue: str = "webhooks"
+    job_queue: str = Field(default="cpu", description="Celery queue of new jobs; `gpu` sends them to the GPU workers")
+    webhook_queue: str = Field(default="webhooks", description="Celery queue of webhook deliveries")
     job_time_limit: float = Field(default=6 * 3600, gt=0, description="seconds before a running job is killed")
     broker_visibility_timeout: float = Field(default=7 * 3600, gt=0, description="above the longest job")
     broker_restore_interval: float = Field(default=10, gt=0, description="seconds between unacked-message sweeps")
@@ -63,10 +88,12 @@ class Settings(BaseSettings):
     preload_engine: bool = Field(default=False, description="load the model when a worker process starts")
     engine_retries: int = Field(default=3, ge=0, description="retries of a job after a transient engine error")
     engine_retry_backoff: float = Field(default=30, ge=0, description="first retry delay, doubled each time")
-    # Standard Webhooks schedule (seconds after the previous attempt), jittered by webhook_jitter.
-    webhook_retry_delays: list[float] = [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
-    webhook_jitter: float = Field(default=0.2, ge=0, le=1)
-    webhook_timeout: float = Field(default=15, gt=0)
+    webhook_retry_delays: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
+        description="Standard Webhooks schedule: seconds after the previous attempt (a JSON list)",
+    )
+    webhook_jitter: float = Field(default=0.2, ge=0, le=1, description="share of each retry delay drawn at random")
+    webhook_timeout: float = Field(default=15, gt=0, description="seconds a receiver has to answer")
     webhook_max_retry_after: float = Field(default=86400, gt=0, description="cap on a receiver's Retry-After")
 
     def cors_origin_list(self) -> list[str]:
@@ -102,6 +129,21 @@ class Settings(BaseSettings):
         return EngineConfig(**values)  # type: ignore[arg-type]
 
 
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
+def _shown(value: object) -> str:
+    """A default as a person sets it: the home as ~, None as unset, lists as JSON."""
+    if value is None:
+        return "unset"
+    if isinstance(value, Path):
+        value = str(value).replace(str(Path.home()), "~", 1)
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return f"`{json.dumps(value) if isinstance(value, list) else value}`" if value != "" else "empty"
+
+
+def settings_table() -> str:
+    """Every TOME_* variable as a markdown table (name, default, meaning), in declaration order (`tome settings`)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `TOME_{name.upper()}` | {_shown(field.default)} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from engines.base import Message
 from engines.prompting import answer_messages
 from engines.types import Task
-from evals.corpus import HELD_OUT_DOCS, ends_sentence, normalize, words_of
+from evals.corpus import TRAINING_CORPUS, ends_sentence, training_texts, words_of
 from evals.tasks import EVAL_SEEDS
 from evals.tasks.babilong import _facts as babi_facts
 from evals.tasks.fitting import fit, insert_at_boundaries
@@ -36,8 +35,8 @@ from evals.tasks.haystack import noise_words
 from evals.tasks.niah import NEEDLE, _ask_one
 from evals.tasks.sample import VALUE_KINDS, value_of
 from memory.memagent import NONE, UPDATE_SYSTEM, update_prompt
+from memory.training import Example
 
-DEFAULT_CORPUS = Path("/work/shared/data/corpus")
 TRAIN_SEED_START = EVAL_SEEDS.stop  # every training seed is outside the evaluation seeds
 
 FAMILIES = ("niah_single", "niah_multikey", "niah_multivalue", "vt", "babilong", "prose")
@@ -186,51 +185,12 @@ def reworded(question: str, fact: str) -> bool:
 Count = Callable[[str], int]
 
 
-@dataclass(frozen=True)
-class Example:
-    kind: str  # "update" or "answer"
-    family: str
-    seed: int
-    messages: list[Message]  # the prompt, exactly as memory.memagent sends it
-    target: str  # the reply the model is trained to give
-
-
-def training_documents(corpus: Path = DEFAULT_CORPUS) -> list[Path]:
-    """Corpus texts usable for training: every .txt file that is not held out for evaluation."""
-    docs = sorted(p for p in corpus.glob("*.txt") if p.name not in HELD_OUT_DOCS)
-    if not docs:
-        raise FileNotFoundError(f"no training documents (non-evaluation .txt files) in {corpus}")
-    return docs
-
-
 @cache
 def _corpus(corpus: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(word stream of the training documents, their plain lower-case words for keys)."""
-    texts = [normalize(p.read_text(encoding="utf-8", errors="replace")) for p in training_documents(corpus)]
-    joined = "\n\n".join(texts)
+    joined = "\n\n".join(training_texts(corpus))
     eval_free = sorted(set(re.findall(r"\b[a-z]{4,10}\b", joined)))
     return words_of(joined), tuple(eval_free)
-
-
-def insert_paragraphs(words: Sequence[str], needles: Sequence[tuple[float, str]]) -> str:
-    """Join `words` and put each needle, as a paragraph of its own, at the paragraph break nearest its depth."""
-    n = len(words)
-    breaks = [0] + [i + 1 for i, w in enumerate(words) if w.endswith("\n\n")] + [n]
-    at: dict[int, list[str]] = {}
-    last = 0
-    for depth, needle in needles:
-        b = min((b for b in breaks if b >= last), key=lambda b: abs(b - depth * n), default=n)
-        at.setdefault(b, []).append(needle)
-        last = b
-    parts: list[str] = []
-    for i in range(n + 1):
-        for needle in at.get(i, []):
-            if parts and not parts[-1].endswith("\n\n"):
-                parts.append("\n\n" if not parts[-1].endswith("\n") else "\n")
-            parts.append(needle + "\n\n")
-        if i < n:
-            parts.append(words[i])
-    return "".join(parts).strip()
 
 
 @dataclass
@@ -246,7 +206,7 @@ class Facts:
 
 
 class StepMaker:
-    def __init__(self, count: Count, corpus: Path = DEFAULT_CORPUS) -> None:
+    def __init__(self, count: Count, corpus: Path = TRAINING_CORPUS) -> None:
         self.count = count
         self.words, self.vocabulary = _corpus(corpus)
 
@@ -269,8 +229,8 @@ class StepMaker:
     ) -> str:
         depths = sorted(rng.random() for _ in planted)
         needles = list(zip(depths, planted, strict=True))
-        insert = insert_paragraphs if paragraphs else insert_at_boundaries
-        return fit(lambda k: insert(filler[:k], needles), self.count, tokens, int(tokens * 0.7), len(filler))
+        insert = lambda k: insert_at_boundaries(filler[:k], needles, paragraphs)  # noqa: E731
+        return fit(insert, self.count, tokens, int(tokens * 0.7), len(filler))
 
     # -- task families (the harness's templates) -------------------------------------------------------------------
 
@@ -442,7 +402,7 @@ def make_examples(
     first_seed: int = TRAIN_SEED_START,
     answer_share: float = 0.25,
     segment_tokens: tuple[int, int] = (192, 448),
-    corpus: Path = DEFAULT_CORPUS,
+    corpus: Path = TRAINING_CORPUS,
 ) -> list[Example]:
     """n examples from seeds first_seed.. (all outside the evaluation seeds), families mixed by WEIGHTS."""
     if first_seed < TRAIN_SEED_START:

@@ -27,8 +27,10 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from service.api import Owner, ProblemError, Services, ServicesDep, job_out
+from service.deps import Owner, Services, ServicesDep
+from service.errors import ProblemError
 from service.models import Job
+from service.routes.jobs import job_out
 from service.store import TERMINAL
 
 router = APIRouter()
