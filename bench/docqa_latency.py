@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_results  # noqa: E402
 from bench.docqa_retrieval import CONFIGS  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
+from engines.embedder import get_embedder  # noqa: E402
 from engines.types import Document, Task, no_progress  # noqa: E402
 from evals.corpus import read_text  # noqa: E402
 from evals.tasks.docqa import docqa_items  # noqa: E402
 from memory import rag as rag_module  # noqa: E402
-from memory.embedder import get_embedder  # noqa: E402
 from memory.rag import Rag, RagConfig  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native", threads=args.threads))
-    get_embedder(RagConfig().embedder or "all-MiniLM-L6-v2")  # loaded before the clock, as a worker holds it
+    get_embedder(RagConfig().embedder)  # loaded before the clock, as a worker holds it
     text = read_text(args.doc)
     document = Document(text)
     tokens = engine.count_tokens(text)

@@ -52,7 +52,8 @@ def main() -> None:
         samples = [generate(args.task, engine, args.length, seed) for seed in range(args.limit or 8)]
     rows: list[dict[str, Any]] = []
     for name in args.configs:
-        rag = Rag(replace(RagConfig(qdrant_path=args.store), **CONFIGS[name]))
+        base = RagConfig(qdrant_path=args.store) if args.store else RagConfig()
+        rag = Rag(replace(base, **CONFIGS[name]))
         per_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for s in samples:
             start = time.perf_counter()
