@@ -58,9 +58,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cand64-win8-r4": {**DOCUMENT_QUESTIONS, "dense_candidates": 64, "second_round": 4},
     # the windows cut to their best sentences (with a neighbour each side)
     "cand64-s6": {**DOCUMENT_QUESTIONS, "dense_candidates": 64, "sentences": 6},
-    "cand32-s6": {**DOCUMENT_QUESTIONS, "dense_candidates": 32, "sentences": 6},
-    "cand32-s10": {**DOCUMENT_QUESTIONS, "dense_candidates": 32, "sentences": 10},
-    "cand32-s6c0": {**DOCUMENT_QUESTIONS, "dense_candidates": 32, "sentences": 6, "sentence_context": 0},
+    # the windows over a whole-document index (what `shipped` was before dense_candidates)
+    "windows-index": {**DOCUMENT_QUESTIONS, "dense_candidates": None},
 }
 
 

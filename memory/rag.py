@@ -109,7 +109,7 @@ class RagConfig:
 
 # What docqa measured for people's questions on real documents (bench/results/docqa-retrieval-{dev,test}.md,
 # eval-docqa-test-rag.md): windows around the best passages, stemmed BM25 at weight 1, a second round.
-DOCUMENT_QUESTIONS = {"windows": 8, "second_round": 2, "lexical": "bm25", "lexical_weight": 1.0}
+DOCUMENT_QUESTIONS = {"windows": 8, "second_round": 2, "lexical": "bm25", "lexical_weight": 1.0, "dense_candidates": 32}
 
 
 @dataclass(frozen=True)
