@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,27 @@ def vllm_engine():
     from service.settings import Settings
 
     return create_engine(Settings().engine_config(kind="vllm", max_context=4096))
+
+
+@pytest.fixture(scope="module")
+def database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated PostgreSQL database of the test file's own (tome_<file>_<pid>), dropped after the file."""
+    from tests.helpers import fresh_database
+
+    with fresh_database(f"tome_{request.module.__name__.rsplit('.', 1)[-1]}_{os.getpid()}") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list]:
+    """One Celery worker on the test file's `env`; a test may append more, and all are killed after the file."""
+    from tests.helpers import Worker
+
+    logs = tmp_path_factory.mktemp("workers")
+    started = [Worker(env, "w1", logs / "w1.log")]
+    yield started
+    for w in started:
+        w.kill()
 
 
 def planted_document(engine, fact: str, tokens: int = 2000, depth: float = 0.5) -> str:
