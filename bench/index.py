@@ -149,28 +149,26 @@ def render(folder: Path = RESULTS) -> str:
 
 def _expand(text: str) -> str:
     """`eval-x{,-old}.md` becomes `eval-x.md eval-x-old.md`, so brace-shortened names count as named."""
-    while (m := BRACES.search(text)) is not None:
-        words = " ".join(m[1] + part + m[3] for part in m[2].split(","))
-        text = text[: m.start()] + words + text[m.end() :]
-    return text
+    return BRACES.sub(lambda m: " ".join(m[1] + part + m[3] for part in m[2].split(",")), text)
 
 
-def named_elsewhere(folder: Path = RESULTS) -> str:
-    """The text of every tracked file outside bench/results, braces expanded, and every run's header."""
+def named_elsewhere(folder: Path = RESULTS) -> set[str]:
+    """The words (runs of letters, digits, `_` and `-`) of every tracked file outside bench/results, braces
+    expanded, and of every run's header: a run is named where its file name's stem is one of them."""
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     texts = []
     for name in files:
         path = ROOT / name
-        if name.startswith("bench/results/") or path.suffix not in {".md", ".py", ".json", ".toml", ".txt"}:
+        if name.startswith("bench/results/") or path.suffix not in {".md", ".py", ".json", ".toml"}:
             continue
         texts.append(_expand(path.read_text(errors="replace")))
     texts += [json.dumps({k: v for k, v in run.items() if k not in ("rows", "file", "stem")}) for run in runs(folder)]
-    return "\n".join(texts)
+    return set(re.findall(r"[\w-]+", "\n".join(texts)))
 
 
 def superseded(folder: Path = RESULTS) -> list[str]:
     """Stems of runs that a later run of their benchmark replaces and that nothing outside bench/results names."""
-    text = named_elsewhere(folder)
+    named = named_elsewhere(folder)
     by_benchmark: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs(folder):
         by_benchmark[run["benchmark"]].append(run)
@@ -178,8 +176,8 @@ def superseded(folder: Path = RESULTS) -> list[str]:
     for group in by_benchmark.values():
         group.sort(key=lambda r: (str(r.get("date")), r["file"]))
         for run in group[:-1]:
-            name = run["stem"].removeprefix("eval-")  # comparisons name eval runs as tome eval's --name
-            if not re.search(r"(?<![\w-])(eval-)?" + re.escape(name) + r"(?![\w-])", text):
+            # comparisons name an eval run by tome eval's --name, without the file's `eval-`
+            if run["stem"] not in named and run["stem"].removeprefix("eval-") not in named:
                 old.append(run["stem"])
     return old
 
