@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 ARCHIVE = RESULTS / "archive"
 COMPANION = re.compile(r"\.(json|md|questions\.jsonl)$|-accuracy\.png$|-depth-\w+\.png$")
+METRICS = ("accuracy", "evidence_recall", "recall", "needle_recall", "recall_exact", "prefill_tok_s", "rate")
 BRACES = re.compile(r"([\w.-]*)\{([^{}]*)\}([\w.-]*)")
 
 
@@ -78,7 +79,7 @@ def headline(run: dict[str, Any]) -> str:
     if "seconds_to_resume" in first:
         return "; ".join(f"{r['scenario']}: lost {r['lost']}, duplicated {r['duplicated']}" for r in rows[:4])
     if "baseline_seconds" in first and "parser" in first:
-        r = max(rows, key=lambda r: r["pages"])
+        r = max(rows, key=lambda r: (r["pages"], r.get("speedup") or 0))
         base = f"{r['baseline_parser']} {r['baseline_seconds']:.2f} s"
         return f"{r['scenario']}: {r['parser']} {r['seconds']:.2f} s vs {base}"
     if "config" in first and "evidence_recall" in first:
@@ -87,7 +88,7 @@ def headline(run: dict[str, Any]) -> str:
             by[r["config"]].append(r)
         return "; ".join(f"{c}: evidence recall {_num(_mean(rs, 'evidence_recall'), 2)}" for c, rs in by.items())
     if "baseline_accuracy" in first and "accuracy" in first:
-        label = first.get("compressor") or run.get("measured") or "new"
+        label = first.get("compressor") or run.get("measured") or run["benchmark"]
         rows = [r for r in rows if r.get("task") == "all"] or rows  # eval_pair's totals, where it wrote them
         a, b = _num(_mean(rows, "accuracy")), _num(_mean(rows, "baseline_accuracy"))
         return f"{label}: accuracy {a} vs baseline {b} over {sum(r.get('n') or 1 for r in rows)} answers"
@@ -102,6 +103,13 @@ def headline(run: dict[str, Any]) -> str:
             extra = f" (evidence recall {recall:.2f})" if recall is not None else ""
             parts.append(f"{strategy} {_num(_mean(rs, 'accuracy'))}{extra}")
         return "accuracy " + ", ".join(parts)
+    metric = next((m for m in METRICS if isinstance(first.get(m), int | float)), None)
+    key = next((k for k, v in first.items() if isinstance(v, str)), None)
+    if metric and key:
+        by = defaultdict(list)
+        for r in rows:
+            by[r.get(key)].append(r)
+        return f"{metric} by {key}: " + ", ".join(f"{k} {_num(_mean(rs, metric))}" for k, rs in list(by.items())[:5])
     return f"{len(rows)} rows of {', '.join(list(first)[:4])}"
 
 
