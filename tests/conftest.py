@@ -24,6 +24,24 @@ def native_engine():
 
 
 @pytest.fixture(scope="session")
+def single_thread_engine():
+    """The native engine with torch on one thread (for the harness's generators; one thread is the faster choice
+    on a busy CPU, and torch's thread count is per process, so every test after it runs on one thread too)."""
+    from engines import create_engine
+    from service.settings import Settings
+
+    return create_engine(Settings().engine_config(kind="native", threads=1))
+
+
+@pytest.fixture(scope="session")
+def float32_engine():
+    """The native engine on CPU in float32: for checks that compare scores or logits exactly."""
+    from engines import EngineConfig, create_engine
+
+    return create_engine(EngineConfig(kind="native", device="cpu", dtype="float32"))
+
+
+@pytest.fixture(scope="session")
 def vllm_engine():
     from engines import create_engine
     from service.settings import Settings
