@@ -1,4 +1,4 @@
-.PHONY: setup test test-slow test-faults lint
+.PHONY: setup test test-slow test-faults lint results-index
 setup:
 	scripts/setup.sh
 lint:
@@ -11,3 +11,6 @@ test-slow:
 # Fault suite on the real stack (workers SIGKILLed, racing, Redis restarted, receiver down): minutes.
 test-faults:
 	.venv/bin/pytest -q -m faults
+# bench/results/README.md from the result files; --archive first moves superseded runs to bench/results/archive/.
+results-index:
+	PYTHONPATH=. .venv/bin/python -m bench.index

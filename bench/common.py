@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,15 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def write_results(
-    name: str, benchmark: str, model: str, rows: list[dict[str, Any]], folder: Path = RESULTS, **extra: Any
+    name: str, title: str, model: str, rows: list[dict[str, Any]], folder: Path = RESULTS, **extra: Any
 ) -> Path:
+    """`benchmark` is the running script's name and `command` how it was run, so bench/index.py can say both."""
     folder.mkdir(parents=True, exist_ok=True)
+    script = Path(sys.argv[0])
     doc = {
-        "benchmark": benchmark,
+        "benchmark": script.stem,
+        "title": title,
+        "command": " ".join(["python -m bench." + script.stem, *sys.argv[1:]]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "machine": extra.pop("machine", None) or machine(),
@@ -33,7 +38,7 @@ def write_results(
 
 def markdown_table(doc: dict[str, Any]) -> str:
     rows = doc["rows"]
-    head = f"# {doc['benchmark']}\n\n{doc['date']} · commit {doc['commit']} · {doc['machine']} · {doc['model']}\n\n"
+    head = f"# {doc['title']}\n\n{doc['date']} · commit {doc['commit']} · {doc['machine']} · {doc['model']}\n\n"
     if not rows:
         return head + "(no rows)\n"
     cols = list(rows[0])

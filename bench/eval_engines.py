@@ -35,7 +35,7 @@ def write(rows: list[dict], first: str) -> None:
         key = (r["task"], r["length"], r["seed"])
         r["speedup_vs_" + first] = round(base[key] / r["seconds"], 2) if key in base else None
     doc = {
-        "benchmark": "eval-engines",
+        "benchmark": "eval_engines",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "machine": machine(),

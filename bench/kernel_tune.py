@@ -7,7 +7,6 @@ Run: python -m bench.kernel_tune [--lengths 131072 262144] [--dims 128 64]
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from functools import partial
 
@@ -72,7 +71,6 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 64])
     ap.add_argument("--full", type=int, default=65536)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--old", action="store_true", help="also time bench/kernel_tune_old.py (a saved earlier kernel)")
     ap.add_argument("--configs", choices=sorted(CONFIG_SETS), help="these configs instead of CONFIGS")
     ap.add_argument(
         "--mix", type=float, nargs="*", help="indexes VerticalSlash(smooth=SMOOTH, spread=True, mix=MIX), not top-k"
@@ -81,10 +79,6 @@ def main() -> None:
     ap.add_argument("--profile-index", action="store_true", help="also print the index's CUDA kernels, by time")
     args = ap.parse_args()
     indexes = [VerticalSlash(smooth=w, spread=True, mix=m) for w in args.smooth for m in args.mix or []] or [VS]
-    try:
-        old = importlib.import_module("bench.kernel_tune_old") if args.old else None
-    except ImportError:
-        old = None
     lines = []
     t0 = time.time()
 
@@ -101,10 +95,6 @@ def main() -> None:
         del kv
         slash = torch.arange(length, device="cuda").expand(1, HQ, -1)
         say(f"full d={d} L={length}: sdpa {sdpa:.2f} ms")
-        if old is not None:
-            lay = old.vertical_slash_layout(slash[..., :1], slash, length)
-            t = gpu_ms(partial(old.vertical_slash_attention, q, k, v, lay), args.reps)
-            say(f"  old (64,64,4,3): {t:.2f} ms  sdpa/triton {sdpa / t:.3f}")
         configs = CONFIG_SETS[args.configs] if args.configs else CONFIGS[d]
         dense = vertical_slash_attention(q, k, v, vertical_slash_layout(slash[..., :1], slash, length))
         for bm, bn, w, s, pipe, ws in configs:
@@ -137,14 +127,6 @@ def main() -> None:
                     say(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
                 rows_at = torch.linspace(length // 4, length - 1, 48, device="cuda").long()
                 say(f"topical d={d} L={length}: sdpa {sdpa:.1f} ms, estimate {est:.2f} ms, {index}")
-                if old is not None:
-                    lay = old.vertical_slash_layout(vertical, slash, length)
-                    t = gpu_ms(partial(old.vertical_slash_attention, q, k, v, lay), args.reps)
-                    lt = gpu_ms(partial(old.vertical_slash_layout, vertical, slash, length), args.reps)
-                    say(
-                        f"  old (64,64,4,3): kernel {t:.2f} layout {lt:.2f} chunks {lay.chunk_count.float().mean():.1f}"
-                        f" speedup {sdpa / (t + lt + est):.2f}"
-                    )
                 done_recall = set()
                 for bm, bn, w, s, pipe, ws in configs:
                     for greedy in (True, False):

@@ -27,6 +27,7 @@ from bench.common import write_results  # noqa: E402
 from bench.memory_needles import KEYS, needle, question  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
 from engines.types import Task  # noqa: E402
+from evals.corpus import CORPUS_DIR  # noqa: E402
 from memory.memagent import MemAgent  # noqa: E402
 from memory.spans import split_sentences  # noqa: E402
 
@@ -57,7 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=8, help="updates per probe kind")
     p.add_argument("--kinds", nargs="+", default=["retention", "recall", "noise", "recall_multikey"])
-    p.add_argument("--haystack", default="/work/shared/data/corpus/thoreau_walden_and_civil_disobedience.txt")
+    p.add_argument("--haystack", default=str(CORPUS_DIR / "thoreau_walden_and_civil_disobedience.txt"))
     p.add_argument("--name", default="memagent_steps")
     args = p.parse_args()
 

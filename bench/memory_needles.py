@@ -25,6 +25,7 @@ from bench.common import RESULTS, write_results  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
 from engines.settings import Settings  # noqa: E402
 from engines.types import Document, Task  # noqa: E402
+from evals.corpus import CORPUS_DIR  # noqa: E402
 from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
 from memory.rag import Rag, RagConfig  # noqa: E402
 from workflows.registry import build_strategies, get_strategy  # noqa: E402
@@ -75,7 +76,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["niah_single", "niah_multikey", "niah_multiquery"])
     p.add_argument("--strategies", nargs="+", default=["memagent", "rag", "full"])
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--haystack", default="/work/shared/data/corpus/thoreau_walden_and_civil_disobedience.txt")
+    p.add_argument("--haystack", default=str(CORPUS_DIR / "thoreau_walden_and_civil_disobedience.txt"))
     p.add_argument("--name", default="memory_needles")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--commit", default=None, help="the code's commit, where the checkout is not a git clone of it")

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_results  # noqa: E402
 from bench.memory_needles import make_sample, needle  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
+from evals.corpus import CORPUS_DIR  # noqa: E402
 from memory.rag import Rag, RagConfig  # noqa: E402
 
 CONFIGS = {  # name: (passage word pieces, unit tokens, read tokens; None = all the context)
@@ -36,7 +37,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["niah_single", "niah_multikey"])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS))
     p.add_argument("--n", type=int, nargs="+", default=[4, 2], help="samples per length (one number, or one each)")
-    p.add_argument("--haystack", default="/work/shared/data/corpus/thoreau_walden_and_civil_disobedience.txt")
+    p.add_argument("--haystack", default=str(CORPUS_DIR / "thoreau_walden_and_civil_disobedience.txt"))
     p.add_argument("--name", default="rag_retrieval")
     args = p.parse_args()
 

@@ -1,14 +1,12 @@
 """Choosing GemFilter's layer r per model, on synthetic needle data, and remembering the choice.
 
-The GemFilter paper fixes r by hand per model (13 of 32 layers for Llama-3.1-8B) and leaves open how to
-choose it. Here one forward pass per sample over a haystack with a planted "magic number" probes every
-layer at once. A layer's recall is measured with the selection rule gemfilter uses: with sentence units (the
-default) whether the needle's sentence is among the units kept in `keep` of the context, with single tokens the
-share of the number's tokens kept (`keep` = 1024 of an 8K chunk by default, GemFilter's setting). The
-cheapest layer whose recall is within `tolerance` of the best wins (fewer layers = faster selection).
-Calibrate at the length of a scoring chunk: which layer singles out a needle depends on how far it sits from the
-question. SmolLM2's layer chosen on 3000-token samples by token recall (22) lost needles at the start of 8K
-chunks that the layer chosen on 8K samples by sentence recall (19) keeps (bench/results/gemfilter-layer-128k.md).
+The GemFilter paper fixes r by hand per model and leaves open how to choose it. Here one forward pass per sample
+over a haystack with a planted "magic number" probes every layer at once. A layer's recall is scored by the
+selection rule gemfilter uses: with sentence units (the default) whether the needle's sentence is among the units
+kept in `keep` of the context, with single tokens the share of the number's tokens kept (`keep` = 1024 of an 8K
+chunk by default, GemFilter's setting). The cheapest layer whose recall is within `tolerance` of the best wins
+(fewer layers = faster selection). Calibrate at the length of a scoring chunk: which layer singles out a needle
+depends on how far it sits from the question, so short samples pick a layer that loses needles at a chunk's start.
 compressors/layer_store.py keeps the result per model.
 """
 

@@ -1,43 +1,26 @@
-"""`gemfilter`: pick the context tokens an early layer attends to, then answer from those alone.
+"""`gemfilter`: pick the context an early layer attends to, then answer from that alone.
 
-GemFilter (arXiv 2409.17422): run only the first r layers over context + question, score every context
-token by the attention the last prompt position pays it (summed over heads, smoothed), keep the top k
-in document order and run the full model on that short text. With SmolLM2 the last position alone
-finds planted needles poorly; averaging the attention of every prompt position after the context
-(the question and the answer cue) finds them far more often (bench/results/gemfilter-queries.md), so
-that is the default (`queries="question"`); `queries="last"` is the paper's rule.
-Documents longer than the model's context are scored chunk by chunk (each chunk with the question, in
-the same prompt the answer uses); while the survivors of a round exceed k they are scored again as a new,
-shorter document, so any length works at linear cost. The kept text is returned as evidence spans a
-person can read. Survivors are laid out for the next round by their score, best last (`survivor_order="score"`):
-they are a bag of sentences from many chunks, and in document order a needle from the document's start sat
-farthest from the question among the other chunks' winners and was dropped there (3 of 4 such needles at 128K).
+GemFilter (arXiv 2409.17422): run only the first r layers over context + question, score the context by the
+attention the question pays it, keep the best k tokens and run the full model on that short text. Here:
 
-What is kept whole is a sentence by default (`unit="sentence"`, `unit="token"` is the paper's rule). Kept
-one by one, the best tokens of a long document are a text of fragments: re-scored in the next round and read
-by the answering model, a needle comes out cut (half a UUID) or lost among them. Whole sentences keep an
-identifier complete and stay readable in every round. A sentence scores the mean of its `unit_top` best word
-tokens (tokens holding a letter or digit): SmolLM2's early layers park much of their attention on line
-breaks and full stops whatever the question, so a sentence's single best token, or a moving average
-across a line break, mostly measures its punctuation. Sentences are taken best first while they fit in k.
-At 128K this answered 0.575 of held-out needles against 0.35 for single tokens on the same questions
-(bench/results/gemfilter-units-128k.md).
-Which layer scores matters more than how: r is calibrated per model (compressors/calibration.py) at the length
-of a scoring chunk and by the sentence rule above. SmolLM2's layer 22, chosen on 3000-token samples by token
-recall, lost most needles in real prose (and any at the start of an 8K chunk, far from the question); layer 19,
-chosen on 8K samples by sentence recall, keeps the needle's sentence in 39 of 40 held-out 128K questions and
-answers 0.75 against 0.575 (bench/results/gemfilter-layer-128k.md); the misses left are misreads of the kept text
-by the answering model.
-`contrast` (the default) scores the question's attention relative to what the same prompt without a question
-attends to (recency and punctuation cancel); one shared pass over the chunk serves both prompts. On 40 fresh 128K
-questions it answered 0.725 against 0.65 for plain layer-19 scores, at 1.7x the selection time
-(bench/results/gemfilter-contrast-128k-confirm.md); `contrast=False` is the paper's plain ranking.
-The kept spans are read best last (`order="best_last"`): the best-scored span nearest the question, where the
-135M answering model copies from reliably; in document order it misread 8 of 37 questions whose needle it was given
-(5 answering a kept noise sentence). With survivors laid out by score as well, 80 fresh 128K questions answered
-0.90 against 0.7625 for document order in both places (bench/results/gemfilter-reading-128k-fresh-score.md).
-The answer is then checked against the kept text (a copied word with a piece dropped is completed,
-engines.grounding.complete_fragments), as `rag` does.
+- Scoring rows: every prompt position after the context (`queries="question"`: the question and the answer cue);
+  the paper's last position alone (`queries="last"`) finds planted facts far less often with a small model.
+- Units: whole sentences (`unit="sentence"`), each scored by the mean of its `unit_top` best word tokens, taken best
+  first while they fit in k. Early layers park much of their attention on line breaks and full stops whatever the
+  question, so punctuation does not vote; whole sentences keep an identifier complete and stay readable, where the
+  paper's single tokens (`unit="token"`) leave fragments.
+- Contrast (`contrast=True`): the question's attention is scored relative to the same prompt without a question, so
+  recency and punctuation cancel; one shared pass over the chunk serves both prompts (compressors/attention.py).
+- Any length at linear cost: a long document is scored chunk by chunk, each chunk with the question in the prompt
+  the answer uses; while the survivors exceed k they are laid out best last (`survivor_order="score"`) and scored
+  again as a shorter document. In document order a survivor from the document's start would sit farthest from the
+  question among the other chunks' winners.
+- Reading: the kept spans are given best last (`order="best_last"`), next to the question, where a small model copies
+  most reliably; they are the answer's evidence, and a copied word with a piece dropped is completed from them
+  (engines.grounding.complete_fragments), as `rag` does.
+
+The layer r matters most; it is calibrated per model at a scoring chunk's length (compressors/calibration.py).
+Why each choice: compressors/README.md.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ def machine() -> str:
 
 def results(name: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     return {
-        "benchmark": f"eval-{name}",
+        "benchmark": "eval",
+        "title": f"eval-{name}",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         **meta,
@@ -118,7 +119,7 @@ def markdown(doc: dict[str, Any]) -> str:
         head[head.index("length") + 1 : head.index("length") + 1] = ["kind", "split"]
         head[head.index("accuracy") + 1 : head.index("accuracy") + 1] = ["supported", "supported_precision"]
     lines = [
-        f"# {doc['benchmark']}",
+        f"# {doc['title']}",
         "",
         f"{doc['date']} · commit {doc['commit']} · {doc['machine']}",
         f"model {doc['model']} on the {doc['engine']} engine (context {doc['max_context']}) · preset {doc['preset']} · "
@@ -179,7 +180,7 @@ def plot_accuracy(doc: dict[str, Any], path: Path) -> None:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=8)
-    title = f"{doc['benchmark']}: accuracy vs length ({doc['model']}, {doc['engine']}); x at the bottom: does not fit"
+    title = f"{doc['title']}: accuracy vs length ({doc['model']}, {doc['engine']}); x at the bottom: does not fit"
     fig.suptitle(title, fontsize=10)
     fig.supxlabel("length (tokens)", fontsize=9)
     fig.tight_layout()
@@ -245,6 +246,6 @@ def write(name: str, records: Sequence[dict[str, Any]], meta: dict[str, Any], ou
         plot_accuracy({**doc, "rows": sized}, paths[-1])
     for strategy in sorted({r["strategy"] for r in records}):
         path = out_dir / f"eval-{name}-depth-{strategy}.png"
-        if plot_depth(records, strategy, path, doc["benchmark"]):
+        if plot_depth(records, strategy, path, doc["title"]):
             paths.append(path)
     return paths

@@ -7,8 +7,8 @@ Where the file has them, the Document's metadata keeps its structure, with chara
   styles or Markdown `#` headings.
 `Document.locate(offset)` turns an evidence span's start into its page and section.
 
-PDFs are read with pypdfium2 (PDFium): on a generated 600-page PDF it took a fraction of pypdf's time
-(bench/doc_loading.py, bench/results/doc-loading.md); `PDF_PARSER = "pypdf"` switches back.
+PDFs are read with pypdfium2 (PDFium), several times faster than pypdf on long and typeset files
+(bench/doc_loading.py); `PDF_PARSER = "pypdf"` switches back. PDFium is not thread-safe, so a lock guards it.
 """
 
 from __future__ import annotations

@@ -27,6 +27,15 @@ def planted_file(tmp_path_factory: pytest.TempPathFactory, native_engine) -> Pat
     return path
 
 
+@pytest.fixture(scope="module")
+def short_planted_file(tmp_path_factory: pytest.TempPathFactory, native_engine) -> Path:
+    """The same fact in 600 tokens: for claims about the output, not about reading length (each strategy that runs
+    reads the whole of it, and the unanswerable question runs every fallback)."""
+    path = tmp_path_factory.mktemp("docs") / "short.txt"
+    path.write_text(planted_document(native_engine, FACT, tokens=600, depth=0.6))
+    return path
+
+
 @pytest.mark.parametrize("engine", ["native", "vllm"])
 def test_planted_fact_is_answered(planted_file: Path, engine: str) -> None:
     out = tome("ask", str(planted_file), "What was the lighthouse keeper's dog called?", "--engine", engine, "--json")
@@ -44,16 +53,16 @@ def test_planted_fact_is_answered(planted_file: Path, engine: str) -> None:
     assert set(result) == keys and result["unsupported_reply"] is None
 
 
-def test_a_question_the_document_does_not_answer_gets_it_said(planted_file: Path) -> None:
-    out = tome("ask", str(planted_file), "Which country won the 1998 football World Cup final?", "--json")
+def test_a_question_the_document_does_not_answer_gets_it_said(short_planted_file: Path) -> None:
+    out = tome("ask", str(short_planted_file), "Which country won the 1998 football World Cup final?", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     # whatever the model replied, nothing read backs it near what was asked: the answer says so
     assert result["answer"] == "The document does not say." and result["supported"] is False
 
 
-def test_plain_output_has_answer_on_stdout_and_cost_on_stderr(planted_file: Path) -> None:
-    out = tome("ask", str(planted_file), "What was the lighthouse keeper's dog called?")
+def test_plain_output_has_answer_on_stdout_and_cost_on_stderr(short_planted_file: Path) -> None:
+    out = tome("ask", str(short_planted_file), "What was the lighthouse keeper's dog called?")
     assert out.returncode == 0, out.stderr
     assert "biscuit" in out.stdout.lower()
     assert "strategy: full" in out.stderr and "tokens read" in out.stderr

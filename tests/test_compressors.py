@@ -26,7 +26,6 @@ from compressors.gemfilter import (
 )
 from compressors.hard import HardCompression, HardConfig, compress
 from compressors.layer_store import SHIPPED, load_store, model_key, save_entry, stored_layer
-from engines import EngineConfig, create_engine
 from engines.base import Engine, Generation, Message, SamplingParams
 from engines.prompting import answer_overhead
 from engines.segmenting import sentence_spans
@@ -68,8 +67,8 @@ class TextOnlyEngine:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    return create_engine(EngineConfig(kind="native", device="cpu"))
+def engine(native_engine: Engine) -> Engine:
+    return native_engine
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +119,8 @@ def test_hard_keeps_the_relevant_number(engine: Engine, federalist: str) -> None
     assert within(result.tokens, round(0.1 * engine.count_tokens(text)))
 
 
-def test_gemfilter_with_all_layers_equals_plain_attention_ranking() -> None:
-    exact = create_engine(EngineConfig(kind="native", device="cpu", dtype="float32"))
+def test_gemfilter_with_all_layers_equals_plain_attention_ranking(float32_engine: Engine) -> None:
+    exact = float32_engine
     model = exact.hf_model  # type: ignore[attr-defined]
     text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")[:3000]
     task = Task("What is the name of the cruising yawl?")
@@ -187,9 +186,9 @@ def test_units_score_their_best_word_tokens_and_fill_the_budget() -> None:
     assert sorted(u.start for u in best_units(single, scores, 4)) == sorted(scores.topk(4).indices.tolist())
 
 
-def test_gemfilter_contrast_shares_one_context_pass_and_equals_two_separate_passes() -> None:
+def test_gemfilter_contrast_shares_one_context_pass_and_equals_two_separate_passes(float32_engine: Engine) -> None:
     """contrast=True scores the question against a question-less prompt over one KV-cached pass of the context."""
-    exact = create_engine(EngineConfig(kind="native", device="cpu", dtype="float32"))
+    exact = float32_engine
     model = exact.hf_model  # type: ignore[attr-defined]
     text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")[:1500]
     before, after = prompt_around(exact, Task("What is the name of the cruising yawl?"))

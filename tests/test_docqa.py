@@ -8,7 +8,6 @@ from itertools import pairwise
 
 import pytest
 
-from engines import EngineConfig, create_engine
 from engines.base import Engine
 from engines.types import Answer, Evidence
 from evals.corpus import HELD_OUT_DOCS, read_text
@@ -18,8 +17,8 @@ from evals.tasks.docqa import KINDS, WHOLE, asked, docqa_items
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    return create_engine(EngineConfig(kind="native", threads=1))
+def engine(single_thread_engine: Engine) -> Engine:
+    return single_thread_engine
 
 
 def test_every_item_is_checked_against_its_text() -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from engines import EngineConfig, create_engine
 from engines.base import Engine
 from engines.prompting import answer_overhead
 from engines.types import Answer, Evidence
@@ -25,8 +24,8 @@ NEEDLE_TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiqu
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    return create_engine(EngineConfig(kind="native", threads=1))
+def engine(single_thread_engine: Engine) -> Engine:
+    return single_thread_engine
 
 
 @pytest.mark.parametrize("task", TASKS)

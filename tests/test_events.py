@@ -17,49 +17,17 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from service.store import Store
-from tests.test_service import (  # noqa: F401  (pytest fixtures)
-    ALICE,
-    BOB,
-    Worker,
-    database,
-    qa_job,
-    serve,
-    settings_from,
-    wait_for,
-    workers,
-)
+from tests.helpers import ALICE, BOB, Worker, flushed, private_home, qa_job, serve, settings_from, stack_env, wait_for
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
-def private_home(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A TOME_HOME of the test's own (rag's local Qdrant folder admits one process, and another run on the host
-    may hold the default one) that shares the usual home's converted models."""
-    from engines.settings import Settings
-
-    home = tmp_path_factory.mktemp("tome-home")
-    models = Settings().home / "models"
-    if models.is_dir():
-        (home / "models").symlink_to(models, target_is_directory=True)
-    return str(home)
-
-
 @pytest.fixture(scope="module")
-def env(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:  # noqa: F811
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield {
-        "TOME_HOME": private_home(tmp_path_factory),
-        "TOME_DATABASE_URL": database,
-        "TOME_REDIS_URL": REDIS_URL,
-        "TOME_API_KEYS": f"alice:{ALICE},bob:{BOB}",
-        "TOME_WEBHOOK_RETRY_DELAYS": "[0.5, 1, 2]",
-        "TOME_THREADS": "1",
-    }
-    client.flushdb()
+def env(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[dict[str, str]]:
+    with flushed(REDIS_URL):
+        yield stack_env(database, REDIS_URL, private_home(tmp_path_factory), TOME_WEBHOOK_RETRY_DELAYS="[0.5, 1, 2]")
 
 
 def read_events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -146,7 +114,7 @@ def test_progress_reaches_the_client_within_a_second(idle_api: tuple[str, Store]
 
 def test_events_follow_a_real_job(
     env: dict[str, str],
-    workers: list[Worker],  # noqa: F811
+    workers: list[Worker],
 ) -> None:
     base, server = serve(settings_from(env))
     try:

@@ -11,7 +11,6 @@ from compressors.soft.data import Example
 from compressors.soft.gist import GIST, PREFIX, RAW, SHIPPED, TAIL, GistConfig, GistModel, gist_mask, layout
 from compressors.soft.gist_strategy import Gist, GistStrategyConfig
 from compressors.soft.gist_train import gist_step
-from engines import EngineConfig, create_engine
 from engines.base import Engine
 from engines.prompting import prompt_around
 from engines.types import Document, Task
@@ -22,11 +21,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    home = tmp_path_factory.mktemp("tome-home")
-    (home / "models").symlink_to(EngineConfig().home / "models")
+def engine(float32_engine: Engine) -> Engine:
     # float32: bf16 matmuls are several times slower on CPUs without bf16 units, and the equivalence check is exact.
-    return create_engine(EngineConfig(kind="native", device="cpu", home=home, dtype="float32"))
+    return float32_engine
 
 
 @pytest.fixture(scope="module")

@@ -15,29 +15,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import redis
 
 from service import webhooks
 from service.auth import bootstrap_keys, hash_key, key_weakness, new_key
-from service.store import Store, migrate
-from tests.test_service import ALICE, ROOT, SECRET, Receiver, serve
+from service.store import Store
+from tests.helpers import ALICE, ROOT, SECRET, Receiver, api_client, flushed, serve
 
-PG = "postgresql://postgres@127.0.0.1:5432"
-DB_NAME = f"tome_test_guards_{os.getpid()}"
 REDIS_URL = "redis://127.0.0.1:6379/11"
 KEY_SECRET = "a-server-secret-for-the-guard-tests-0123456789"
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}"
-    migrate(url)
-    yield url
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 def settings(database: str, **overrides: Any) -> Any:
@@ -58,12 +43,8 @@ def settings(database: str, **overrides: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def api(database: str) -> Iterator[httpx.Client]:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    base, server = serve(settings(database))
-    with httpx.Client(base_url=base, headers={"X-API-Key": ALICE}, timeout=30) as client:
+    with flushed(REDIS_URL), api_client(settings(database), **{"X-API-Key": ALICE}) as client:
         yield client
-    server.should_exit = True
-    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 def problem(response: httpx.Response, status: int, words: str) -> dict[str, Any]:

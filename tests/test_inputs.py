@@ -4,43 +4,24 @@ stored (rows counted in PostgreSQL before and after). No worker runs; jobs that 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import redis
 
 from service.inputs import clean_filename, unstorable
-from tests.test_service import ALICE, free_port, serve, wait_for  # noqa: F401  (helpers, not fixtures)
+from tests.helpers import ALICE, api_client, flushed
 
-PG = "postgresql://postgres@127.0.0.1:5432"
-DB_NAME = f"tome_test_inputs_{os.getpid()}"
 REDIS_URL = "redis://127.0.0.1:6379/12"
 LIMIT = 64 * 1024
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}"
-    from service.store import migrate
-
-    migrate(url)
-    yield url
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")
 def api(database: str) -> Iterator[httpx.Client]:
     from engines.settings import Settings
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
     settings = Settings(
         database_url=database,
         redis_url=REDIS_URL,
@@ -48,11 +29,8 @@ def api(database: str) -> Iterator[httpx.Client]:
         max_upload_bytes=LIMIT,
         job_queue="parked",  # no worker reads it
     )
-    base, server = serve(settings)
-    with httpx.Client(base_url=base, headers={"X-API-Key": ALICE}, timeout=30) as client:
+    with flushed(REDIS_URL), api_client(settings, **{"X-API-Key": ALICE}) as client:
         yield client
-    server.should_exit = True
-    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 def counts(database: str) -> tuple[int, int, int]:

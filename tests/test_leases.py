@@ -5,37 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import text
 
 from service.auth import hash_key
 from service.leases import FencedCheckpointer, Lease, LeaseLost, Sweeper
 from service.schemas import JobCreate
-from service.store import Run, Store, migrate
-
-PG = "postgresql://postgres@127.0.0.1:5432"
-DB_NAME = f"tome_test_leases_{os.getpid()}"
+from service.store import Run, Store
 
 
 @pytest.fixture(scope="module")
-def store() -> Iterator[Store]:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}"
-    migrate(url)
-    store = Store(url)
+def store(database: str) -> Iterator[Store]:
+    store = Store(database)
     yield store
     store.db_engine.dispose()
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

@@ -9,197 +9,64 @@ the cancel test then uses.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-import redis
-import uvicorn
 from standardwebhooks.webhooks import Webhook
 
 from service.auth import hash_key
 from service.schemas import JobCreate
 from service.store import Store
-
-ROOT = Path(__file__).resolve().parents[1]
-PG = "postgresql://postgres@127.0.0.1:5432"
-DB_NAME = f"tome_test_service_{os.getpid()}"
-REDIS_URL = "redis://127.0.0.1:6379/14"
-ALICE, BOB = "alice-test-key-0123456789", "bob-test-key-0123456789ab"
-SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
-# About 200 tokens: jobs over it take seconds with SmolLM2 on a CPU.
-DOC = (
-    "The lighthouse keeper of Saint Brell was a woman named Orla Venn. Every evening she climbed the one hundred "
-    "and twelve steps of the tower to light the lamp, and every morning she wrote the weather in a green ledger. "
-    "Her only companion was a grey cat called Pilot, who slept on the warm stones beside the lamp. Supply boats "
-    "came from the harbour town of Keswith on the first day of each month, bringing oil, flour and letters. "
-    "In the winter of the great storm the supply boat was late by nine days, and Orla lived on oatmeal and tea. "
-    "When the boat finally arrived, its captain, a tall man named Edmund Harrow, brought her a new brass telescope."
+from tests.helpers import (
+    ALICE,
+    BOB,
+    DOC,
+    QUESTIONS,
+    SECRET,
+    Receiver,
+    Worker,
+    api_client,
+    flushed,
+    qa_job,
+    serve,
+    settings_from,
+    wait_for,
 )
-QUESTIONS = ["What is the name of the cat?", "Who is the lighthouse keeper?"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Receiver:
-    """A webhook endpoint on localhost that records every delivery; can be started late (down, then up)."""
-
-    def __init__(self, replies: list[tuple[int, dict[str, str]]] | None = None) -> None:
-        self.replies = list(replies or [])  # (status, headers) for the first deliveries; then 204
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.deliveries: list[tuple[dict[str, str], bytes]] = []
-        self.server: ThreadingHTTPServer | None = None
-
-    def start(self) -> Receiver:
-        deliveries, replies = self.deliveries, self.replies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["content-length"]))
-                deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                status, headers = replies.pop(0) if replies else (204, {})
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-    def events(self, secret: str) -> list[dict[str, Any]]:
-        """Every delivery, verified by the reference Standard Webhooks implementation (raises if one is forged)."""
-        verifier = Webhook(secret)
-        return [{"id": h["webhook-id"], **verifier.verify(body, h)} for h, body in list(self.deliveries)]
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}"
-    from service.store import migrate
-
-    migrate(url)
-    yield url
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
 @pytest.fixture(scope="module")
 def env(database: str) -> Iterator[dict[str, str]]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    values = {
-        "TOME_DATABASE_URL": database,
-        "TOME_REDIS_URL": REDIS_URL,
-        "TOME_API_KEYS": f"alice:{ALICE},bob:{BOB}",
-        "TOME_ALLOW_PRIVATE_CALLBACKS": "true",
-        "TOME_MAX_UPLOAD_BYTES": str(64 * 1024),
-        # A lost worker's job comes back when its lease lapses (8 s here), re-queued by a live worker's sweeper; the
-        # broker's redelivery (visibility timeout) is only a last resort, out of these tests' reach.
-        "TOME_LEASE_SECONDS": "8",
-        "TOME_LEASE_SWEEP_INTERVAL": "1",
-        "TOME_BROKER_VISIBILITY_TIMEOUT": "3600",
-        "TOME_BROKER_RESTORE_INTERVAL": "1",
-        "TOME_WEBHOOK_RETRY_DELAYS": "[0.5, 1, 1, 2, 2, 3]",
-        "TOME_WEBHOOK_JITTER": "0.1",
-        "TOME_THREADS": "1",  # on a shared, busy host two spinning OpenMP threads run ~10x slower than one
-    }
-    yield values
-    client.flushdb()
-
-
-def serve(settings: Any) -> tuple[str, uvicorn.Server]:
-    from service.api import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    wait_for(lambda: server.started, 20, "the API to start")
-    return f"http://127.0.0.1:{port}", server
-
-
-def settings_from(env: dict[str, str], **overrides: Any) -> Any:
-    from engines.settings import Settings
-
-    values = {k.removeprefix("TOME_").lower(): v for k, v in env.items()}
-    values["webhook_retry_delays"] = json.loads(values["webhook_retry_delays"])
-    return Settings(**{**values, **overrides})
+    with flushed(REDIS_URL):
+        yield {
+            "TOME_DATABASE_URL": database,
+            "TOME_REDIS_URL": REDIS_URL,
+            "TOME_API_KEYS": f"alice:{ALICE},bob:{BOB}",
+            "TOME_ALLOW_PRIVATE_CALLBACKS": "true",
+            "TOME_MAX_UPLOAD_BYTES": str(64 * 1024),
+            # A lost worker's job comes back when its lease lapses (8 s here), re-queued by a live worker's sweeper; the
+            # broker's redelivery (visibility timeout) is only a last resort, out of these tests' reach.
+            "TOME_LEASE_SECONDS": "8",
+            "TOME_LEASE_SWEEP_INTERVAL": "1",
+            "TOME_BROKER_VISIBILITY_TIMEOUT": "3600",
+            "TOME_BROKER_RESTORE_INTERVAL": "1",
+            "TOME_WEBHOOK_RETRY_DELAYS": "[0.5, 1, 1, 2, 2, 3]",
+            "TOME_WEBHOOK_JITTER": "0.1",
+            "TOME_THREADS": "1",  # on a shared, busy host two spinning OpenMP threads run ~10x slower than one
+        }
 
 
 @pytest.fixture(scope="module")
 def api(env: dict[str, str]) -> Iterator[httpx.Client]:
-    base, server = serve(settings_from(env))
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ALICE}"}, timeout=30) as client:
+    with api_client(settings_from(env), Authorization=f"Bearer {ALICE}") as client:
         yield client
-    server.should_exit = True
-
-
-class Worker:
-    def __init__(self, env: dict[str, str], name: str, log: Path) -> None:
-        self.log = log.open("w")
-        cmd = [sys.executable, "-m", "celery", "-A", "service.celery_app", "worker", "-Q", "cpu,webhooks"]
-        cmd += ["-c", "1", "--pool", "prefork", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
-        cmd += ["--loglevel", "INFO"]
-        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            cmd, env=full_env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool children), as when a host dies."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Worker]]:
-    logs = tmp_path_factory.mktemp("workers")
-    started = [Worker(env, "w1", logs / "w1.log")]
-    yield started
-    for w in started:
-        w.kill()
 
 
 def submit(api: httpx.Client, body: dict[str, Any], key: str | None = None, **headers: str) -> httpx.Response:
@@ -216,10 +83,6 @@ def wait_job(api: httpx.Client, job_id: str, timeout: float, done: Any = None) -
         return job if done(job) else None
 
     return wait_for(check, timeout, f"job {job_id}", every=0.3)
-
-
-def qa_job(**extra: Any) -> dict[str, Any]:
-    return {"text": DOC, "task": {"kind": "qa", "questions": QUESTIONS}, "max_answer_tokens": 8, **extra}
 
 
 def too_long_job(**extra: Any) -> dict[str, Any]:

@@ -20,11 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from bench.pdfgen import Heading, Page, book, make_pdf
-from tests.test_events import private_home
-from tests.test_service import ALICE, BOB, ROOT, Worker, database, free_port, wait_for  # noqa: F401
+from tests.helpers import ALICE, BOB, ROOT, Worker, flushed, free_port, private_home, stack_env, wait_for
 
 pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
@@ -61,17 +59,9 @@ def keeper_pdf() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def env(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:  # noqa: F811
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield {
-        "TOME_HOME": private_home(tmp_path_factory),
-        "TOME_DATABASE_URL": database,
-        "TOME_REDIS_URL": REDIS_URL,
-        "TOME_API_KEYS": f"alice:{ALICE},bob:{BOB}",
-        "TOME_THREADS": "1",
-    }
-    client.flushdb()
+def env(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[dict[str, str]]:
+    with flushed(REDIS_URL):
+        yield stack_env(database, REDIS_URL, private_home(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,9 @@
 """Which segments a question reads raw: compllm's question-aware rate allocation.
 
-A question-agnostic compressor at 2x loses exact values: SmolLM2-135M answers none of the harness's needles
-from 2x vectors, whatever the adapter (bench/results/compress-soft*.md). The few segments that hold an answer
-are cheap to keep whole, though: with the rest compressed at 4x, a third of the document can stay as its own
-tokens in the prompt budget of 2x. Compressed segments stay question-independent, so the content-hash cache
-still serves every question and job; only the choice of raw segments depends on the question.
+A small model reads exact values poorly from compressed vectors, but the few segments that hold an answer are cheap
+to keep whole: with the rest compressed at 4x, a third of the document can stay as its own tokens in the prompt
+budget of 2x. Compressed segments stay question-independent, so the content-hash cache still serves every question
+and job; only the choice of raw segments depends on the question.
 
 Windows of two neighbouring segments are scored as rag scores a passage (memory/rag.py): the embedder's cosine
 to the question plus `lexical_weight` times the IDF-weighted share of the question's words it holds
