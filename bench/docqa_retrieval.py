@@ -58,6 +58,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cand64-win8-r4": {**DOCUMENT_QUESTIONS, "dense_candidates": 64, "second_round": 4},
     # the windows cut to their best sentences (with a neighbour each side)
     "cand64-s6": {**DOCUMENT_QUESTIONS, "dense_candidates": 64, "sentences": 6},
+    # a clear match read alone (plus the second round)
+    "clear06": {**DOCUMENT_QUESTIONS, "clear_margin": 0.6},
     # the windows over a whole-document index (what `shipped` was before dense_candidates)
     "windows-index": {**DOCUMENT_QUESTIONS, "dense_candidates": None},
 }

@@ -94,6 +94,11 @@ class RagConfig:
     # question describes what the first fact names).
     second_round: int = 0
     second_round_terms: int = 4
+    # With `windows`, a question whose best passage scores more than this above the next (a clear match) is read
+    # the unit way instead: its best unit, focused or through the extractor. A templated question naming a rare key
+    # has one, and the small reader copies its value from that far more often than from eight windows; people's
+    # questions rarely have one. None: windows for every question.
+    clear_margin: float | None = None
     # Dense scores for the `dense_candidates` best lexical passages only, embedded when a question first needs them
     # and kept per process (None: the whole document is embedded and indexed before the first question). Needs a
     # lexical score. A 100K-token book is ~900 passages: embedding them all is minutes on one CPU thread, the
@@ -119,6 +124,7 @@ class Retrieved:
     ranked: list[tuple[Span, float]]  # the best scoring units, read or not, best first (what a trace shows)
     index: str  # "built", "reused" or "rebuilt (why)"
     passages: int
+    windows: bool = False  # read as windows (the model reads them itself), else as units
 
 
 class RagInputError(ValueError):
@@ -299,7 +305,9 @@ class Rag:
         retrieved = []
         for q, task in zip(embedder.embed([t.question for t in tasks]), tasks, strict=True):
             passage_scores = self.passage_scores(q, task.question, dense, lexical, embedder, len(spans))
-            if c.windows:  # short windows around the best passages, not whole units
+            top = sorted(passage_scores.values(), reverse=True)[:2]
+            clear = c.clear_margin is not None and (len(top) == 1 or top[0] - top[1] > c.clear_margin)
+            if c.windows and not clear:  # short windows around the best passages, not whole units
                 read = self.best_windows(passage_scores, spans, len(text), per_char, budget)
                 if c.second_round and lexical is not None:
                     # What the first round found names what the question only describes ("the woman who later
@@ -322,7 +330,7 @@ class Rag:
                 if c.sentences:
                     read = self.best_sentences(task.question, q, read, ready, embedder)
                 top = sorted(passage_scores.values(), reverse=True)[: len(read)]
-                retrieved.append(Retrieved(read, [round(x, 4) for x in top], [], built, len(spans)))
+                retrieved.append(Retrieved(read, [round(x, 4) for x in top], [], built, len(spans), windows=True))
                 continue
             scores: dict[int, float] = {}  # a unit scores as its best passage
             best_passage: dict[int, int] = {}
@@ -469,8 +477,9 @@ class Rag:
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
         start = time.perf_counter()
         reader = MemAgent()
-        # Windows are already the few hundred tokens around each match: the model reads them itself.
-        extract = self.config.notes and not self.config.windows and reader.adapter(engine) is not None
+        # Units go through the memory agent's extractor where its adapter is present; windows, already the few
+        # hundred tokens around each match, the model reads itself.
+        extract = self.config.notes and reader.adapter(engine) is not None
         retrieved = self.retrieve(document, tasks, engine, progress, focus=not extract)
         text = document.text
         contexts = ["\n\n".join(text[s:e] for s, e in r.units) for r in retrieved]
@@ -482,8 +491,9 @@ class Rag:
         if extract:
             for i, (r, task) in enumerate(zip(retrieved, tasks, strict=True)):
                 longest = max(engine.count_tokens(text[s:e]) for s, e in r.units)
-                if task.kind != TaskKind.QA or longest > reader.segment_budget([task], engine):
-                    continue  # extractions answer in JSON from the text; a unit too long for one reading step
+                if r.windows or task.kind != TaskKind.QA or longest > reader.segment_budget([task], engine):
+                    continue  # windows are read as they are; extractions answer in JSON from the text; a unit too
+                    # long for one reading step
                 a = reader.run(document, [task], engine, no_progress, segments=r.units)[0]
                 notes[i] = a.details["trace"]
                 if a.evidence:  # the answer came from the sentences the reader kept

@@ -412,3 +412,19 @@ def test_rag_without_an_index_scores_lexical_candidates_and_reads_the_best_sente
     # two sentences with a neighbour on each side, cut from the windows
     assert all(any(a <= s and e <= b for a, b in windows.units) for s, e in focused.units)
     assert tokens(focused) < 300 < tokens(windows)
+
+
+def test_rag_reads_a_clear_match_the_unit_way_and_the_rest_as_windows(native_engine, tmp_path):
+    doc = long_document(native_engine, FACT, 9000, 0.5)
+    config = RagConfig(qdrant_path=tmp_path / "q", windows=8, lexical="bm25", lexical_weight=1.0, dense_candidates=16)
+
+    def retrieved(margin: float | None):
+        return Rag(replace(config, clear_margin=margin)).retrieve(doc, [Task(QUESTION)], native_engine, print)[0]
+
+    windows, units = retrieved(None), retrieved(0.0)  # a margin of 0: any best passage is a clear match
+    assert windows.windows and not units.windows
+    assert len(windows.units) > 1 and windows.ranked == []
+    assert units.ranked  # the unit path ranks units; the fact's unit is read, focused around its best passage
+    at = doc.text.index(FACT)
+    assert any(s <= at < e for s, e in units.units)
+    assert sum(native_engine.count_tokens(doc.text[s:e]) for s, e in units.units) <= RagConfig().focus_tokens + 16
