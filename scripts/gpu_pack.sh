@@ -27,12 +27,12 @@ dl vllm==0.25.0
 DEPS=(regex cachetools psutil blake3 py-cpuinfo msgspec pyzmq cloudpickle cbor2 pybase64 setproctitle
   partial-json-parser diskcache lark==1.2.2 einops depyf==0.20.0 astor dill compressed-tensors==0.17.0
   openai distro jiter httpx httpcore h11 anyio sniffio prometheus_client fastapi==0.136.3 starlette pydantic
-  pydantic_core annotated-types typing-inspection annotated-doc llguidance==1.7.6 xgrammar outlines_core==0.2.14
+  pydantic_core annotated-types typing-inspection annotated-doc xgrammar outlines_core==0.2.14
   lm-format-enforcer==0.11.3 interegular gguf oss-harmony ijson python-json-logger watchfiles xxhash
   aiohttp multidict yarl frozenlist aiosignal propcache aiohappyeyeballs attrs prometheus-fastapi-instrumentator
   opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions opentelemetry-semantic-conventions-ai
   apache-tvm-ffi==0.1.9 tiktoken mistral_common orjson pydantic-extra-types)
-for d in "${DEPS[@]}"; do [ -n "$(ls "$CACHE" | grep -i "^$(echo "${d%%=*}" | tr - _)-" | head -1)" ] || dl "$d"; done
+for d in "${DEPS[@]}"; do [ -n "$(ls "$CACHE" | grep -i "^$(echo "${d%%=*}" | tr - _)-" | head -1)" ] || dl "$d" || echo "no wheel: $d"; done
 
 mkdir -p "$STAGE/site" "$STAGE/wheels"
 unzip -q "$CACHE"/vllm-0.25.0-*.whl -d "$STAGE/site"
@@ -42,7 +42,7 @@ V="$STAGE/site/vllm"
 rm -rf "$V/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$V"/_moe_C*.so "$V"/_flashmla*.so "$V/vllm-rs" \
   "$V/third_party/fmha_sm100" "$V/third_party/deep_gemm/include" "$V/_rust_tool_parser.abi3.so"
 find "$V/third_party/deep_gemm" -name '_C.cpython-3*' ! -name '*312*' -delete
-for d in "${DEPS[@]}"; do cp "$CACHE"/$(ls "$CACHE" | grep -i "^$(echo "${d%%=*}" | tr - _)-" | head -1) "$STAGE/wheels/"; done
+X
 rm -rf "$PACK_DIR"/p*
 tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-19} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
 for f in "$STAGE"/piece.*; do i=${f##*.}; mkdir -p "$PACK_DIR/p$i"; mv "$f" "$PACK_DIR/p$i/piece.$i"; done
