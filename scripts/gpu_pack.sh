@@ -42,7 +42,7 @@ V="$STAGE/site/vllm"
 rm -rf "$V/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$V"/_moe_C*.so "$V"/_flashmla*.so "$V/vllm-rs" \
   "$V/third_party/fmha_sm100" "$V/third_party/deep_gemm/include" "$V/_rust_tool_parser.abi3.so"
 find "$V/third_party/deep_gemm" -name '_C.cpython-3*' ! -name '*312*' -delete
-X
+find "$CACHE" -name '*.whl' ! -name 'vllm-*' -exec cp {} "$STAGE/wheels/" \;
 rm -rf "$PACK_DIR"/p*
 tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-19} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
 for f in "$STAGE"/piece.*; do i=${f##*.}; mkdir -p "$PACK_DIR/p$i"; mv "$f" "$PACK_DIR/p$i/piece.$i"; done
