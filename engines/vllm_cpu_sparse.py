@@ -20,7 +20,9 @@ SPARSE_PREFILLS = {"count": 0}  # fresh prefills the sparse path served in this 
 class SparsePrefillImpl(CPUAttentionBackendImpl):
     config: ClassVar[SparseConfig | None] = None  # None: from TOME_VLLM_SPARSE
 
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(
+        self, layer, query, key, value, kv_cache, attn_metadata, output, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         output = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
         config = self.config or config_from_env()
         if not config.enabled or attn_metadata is None or not attn_metadata.causal:
