@@ -223,6 +223,14 @@ def main() -> None:
         return
     errors: list[str] = []
     args.rows.unlink(missing_ok=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": os.environ.get("TOME_COMMIT") or "unknown",
+        "machine": machine(),
+        "model": "random-weight Llama shapes (load_format=dummy), bf16, eager, prefix caching off",
+    }
+    meta_path = args.rows.with_suffix(".meta.json")
+    meta_path.write_text(json.dumps(meta))  # a run cut off by its time limit still merges
     for spec in args.engines:
         shape, chunk, *only = spec.split(":")
         lengths = [int(x) for x in only[0].split(",")] if only else args.lengths
@@ -237,13 +245,7 @@ def main() -> None:
         if rc != 0:
             errors.append(f"{spec}: exit {rc} (rows it finished are kept)")
     rows = [json.loads(line) for line in args.rows.read_text().splitlines()] if args.rows.exists() else []
-    meta = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": os.environ.get("TOME_COMMIT") or "unknown",
-        "machine": machine(),
-        "model": "random-weight Llama shapes (load_format=dummy), bf16, eager, prefix caching off",
-    }
-    args.rows.with_suffix(".meta.json").write_text(json.dumps({**meta, "errors": errors}))
+    meta_path.write_text(json.dumps({**meta, "errors": errors}))
     try:
         print(write(rows, errors, meta, args.out))
     except Exception:  # the rows file is still there to merge

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# On the GPU host, after the last piece: unpack vLLM, check that it imports with the backend registered, then run
+# bench/vllm_prefill.py with the given arguments and copy its results to $OUT.
+# Usage (repo root there): bash .gpu-pack/code/scripts/gpu_bench.sh I N [bench args...]   (I = -: already unpacked)
+set -uo pipefail
+I=$1; N=$2; shift 2
+[ "$I" = - ] || bash .gpu-pack/code/scripts/gpu_unpack.sh .gpu-pack "$I" "$N" || exit 1
+[ -d /tmp/vllm-site ] || exit 0
+export PYTHONPATH=$PWD/.gpu-pack/code:/tmp/vllm-site PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 HF_HUB_OFFLINE=1
+cd .gpu-pack/code
+python3 -c "import vllm, torch; from engines.vllm_sparse import register; register(); import engines.vllm_flash_sparse; print('vllm', vllm.__version__, torch.__version__, torch.cuda.get_device_name())" 2>&1 | tail -20 || exit 1
+python3 -m bench.vllm_prefill --out "$OUT" --rows "$OUT/rows.jsonl" "$@" 2>&1 | grep -v "^INFO\|it/s\]" | tee "$OUT/log.txt" | tail -150
