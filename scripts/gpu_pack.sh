@@ -44,7 +44,7 @@ rm -rf "$V/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$V"/_moe_C*.so "$V"/_flashmla*.
 find "$V/third_party/deep_gemm" -name '_C.cpython-3*' ! -name '*312*' -delete
 find "$CACHE" -name '*.whl' ! -name 'vllm-*' -exec cp {} "$STAGE/wheels/" \;
 rm -rf "$PACK_DIR"/p*
-tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-19} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
+tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-12} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
 for f in "$STAGE"/piece.*; do i=${f##*.}; mkdir -p "$PACK_DIR/p$i"; mv "$f" "$PACK_DIR/p$i/piece.$i"; done
 du -sh "$PACK_DIR"/p*
 rm -rf "$STAGE"
