@@ -13,7 +13,7 @@ STAGE=$(mktemp -d)
 mkdir -p "$CACHE" "$PACK_DIR"
 # This branch's code as committed, carried on its own (.gpu-pack/code): the device gets the session's main checkout
 rm -rf "$PACK_DIR/code" && mkdir -p "$PACK_DIR/code"
-git -C "$ROOT" archive --format=tar HEAD engines kernels bench scripts pyproject.toml | tar -x -C "$PACK_DIR/code"
+git -C "$ROOT" archive --format=tar HEAD engines kernels scripts pyproject.toml $(git -C "$ROOT" ls-files "bench/*.py") | tar -x -C "$PACK_DIR/code"
 [ -z "${CODE_ONLY:-}" ] || exit 0
 
 dl() { # cp312 manylinux wheels, no dependency resolution: the list below is the resolution
