@@ -209,6 +209,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--rows", type=Path, default=Path("/tmp/vllm-prefill-rows.jsonl"))
     ap.add_argument("--engine-timeout", type=int, default=400)
+    ap.add_argument("--budget-s", type=int, default=3600, help="stop starting engines after this many seconds")
     ap.add_argument("--child", nargs=2, metavar=("SHAPE", "CHUNK"))
     ap.add_argument("--merge", nargs="+", type=Path, help="rows files (with a .meta.json beside each) to write up")
     args = ap.parse_args()
@@ -231,14 +232,19 @@ def main() -> None:
     }
     meta_path = args.rows.with_suffix(".meta.json")
     meta_path.write_text(json.dumps(meta))  # a run cut off by its time limit still merges
+    began = time.time()
     for spec in args.engines:
+        left = args.budget_s - (time.time() - began)
+        if left < 60:
+            errors.append(f"{spec}: not run (out of time)")
+            continue
         shape, chunk, *only = spec.split(":")
         lengths = [int(x) for x in only[0].split(",")] if only else args.lengths
         cmd = [sys.executable, "-m", "bench.vllm_prefill", "--child", shape, chunk, "--rows", str(args.rows)]
         cmd += ["--lengths", *map(str, lengths)]
         t0 = time.time()
         try:
-            rc = subprocess.run(cmd, timeout=args.engine_timeout).returncode
+            rc = subprocess.run(cmd, timeout=min(args.engine_timeout, left)).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
         print(f"engine {spec}: rc {rc} in {time.time() - t0:.0f} s", flush=True)

@@ -9,4 +9,5 @@ I=$1; N=$2; shift 2
 export PYTHONPATH=$PWD/.gpu-pack/code:/tmp/vllm-site PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 HF_HUB_OFFLINE=1
 cd .gpu-pack/code
 python3 -c "import vllm, torch; from engines.vllm_sparse import register; register(); import engines.vllm_flash_sparse; print('vllm', vllm.__version__, torch.__version__, torch.cuda.get_device_name())" 2>&1 | tail -20 || exit 1
+timeout 120 python3 -m bench.vllm_attention --out "$OUT" 2>&1 | grep -v "^INFO" | tail -20
 python3 -m bench.vllm_prefill --out "$OUT" --rows "$OUT/rows.jsonl" "$@" 2>&1 | grep -v "^INFO\|it/s\]" | tee "$OUT/log.txt" | tail -150
