@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU host, after the last piece: unpack vLLM, check that it imports with the backend registered, then run
 # bench/vllm_prefill.py with the given arguments and copy its results to $OUT.
+# The device tool sends the session's main checkout (32 MB) and at most 64 MiB a call, so from here:
+#   PACK_DIR=/work/main/.gpu-pack PY=/work/main/.venv/bin/python scripts/gpu_pack.sh   (/.gpu-pack/ in .git/info/exclude)
+#   calls 1-3, back to back (the machine goes back 30 s after a call), carry [".gpu-pack/pI"]:
+#     mkdir -p /tmp/gpu-pack && cp .gpu-pack/pI/piece.I /tmp/gpu-pack/
+#   call 4, carry [".gpu-pack/p3", ".gpu-pack/code"]: TOME_COMMIT=<hash> bash .gpu-pack/code/scripts/gpu_bench.sh 3 4
 # Usage (repo root there): bash .gpu-pack/code/scripts/gpu_bench.sh I N [bench args...]   (I = -: already unpacked)
 set -uo pipefail
 I=$1; N=$2; shift 2
