@@ -41,7 +41,12 @@ class Settings(BaseSettings):
     vllm_memory_fraction: float = Field(default=0.3, gt=0, le=1, description="in-process vLLM's memory share")
     vllm_enforce_eager: bool = Field(default=True, description="in-process vLLM: skip its ~100 s compile at start")
     vllm_sparse: str = Field(
-        default="vertical_slash", description="kernels/ pattern of the vLLM CUSTOM attention backend's sparse prefill"
+        default="vertical_slash",
+        description="the vLLM CUSTOM attention backend's sparse prefill: `vertical_slash`, `a_shape`, "
+        "`block_sparse`, a per-head JSON (kernels/search.py), or `off` (FlashAttention for everything)",
+    )
+    vllm_sparse_min_tokens: int = Field(
+        default=0, ge=0, description="fresh prefills shorter than this stay dense in the vLLM backend"
     )
     embedder: str = Field(default=DEFAULT_EMBEDDER, description="sentence-transformers model alias or folder")
     qdrant_url: str | None = Field(default=None, description="rag's Qdrant server; unset: local mode in home/qdrant")

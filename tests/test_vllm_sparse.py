@@ -8,7 +8,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in t
 from vllm import LLM, SamplingParams  # noqa: E402
 
 from engines.models import resolve_model  # noqa: E402
-from engines.vllm_sparse import SPARSE_PREFILLS, SparsePrefillImpl, register  # noqa: E402
+from engines.sparse_prefill import SparseConfig  # noqa: E402
+from engines.vllm_cpu_sparse import SPARSE_PREFILLS, SparsePrefillImpl  # noqa: E402
+from engines.vllm_sparse import register  # noqa: E402
 from kernels.patterns import VerticalSlash  # noqa: E402
 
 TEXT = Path(__file__).resolve().parents[1] / "examples" / "heart_of_darkness_opening.txt"
@@ -32,16 +34,17 @@ def test_custom_backend_matches_default_and_runs_sparse_prefill() -> None:
         out = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
         return out.token_ids, out.logprobs[0]
 
-    SparsePrefillImpl.enabled = False  # CPU_ATTN as it ships: the default backend
+    SparsePrefillImpl.config = SparseConfig()  # off: CPU_ATTN as it ships, the default backend
     dense_tokens, dense_first = generate()
-    SparsePrefillImpl.enabled = True
     before = SPARSE_PREFILLS["count"]
-    SparsePrefillImpl.pattern = VerticalSlash()  # MInference's budget covers a short prompt entirely
+    # MInference's budget covers a short prompt entirely
+    SparsePrefillImpl.config = SparseConfig(pattern=VerticalSlash())
     tokens, _ = generate()
     assert SPARSE_PREFILLS["count"] - before == llm.llm_engine.model_config.hf_config.num_hidden_layers
     assert list(tokens) == list(dense_tokens)
 
-    SparsePrefillImpl.pattern = VerticalSlash(vertical=8, slash=16, sink=4, window=16)  # a truly sparse prefill
+    sparse = VerticalSlash(vertical=8, slash=16, sink=4, window=16)
+    SparsePrefillImpl.config = SparseConfig(pattern=sparse)  # a truly sparse prefill
     _, sparse_first = generate()
     top = lambda lp: {t: round(x.logprob, 4) for t, x in lp.items()}  # noqa: E731
     assert top(sparse_first) != top(dense_first)  # the sparse prefill really replaced the dense one

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Pack vLLM 0.25 (pruned to what an H100/H200 prefill needs), the pure-Python wheels it imports and this branch's code
+# into zstd pieces of at most PIECE_MIB each, for a GPU host with torch 2.11 and no network. Each device call carries
+# one piece (the 64 MiB call limit includes the working tree); scripts/gpu_unpack.sh puts them back together there.
+# Usage: PACK_DIR=/path/.gpu-pack scripts/gpu_pack.sh   (PACK_DIR must be git-ignored in the checkout that travels)
+set -euo pipefail
+ROOT=$(git rev-parse --show-toplevel)
+PACK_DIR=${PACK_DIR:-$ROOT/.gpu-pack}
+PIECE_MIB=${PIECE_MIB:-30}
+CACHE=${CACHE:-/tmp/gpuwheels}
+PY=${PY:-python3}
+STAGE=$(mktemp -d)
+mkdir -p "$CACHE" "$PACK_DIR"
+# This branch's code as committed, carried on its own (.gpu-pack/code): the device gets the session's main checkout
+rm -rf "$PACK_DIR/code" && mkdir -p "$PACK_DIR/code"
+git -C "$ROOT" archive --format=tar HEAD engines kernels scripts pyproject.toml $(git -C "$ROOT" ls-files "bench/*.py") | tar -x -C "$PACK_DIR/code"
+[ -z "${CODE_ONLY:-}" ] || exit 0
+
+dl() { # cp312 manylinux wheels, no dependency resolution: the list below is the resolution
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_24_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d "$CACHE" "$@"
+}
+dl vllm==0.25.0
+# What `vllm.LLM` imports for a decoder-only model (found by importing the engine on the CPU build), less what the
+# GPU host has; gpu_unpack.sh installs only the ones missing there.
+DEPS=(regex cachetools psutil blake3 py-cpuinfo msgspec pyzmq cloudpickle cbor2 pybase64 setproctitle
+  partial-json-parser diskcache lark==1.2.2 einops depyf==0.20.0 astor dill compressed-tensors==0.17.0
+  openai distro jiter httpx httpcore h11 anyio sniffio prometheus_client fastapi==0.136.3 starlette pydantic
+  pydantic_core annotated-types typing-inspection annotated-doc xgrammar outlines_core==0.2.14
+  lm-format-enforcer==0.11.3 interegular gguf oss-harmony ijson python-json-logger watchfiles xxhash
+  aiohttp multidict yarl frozenlist aiosignal propcache aiohappyeyeballs attrs prometheus-fastapi-instrumentator
+  opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions opentelemetry-semantic-conventions-ai
+  apache-tvm-ffi==0.1.9 tiktoken mistral_common orjson pydantic-extra-types)
+for d in "${DEPS[@]}"; do [ -n "$(ls "$CACHE" | grep -i "^$(echo "${d%%=*}" | tr - _)-" | head -1)" ] || dl "$d" || echo "no wheel: $d"; done
+
+mkdir -p "$STAGE/site" "$STAGE/wheels"
+unzip -q "$CACHE"/vllm-0.25.0-*.whl -d "$STAGE/site"
+V="$STAGE/site/vllm"
+# Not needed on Hopper for a dense decoder: FA2 (Hopper runs FA3), MoE ops, MLA, SM100 FMHA, the Rust tool parser,
+# DeepGEMM's builds for other Pythons and its CUTLASS headers.
+rm -rf "$V/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$V"/_moe_C*.so "$V"/_flashmla*.so "$V/vllm-rs" \
+  "$V/third_party/fmha_sm100" "$V/third_party/deep_gemm/include" "$V/_rust_tool_parser.abi3.so"
+find "$V/third_party/deep_gemm" -name '_C.cpython-3*' ! -name '*312*' -delete
+find "$CACHE" -name '*.whl' ! -name 'vllm-*' -exec cp {} "$STAGE/wheels/" \;
+rm -rf "$PACK_DIR"/p*
+tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-12} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
+for f in "$STAGE"/piece.*; do i=${f##*.}; mkdir -p "$PACK_DIR/p$i"; mv "$f" "$PACK_DIR/p$i/piece.$i"; done
+du -sh "$PACK_DIR"/p*
+rm -rf "$STAGE"
