@@ -1,8 +1,8 @@
 """Does retrieval put the evidence of people's questions in front of the reader? docqa's evidence recall per
 retrieval configuration, with no generation (the embedder, BM25 and Qdrant local mode only).
 
-Every configuration is `rag`'s own retrieval (memory/rag.py) with some RagConfig fields changed: `shipped` is what
-docqa chose (DOCUMENT_QUESTIONS), `units-coverage` rag's default unit mode (the baseline). Whole documents of the
+Every configuration is `rag`'s own retrieval (memory/rag.py) with some RagConfig fields changed: `shipped` is rag's
+defaults, `units-coverage` rag before docqa (memory.rag.UNITS, the baseline). Whole documents of the
 chosen split (dev for every choice, test for claims).
 
     python bench/docqa_retrieval.py --split test --configs units-coverage shipped --name docqa-retrieval-test
@@ -27,15 +27,23 @@ from engines import EngineConfig, create_engine  # noqa: E402
 from engines.types import Task, no_progress  # noqa: E402
 from evals.metrics import span_recall  # noqa: E402
 from evals.tasks.docqa import WHOLE, docqa  # noqa: E402
-from memory.rag import DOCUMENT_QUESTIONS, Rag, RagConfig  # noqa: E402
+from memory.rag import UNITS, Rag, RagConfig  # noqa: E402
 
-# name: RagConfig changes (the sweep's on top of DOCUMENT_QUESTIONS). Units are measured as the extractor reads
-# them (whole, no `focus` cut).
+# The windows as docqa's dev sweep measured them (before clear_margin and the defaults' change), the sweep's base.
+DOCUMENT_QUESTIONS = {
+    "windows": 8,
+    "second_round": 2,
+    "lexical": "bm25",
+    "lexical_weight": 1.0,
+    "dense_candidates": 32,
+    "clear_margin": None,
+}
+# name: RagConfig changes from its defaults. Units are measured as the extractor reads them (whole, no `focus` cut).
 CONFIGS: dict[str, dict[str, Any]] = {
-    # what docqa chose (memory.rag.DOCUMENT_QUESTIONS), named `shipped` in runs where it was the default
-    "shipped": DOCUMENT_QUESTIONS,
-    # rag's defaults (units read through the extractor, coverage at 0.3): the baseline
-    "units-coverage": {"windows": 0, "second_round": 0, "lexical": "coverage", "lexical_weight": 0.3},
+    # rag's defaults (windows over 32 lexical candidates, a clear match read the unit way)
+    "shipped": {},
+    # rag before docqa (memory.rag.UNITS: units read through the extractor, coverage at 0.3, an index): the baseline
+    "units-coverage": UNITS,
     # the dev sweep that chose the shipped windows (runs before it named the old defaults `current`)
     "bm25": {**DOCUMENT_QUESTIONS, "windows": 0, "second_round": 0, "lexical_weight": 0.3},
     "bm25-fill-u256": {

@@ -1,21 +1,22 @@
 """`rag`: retrieve what a question needs from a document longer than the context, then answer from it.
 
-Passages of at most 128 embedder word pieces, cut at sentence boundaries, are embedded and indexed once per
-document (Qdrant); what else rag derives from a document (its passages, BM25 index, tokens per character) is kept
-per process (`prepared`), so a later question pays only for itself. A passage scores its cosine to the question
-plus a weighted lexical score (engines/lexical.py: stemmed BM25 by default), so paraphrased words and rare names
-both count.
+Passages of at most 128 embedder word pieces, cut at sentence boundaries, score their cosine to the question plus
+a weighted lexical score (engines/lexical.py: stemmed BM25 by default), so paraphrased words and rare names both
+count. By default only the best lexical passages get a dense score (`dense_candidates`), embedded when a question
+first needs them; with `dense_candidates=None` the whole document is embedded and indexed once (Qdrant) and searched.
+What rag derives from a document (passages, BM25 index, embeddings, tokens per character) is kept per process
+(`prepared`), so a later question pays only for itself.
 
-With `windows` (DOCUMENT_QUESTIONS, what docqa measured) the model reads windows: about 256 tokens around each of
-the best passages, joined where they meet and put back in document order. A second round asks again with the
-rarest words of the sentence that best matched the question (the name of what the question only describes), and
-adds windows around what that finds: a multi-hop question's second fact rarely shares the question's words.
+The model reads windows: about 256 tokens around each of the best passages, joined where they meet and put back in
+document order. A second round asks again with the rarest words of the sentence that best matched the question (the
+name of what the question only describes), and adds windows around what that finds: a multi-hop question's second
+fact rarely shares the question's words.
 
-With `windows=0` (the default, tuned on the needle tasks) it reads units instead (LongRAG-style): a few thousand
-tokens of consecutive passages scored by their best passage, a clear match read alone and cut to `focus_tokens`
-around it, the question's rare keys covered (`cover_df`), and, where the memory agent's trained extractor is
-available (`notes`), read through it: it copies the sentences that answer and the answer comes from those (its
-evidence).
+A clear match (`clear_margin`), and every question with `windows=0`, is read as units instead (LongRAG-style): a few
+thousand tokens of consecutive passages scored by their best passage, a clear match read alone and cut to
+`focus_tokens` around it, the question's rare keys covered (`cover_df`), and, where the memory agent's trained
+extractor is available (`notes`), read through it: it copies the sentences that answer and the answer comes from
+those (its evidence).
 
 The answer is then checked against what was read: a small model copying a long rare word often drops a piece
 of it (`solvent-musing` for `insolvent-musing`), so an answer word that is one word of the read text with one
@@ -61,10 +62,9 @@ class RagConfig:
     # embedding blurs still lifts its passage clear of the rest, and a paraphrased question still shares stems with
     # its evidence. 0: dense only. The lexical score: "bm25" (BM25Scorer: stemmed Okapi BM25, normalised to the
     # question's best passage) or "coverage" (LexicalScorer: the IDF-weighted share of the question's words held).
-    # bm25 at weight 1 reached more of docqa's dev evidence than coverage at 0.3 (bench/results/docqa-retrieval-dev*);
-    # the defaults stay the needle-tuned ones until the generated tasks are re-measured (DOCUMENT_QUESTIONS).
-    lexical_weight: float = 0.3
-    lexical: str = "coverage"
+    # bm25 at weight 1 reached more of docqa's dev evidence than coverage at 0.3 (bench/results/docqa-retrieval-dev*).
+    lexical_weight: float = 1.0
+    lexical: str = "bm25"
     # A unit is read only if its score is within this (cosine) of the best unit's; None: fill the read budget.
     focus_margin: float | None = 0.1
     # A unit read alone is cut to about this many tokens of passages around its best one (0: the whole unit): the
@@ -87,23 +87,24 @@ class RagConfig:
     # chosen by the unit fields above). People's questions rarely have one clear match: eight windows of 256 tokens
     # hold more of docqa's dev evidence than three 1K units, in fewer tokens, and a question whose facts sit in
     # several places gets a window at each.
-    windows: int = 0
+    windows: int = 8
     window_tokens: int = 256
     # Windows added by a second round (0: none), asked with the question and the `second_round_terms` rarest words
     # of the sentence of the first round's best passage that shares most words with the question (a multi-hop
     # question describes what the first fact names).
-    second_round: int = 0
+    second_round: int = 2
     second_round_terms: int = 4
     # With `windows`, a question whose best passage scores more than this above the next (a clear match) is read
     # the unit way instead: its best unit, focused or through the extractor. A templated question naming a rare key
     # has one, and the small reader copies its value from that far more often than from eight windows; people's
-    # questions rarely have one. None: windows for every question.
-    clear_margin: float | None = None
+    # questions rarely have one (0.6: every niah_single and 6 of 8 niah_multikey questions at 32K, about one docqa
+    # dev question in six). None: windows for every question.
+    clear_margin: float | None = 0.6
     # Dense scores for the `dense_candidates` best lexical passages only, embedded when a question first needs them
     # and kept per process (None: the whole document is embedded and indexed before the first question). Needs a
     # lexical score. A 100K-token book is ~900 passages: embedding them all is minutes on one CPU thread, the
     # candidates of one question seconds, and the dense score only reorders what BM25 found.
-    dense_candidates: int | None = None
+    dense_candidates: int | None = 32
     # Of the windows found, read only the `sentences` best sentences (cosine + BM25 over the windows' sentences),
     # each with `sentence_context` neighbours on each side, in document order (0: the whole windows). A small
     # reader copies an answer out of a few hundred tokens far more often than out of two thousand.
@@ -112,9 +113,16 @@ class RagConfig:
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 
 
-# What docqa measured for people's questions on real documents (bench/results/docqa-retrieval-{dev,test}.md,
-# eval-docqa-test-rag.md): windows around the best passages, stemmed BM25 at weight 1, a second round.
-DOCUMENT_QUESTIONS = {"windows": 8, "second_round": 2, "lexical": "bm25", "lexical_weight": 1.0, "dense_candidates": 32}
+# rag before docqa, tuned on the needle tasks: units for every question, coverage at weight 0.3, the whole document
+# embedded and indexed first (the baseline of bench/docqa_*.py).
+UNITS = {
+    "windows": 0,
+    "second_round": 0,
+    "lexical": "coverage",
+    "lexical_weight": 0.3,
+    "dense_candidates": None,
+    "clear_margin": None,
+}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from engines.grounding import complete_fragments
 from engines.lexical import LexicalScorer, words
 from engines.types import Document, Task
 from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
-from memory.rag import Rag, RagConfig, RagInputError
+from memory.rag import UNITS, Rag, RagConfig, RagInputError
 from memory.spans import split_sentences
 from tests.conftest import EXAMPLES
 
@@ -34,13 +34,10 @@ def doc16k(native_engine) -> Document:
     return long_document(native_engine, FACT, 16_000, 0.6)
 
 
-# rag's unit mode (windows=0) with the lexical score its needle tests were tuned with
-UNITS = {"windows": 0, "second_round": 0, "lexical": "coverage", "lexical_weight": 0.3}
-
-
 @pytest.fixture
 def rag(tmp_path) -> Rag:
-    return Rag(RagConfig(qdrant_path=tmp_path / "qdrant"))
+    """rag's unit mode over a whole-document index (memory.rag.UNITS): what the index tests need."""
+    return Rag(RagConfig(qdrant_path=tmp_path / "qdrant", **UNITS))
 
 
 # -- pure pieces ---------------------------------------------------------------------------------------------------
@@ -401,7 +398,7 @@ def test_rag_prepares_a_document_once_per_process(native_engine, tmp_path):
 def test_rag_without_an_index_scores_lexical_candidates_and_reads_the_best_sentences(native_engine, tmp_path):
     doc = long_document(native_engine, FACT, 9000, 0.5)
     store = tmp_path / "qdrant"
-    config = RagConfig(qdrant_path=store, windows=8, lexical="bm25", lexical_weight=1.0, dense_candidates=16)
+    config = RagConfig(qdrant_path=store, windows=8, dense_candidates=16, clear_margin=None)
     windows = Rag(config).retrieve(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
     focused = Rag(replace(config, sentences=2)).retrieve(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
     assert windows.index.startswith("none") and not store.exists()  # no whole-document index was built
