@@ -318,23 +318,9 @@ class Rag:
             if c.windows and not clear:  # short windows around the best passages, not whole units
                 read = self.best_windows(passage_scores, spans, len(text), per_char, budget)
                 if c.second_round and lexical is not None:
-                    # What the first round found names what the question only describes ("the woman who later
-                    # helped Darcy"): asked again with the rarest words of the best passage (names, mostly), the
-                    # passage of the other fact ranks.
-                    first = max(passage_scores, key=passage_scores.__getitem__)
-                    asked = words(task.question)
-                    # the passage's sentence that shares most with the question is where the found thing is named
-                    said = max(
-                        split_sentences(text, *spans[first]), key=lambda x: len(words(text[x[0] : x[1]]) & asked)
-                    )
-                    found = sorted(words(text[said[0] : said[1]]) - asked, key=lambda t: (lexical.df[t], t))
-                    again = " ".join([task.question, *found[: c.second_round_terms]])
-                    q2 = embedder.embed([again])[0]
-                    scores2 = self.passage_scores(q2, again, dense, lexical, embedder, len(spans))
-                    fresh = {p: x for p, x in scores2.items() if not any(a <= spans[p][0] < b for a, b in read)}
                     room = budget - sum(int((e - s) * per_char) + 2 for s, e in read)
-                    added = self.best_windows(fresh, spans, len(text), per_char, room, c.second_round)
-                    read = merged(read + added)
+                    again = self.second_round(task.question, passage_scores, read, ready, dense, lexical, embedder)
+                    read = merged(read + self.best_windows(again, spans, len(text), per_char, room, c.second_round))
                 if c.sentences:
                     read = self.best_sentences(task.question, q, read, ready, embedder)
                 top = sorted(passage_scores.values(), reverse=True)[: len(read)]
@@ -373,6 +359,28 @@ class Rag:
                 )
             )
         return retrieved
+
+    def second_round(
+        self,
+        question: str,
+        passage_scores: dict[int, float],
+        read: Sequence[Span],
+        ready: Prepared,
+        dense: PassageIndex | Prepared,
+        lexical: LexicalScorer | BM25Scorer,
+        embedder: Embedder,
+    ) -> dict[int, float]:
+        """Passage scores outside `read` for the question asked again with the rarest words of the sentence of the
+        best passage that shares most words with it. What the first round found names what the question only
+        describes ("the woman who later helped Darcy"): asked with that name, the passage of the other fact ranks."""
+        text, spans = ready.text, ready.spans
+        first = max(passage_scores, key=passage_scores.__getitem__)
+        asked = words(question)
+        said = max(split_sentences(text, *spans[first]), key=lambda x: len(words(text[x[0] : x[1]]) & asked))
+        found = sorted(words(text[said[0] : said[1]]) - asked, key=lambda t: (lexical.df[t], t))
+        again = " ".join([question, *found[: self.config.second_round_terms]])
+        scores = self.passage_scores(embedder.embed([again])[0], again, dense, lexical, embedder, len(spans))
+        return {p: x for p, x in scores.items() if not any(a <= spans[p][0] < b for a, b in read)}
 
     def passage_scores(
         self,
