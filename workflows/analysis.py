@@ -24,9 +24,14 @@ KIND_OF_EVAL_TASK = {
 KINDS = ("lookup", "multihop", "aggregation", "summary", "extract")  # summary and extract: TaskKind's names
 
 # Whole words only, and not inside a hyphenated name: "quietest-relative" is a key, not a question of relations.
+# Each word is written out with its own endings: a bare stem would find "count" in "country" and "every" in
+# "everything". A list asked in plain words names its items in the plural ("Which poets do they cite?", "What
+# names did Huck give?", "the three men from Wapping").
 _AGGREGATION = re.compile(
     r"(?<![-\w])(most (common|frequent|often|used)|how many (times|of)|list (all|every)|all (the|of the)|every|each|"
-    r"count|frequen|recurr|throughout)\w*(?![-\w])",
+    r"counts?|counted|counting|frequen\w*|recurr\w*|throughout|anywhere|by (name|number)|"
+    r"(which|what) (other )?(\w+ ){0,2}(\w+[^s\W']s) (are|were|do|does|did|have|has)|"
+    r"(two|three|four|five|six|seven|eight|nine|ten) (\w+ )?(\w+[^s\W']s))(?![-\w])",
     re.I,
 )
 # "Where is X?" in the present tense asks for X's latest place in a story that moves it (bAbI's tasks 1-3): the
@@ -37,6 +42,14 @@ _MULTIHOP = re.compile(
     r"where (was|were) the .* (now|then)|who (has|holds|is holding|carries)|both|combin|relat)\w*(?![-\w])",
     re.I,
 )
+# People's questions name one fact by another: a person by what they did ("the woman who later helped Darcy"), by
+# kin ("Mrs. Bennet's brother"), or a first clause that sets up the second ("A beetle flew aboard the ship; how far
+# from land was it?").
+_NAMED_BY_ANOTHER = re.compile(
+    r"\bthe (\w+ ){1,3}(who|whom|whose)\b|\w's (brother|sister|wife|husband|daughter|son|father|mother|uncle|aunt|"
+    r"cousin|niece|nephew|friend|servant|master)s?\b|;\s*(who|whom|what|which|where|when|how|in|on|at)\b",
+    re.I,
+)
 
 
 def task_kind(task: Task) -> str:
@@ -44,7 +57,7 @@ def task_kind(task: Task) -> str:
         return TaskKind(task.kind).value  # a Task may carry the plain string
     if _AGGREGATION.search(task.question):
         return "aggregation"
-    if _MULTIHOP.search(task.question):
+    if _MULTIHOP.search(task.question) or _NAMED_BY_ANOTHER.search(task.question):
         return "multihop"
     return "lookup"
 
