@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import types
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,7 @@ def kind_reader_at(commit: str) -> Callable[[Task], str]:
         ["git", "show", f"{commit}:workflows/analysis.py"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     module = types.ModuleType(f"analysis_at_{commit}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up while the file runs
     exec(compile(source, f"{commit}:workflows/analysis.py", "exec"), module.__dict__)  # noqa: S102 - our own file
     return module.task_kind
 
