@@ -13,6 +13,7 @@ here; CI tests this forward on the CPU with the FlashAttention call replaced by 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, ClassVar
 
@@ -73,6 +74,12 @@ def rest_metadata(meta: FlashAttentionMetadata, rest: list[int], query_start_loc
     return dataclasses.replace(meta, **changes)
 
 
+@functools.cache
+def _settings_config() -> SparseConfig:
+    """The settings' pattern, read once per process: a Settings() parse per layer call costs milliseconds a step."""
+    return config_from_settings()
+
+
 class SparsePrefillFlashImpl(FlashAttentionImpl):
     config: ClassVar[SparseConfig | None] = (
         None  # None: from the settings (engines.sparse_prefill.config_from_settings)
@@ -91,11 +98,13 @@ class SparsePrefillFlashImpl(FlashAttentionImpl):
         **kwargs: Any,
     ) -> torch.Tensor:
         dense = super().forward
-        config = self.config or config_from_settings()
-        # Decode-only batches return before any host sync, so CUDA graphs capture them as FlashAttention's own.
+        # Decode-only batches return first, before the settings or any host sync: CUDA graphs capture them as
+        # FlashAttention's own, and a decode step pays nothing for the plugin.
+        if attn_metadata is None or attn_metadata.max_query_len < 2:
+            return dense(layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+        config = self.config or _settings_config()
         if (
-            attn_metadata is None
-            or attn_metadata.max_query_len < max(2, config.min_tokens)
+            attn_metadata.max_query_len < config.min_tokens
             or not config.enabled
             or key is None
             or attn_metadata.causal is not True

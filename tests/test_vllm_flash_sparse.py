@@ -169,12 +169,14 @@ def test_forward_serves_fresh_prefills_sparse_and_the_rest_dense(impl_and_calls,
 
 
 def test_decode_only_batches_never_sync(impl_and_calls, monkeypatch) -> None:
-    """max_query_len 1: FlashAttention's own path, before any .tolist() (CUDA graphs capture it unchanged)."""
+    """max_query_len 1: FlashAttention's own path, before any .tolist() (CUDA graphs capture it unchanged) and before
+    the settings are read (config None: from the settings, which a decode step must not parse)."""
     import engines.vllm_flash_sparse as backend
 
     impl, calls, seqs, fa = impl_and_calls
     query, key, value, meta, want = _batch(fa, seqs)
-    monkeypatch.setattr(backend.SparsePrefillFlashImpl, "config", SparseConfig(pattern=VerticalSlash()))
+    monkeypatch.setattr(backend.SparsePrefillFlashImpl, "config", None)
+    monkeypatch.setattr(backend, "_settings_config", lambda: pytest.fail("settings read on a decode batch"))
     monkeypatch.setattr(backend, "route_batch", lambda *a: pytest.fail("routed (a host sync) on a decode batch"))
     decode = meta.__class__(**{**meta.__dict__, "max_query_len": 1})
     _forward(impl, fa, query, key, value, decode)
