@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,12 @@ def bench_shape(shape: str, length: int) -> list[dict[str, Any]]:
 
     base = timed(flash)
     rows = []
-    for name, pattern in (("vertical_slash", VerticalSlash()), ("a_shape", AShape())):
+    patterns = (
+        ("vertical_slash", VerticalSlash()),
+        ("vertical_slash_smooth", VerticalSlash(smooth=1024)),
+        ("a_shape", AShape()),
+    )
+    for name, pattern in patterns:
         config = SparseConfig(pattern=pattern)
         ms = timed(lambda config=config: sparse_prefill(q, k, v, config, scale))
         rows.append(
@@ -109,18 +115,20 @@ def main() -> None:
     import vllm
 
     doc = {
-        "benchmark": "vLLM sparse backend attention path vs FlashAttention-3 (one layer, fresh prefill)",
+        "benchmark": "vllm_attention",  # the script, as bench/index.py links it
+        "title": "vLLM sparse backend attention path vs FlashAttention-3 (one layer, fresh prefill)",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": os.environ.get("TOME_COMMIT") or "unknown",
         "machine": f"{torch.cuda.get_device_name()}, torch {torch.__version__}, vllm {vllm.__version__}",
         "model": "one attention layer, random bf16 q/k/v",
+        "command": "python -m bench.vllm_attention " + " ".join(sys.argv[1:]),
         "errors": errors,
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vllm-attention.json").write_text(json.dumps(doc, indent=2) + "\n")
     cols = list(rows[0]) if rows else []
-    lines = [f"# {doc['benchmark']}", "", f"{doc['date']} · commit {doc['commit']} · {doc['machine']}", ""]
+    lines = [f"# {doc['title']}", "", f"{doc['date']} · commit {doc['commit']} · {doc['machine']}", ""]
     if cols:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
