@@ -98,20 +98,7 @@ def bench_shape(shape: str, length: int) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    ap.add_argument("--lengths", nargs="+", type=int, default=[32768, 65536, 131072, 262144])
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = ap.parse_args()
-    rows, errors = [], []
-    for shape in args.shapes:
-        for length in args.lengths:
-            try:
-                rows += bench_shape(shape, length)
-            except Exception as e:  # noqa: BLE001 - a failed shape is reported, the others still run
-                errors.append(f"{shape} {length}: {e!r}"[:300])
-            torch.cuda.empty_cache()
+def write(rows: list[dict[str, Any]], errors: list[str], folder: Path) -> None:
     import vllm
 
     doc = {
@@ -125,15 +112,33 @@ def main() -> None:
         "errors": errors,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vllm-attention.json").write_text(json.dumps(doc, indent=2) + "\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vllm-attention.json").write_text(json.dumps(doc, indent=2) + "\n")
     cols = list(rows[0]) if rows else []
     lines = [f"# {doc['title']}", "", f"{doc['date']} · commit {doc['commit']} · {doc['machine']}", ""]
     if cols:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     lines += [f"- error: {e}" for e in errors]
-    (args.out / "vllm-attention.md").write_text("\n".join(lines) + "\n")
+    (folder / "vllm-attention.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    ap.add_argument("--lengths", nargs="+", type=int, default=[32768, 65536, 131072, 262144])
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for shape in args.shapes:
+        for length in args.lengths:
+            try:
+                rows += bench_shape(shape, length)
+            except Exception as e:  # noqa: BLE001 - a failed shape is reported, the others still run
+                errors.append(f"{shape} {length}: {e!r}"[:300])
+            torch.cuda.empty_cache()
+            write(rows, errors, args.out)  # after each shape: a run stopped by its time limit keeps what it measured
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 #   calls 1-2 (I = 0, 1), back to back (the machine goes back 30 s after a call), carry [".gpu-pack/pI"]:
 #     mkdir -p /tmp/gpu-pack && cp .gpu-pack/pI/piece.I /tmp/gpu-pack/
 #   call 3, carry [".gpu-pack/p2", ".gpu-pack/code"]: bash .gpu-pack/code/scripts/gpu_bench.sh 2 3 [bench args]
-#   later calls on the warm machine, carry [".gpu-pack/code"]: ATTENTION=0 bash .gpu-pack/code/scripts/gpu_bench.sh - 3 ...
+#   later calls on the warm machine, carry [".gpu-pack/code"]: ATTENTION_S=0 bash .gpu-pack/code/scripts/gpu_bench.sh - 3 ...
 # Usage (repo root there): bash .gpu-pack/code/scripts/gpu_bench.sh I N [bench args...]   (I = -: already unpacked;
 # no bench args: only the import check and the attention bench). Results name .gpu-pack/code/COMMIT.
 set -uo pipefail
@@ -19,7 +19,9 @@ cd .gpu-pack/code
 LOG=$OUT/log.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
 python3 -c "import vllm, torch; from engines.vllm_sparse import register; register(); import engines.vllm_flash_sparse; print('vllm', vllm.__version__, torch.__version__, torch.cuda.get_device_name())" 2>&1 | tail -30 | tee -a "$LOG" || exit 1
-# ATTENTION=0 skips the one-layer kernel bench (a later call on a warm machine)
-[ "${ATTENTION:-1}" = 0 ] || timeout 150 python3 -m bench.vllm_attention --out "$OUT" 2>&1 | grep -v "^INFO" | tail -30 | tee -a "$LOG"
-[ $# -gt 0 ] || exit 0
-python3 -m bench.vllm_prefill --out "$OUT" --rows "$OUT/rows.jsonl" "$@" 2>&1 | grep -v "^INFO\|it/s\]" | tee -a "$LOG" | tail -150
+# The engine rows first, then the one-layer kernel bench for ATTENTION_S seconds (0: skipped), which writes its
+# results after each shape and length, so a cut-off run keeps what it measured.
+[ $# -eq 0 ] || python3 -m bench.vllm_prefill --out "$OUT" --rows "$OUT/rows.jsonl" "$@" 2>&1 \
+  | grep -v "^INFO\|it/s\]" | tee -a "$LOG" | tail -150
+[ "${ATTENTION_S:-150}" = 0 ] || timeout "${ATTENTION_S:-150}" python3 -m bench.vllm_attention --out "$OUT" \
+  --lengths ${ATTENTION_LENGTHS:-131072 262144 32768 65536} 2>&1 | grep -v "^INFO" | tail -30 | tee -a "$LOG"
