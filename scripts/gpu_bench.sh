@@ -5,7 +5,8 @@
 #   PACK_DIR=/work/main/.gpu-pack PY=python3 scripts/gpu_pack.sh   (/.gpu-pack/ in .git/info/exclude)
 #   calls 1-2 (I = 0, 1), back to back (the machine goes back 30 s after a call), carry [".gpu-pack/pI"]:
 #     mkdir -p /tmp/gpu-pack && cp .gpu-pack/pI/piece.I /tmp/gpu-pack/
-#   call 3, carry [".gpu-pack/p2", ".gpu-pack/code"]: bash .gpu-pack/code/scripts/gpu_bench.sh 2 3 [bench args]
+#   call 3, carry [".gpu-pack/p2", ".gpu-pack/code", ".gpu-pack/tools"]:
+#     bash .gpu-pack/code/scripts/gpu_bench.sh 2 3 [bench args]
 #   later calls on the warm machine, carry [".gpu-pack/code"]: ATTENTION_S=0 bash .gpu-pack/code/scripts/gpu_bench.sh - 3 ...
 # Usage (repo root there): bash .gpu-pack/code/scripts/gpu_bench.sh I N [bench args...]   (I = -: already unpacked;
 # no bench args: only the import check and the attention bench). Results name .gpu-pack/code/COMMIT.
@@ -14,6 +15,8 @@ I=$1; N=$2; shift 2
 [ "$I" = - ] || bash .gpu-pack/code/scripts/gpu_unpack.sh .gpu-pack "$I" "$N" || exit 1
 [ -d /tmp/vllm-site ] || exit 0
 export PYTHONPATH=$PWD/.gpu-pack/code:/tmp/vllm-site PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 HF_HUB_OFFLINE=1
+# FlashInfer is not packed (hundreds of MB); vLLM's sampler imports it unless told not to
+export VLLM_USE_FLASHINFER_SAMPLER=0
 export TOME_COMMIT=${TOME_COMMIT:-$(cat .gpu-pack/code/COMMIT)}
 cd .gpu-pack/code
 LOG=$OUT/log.txt

@@ -58,7 +58,10 @@ find "$V/third_party/deep_gemm" -name '_C.cpython-3*' ! -name '*312*' -delete
 for d in "${DEPS[@]}"; do  # only the wheels named above (the cache may hold others from earlier lists)
   cp "$CACHE/$(wheel "$d")" "$STAGE/wheels/"
 done
-rm -rf "$PACK_DIR"/p*
+rm -rf "$PACK_DIR"/p* "$PACK_DIR/tools"
+# The host has no zstd binary: gpu_unpack.sh decompresses with this wheel, carried uncompressed beside the last piece
+ls "$CACHE"/zstandard-*.whl >/dev/null 2>&1 || dl zstandard
+mkdir -p "$PACK_DIR/tools" && cp "$(ls "$CACHE"/zstandard-*.whl | head -1)" "$PACK_DIR/tools/"
 tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-19} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
 for f in "$STAGE"/piece.*; do i=${f##*.}; mkdir -p "$PACK_DIR/p$i"; mv "$f" "$PACK_DIR/p$i/piece.$i"; done
 du -sh "$PACK_DIR"/p*
