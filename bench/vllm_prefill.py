@@ -102,11 +102,13 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
     from kernels.patterns import AShape, VerticalSlash
 
     register()  # the entry point is not installed on the bench host: fill the CUSTOM slot by hand
+    # With a chunk budget, every full chunk over cached tokens goes sparse too (engines.sparse_prefill.sparse_chunk);
+    # runs before that option (2026-12-07's) served only a prompt's first chunk sparse.
     configs = {
         "flash_attn": SparseConfig(),
-        "vertical_slash": SparseConfig(VerticalSlash()),
-        "vertical_slash_smooth": SparseConfig(VerticalSlash(smooth=1024)),
-        "a_shape": SparseConfig(AShape()),
+        "vertical_slash": SparseConfig(VerticalSlash(), chunk_min_tokens=chunk),
+        "vertical_slash_smooth": SparseConfig(VerticalSlash(smooth=1024), chunk_min_tokens=chunk),
+        "a_shape": SparseConfig(AShape(), chunk_min_tokens=chunk),
     }
     longest = max(lengths)
     llm = LLM(
@@ -132,7 +134,7 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
         params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0, detokenize=False)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        before = STATS["sparse_prefills"]
+        before, chunks_before = STATS["sparse_prefills"], STATS["sparse_chunks"]
         start = time.perf_counter()
         out = llm.generate([prompt], params, use_tqdm=False)[0]
         wall = time.perf_counter() - start
@@ -148,6 +150,7 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
             "decode_tok_s": (max_tokens - 1) / decode_s if decode_s else None,
             "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
             "sparse_layers": STATS["sparse_prefills"] - before,
+            "sparse_chunks": STATS["sparse_chunks"] - chunks_before,
             "tokens": len(out.outputs[0].token_ids),
         }
 
@@ -173,6 +176,8 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
                 "baseline_peak_mem_gb": round(base["peak_mem_gb"], 2),
                 # how many layer calls took the sparse path in this request (layers x fresh-prefill steps)
                 "sparse_layer_calls": r["sparse_layers"],
+                # layer calls that ran a chunk over cached tokens sparse (layers x such chunks)
+                "sparse_chunk_calls": r["sparse_chunks"],
                 "layers": layers,
             }
             print(json.dumps(row), flush=True)
