@@ -74,6 +74,15 @@ def headline(run: dict[str, Any]) -> str:
         best = max(timed, key=lambda r: r["speedup"])
         recall = f", recall {best['recall']:.3f}" if isinstance(best.get("recall"), float) else ""
         return f"best speedup {best['speedup']:.2f}x ({best['kernel']}, {best['length']} tokens{recall})"
+    if timed and "model_shape" in first and "ttft_ms" in first:  # vLLM prefill: each shape's longest one-chunk prompt
+        one = [r for r in timed if not r.get("chunk_tokens")] or timed
+        parts = []
+        for shape in dict.fromkeys(r["model_shape"] for r in one):
+            rs = [r for r in one if r["model_shape"] == shape]
+            longest = max(r["length"] for r in rs)
+            speedups = ", ".join(f"{r['backend']} {r['speedup']:.2f}x" for r in rs if r["length"] == longest)
+            parts.append(f"{shape} {longest // 1024}K TTFT vs {rs[0]['baseline_backend']}: {speedups}")
+        return "; ".join(parts)
     if "p99_ms" in first:
         return "; ".join(f"{r['scenario']}: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms" for r in rows[:3])
     if "seconds_to_resume" in first:

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,12 @@ def bench_shape(shape: str, length: int) -> list[dict[str, Any]]:
 
     base = timed(flash)
     rows = []
-    for name, pattern in (("vertical_slash", VerticalSlash()), ("a_shape", AShape())):
+    patterns = (
+        ("vertical_slash", VerticalSlash()),
+        ("vertical_slash_smooth", VerticalSlash(smooth=1024)),
+        ("a_shape", AShape()),
+    )
+    for name, pattern in patterns:
         config = SparseConfig(pattern=pattern)
         ms = timed(lambda config=config: sparse_prefill(q, k, v, config, scale))
         rows.append(
@@ -92,13 +98,39 @@ def bench_shape(shape: str, length: int) -> list[dict[str, Any]]:
     return rows
 
 
+def write(rows: list[dict[str, Any]], errors: list[str], folder: Path) -> None:
+    import vllm
+
+    doc = {
+        "benchmark": "vllm_attention",  # the script, as bench/index.py links it
+        "title": "vLLM sparse backend attention path vs FlashAttention-3 (one layer, fresh prefill)",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": os.environ.get("TOME_COMMIT") or "unknown",
+        "machine": f"{torch.cuda.get_device_name()}, torch {torch.__version__}, vllm {vllm.__version__}",
+        "model": "one attention layer, random bf16 q/k/v",
+        "command": "python -m bench.vllm_attention " + " ".join(sys.argv[1:]),
+        "errors": errors,
+        "rows": rows,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vllm-attention.json").write_text(json.dumps(doc, indent=2) + "\n")
+    cols = list(rows[0]) if rows else []
+    lines = [f"# {doc['title']}", "", f"{doc['date']} · commit {doc['commit']} · {doc['machine']}", ""]
+    if cols:
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += [f"- error: {e}" for e in errors]
+    (folder / "vllm-attention.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
     ap.add_argument("--lengths", nargs="+", type=int, default=[32768, 65536, 131072, 262144])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
-    rows, errors = [], []
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
     for shape in args.shapes:
         for length in args.lengths:
             try:
@@ -106,26 +138,7 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - a failed shape is reported, the others still run
                 errors.append(f"{shape} {length}: {e!r}"[:300])
             torch.cuda.empty_cache()
-    import vllm
-
-    doc = {
-        "benchmark": "vLLM sparse backend attention path vs FlashAttention-3 (one layer, fresh prefill)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": os.environ.get("TOME_COMMIT") or "unknown",
-        "machine": f"{torch.cuda.get_device_name()}, torch {torch.__version__}, vllm {vllm.__version__}",
-        "model": "one attention layer, random bf16 q/k/v",
-        "errors": errors,
-        "rows": rows,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vllm-attention.json").write_text(json.dumps(doc, indent=2) + "\n")
-    cols = list(rows[0]) if rows else []
-    lines = [f"# {doc['benchmark']}", "", f"{doc['date']} · commit {doc['commit']} · {doc['machine']}", ""]
-    if cols:
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    lines += [f"- error: {e}" for e in errors]
-    (args.out / "vllm-attention.md").write_text("\n".join(lines) + "\n")
+            write(rows, errors, args.out)  # after each shape: a run stopped by its time limit keeps what it measured
 
 
 if __name__ == "__main__":

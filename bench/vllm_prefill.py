@@ -3,12 +3,12 @@
 One vLLM engine per (model shape, chunk budget), in-process (engine core in this process) with random weights
 (`load_format="dummy"`) of a Llama-3.2-1B or Llama-3.1-8B shape; the config is written here with its context extended
 to 256K (max_position_embeddings; plain RoPE at theta 500000: with random weights the rope variant changes no timing).
-The engine runs our CUSTOM backend throughout, and each prompt is served three ways by switching its config:
-`flash_attn` (sparse off: FlashAttention's own forward, the baseline), `vertical_slash` and `a_shape` (fresh prefills on
-our Triton kernel). Per length and backend: time to first token (wall time of a request's prefill and first token,
-minus its decode), decode tokens/s over the next DECODE tokens (vLLM's per-request timestamps) and the process's
-peak GPU memory in that request (weights and the preallocated KV cache included). Eager mode (no CUDA graphs) for all
-backends: an engine start then costs seconds instead of a compile.
+The engine runs our CUSTOM backend throughout, and each prompt is served four ways by switching its config:
+`flash_attn` (sparse off: FlashAttention's own forward, the baseline), `vertical_slash`, `vertical_slash_smooth` and
+`a_shape` (fresh prefills on our Triton kernel). Per length and backend: time to first token (wall time of a request's
+prefill and first token, minus its decode), decode tokens/s over the next DECODE tokens (vLLM's per-request
+timestamps) and the process's peak GPU memory in that request (weights and the preallocated KV cache included). Eager
+mode (no CUDA graphs) for all backends: an engine start then costs seconds instead of a compile.
 
 Each engine runs in a child process, so one that fails (out of memory at 256K, say) costs only its own rows.
 Results: bench/results/vllm-prefill.json and .md.
@@ -50,7 +50,10 @@ SHAPES: dict[str, dict[str, Any]] = {
     },
 }
 CONTEXT = 262144 + 4096  # 256K prompt plus room for the decoded tokens
-BACKENDS = ("flash_attn", "vertical_slash", "a_shape")
+# vertical_slash_smooth: slashes ranked by their score smoothed over 1024 neighbouring offsets (kernels.patterns). With
+# random weights the plain top-k lines are scattered, each costing the kernel a whole key chunk; smoothed, they lie in
+# a few runs (the ranking the kernel benches measured fastest at equal recall).
+BACKENDS = ("flash_attn", "vertical_slash", "vertical_slash_smooth", "a_shape")
 DECODE = 64
 WARMUP_TOKENS = 4096
 RESULTS = Path(__file__).parent / "results"
@@ -99,10 +102,13 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
     from kernels.patterns import AShape, VerticalSlash
 
     register()  # the entry point is not installed on the bench host: fill the CUSTOM slot by hand
+    # With a chunk budget, every full chunk over cached tokens goes sparse too (engines.sparse_prefill.sparse_chunk);
+    # runs before that option (2026-12-07's) served only a prompt's first chunk sparse.
     configs = {
         "flash_attn": SparseConfig(),
-        "vertical_slash": SparseConfig(VerticalSlash()),
-        "a_shape": SparseConfig(AShape()),
+        "vertical_slash": SparseConfig(VerticalSlash(), chunk_min_tokens=chunk),
+        "vertical_slash_smooth": SparseConfig(VerticalSlash(smooth=1024), chunk_min_tokens=chunk),
+        "a_shape": SparseConfig(AShape(), chunk_min_tokens=chunk),
     }
     longest = max(lengths)
     llm = LLM(
@@ -128,7 +134,7 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
         params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0, detokenize=False)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        before = STATS["sparse_prefills"]
+        before, chunks_before = STATS["sparse_prefills"], STATS["sparse_chunks"]
         start = time.perf_counter()
         out = llm.generate([prompt], params, use_tqdm=False)[0]
         wall = time.perf_counter() - start
@@ -144,6 +150,7 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
             "decode_tok_s": (max_tokens - 1) / decode_s if decode_s else None,
             "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
             "sparse_layers": STATS["sparse_prefills"] - before,
+            "sparse_chunks": STATS["sparse_chunks"] - chunks_before,
             "tokens": len(out.outputs[0].token_ids),
         }
 
@@ -169,6 +176,8 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
                 "baseline_peak_mem_gb": round(base["peak_mem_gb"], 2),
                 # how many layer calls took the sparse path in this request (layers x fresh-prefill steps)
                 "sparse_layer_calls": r["sparse_layers"],
+                # layer calls that ran a chunk over cached tokens sparse (layers x such chunks)
+                "sparse_chunk_calls": r["sparse_chunks"],
                 "layers": layers,
             }
             print(json.dumps(row), flush=True)
@@ -183,13 +192,15 @@ def machine() -> str:
 
 
 def write(rows: list[dict[str, Any]], errors: list[str], meta: dict[str, Any], folder: Path) -> Path:
-    doc = {"benchmark": "vLLM prefill: sparse backend vs FlashAttention", **meta, "errors": errors, "rows": rows}
+    # `benchmark` names the script (bench/index.py links it); the title says what was measured
+    title = "vLLM prefill: sparse backend vs FlashAttention"
+    doc = {"benchmark": "vllm_prefill", "title": title, **meta, "errors": errors, "rows": rows}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "vllm-prefill.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     cols = list(rows[0]) if rows else []
     lines = [
-        f"# {doc['benchmark']}",
+        f"# {title}",
         "",
         f"{doc['date']} · commit {doc['commit']} · {doc['machine']} · {doc['model']}",
         "",
@@ -229,6 +240,7 @@ def main() -> None:
         "commit": os.environ.get("TOME_COMMIT") or "unknown",
         "machine": machine(),
         "model": "random-weight Llama shapes (load_format=dummy), bf16, eager, prefix caching off",
+        "command": "python -m bench.vllm_prefill " + " ".join(sys.argv[1:]),
     }
     meta_path = args.rows.with_suffix(".meta.json")
     meta_path.write_text(json.dumps(meta))  # a run cut off by its time limit still merges

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     vllm_sparse_min_tokens: int = Field(
         default=0, ge=0, description="fresh prefills shorter than this stay dense in the vLLM backend"
     )
+    vllm_sparse_chunk_min_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="chunks over cached tokens (chunked prefill, prefix-cache hits) with at least this many new "
+        "tokens run sparse too in the vLLM backend; 0: they stay dense",
+    )
     embedder: str = Field(default=DEFAULT_EMBEDDER, description="sentence-transformers model alias or folder")
     qdrant_url: str | None = Field(default=None, description="rag's Qdrant server; unset: local mode in home/qdrant")
     compllm_cache_url: str | None = Field(

@@ -15,7 +15,7 @@ import torch
 
 from engines.settings import Settings
 from kernels.attention import sparse_attention, vertical_slash_from_index
-from kernels.patterns import PATTERNS, Pattern, VerticalSlash
+from kernels.patterns import PATTERNS, AShape, Pattern, VerticalSlash
 from kernels.search import HeadPatterns, per_head_index
 
 
@@ -26,42 +26,69 @@ class SparseConfig:
     pattern: Pattern | None = None
     heads: HeadPatterns | None = None
     min_tokens: int = 0
+    # A chunk over cached tokens (chunked prefill, a prefix-cache hit) of at least this many new tokens runs sparse
+    # too: its queries against the whole sequence's keys, read from the paged cache. 0: such chunks stay dense.
+    chunk_min_tokens: int = 0
 
     @property
     def enabled(self) -> bool:
         return self.pattern is not None or self.heads is not None
 
+    @property
+    def chunk_threshold(self) -> int | None:
+        """The fewest new tokens a chunk over cached tokens needs to go sparse; None: chunks stay dense. A
+        vertical-slash chunk also needs its estimate's `last_q` queries among its own (the cached ones are not kept);
+        per-head configs and `spread` estimates read queries from the whole prompt, so their chunks stay dense."""
+        if not self.chunk_min_tokens or self.heads is not None or self.pattern is None:
+            return None
+        if isinstance(self.pattern, VerticalSlash):
+            if self.pattern.spread:
+                return None
+            return max(2, self.chunk_min_tokens, self.pattern.last_q)
+        if isinstance(self.pattern, AShape):
+            return max(2, self.chunk_min_tokens)
+        return None  # block_sparse pools query blocks of the whole prompt
+
 
 def config_from_settings(settings: Settings | None = None) -> SparseConfig:
     """The backend's pattern from `vllm_sparse` (vertical_slash, a_shape, block_sparse, off, or a per-head JSON of
-    kernels.search) and `vllm_sparse_min_tokens` (shorter fresh prefills stay dense: the index costs more than it
-    saves). Read in vLLM's engine process, which loads the backend by name: an entry point of its own."""
+    kernels.search), `vllm_sparse_min_tokens` (shorter fresh prefills stay dense: the index costs more than it
+    saves) and `vllm_sparse_chunk_min_tokens` (chunks over cached tokens of at least this many go sparse; 0: none).
+    Read in vLLM's engine process, which loads the backend by name: an entry point of its own."""
     settings = settings or Settings()
     name, min_tokens = settings.vllm_sparse, settings.vllm_sparse_min_tokens
+    chunks = settings.vllm_sparse_chunk_min_tokens
     if name in ("", "off", "dense"):
         return SparseConfig(min_tokens=min_tokens)
     if name in PATTERNS:
-        return SparseConfig(pattern=PATTERNS[name](), min_tokens=min_tokens)
-    return SparseConfig(heads=HeadPatterns.load(Path(name)), min_tokens=min_tokens)
+        return SparseConfig(pattern=PATTERNS[name](), min_tokens=min_tokens, chunk_min_tokens=chunks)
+    return SparseConfig(heads=HeadPatterns.load(Path(name)), min_tokens=min_tokens, chunk_min_tokens=chunks)
 
 
 @dataclass(frozen=True)
 class Route:
-    """A batch split: `sparse` as (sequence, first token row, end row) of fresh prefills; `rest` the other
-    sequences (decode, or a chunk over cached tokens), which stay on the dense paged kernel."""
+    """A batch split: `sparse` as (sequence, first token row, end row) of fresh prefills, `chunks` the same for
+    chunks over cached tokens that go sparse; `rest` the other sequences (decode, short chunks), which stay on the
+    dense paged kernel."""
 
     sparse: list[tuple[int, int, int]] = field(default_factory=list)
     rest: list[int] = field(default_factory=list)
+    chunks: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-def route_batch(query_start_loc: list[int], seq_lens: list[int], min_tokens: int = 0) -> Route:
+def route_batch(
+    query_start_loc: list[int], seq_lens: list[int], min_tokens: int = 0, chunk_threshold: int | None = None
+) -> Route:
     """A sequence goes sparse when all its tokens are new in this step (no cached prefix: query length == sequence
-    length) and it has at least `max(2, min_tokens)` of them."""
+    length) and it has at least `max(2, min_tokens)` of them; with a `chunk_threshold`
+    (SparseConfig.chunk_threshold), a chunk over cached tokens with at least that many new tokens goes sparse too."""
     route = Route()
     for i, seq_len in enumerate(seq_lens):
         s, e = query_start_loc[i], query_start_loc[i + 1]
         if e - s == seq_len and seq_len >= max(2, min_tokens):
             route.sparse.append((i, s, e))
+        elif chunk_threshold is not None and seq_len > e - s >= chunk_threshold:
+            route.chunks.append((i, s, e))
         else:
             route.rest.append(i)
     return route
@@ -107,3 +134,23 @@ def sparse_prefill(
         assert config.pattern is not None
         out = sparse_attention(q, k, v, config.pattern, scale)
     return out[0].transpose(0, 1)
+
+
+def sparse_chunk(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, config: SparseConfig, scale: float, layer: int = 0
+) -> torch.Tensor:
+    """Sparse attention of a chunk's queries, the last n positions of a sequence, over the whole sequence's keys.
+    query [n, Hq, D], key/value [L, Hkv, D] (the cached prefix and the chunk); returns [n, Hq, D].
+
+    The kernel has no query offset yet, so the chunk's queries sit at the end of an [L, Hq, D] block whose cached
+    rows are zeros, and those rows' outputs are dropped: the index reads only the last `last_q` queries (the chunk's
+    own, which SparseConfig.chunk_threshold ensures), and each row attends to its own causal pattern, so the chunk's
+    rows are exactly what a one-shot sparse prefill of the sequence gives them with an index from these queries. The
+    cost is that of a sparse prefill over L rows (L x the pattern's budget), which beats dense attention of the chunk
+    (n x L) once n exceeds the budget (about 7K keys for MInference's vertical-slash default)."""
+    n, length = query.shape[0], key.shape[0]
+    if n == length:
+        return sparse_prefill(query, key, value, config, scale, layer)
+    padded = query.new_zeros((length, *query.shape[1:]))
+    padded[length - n :] = query
+    return sparse_prefill(padded, key, value, config, scale, layer)[length - n :]

@@ -14,6 +14,9 @@ mkdir -p "$CACHE" "$PACK_DIR"
 # This branch's code as committed, carried on its own (.gpu-pack/code): the device gets the session's main checkout
 rm -rf "$PACK_DIR/code" && mkdir -p "$PACK_DIR/code"
 git -C "$ROOT" archive --format=tar HEAD engines kernels scripts pyproject.toml $(git -C "$ROOT" ls-files "bench/*.py") | tar -x -C "$PACK_DIR/code"
+# The commit the results will name (the device copy has no .git); a dirty tree would not be that commit.
+git -C "$ROOT" diff --quiet HEAD -- engines kernels scripts bench || echo "warning: uncommitted changes are not packed"
+git -C "$ROOT" rev-parse HEAD >"$PACK_DIR/code/COMMIT"
 [ -z "${CODE_ONLY:-}" ] || exit 0
 
 dl() { # cp312 manylinux wheels, no dependency resolution: the list below is the resolution
@@ -21,18 +24,28 @@ dl() { # cp312 manylinux wheels, no dependency resolution: the list below is the
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_24_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d "$CACHE" "$@"
 }
-dl vllm==0.25.0
-# What `vllm.LLM` imports for a decoder-only model (found by importing the engine on the CPU build), less what the
-# GPU host has; gpu_unpack.sh installs only the ones missing there.
-DEPS=(regex cachetools psutil blake3 py-cpuinfo msgspec pyzmq cloudpickle cbor2 pybase64 setproctitle
-  partial-json-parser diskcache lark==1.2.2 einops depyf==0.20.0 astor dill compressed-tensors==0.17.0
-  openai distro jiter httpx httpcore h11 anyio sniffio prometheus_client fastapi==0.136.3 starlette pydantic
-  pydantic_core annotated-types typing-inspection annotated-doc xgrammar outlines_core==0.2.14
-  lm-format-enforcer==0.11.3 interegular gguf oss-harmony ijson python-json-logger watchfiles xxhash
-  aiohttp multidict yarl frozenlist aiosignal propcache aiohappyeyeballs attrs prometheus-fastapi-instrumentator
-  opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions opentelemetry-semantic-conventions-ai
-  apache-tvm-ffi==0.1.9 tiktoken mistral_common orjson pydantic-extra-types)
-for d in "${DEPS[@]}"; do [ -n "$(ls "$CACHE" | grep -i "^$(echo "${d%%=*}" | tr - _)-" | head -1)" ] || dl "$d" || echo "no wheel: $d"; done
+ls "$CACHE"/vllm-0.25.0-*.whl >/dev/null 2>&1 || dl vllm==0.25.0
+# What `vllm.LLM` imports for a decoder-only model (found by importing vLLM 0.25's engine, worker and Llama modules
+# under -X importtime on the CPU), less what the GPU host's image has (KINDS.md's package list: aiohttp, anyio,
+# httpx, regex, tiktoken, ...): each piece is at most 30 MiB, and a 4th costs a device call. gpu_unpack.sh installs
+# only the wheels missing there. Left out on purpose: mistral_common (Mistral tokenizers only), outlines_core
+# (a structured-output backend imported on first use), and oss-harmony, an unofficial fork that installs the
+# `openai_harmony` module: vLLM requires openai-harmony, the real one.
+DEPS=(cachetools blake3 msgspec pyzmq cbor2 pybase64 setproctitle partial-json-parser diskcache lark==1.2.2
+  depyf==0.20.0 astor dill compressed-tensors==0.17.0 loguru openai==2.54.0 distro jiter sniffio fastapi==0.136.3
+  starlette pydantic pydantic_core annotated-types typing-inspection xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
+  lm-format-enforcer==0.11.3 interegular gguf openai-harmony ijson python-json-logger watchfiles
+  prometheus-fastapi-instrumentator opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions
+  opentelemetry-semantic-conventions-ai orjson pydantic-extra-types pydantic-settings python-dotenv)
+# Pins, where the newest wheel does not fit: openai 3 needs httpx2 (the host has httpx; vLLM asks openai>=2);
+# xgrammar >0.2.8 and vLLM's own tvm-ffi pin (0.1.9, for FlashInfer, not installed here) disagree, so the pair that
+# imports on the CPU build is used. pydantic-settings and python-dotenv are for engines.settings (Tome's own).
+wheel() { # the cached wheel of a DEPS entry (its pinned version when pinned)
+  local name ver
+  name=$(echo "${1%%=*}" | tr - _); ver=${1#*==}; [ "$ver" != "$1" ] || ver=
+  ls "$CACHE" | grep -i "^$name-$ver" | head -1
+}
+for d in "${DEPS[@]}"; do [ -n "$(wheel "$d")" ] || dl "$d" || echo "no wheel: $d"; done
 
 mkdir -p "$STAGE/site" "$STAGE/wheels"
 unzip -q "$CACHE"/vllm-0.25.0-*.whl -d "$STAGE/site"
@@ -42,9 +55,14 @@ V="$STAGE/site/vllm"
 rm -rf "$V/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$V"/_moe_C*.so "$V"/_flashmla*.so "$V/vllm-rs" \
   "$V/third_party/fmha_sm100" "$V/third_party/deep_gemm/include" "$V/_rust_tool_parser.abi3.so"
 find "$V/third_party/deep_gemm" -name '_C.cpython-3*' ! -name '*312*' -delete
-find "$CACHE" -name '*.whl' ! -name 'vllm-*' -exec cp {} "$STAGE/wheels/" \;
-rm -rf "$PACK_DIR"/p*
-tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-12} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
+for d in "${DEPS[@]}"; do  # only the wheels named above (the cache may hold others from earlier lists)
+  cp "$CACHE/$(wheel "$d")" "$STAGE/wheels/"
+done
+rm -rf "$PACK_DIR"/p* "$PACK_DIR/tools"
+# The host has no zstd binary: gpu_unpack.sh decompresses with this wheel, carried uncompressed beside the last piece
+ls "$CACHE"/zstandard-*.whl >/dev/null 2>&1 || dl zstandard
+mkdir -p "$PACK_DIR/tools" && cp "$(ls "$CACHE"/zstandard-*.whl | head -1)" "$PACK_DIR/tools/"
+tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-19} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
 for f in "$STAGE"/piece.*; do i=${f##*.}; mkdir -p "$PACK_DIR/p$i"; mv "$f" "$PACK_DIR/p$i/piece.$i"; done
 du -sh "$PACK_DIR"/p*
 rm -rf "$STAGE"

@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
 # On the GPU host: append the carried piece to /tmp/gpu-pack, and once all N are there, unpack vLLM into
 # /tmp/vllm-site with the wheels the host lacks. Usage: scripts/gpu_unpack.sh PACK_DIR I N
+# The host has no zstd binary: without one, the pieces are decompressed by the `zstandard` wheel carried in
+# PACK_DIR/tools (gpu_pack.sh puts it there; the last call carries it).
 set -euo pipefail
 PACK_DIR=$1; I=$2; N=$3
+HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p /tmp/gpu-pack
 cp "$PACK_DIR/p$I/piece.$I" /tmp/gpu-pack/
 ls /tmp/gpu-pack
 [ "$(ls /tmp/gpu-pack | wc -l)" -eq "$N" ] || { echo "have $(ls /tmp/gpu-pack | wc -l) of $N pieces"; exit 0; }
 rm -rf /tmp/vllm-site /tmp/gpu-x && mkdir -p /tmp/gpu-x
-cat /tmp/gpu-pack/piece.* | zstd -d -q | tar -x -C /tmp/gpu-x
+if command -v zstd >/dev/null; then
+  unzstd() { zstd -d -q; }
+else
+  python3 -m pip install -q --no-index --no-deps --target /tmp/gpu-zstd "$PACK_DIR"/tools/zstandard-*.whl
+  unzstd() {
+    PYTHONPATH=/tmp/gpu-zstd python3 -c \
+      "import sys, zstandard; zstandard.ZstdDecompressor().copy_stream(sys.stdin.buffer, sys.stdout.buffer)"
+  }
+fi
+cat /tmp/gpu-pack/piece.* | unzstd | tar -x -C /tmp/gpu-x
 mv /tmp/gpu-x/site /tmp/vllm-site
 missing=()
 for w in /tmp/gpu-x/wheels/*.whl; do
@@ -17,4 +29,7 @@ for w in /tmp/gpu-x/wheels/*.whl; do
 done
 echo "installing ${#missing[@]} missing wheels"
 [ ${#missing[@]} -eq 0 ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/vllm-site "${missing[@]}"
+# llguidance: no wheel in vLLM's range for this host; the engine only needs its name (scripts/gpu_stubs)
+python3 -c "import llguidance" 2>/dev/null || PYTHONPATH=/tmp/vllm-site python3 -c "import llguidance" 2>/dev/null \
+  || cp -r "$HERE/gpu_stubs/llguidance" /tmp/vllm-site/
 echo "unpacked: export PYTHONPATH=\$PACK_DIR/code:/tmp/vllm-site"

@@ -131,13 +131,29 @@ class _Layer(torch.nn.Module):
     _q_scale = _k_scale = _v_scale = torch.ones(1)
 
 
-def _forward(impl, fa, query, key, value, meta):
+def _empty_cache(fa) -> torch.Tensor:
     backend = fa.FlashAttentionBackend
     if hasattr(backend, "get_kv_cache_shape"):  # 0.25: [blocks, 2, block, heads, dim]
-        kv_cache = torch.zeros(backend.get_kv_cache_shape(8, BLOCK, HKV, D))
-    else:  # 0.32: K and V side by side in the last dim, split after a transpose
-        kv_cache = torch.zeros(8, HKV, BLOCK, 2 * D)
+        return torch.zeros(backend.get_kv_cache_shape(32, BLOCK, HKV, D))
+    return torch.zeros(32, HKV, BLOCK, 2 * D)  # 0.32: K and V side by side in the last dim, split after a transpose
+
+
+def _filled_cache(fa, seqs) -> torch.Tensor:
+    """The paged cache holding each test sequence's K/V in its blocks, as vLLM leaves it before the attention."""
+    from engines.vllm_flash_sparse import paged_kv
+
+    kv_cache = _empty_cache(fa)
+    key_cache, value_cache = paged_kv(kv_cache, D)
+    for first, (k, v) in seqs.items():
+        for j in range(0, k.shape[0], BLOCK):
+            key_cache[first + j // BLOCK, : k[j : j + BLOCK].shape[0]] = k[j : j + BLOCK]
+            value_cache[first + j // BLOCK, : v[j : j + BLOCK].shape[0]] = v[j : j + BLOCK]
+    return kv_cache
+
+
+def _forward(impl, fa, query, key, value, meta, kv_cache=None):
     output = torch.full((query.shape[0], HQ, D), float("nan"))
+    kv_cache = _empty_cache(fa) if kv_cache is None else kv_cache
     return impl.forward(_Layer(), query, key, value, kv_cache, meta, output)
 
 
@@ -168,13 +184,56 @@ def test_forward_serves_fresh_prefills_sparse_and_the_rest_dense(impl_and_calls,
     torch.testing.assert_close(out[49:], want[49:])
 
 
+def test_route_batch_sends_long_chunks_sparse_when_asked() -> None:
+    qsl, seq_lens = [0, 1, 31, 51, 52], [41, 30, 70, 1]  # decode, fresh 30, a 20-token chunk over 50 cached, fresh 1
+    route = route_batch(qsl, seq_lens, chunk_threshold=20)
+    assert (route.sparse, route.chunks, route.rest) == ([(1, 1, 31)], [(2, 31, 51)], [0, 3])
+    assert route_batch(qsl, seq_lens, chunk_threshold=21).chunks == []
+    vs = VerticalSlash(vertical=4, slash=8, last_q=32)
+    assert SparseConfig(pattern=vs).chunk_threshold is None  # chunks stay dense unless asked
+    assert SparseConfig(pattern=vs, chunk_min_tokens=8).chunk_threshold == 32  # the estimate reads the chunk's own
+    assert SparseConfig(pattern=AShape(), chunk_min_tokens=8).chunk_threshold == 8
+    assert SparseConfig(pattern=VerticalSlash(spread=True), chunk_min_tokens=8).chunk_threshold is None
+    assert config_from_settings(Settings(vllm_sparse_chunk_min_tokens=8192)).chunk_min_tokens == 8192
+
+
+def test_forward_serves_long_chunks_sparse_from_the_paged_cache(impl_and_calls, monkeypatch) -> None:
+    """A chunk over cached tokens reads the whole sequence's K/V from the paged cache and runs the sparse path;
+    FlashAttention sees the decode alone. Its rows are what a one-shot sparse prefill of the sequence gives them."""
+    from engines.vllm_flash_sparse import STATS, SparsePrefillFlashImpl
+
+    impl, calls, seqs, fa = impl_and_calls
+    query, key, value, meta, want = _batch(fa, seqs)
+    kv_cache = _filled_cache(fa, seqs)
+
+    covering = VerticalSlash(vertical=64, slash=64, last_q=8, sink=2, window=4)  # every key of these short sequences
+    monkeypatch.setattr(SparsePrefillFlashImpl, "config", SparseConfig(pattern=covering, chunk_min_tokens=2))
+    before = STATS["sparse_chunks"]
+    torch.testing.assert_close(_forward(impl, fa, query, key, value, meta, kv_cache), want)
+    assert calls == [1]
+    assert STATS["sparse_chunks"] == before + 1
+
+    k, v = seqs[20]  # the chunked sequence: 30 cached tokens, then the chunk (rows 49:69 of the batch)
+    for pattern in (VerticalSlash(vertical=4, slash=8, last_q=8, sink=2, window=4), AShape(sink=2, window=8)):
+        config = SparseConfig(pattern=pattern, chunk_min_tokens=2)
+        monkeypatch.setattr(SparsePrefillFlashImpl, "config", config)
+        out = _forward(impl, fa, query, key, value, meta, kv_cache)
+        # the cached tokens' queries are gone; any values do, as the chunk ends the sequence (same last queries)
+        one_shot = torch.cat([torch.randn(30, HQ, D), query[49:69]])
+        torch.testing.assert_close(out[49:69], sparse_prefill(one_shot, k, v, config, D**-0.5, 3)[30:])
+        assert not torch.allclose(out[49:69], want[49:69])  # really sparse
+        torch.testing.assert_close(out[:1], want[:1])
+
+
 def test_decode_only_batches_never_sync(impl_and_calls, monkeypatch) -> None:
-    """max_query_len 1: FlashAttention's own path, before any .tolist() (CUDA graphs capture it unchanged)."""
+    """max_query_len 1: FlashAttention's own path, before any .tolist() (CUDA graphs capture it unchanged) and before
+    the settings are read (config None: from the settings, which a decode step must not parse)."""
     import engines.vllm_flash_sparse as backend
 
     impl, calls, seqs, fa = impl_and_calls
     query, key, value, meta, want = _batch(fa, seqs)
-    monkeypatch.setattr(backend.SparsePrefillFlashImpl, "config", SparseConfig(pattern=VerticalSlash()))
+    monkeypatch.setattr(backend.SparsePrefillFlashImpl, "config", None)
+    monkeypatch.setattr(backend, "_settings_config", lambda: pytest.fail("settings read on a decode batch"))
     monkeypatch.setattr(backend, "route_batch", lambda *a: pytest.fail("routed (a host sync) on a decode batch"))
     decode = meta.__class__(**{**meta.__dict__, "max_query_len": 1})
     _forward(impl, fa, query, key, value, decode)
