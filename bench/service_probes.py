@@ -960,6 +960,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="service-probes")
     parser.add_argument("--redis-db", type=int, default=7)
+    parser.add_argument("--note", default="", help="what differs from the commit (e.g. the service code of another)")
     args = parser.parse_args()
     start = time.monotonic()
     results, log = run_stack(args.redis_db)
@@ -970,7 +971,8 @@ def main() -> None:
     print(json.dumps(rows[-1]))
     path = write_results(
         args.name,
-        "service probes: bad and hostile requests, one by one, against tome serve + PostgreSQL + Redis",
+        "service probes: bad and hostile requests, one by one, against tome serve + PostgreSQL + Redis"
+        + (f" ({args.note})" if args.note else ""),
         "none (the API alone; no worker runs)",
         rows,
         probes=results,
