@@ -45,16 +45,17 @@ def unstorable(value: str) -> str | None:
 
 def check_strings(value: Any, path: str = "body", depth: int = 0) -> None:
     """Raise ValueError naming the first string (dict keys included) in `value` that cannot be stored, or the
-    first place nested deeper than MAX_DEPTH."""
-    if depth > MAX_DEPTH:
-        raise ValueError(f"{path} is nested more than {MAX_DEPTH} levels deep; flatten it")
+    first object or array inside MAX_DEPTH others."""
     if isinstance(value, str):
         reason = unstorable(value)
         if reason:
             raise ValueError(f"{path} contains {reason}, which cannot be stored; remove it")
-    elif isinstance(value, dict):
+        return
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        raise ValueError(f"{path} is nested more than {MAX_DEPTH} levels deep; flatten it")
+    if isinstance(value, dict):
         for key, item in value.items():
-            check_strings(key, f"{path} key", depth + 1)
+            check_strings(key, f"{path} key", depth)
             check_strings(item, f"{path}.{key}", depth + 1)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):

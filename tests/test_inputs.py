@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from bench.service_probes import UPLOAD_LIMIT, Target, catalogue, representatives, run_probes
-from service.inputs import MAX_DEPTH, clean_filename, unstorable
+from service.inputs import MAX_DEPTH, check_strings, clean_filename, unstorable
 from tests.helpers import ALICE, BOB, api_client, flushed
 
 REDIS_URL = "redis://127.0.0.1:6379/8"  # this file's own DB: others flush theirs while it runs
@@ -134,6 +134,12 @@ def test_ids_that_were_never_issued_match_nothing(api: httpx.Client, database: s
 def test_unstorable_rule() -> None:
     assert unstorable("plain text, ünïcode, 漢字, 🙂") is None
     assert "NUL" in (unstorable("a\x00") or "") and "surrogate" in (unstorable("\ud83d") or "")
+    deep: Any = "leaf"
+    for _ in range(MAX_DEPTH):
+        deep = {"a": deep} if isinstance(deep, list) else [deep]
+    check_strings(deep)  # MAX_DEPTH objects and arrays, one inside the other
+    with pytest.raises(ValueError, match="nested more than"):
+        check_strings([deep])
 
 
 def test_what_the_probes_found_is_refused_and_nothing_is_stored(api: httpx.Client, database: str) -> None:
