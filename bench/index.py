@@ -87,6 +87,9 @@ def headline(run: dict[str, Any]) -> str:
         return "; ".join(f"{r['scenario']}: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms" for r in rows[:3])
     if "seconds_to_resume" in first:
         return "; ".join(f"{r['scenario']}: lost {r['lost']}, duplicated {r['duplicated']}" for r in rows[:4])
+    if "probes" in first and "passed" in first:  # service_probes: groups, then the total
+        t = rows[-1]
+        return f"{t['passed']}/{t['probes']} probes passed, {t['server_errors']} 5xx, {t['stored_something']} stored"
     if "baseline_seconds" in first and "parser" in first:
         r = max(rows, key=lambda r: (r["pages"], r.get("speedup") or 0))
         base = f"{r['baseline_parser']} {r['baseline_seconds']:.2f} s"

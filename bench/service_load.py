@@ -297,7 +297,11 @@ def main() -> None:
         rows = asyncio.run(run_scenarios(args, port, api, database, broker))
     finally:
         api.terminate()
-        api.wait(20)
+        try:
+            api.wait(60)  # uvicorn stops its worker processes one by one: slow on a busy host
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait(10)
         broker.flushdb()
         print(f"API log: {log.name}")
     load_after = os.getloadavg()

@@ -15,7 +15,7 @@ from kombu.exceptions import KombuError
 from service import webhooks
 from service.deps import Services
 from service.errors import ProblemError
-from service.inputs import valid_id
+from service.inputs import IDEMPOTENCY_KEY, valid_id
 from service.models import Job
 from service.schemas import JobCreate
 from service.store import ACTIVE
@@ -33,8 +33,10 @@ class Submitted:
 def submit_job(svc: Services, owner: str, body: JobCreate, idempotency_key: str | None) -> Submitted:
     """Check, store and queue a job. The same Idempotency-Key and body return the first job once it has ended
     (409 while it is queued or running); the same key with another body is 422."""
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise ProblemError(400, "Bad Idempotency-Key", "the Idempotency-Key must be 1 to 255 characters")
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise ProblemError(
+            400, "Bad Idempotency-Key", "the Idempotency-Key must be 1 to 255 printable ASCII characters"
+        )
     if body.strategy != "auto" and body.strategy not in svc.strategies:
         available = ", ".join(["auto", *svc.strategies])
         raise ProblemError(422, "Unknown strategy", f"unknown strategy {body.strategy!r}; available: {available}")

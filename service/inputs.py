@@ -6,9 +6,11 @@ The rules (README, "Input rules"):
   encode a lone surrogate; the client can fix its own string;
 - an uploaded text or HTML file holding NUL is refused with 422 (it is binary, or not UTF-8/UTF-16);
 - text extracted from a PDF has NUL and unpaired surrogates removed (a PDF's text layer is not the user's to fix);
-- an upload's filename keeps its last path component, loses control characters, and is cut to 255 characters,
-  its extension kept;
+- an upload's filename keeps its last path component, loses control characters (C0, DEL, C1), and is cut to 255
+  characters, its extension kept;
 - ids in paths, bodies and cursors that are not ids this API issues match nothing (404, or 400 for a cursor);
+- a JSON body nested more than MAX_DEPTH levels is refused with 422; an Idempotency-Key that is not 1-255
+  printable ASCII characters with 400;
 - a request body other than a multipart upload over `max_body_bytes` is refused with 413 before it is parsed, and
   inline text over `max_upload_bytes` (UTF-8) with 413, as an upload of that size would be.
 """
@@ -22,9 +24,15 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-CONTROL = re.compile("[\x00-\x1f\x7f]")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (a name decoded as Latin-1 can hold C1)
 ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_FILENAME = 255
+# JSON bodies nest at most this deep. Deeper structures serve no request here, and recursive validators (the JSON
+# Schema meta-schema check takes ~10 Python frames a level) would run out of stack inside the server: a 40-object
+# schema made it answer 500 and then drop the connection.
+MAX_DEPTH = 32
+# An Idempotency-Key is printable ASCII (the IETF draft makes it a structured-field string), at most 255 long.
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 def unstorable(value: str) -> str | None:
@@ -35,19 +43,23 @@ def unstorable(value: str) -> str | None:
     return "a NUL character (U+0000)" if found.group() == "\x00" else "an unpaired surrogate (invalid Unicode)"
 
 
-def check_strings(value: Any, path: str = "body") -> None:
-    """Raise ValueError naming the first string (dict keys included) in `value` that cannot be stored."""
+def check_strings(value: Any, path: str = "body", depth: int = 0) -> None:
+    """Raise ValueError naming the first string (dict keys included) in `value` that cannot be stored, or the
+    first object or array inside MAX_DEPTH others."""
     if isinstance(value, str):
         reason = unstorable(value)
         if reason:
             raise ValueError(f"{path} contains {reason}, which cannot be stored; remove it")
-    elif isinstance(value, dict):
+        return
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        raise ValueError(f"{path} is nested more than {MAX_DEPTH} levels deep; flatten it")
+    if isinstance(value, dict):
         for key, item in value.items():
-            check_strings(key, f"{path} key")
-            check_strings(item, f"{path}.{key}")
+            check_strings(key, f"{path} key", depth)
+            check_strings(item, f"{path}.{key}", depth + 1)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            check_strings(item, f"{path}[{i}]")
+            check_strings(item, f"{path}[{i}]", depth + 1)
 
 
 def blank_unstorable(text: str) -> str:

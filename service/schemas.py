@@ -45,7 +45,48 @@ class ExtractTask(BaseModel):
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
             raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
+        except RecursionError:  # the body's depth limit (service/inputs.py) keeps schemas well short of this
+            raise ValueError("json_schema is nested too deeply to check") from None
+        unresolved = unresolvable_ref(schema)
+        if unresolved is not None:
+            raise ValueError(
+                f"json_schema's $ref {unresolved!r} does not resolve within the schema (remote references are not "
+                "fetched); put what it refers to under $defs"
+            )
         return schema
+
+
+# Keywords whose values are data, not schemas: a "$ref" key inside them is not a reference.
+DATA_KEYWORDS = ("const", "enum", "examples", "default")
+
+
+def unresolvable_ref(schema: Any) -> str | None:
+    """The first $ref in `schema` that does not resolve inside it, None when all do. An extraction's output is
+    checked against the schema only after the whole document was read, so a reference nothing can resolve (or one
+    to a remote URL, which is never fetched) would fail the job at its very end."""
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    def walk(node: Any, resolver: Any) -> str | None:
+        if isinstance(node, list):
+            return next((found for item in node if (found := walk(item, resolver)) is not None), None)
+        if not isinstance(node, dict):
+            return None
+        if isinstance(node.get("$id"), str):  # references inside resolve against this subschema's own id
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolver.lookup(ref)
+            except Unresolvable:
+                return ref
+        children = (value for key, value in node.items() if key not in DATA_KEYWORDS)
+        return next((found for child in children if (found := walk(child, resolver)) is not None), None)
+
+    resource = DRAFT202012.create_resource(schema)
+    root = resource.id() or ""
+    return walk(schema, Registry().with_resource(root, resource).resolver(base_uri=root))
 
 
 TaskSpec = Annotated[QuestionsTask | SummaryTask | ExtractTask, Field(discriminator="kind")]

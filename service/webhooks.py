@@ -153,6 +153,10 @@ def check_callback_url(url: str, allow_private: bool) -> list[str]:
     Returns the addresses checked, for delivery to connect to: the name is not resolved again between the check
     and the connection, so a DNS answer that changes in between cannot point the delivery inside.
     """
+    # urlsplit drops tabs and line breaks silently (and keeps spaces), so a URL holding any would be checked as
+    # one URL and later sent as another, or never be sendable: such URLs are refused, not repaired.
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise WebhookError(f"callback_url {url!r} holds white space or control characters; percent-encode them")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -160,6 +164,8 @@ def check_callback_url(url: str, allow_private: bool) -> list[str]:
         raise WebhookError(f"callback_url {url!r} is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError(f"callback_url {url!r} must be an absolute http(s) URL")
+    if port == 0:  # urlsplit accepts it; nothing can be delivered to it
+        raise WebhookError(f"callback_url {url!r} names port 0")
     try:
         infos = socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80), type=SOCK_STREAM)
     except socket.gaierror as exc:

@@ -11,11 +11,13 @@ import httpx
 import psycopg
 import pytest
 
-from service.inputs import clean_filename, unstorable
-from tests.helpers import ALICE, api_client, flushed
+from bench.service_probes import UPLOAD_LIMIT, Target, catalogue, representatives, run_probes
+from service.inputs import MAX_DEPTH, check_strings, clean_filename, unstorable
+from tests.helpers import ALICE, BOB, api_client, flushed
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
-LIMIT = 64 * 1024
+REDIS_URL = "redis://127.0.0.1:6379/8"  # this file's own DB: others flush theirs while it runs
+LIMIT = UPLOAD_LIMIT  # the probe catalogue's sizes are made for this limit
+QUEUE = "parked"
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +27,9 @@ def api(database: str) -> Iterator[httpx.Client]:
     settings = Settings(
         database_url=database,
         redis_url=REDIS_URL,
-        api_keys=f"alice:{ALICE}",
+        api_keys=f"alice:{ALICE},bob:{BOB}",
         max_upload_bytes=LIMIT,
-        job_queue="parked",  # no worker reads it
+        job_queue=QUEUE,  # no worker reads it
     )
     with flushed(REDIS_URL), api_client(settings, **{"X-API-Key": ALICE}) as client:
         yield client
@@ -132,3 +134,44 @@ def test_ids_that_were_never_issued_match_nothing(api: httpx.Client, database: s
 def test_unstorable_rule() -> None:
     assert unstorable("plain text, ünïcode, 漢字, 🙂") is None
     assert "NUL" in (unstorable("a\x00") or "") and "surrogate" in (unstorable("\ud83d") or "")
+    deep: Any = "leaf"
+    for _ in range(MAX_DEPTH):
+        deep = {"a": deep} if isinstance(deep, list) else [deep]
+    check_strings(deep)  # MAX_DEPTH objects and arrays, one inside the other
+    with pytest.raises(ValueError, match="nested more than"):
+        check_strings([deep])
+
+
+def test_what_the_probes_found_is_refused_and_nothing_is_stored(api: httpx.Client, database: str) -> None:
+    """Each of these was a 500, a dropped connection or a stored job before (bench/service_probes.py)."""
+    before = counts(database)
+    # Nesting: the JSON Schema meta-schema check ran out of stack at ~40 nested objects, and the error handler too.
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(40):
+        schema = {"type": "object", "properties": {"a": schema}}
+    refused(api.post("/v1/jobs", json=job(task={"kind": "extract", "json_schema": schema})), 422, f"{MAX_DEPTH} levels")
+    # References the worker could never resolve (a remote one is never fetched): the job would fail at its end.
+    for ref in ("#/$defs/missing", "http://169.254.169.254/latest/meta-data"):
+        task = {"kind": "extract", "json_schema": {"$ref": ref}}
+        refused(api.post("/v1/jobs", json=job(task=task)), 422, "does not resolve")
+    # The event stream looked up a NUL id in PostgreSQL (DataError, 500).
+    refused(api.get("/v1/jobs/%00/events"), 404, "no job")
+    # Idempotency-Keys outside printable ASCII were stored.
+    for key in ("a\tb", "clé"):
+        response = api.post("/v1/jobs", json=job(), headers={"Idempotency-Key": key.encode()})
+        refused(response, 400, "printable ASCII")
+    # Callback URLs nothing can be delivered to, or that urlsplit reads as another URL, were stored.
+    for url in ("http://8.8.8.8:0/h", "http://8.8.8.8/h\r\nX-Injected: 1", "http://8.8.8.8/a b"):
+        refused(api.post("/v1/jobs", json=job(callback_url=url)), 422, "callback_url")
+    assert counts(database) == before
+    assert clean_filename("a\x85b\x9f.txt") == "ab.txt"  # C1 controls, as a Latin-1 decoded name can hold
+
+
+def test_a_probe_of_each_group_is_refused_and_stores_nothing(api: httpx.Client, database: str) -> None:
+    """One probe of each group of the catalogue, through the bench's own runner (the whole catalogue:
+    `python -m bench.service_probes`): a 4xx problem+json as expected, no row, key or message added."""
+    target = Target(str(api.base_url), ALICE, BOB, database.replace("+psycopg", ""), REDIS_URL, QUEUE)
+    probes = representatives(catalogue())
+    results = run_probes(target, probes)
+    assert len(results) == len({p.group for p in catalogue()}) - 1  # all groups but the throttle's
+    assert [r for r in results if not (r["passed"] and r["as_expected"])] == []

@@ -29,6 +29,7 @@ from fastapi.responses import StreamingResponse
 
 from service.deps import Owner, Services, ServicesDep
 from service.errors import ProblemError
+from service.inputs import valid_id
 from service.models import Job
 from service.routes.jobs import job_out
 from service.store import TERMINAL
@@ -93,7 +94,7 @@ async def job_stream(request: Request, svc: Services, job_id: str, owner: str) -
 )
 def job_events(job_id: str, request: Request, svc: ServicesDep, owner: Owner) -> StreamingResponse:
     """The job's progress as Server-Sent Events (`progress` on every change, `end` with the job when it ends)."""
-    if svc.store.get_job(job_id, owner) is None:
+    if not valid_id(job_id) or svc.store.get_job(job_id, owner) is None:
         raise ProblemError(404, "Job not found", f"no job {job_id!r} for this API key")
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(job_stream(request, svc, job_id, owner), media_type="text/event-stream", headers=headers)
