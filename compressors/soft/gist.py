@@ -38,9 +38,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from compressors.soft.model import adapter_config, load_lora_state, lora_copy, lora_state, save_adapter
+from engines.adapters import ADAPTER_HOME, WEIGHTS
 from engines.types import Progress, no_progress
 
-SHIPPED = Path(__file__).with_name("gist.safetensors")
+SHIPPED = ADAPTER_HOME / "gist" / WEIGHTS
 
 # What each position of a sequence in gist form is.
 PREFIX, RAW, GIST, TAIL = 0, 1, 2, 3

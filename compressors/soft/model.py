@@ -26,8 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-SHIPPED = Path(__file__).with_name("compllm.safetensors")
-EARLY = Path(__file__).with_name("compllm-early.safetensors")  # the compressor on the first 8 decoder layers
+from engines.adapters import ADAPTER_HOME, WEIGHTS
+
+SHIPPED = ADAPTER_HOME / "compllm" / WEIGHTS
+EARLY = ADAPTER_HOME / "compllm-early" / WEIGHTS  # the compressor on the first 8 decoder layers
 
 
 @dataclass(frozen=True)
