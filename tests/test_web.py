@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from bench.pdfgen import Heading, Page, book, make_pdf
-from tests.helpers import ALICE, BOB, ROOT, Worker, flushed, free_port, private_home, stack_env, wait_for
+from bench.stack import Worker
+from tests.helpers import ALICE, BOB, ROOT, flushed, free_port, private_home, stack_env, wait_for
 
 pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
