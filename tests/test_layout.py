@@ -115,3 +115,13 @@ def long_functions(packages: tuple[str, ...]) -> list[str]:
 
 def test_no_function_is_longer_than_80_lines() -> None:
     assert long_functions((*PRODUCT, "evals")) == []
+
+
+def test_every_shipped_adapter_has_its_weights_log_curve_and_card() -> None:
+    from engines.adapters import ADAPTER_HOME, CARD, LOG, PLOT, WEIGHTS
+
+    folders = [f for f in sorted(ADAPTER_HOME.iterdir()) if f.is_dir() and f.name != "__pycache__"]
+    assert {f.name for f in folders} >= {"compllm", "compllm-early", "gist", "smollm2-memagent"}
+    for folder in folders:
+        weights = (folder / WEIGHTS).exists() or (folder / "adapter_model.safetensors").exists()
+        assert weights and all((folder / name).exists() for name in (LOG, PLOT, CARD)), folder.name
