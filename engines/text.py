@@ -28,14 +28,21 @@ def words_of(text: str) -> tuple[str, ...]:
     return tuple(re.findall(r"\S+\s*", text))
 
 
+def paragraphs_of(text: str) -> tuple[str, ...]:
+    """Paragraphs, each with the blank line after it (`plant`'s paragraph boundaries): joining them gives the text
+    back."""
+    parts = text.split("\n\n")
+    return (*(p + "\n\n" for p in parts[:-1]), parts[-1])
+
+
 def ends_sentence(word: str) -> bool:
     return bool(_ENDS.search(word.rstrip()))
 
 
 def plant(words: Sequence[str], needles: Sequence[tuple[float, str]], paragraphs: bool = False) -> str:
     """Join `words` and put each needle at the sentence boundary nearest its depth (0 = start, 1 = end, counted in
-    words), or with `paragraphs`, as a paragraph of its own at the nearest paragraph break (a word ending in a blank
-    line).
+    the units given: words_of's words, or paragraphs_of's paragraphs), or with `paragraphs`, as a paragraph of its own
+    at the nearest paragraph break (a unit ending in a blank line).
 
     Needles keep their given order when they share a boundary, so chains (variable tracking, bAbI facts) stay
     in order if their depths are sorted.

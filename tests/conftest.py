@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.text import plant, words_of
+from engines.text import paragraphs_of, plant
 
 # vLLM's engine core stays in this process: tests need no spawn guard and load the model once.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -84,7 +84,7 @@ def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
 def planted_document(
     engine, fact: str, tokens: int = 2000, depth: float = 0.5, source: str = "heart_of_darkness_opening.txt"
 ) -> str:
-    """About `tokens` tokens of an example text with `fact` planted as a paragraph at the paragraph break nearest
-    `depth`."""
-    body = engine.detokenize(engine.tokenize((EXAMPLES / source).read_text())[:tokens])
-    return plant(words_of(body), [(depth, fact)], paragraphs=True)
+    """About `tokens` tokens of an example text with `fact` planted as a paragraph of its own after the first
+    `depth` of its paragraphs (at least one)."""
+    units = paragraphs_of(engine.detokenize(engine.tokenize((EXAMPLES / source).read_text())[:tokens]))
+    return plant(units, [(max(1, int(len(units) * depth)) / len(units), fact)], paragraphs=True)

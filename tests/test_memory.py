@@ -11,7 +11,7 @@ import pytest
 
 from engines.grounding import complete_fragments
 from engines.lexical import LexicalScorer, words
-from engines.text import plant, words_of
+from engines.text import paragraphs_of, plant
 from engines.types import Document, Task
 from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
 from memory.rag import UNITS, Rag, RagConfig, RagInputError
@@ -317,10 +317,13 @@ def test_router_picks_a_memory_strategy_when_the_document_does_not_fit(native_en
 
 def test_rag_covers_each_rare_key_of_a_question_that_names_several(native_engine, tmp_path):
     keys = {"quill-orchard": 4417, "amber-tunnel": 9023, "velvet-harbor": 3318, "copper-meadow": 7751}
-    body = long_document(native_engine, "", 12_000, 0.5).text
-    facts = [(0.15 + 0.25 * i, f"One of the special magic numbers for {key} is: {value}.") for i, (key, value) in
-             enumerate(keys.items())]  # fmt: skip
-    doc = Document(plant(words_of(body), facts, paragraphs=True))  # one fact near 15%, 40%, 65% and 90% of the text
+    units = paragraphs_of(long_document(native_engine, "", 12_000, 0.5).text)
+    n = len(units)
+    facts = [  # one fact near 15%, 40%, 65% and 90% of the paragraphs
+        (int((n + i) * (0.15 + 0.25 * i)) / n, f"One of the special magic numbers for {key} is: {value}.")
+        for i, (key, value) in enumerate(keys.items())
+    ]
+    doc = Document(plant(units, facts, paragraphs=True))
     task = Task("What are the special magic numbers for " + ", ".join(keys) + " mentioned in the provided text?")
 
     def read(cover_df: int) -> str:
