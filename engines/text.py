@@ -1,8 +1,9 @@
 """Text units every part cuts text by: where a sentence ends, where sentences start, words, and planting.
 
 Callers build their own boundaries from SENTENCE_END (a span splitter also cuts at line breaks, the segmenter at
-paragraphs and list items), so that one definition of a sentence end holds everywhere. `plant` is the one way a fact
-(a needle) goes into a text, for the evaluation tasks, the benchmarks, the tests and GemFilter's calibration alike.
+paragraphs and list items), so that one definition of a sentence end holds everywhere. `plant` puts facts (needles)
+into a text at a depth counted in its units (words_of's words or paragraphs_of's paragraphs), for the evaluation
+tasks, the benchmarks, the tests and GemFilter's calibration alike.
 """
 
 from __future__ import annotations
