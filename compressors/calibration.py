@@ -12,6 +12,8 @@ compressors/layer_store.py keeps the result per model.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -42,11 +44,15 @@ class Needle:
 
 
 def plant_needle(haystack: str, depth: float, rng: random.Random, key: str | None = None) -> Needle:
-    """Plant a RULER-style magic-number sentence at the sentence boundary nearest to `depth` (0..1)."""
+    """Plant a RULER-style magic-number sentence at the sentence boundary nearest to `depth` (0..1, in characters)."""
     key = key or f"{rng.choice(_KEY_WORDS)}-{rng.choice(_KEY_WORDS)}"
     value = str(rng.randrange(1_000_000, 10_000_000))
     sentence = f"One of the special magic numbers for {key} is: {value}."
-    text = plant(words_of(haystack), [(depth, sentence)])
+    at = min(sentence_starts(haystack), key=lambda s: abs(s - depth * len(haystack)))  # nearest, in characters
+    words = words_of(haystack)
+    ends = list(itertools.accumulate(map(len, words), initial=len(haystack) - len(haystack.lstrip())))
+    before = max(0, bisect.bisect_right(ends, at) - 1)  # words wholly before `at`
+    text = plant(words, [(before / max(1, len(words)), sentence)])
     start = text.index(sentence) + sentence.index(value)
     return Needle(
         text,
