@@ -249,21 +249,25 @@ def train(
     return step
 
 
-def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settings: Settings) -> int:
-    """`tome train gist`: `read_texts(corpus)` gives the training texts (the evaluation documents left out)."""
-    args = build_parser(corpus).parse_args(argv)
-    if args.report_only:
-        report(args.output)
-        return 0
+def trained(args: argparse.Namespace, read_texts: ReadTexts, settings: Settings) -> str:
+    """Train, then put the run's total time into the log's first row (the card reads it); the line to end on."""
     start = time.perf_counter()
     engine, gist = gist_to_train(args, settings)
     log_path = args.output.parent / LOG
     step = train(args, engine, gist, read_texts(args.corpus), log_path, start)
     minutes = (time.perf_counter() - start) / 60
-    # The run's total time goes into the log's first row, which the card reads.
     rows = log_path.read_text(encoding="utf-8").splitlines()
     run = {**json.loads(rows[0]), "minutes": minutes}
     log_path.write_text("\n".join([json.dumps(run), *rows[1:]]) + "\n", encoding="utf-8")
+    return f"saved {args.output} after {step} steps, {minutes:.1f} min"
+
+
+def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settings: Settings) -> int:
+    """`tome train gist`: `read_texts(corpus)` gives the training texts (the evaluation documents left out); with
+    --report-only it only draws the curve and card again."""
+    args = build_parser(corpus).parse_args(argv)
+    ending = None if args.report_only else trained(args, read_texts, settings)
     report(args.output)
-    print(f"saved {args.output} after {step} steps, {minutes:.1f} min", flush=True)
+    if ending:
+        print(ending, flush=True)
     return 0
