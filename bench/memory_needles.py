@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, write_results  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
 from engines.settings import Settings  # noqa: E402
+from engines.text import paragraphs_of, plant  # noqa: E402
 from engines.types import Document, Task  # noqa: E402
 from evals.corpus import CORPUS_DIR  # noqa: E402
 from memory.memagent import MemAgent, MemAgentConfig  # noqa: E402
@@ -51,12 +52,16 @@ def make_sample(engine, haystack_ids: list[int], length: int, task: str, rng: ra
     budget = length - sum(engine.count_tokens(n) + 4 for n in needles)
     start = rng.randint(0, max(0, len(haystack_ids) - budget))
     body = engine.detokenize(haystack_ids[start : start + budget])
-    paragraphs = body.split("\n\n")
+    units = paragraphs_of(body)
+    order: list[int | str] = list(range(len(units)))  # the paragraphs, then each needle inserted after a random one
     for n in needles:
-        paragraphs.insert(rng.randint(1, max(1, len(paragraphs) - 1)), n)
+        order.insert(rng.randint(1, max(1, len(order) - 1)), n)
+    before = [sum(isinstance(x, int) for x in order[:i]) for i, x in enumerate(order)]  # paragraphs before each
+    placed = [(before[i] / len(units), x) for i, x in enumerate(order) if isinstance(x, str)]
+    text = plant(units, placed, paragraphs=True)
     asked = list(range(len(keys))) if task == "niah_multiquery" else [0]
     tasks = [Task(question(keys[i]), max_answer_tokens=32) for i in asked]
-    return Document("\n\n".join(paragraphs)), tasks, [values[i] for i in asked]
+    return Document(text), tasks, [values[i] for i in asked]
 
 
 VARIANTS = {

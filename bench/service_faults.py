@@ -18,22 +18,20 @@ import base64
 import itertools
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import redis
+
+from bench.stack import Receiver, Worker, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -44,103 +42,9 @@ TERMINAL = ("completed", "failed", "cancelled")
 STACKS = itertools.count()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def long_text(tokens: int = 6000) -> str:
     """Real prose of about `tokens` SmolLM2 tokens (about 4 characters a token)."""
     return (ROOT / "examples" / "walden_long.txt").read_text()[: tokens * 4]
-
-
-class Receiver:
-    """A webhook endpoint on localhost recording every delivery; `up=False` starts it refusing connections."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.deliveries: list[tuple[dict[str, str], bytes]] = []
-        self.verified: list[dict[str, Any]] = []
-        self.server: ThreadingHTTPServer | None = None
-
-    def start(self) -> Receiver:
-        from standardwebhooks.webhooks import Webhook
-
-        deliveries, verified, verifier = self.deliveries, self.verified, Webhook(SECRET)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["content-length"]))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                deliveries.append((headers, body))
-                # Verified on arrival, as a receiver does (the signature's timestamp is only fresh for 5 minutes).
-                verified.append({"id": headers["webhook-id"], **verifier.verify(body, headers)})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def events(self) -> list[dict[str, Any]]:
-        """Every delivery, verified on arrival with the reference Standard Webhooks implementation (a forged or
-        stale one raised in the handler and is missing here)."""
-        return list(self.verified)
-
-
-class Worker:
-    """A `celery worker` process group (main process and its pool child), as on its own host."""
-
-    def __init__(self, env: dict[str, str], name: str, logs: Path) -> None:
-        self.name = name
-        self.log = (logs / f"{name}.log").open("a")
-        cmd = [sys.executable, "-m", "celery", "-A", "service.celery_app", "worker", "-Q", "cpu,webhooks"]
-        cmd += ["-c", "1", "--pool", "prefork", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
-        cmd += ["--loglevel", "INFO"]
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def holds(self, lease_owner: str | None) -> bool:
-        """Whether the lease holder `host:pid` is this worker's pool child (or itself)."""
-        if not lease_owner:
-            return False
-        pid = int(lease_owner.rsplit(":", 1)[1])
-        if pid == self.proc.pid:
-            return True
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group, as when its host dies."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.log.close()
 
 
 @dataclass
@@ -213,7 +117,7 @@ class Stack:
         return httpx.Client(base_url=self.base_url, headers={"X-API-Key": KEY}, timeout=30)
 
     def add_worker(self, name: str) -> Worker:
-        worker = Worker(self.env, name, self.logs)
+        worker = Worker(self.env, name, self.logs / f"{name}.log")
         self.workers.append(worker)
         return worker
 
@@ -284,7 +188,7 @@ def kill_worker_host(stack: Stack, trials: int, tokens: int = 6000) -> dict[str,
     first step: seconds from the kill until another worker holds the lease, and the total against the clean run."""
     body = {"text": long_text(tokens), "task": {"kind": "qa", "questions": [QUESTION]}, "strategy": "mapreduce"}
     body["max_answer_tokens"] = 16
-    receiver = Receiver().start()
+    receiver = Receiver(SECRET).start()
     job_ids, to_resume, totals, at_kill, after = [], [], [], [], []
     try:
         with stack.client() as client:
@@ -358,7 +262,7 @@ def race_two_workers(stack: Stack, trials: int) -> dict[str, Any]:
     from service.celery_app import RUN_JOB
 
     celery = Celery(broker=stack.redis_url)
-    receiver = Receiver().start()
+    receiver = Receiver(SECRET).start()
     text = long_text(1500)
     job_ids: list[str] = []
     try:
@@ -396,7 +300,7 @@ def race_two_workers(stack: Stack, trials: int) -> dict[str, Any]:
 def receiver_down_an_hour(stack: Stack, trials: int, scale: float) -> dict[str, Any]:
     """The receiver refuses connections for an hour (of the default retry schedule compressed `scale` times) after
     the jobs end, then comes up: each job's one event must arrive once."""
-    receiver = Receiver()  # not listening yet
+    receiver = Receiver(SECRET)  # not listening yet
     job_ids: list[str] = []
     down = 3600 / scale
     start = time.monotonic()
@@ -435,7 +339,7 @@ def restart_under_jobs(
     stack: Stack, scenario: str, trials: int, restart: Callable[[], None], wait_running: bool = False
 ) -> dict[str, Any]:
     """Jobs in flight while the broker or the database restarts: none lost, none run twice, one event each."""
-    receiver = Receiver().start()
+    receiver = Receiver(SECRET).start()
     job_ids: list[str] = []
     try:
         start = time.monotonic()

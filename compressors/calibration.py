@@ -12,6 +12,8 @@ compressors/layer_store.py keeps the result per model.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from compressors.attention import num_layers, probe_attention
 from compressors.gemfilter import GemFilterConfig, best_units, layer_model, query_rows, smooth, unit_scores, units_of
 from compressors.layer_store import model_key
 from engines.prompting import prompt_around
-from engines.text import sentence_starts
+from engines.text import plant, sentence_starts, words_of
 from engines.types import Progress, Task, no_progress
 
 _KEY_WORDS = (
@@ -42,14 +44,16 @@ class Needle:
 
 
 def plant_needle(haystack: str, depth: float, rng: random.Random, key: str | None = None) -> Needle:
-    """Insert a RULER-style magic-number sentence at the sentence boundary nearest to `depth` (0..1)."""
+    """Plant a RULER-style magic-number sentence at the sentence boundary nearest to `depth` (0..1, in characters)."""
     key = key or f"{rng.choice(_KEY_WORDS)}-{rng.choice(_KEY_WORDS)}"
     value = str(rng.randrange(1_000_000, 10_000_000))
-    sentence = f"One of the special magic numbers for {key} is: {value}. "
-    starts = sentence_starts(haystack)
-    at = min(starts, key=lambda s: abs(s - depth * len(haystack)))
-    text = haystack[:at] + sentence + haystack[at:]
-    start = at + sentence.index(value)
+    sentence = f"One of the special magic numbers for {key} is: {value}."
+    at = min(sentence_starts(haystack), key=lambda s: abs(s - depth * len(haystack)))  # nearest, in characters
+    words = words_of(haystack)
+    ends = list(itertools.accumulate(map(len, words), initial=len(haystack) - len(haystack.lstrip())))
+    before = max(0, bisect.bisect_right(ends, at) - 1)  # words wholly before `at`
+    text = plant(words, [(before / max(1, len(words)), sentence)])
+    start = text.index(sentence) + sentence.index(value)
     return Needle(
         text,
         f"What is the special magic number for {key} mentioned in the provided text?",

@@ -6,7 +6,15 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engines.settings import Settings
+    from evals.presets import Preset
+    from evals.runner import Plan
+    from workflows.registry import Strategies
 
 log = logging.getLogger(__name__)
 
@@ -61,33 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from engines import create_engine
-    from engines.settings import Settings
-    from evals import report
+class UsageError(ValueError):
+    """A request `tome eval` cannot run (unknown preset, task or strategy; nothing logged to report on)."""
+
+
+def plan_of(args: argparse.Namespace, registry: Collection[str]) -> tuple[Preset, Plan]:
+    """The preset and the questions to ask: the arguments where given, the preset's choices otherwise."""
     from evals.presets import PRESETS
-    from evals.runner import Plan, question_key, read_log, run_plan, strategy_names
+    from evals.runner import Plan, strategy_names
     from evals.tasks import TASKS
-    from workflows.policy import Policy
-    from workflows.registry import build_strategies
 
     if args.preset not in PRESETS:
-        print(f"tome eval: error: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}", file=sys.stderr)
-        return 2
+        raise UsageError(f"unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}")
     preset = PRESETS[args.preset]
-    settings = Settings()
-    registry = build_strategies(settings)
-    try:
-        strategies = strategy_names(args.strategy, registry)
-        tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else preset.tasks
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(f"unknown task {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
-        lengths = tuple(parse_length(n) for n in args.lengths.split(",")) if args.lengths else preset.lengths
-    except ValueError as exc:
-        print(f"tome eval: error: {exc}", file=sys.stderr)
-        return 2
+    strategies = strategy_names(args.strategy, registry)
+    tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else preset.tasks
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UsageError(f"unknown task {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+    lengths = tuple(parse_length(n) for n in args.lengths.split(",")) if args.lengths else preset.lengths
     if args.samples:
         samples = {n: args.samples for n in lengths}
     elif tasks == ("docqa",):  # every question of the split that can be asked at each length
@@ -96,47 +96,64 @@ def main(argv: list[str] | None = None) -> int:
         samples = {n: len(asked(args.split, n)) for n in lengths}
     else:
         samples = {n: preset.samples.get(n, 1) for n in lengths}
-    name = args.name or preset.name
-    out = Path(args.out)
-    log_path = out / f"eval-{name}.questions.jsonl"
-    if args.fresh and log_path.exists():
-        log_path.unlink()
+    return preset, Plan(strategies, tasks, lengths, samples, seeds_from=args.seeds_from, split=args.split)
 
-    plan = Plan(strategies, tasks, lengths, samples, seeds_from=args.seeds_from, split=args.split)
-    started = time.perf_counter()
-    if args.report_only:
-        wanted = plan.keys()
-        records = [r for r in read_log(log_path) if question_key(r) in wanted]
-        if not records:
-            print(f"tome eval: error: no questions of this plan in {log_path}", file=sys.stderr)
-            return 2
-        engine_meta = {
-            "model": records[0].get("model", args.model or settings.model),
-            "engine": records[0].get("engine", args.engine or settings.engine),
-            "max_context": settings.max_context,
-        }
-        commit = None  # unknown: the log may come from several runs
-    else:
-        commit = report.commit()  # the code that ran, taken before the (long) run
-        engine = create_engine(settings.engine_config(kind=args.engine, model=args.model, threads=args.threads))
-        engine_meta = {"model": engine.model_name, "engine": engine.name, "max_context": engine.max_context}
 
-        def progress(done: int, total: int, message: str) -> None:
-            print(f"[{done}/{total} {time.perf_counter() - started:.0f}s] {message}", file=sys.stderr, flush=True)
+def logged_answers(
+    args: argparse.Namespace, plan: Plan, log_path: Path, settings: Settings
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`--report-only`: the plan's questions already in the log, and the engine they name."""
+    from evals.runner import question_key, read_log
 
-        policy = Policy.load(args.policy) if args.policy else None
-        records = run_plan(plan, engine, log_path, progress, policy, strategies=registry)
-    meta = {
-        "commit": commit or f"{report.commit()} (report only; questions from {log_path.name})",
-        **engine_meta,
+    wanted = plan.keys()
+    records = [r for r in read_log(log_path) if question_key(r) in wanted]
+    if not records:
+        raise UsageError(f"no questions of this plan in {log_path}")
+    engine_meta = {
+        "model": records[0].get("model", args.model or settings.model),
+        "engine": records[0].get("engine", args.engine or settings.engine),
+        "max_context": settings.max_context,
+    }
+    return records, engine_meta
+
+
+def asked_answers(
+    args: argparse.Namespace, plan: Plan, log_path: Path, settings: Settings, registry: Strategies, started: float
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Ask the plan's questions not yet in the log (progress on stderr); all its records and the engine used."""
+    from engines import create_engine
+    from evals.runner import run_plan
+    from workflows.policy import Policy
+
+    engine = create_engine(settings.engine_config(kind=args.engine, model=args.model, threads=args.threads))
+    engine_meta = {"model": engine.model_name, "engine": engine.name, "max_context": engine.max_context}
+
+    def progress(done: int, total: int, message: str) -> None:
+        print(f"[{done}/{total} {time.perf_counter() - started:.0f}s] {message}", file=sys.stderr, flush=True)
+
+    policy = Policy.load(args.policy) if args.policy else None
+    return run_plan(plan, engine, log_path, progress, policy, strategies=registry), engine_meta
+
+
+def run_meta(
+    args: argparse.Namespace,
+    preset: Preset,
+    plan: Plan,
+    records: list[dict[str, Any]],
+    settings: Settings,
+    log_path: Path,
+    started: float,
+) -> dict[str, Any]:
+    """What the report says about the run besides its rows."""
+    return {
         "threads": settings.threads if args.threads is None else args.threads,
         "preset": preset.name,
-        "strategies": list(strategies),
-        "tasks": list(tasks),
-        "lengths": list(lengths),
-        "samples": {str(n): k for n, k in samples.items()},
+        "strategies": list(plan.strategies),
+        "tasks": list(plan.tasks),
+        "lengths": list(plan.lengths),
+        "samples": {str(n): k for n, k in plan.samples.items()},
         "seeds_from": args.seeds_from,
-        "split": args.split if "docqa" in tasks else None,
+        "split": args.split if "docqa" in plan.tasks else None,
         "policy": str(args.policy) if args.policy else "shipped",
         "questions_planned": plan.total,
         "questions_answered": len(records),
@@ -144,6 +161,39 @@ def main(argv: list[str] | None = None) -> int:
         "question_seconds_total": round(sum(r.get("seconds") or 0 for r in records), 1),
         "questions_log": log_path.name,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Plan the questions, ask those not yet logged (or only read the log), write the report's files."""
+    args = build_parser().parse_args(argv)
+    from engines.settings import Settings
+    from evals import report
+    from workflows.registry import build_strategies
+
+    settings = Settings()
+    registry = build_strategies(settings)
+    try:
+        preset, plan = plan_of(args, registry)
+    except ValueError as exc:
+        print(f"tome eval: error: {exc}", file=sys.stderr)
+        return 2
+    name = args.name or preset.name
+    out = Path(args.out)
+    log_path = out / f"eval-{name}.questions.jsonl"
+    if args.fresh and log_path.exists():
+        log_path.unlink()
+    started = time.perf_counter()
+    if args.report_only:
+        try:
+            records, engine_meta = logged_answers(args, plan, log_path, settings)
+        except UsageError as exc:
+            print(f"tome eval: error: {exc}", file=sys.stderr)
+            return 2
+        commit = f"{report.commit()} (report only; questions from {log_path.name})"  # the log may span several runs
+    else:
+        commit = report.commit()  # the code that ran, taken before the (long) run
+        records, engine_meta = asked_answers(args, plan, log_path, settings, registry, started)
+    meta = {"commit": commit, **engine_meta, **run_meta(args, preset, plan, records, settings, log_path, started)}
     for path in report.write(name, records, meta, out):
         print(path)
     return 0

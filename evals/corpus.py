@@ -10,7 +10,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from engines.text import SENTENCE_END
+from engines.text import words_of
 
 CORPUS_DIR = Path(__file__).parent / "data" / "corpus"
 
@@ -24,8 +24,6 @@ EVAL_DOCS: tuple[str, ...] = (
 HELD_OUT_DOCS: tuple[str, ...] = (*EVAL_DOCS, "shelley_frankenstein_1818.txt")
 # The project corpus on the machines that train (`tome train TARGET --corpus DIR` names another).
 TRAINING_CORPUS = Path("/work/shared/data/corpus")
-
-_SENTENCE_END = re.compile(SENTENCE_END + "$")
 
 
 def normalize(text: str) -> str:
@@ -62,16 +60,6 @@ def read_text(name: str) -> str:
     if path.parent != CORPUS_DIR or not path.is_file():
         raise ValueError(f"{name!r} is not a document in {CORPUS_DIR}")
     return normalize(path.read_text(encoding="utf-8"))
-
-
-@cache
-def words_of(text: str) -> tuple[str, ...]:
-    """Words with their trailing whitespace: joining them gives the text back."""
-    return tuple(re.findall(r"\S+\s*", text))
-
-
-def ends_sentence(word: str) -> bool:
-    return bool(_SENTENCE_END.search(word.rstrip()))
 
 
 @cache

@@ -26,11 +26,12 @@ from functools import cache
 from pathlib import Path
 
 from engines.prompting import answer_messages
+from engines.text import ends_sentence, plant, words_of
 from engines.types import Task
-from evals.corpus import TRAINING_CORPUS, ends_sentence, training_texts, words_of
+from evals.corpus import TRAINING_CORPUS, training_texts
 from evals.tasks import EVAL_SEEDS
 from evals.tasks.babilong import _facts as babi_facts
-from evals.tasks.fitting import fit, insert_at_boundaries
+from evals.tasks.fitting import fit
 from evals.tasks.haystack import noise_words
 from evals.tasks.niah import NEEDLE, _ask_one
 from evals.tasks.sample import VALUE_KINDS, value_of
@@ -229,7 +230,7 @@ class StepMaker:
     ) -> str:
         depths = sorted(rng.random() for _ in planted)
         needles = list(zip(depths, planted, strict=True))
-        insert = lambda k: insert_at_boundaries(filler[:k], needles, paragraphs)  # noqa: E731
+        insert = lambda k: plant(filler[:k], needles, paragraphs)  # noqa: E731
         return fit(insert, self.count, tokens, int(tokens * 0.7), len(filler))
 
     # -- task families (the harness's templates) -------------------------------------------------------------------

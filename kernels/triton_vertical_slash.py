@@ -64,6 +64,14 @@ def vertical_slash_layout(
     under Triton's interpreter); both give the same Layout."""
     if scan != "torch" and (slash.device.type == "cuda" or scan == "triton"):
         return _layout_triton(vertical, slash, length, block_m, block_n, greedy)
+    return _layout_torch(vertical, slash, length, block_m, block_n, greedy)
+
+
+def _layout_torch(
+    vertical: torch.Tensor, slash: torch.Tensor, length: int, block_m: int, block_n: int, greedy: bool
+) -> Layout:
+    """vertical_slash_layout as vectorised torch ops: the segments, their chunks (the greedy overhangs by a
+    parallel scan), the covered columns, and the per-block searches."""
     # Two host syncs in all (the segment count and the chunk counts size the outputs): each one stalls the GPU until
     # the host has launched what follows, and at 128K the layout's few dozen small ops cost more in launches than on
     # the GPU.
@@ -179,39 +187,13 @@ def _search_left(row, n, t, STEPS: tl.constexpr, ADD: tl.constexpr):
 
 
 @triton.jit
-def _layout_kernel(
-    slash,
-    vertical,
-    seg_start,
-    seg_end,
-    chunk_start,
-    chunk_count,
-    chunk_begin,
-    chunk_diag,
-    vertical_out,
-    vertical_count,
-    covered,
-    length,
-    ns,
-    nv,
-    n_m,
-    width,
-    cw,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    GREEDY: tl.constexpr,
-    BLOCK: tl.constexpr,
-    CHUNK_STEPS: tl.constexpr,
-    VERTICAL_STEPS: tl.constexpr,
-):
-    """One head's whole Layout (what vertical_slash_layout's torch ops compute, in one launch):
-    (1) the segments of the slash ranges, vectorised, into scratch; (2) a sequential walk over them laying the greedy
-    chunks (the overhang into each segment depends on the previous one) and marking `covered`; (3) the per-block
-    binary searches (chunk_begin, vertical_count), vectorised."""
-    h = tl.program_id(0).to(tl.int64)
-    i = tl.arange(0, BLOCK)
-    # (1) a = -slash, ascending (slash read backwards); a segment starts where a range does not touch the previous one
-    s_row = slash + h * ns
+def _slash_segments(
+    s_row, seg_start_row, seg_end_row, ns, i,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GREEDY: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Step (1): the union of a head's slash ranges [a, a + BM - 1] (a = -slash, ascending: the row read backwards)
+    as segments, written to scratch; a segment starts where a range does not touch the previous one. Returns the
+    segment count and the head's smallest slash offset."""
     n_seg = tl.zeros([], dtype=tl.int32)
     s_min = tl.full([], 2147483647, dtype=tl.int32)
     for i0 in range(0, ns, BLOCK):
@@ -228,22 +210,29 @@ def _layout_kernel(
             end = (j == ns - 1) | (nxt - a >= BLOCK_M + BLOCK_N - 1)
         new = new & ok
         sid = n_seg + tl.cumsum(new.to(tl.int32), 0) - 1
-        tl.store(seg_start + h * ns + sid, a, mask=new)
-        tl.store(seg_end + h * ns + sid, a + BLOCK_M - 1, mask=end & ok)
+        tl.store(seg_start_row + sid, a, mask=new)
+        tl.store(seg_end_row + sid, a + BLOCK_M - 1, mask=end & ok)
         n_seg += tl.sum(new.to(tl.int32), 0)
         s_min = tl.minimum(s_min, tl.min(tl.where(ok, -a, 2147483647), 0))
-    tl.debug_barrier()
-    # (2) each segment's chunks start at its first column past the previous segment's last chunk (GREEDY), BN apart
-    c_row = chunk_start + h * width
-    cv_row = covered + h * cw
+    return n_seg, s_min
+
+
+@triton.jit
+def _lay_chunks(
+    seg_start_row, seg_end_row, n_seg, c_row, cv_row, length, width, cw, i,
+    BLOCK_N: tl.constexpr, GREEDY: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Step (2): a sequential walk over the segments; each segment's chunks start at its first column past the
+    previous segment's last chunk (GREEDY), BLOCK_N apart, and mark `covered`. Returns the chunk count, how many
+    chunks lie wholly below every row of a block, and the last segment's first chunk start."""
     pos = tl.zeros([], dtype=tl.int32)
     diag = tl.zeros([], dtype=tl.int32)
     last = tl.full([], -2147483647, dtype=tl.int32)
     y = tl.zeros([], dtype=tl.int32)
-    nxt_start = tl.load(seg_start + h * ns)
+    nxt_start = tl.load(seg_start_row)
     for k in range(0, n_seg):
         start = nxt_start + y
-        count = tl.maximum(tl.load(seg_end + h * ns + k) - start + BLOCK_N, 0) // BLOCK_N
+        count = tl.maximum(tl.load(seg_end_row + k) - start + BLOCK_N, 0) // BLOCK_N
         for c0 in range(0, count, BLOCK):
             c = c0 + i
             tl.store(c_row + pos + c, start + c * BLOCK_N, mask=(c < count) & (pos + c < width))
@@ -255,10 +244,33 @@ def _layout_kernel(
         diag += tl.minimum(below, count)
         pos += count
         last = tl.maximum(last, start)
-        nxt_start = tl.load(seg_start + h * ns + k + 1, mask=k + 1 < n_seg, other=0)
+        nxt_start = tl.load(seg_start_row + k + 1, mask=k + 1 < n_seg, other=0)
         if GREEDY:
             y = tl.where(k + 1 < n_seg, tl.maximum(start + count * BLOCK_N - nxt_start, 0), 0)
-    pos = tl.minimum(pos, width)
+    return tl.minimum(pos, width), diag, last
+
+
+@triton.jit
+def _layout_kernel(
+    slash, vertical, seg_start, seg_end,
+    chunk_start, chunk_count, chunk_begin, chunk_diag, vertical_out, vertical_count, covered,
+    length, ns, nv, n_m, width, cw,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GREEDY: tl.constexpr, BLOCK: tl.constexpr,
+    CHUNK_STEPS: tl.constexpr, VERTICAL_STEPS: tl.constexpr,
+):  # fmt: skip
+    """One head's whole Layout (what vertical_slash_layout's torch ops compute, in one launch):
+    (1) the segments of the slash ranges, vectorised, into scratch; (2) a sequential walk over them laying the greedy
+    chunks (the overhang into each segment depends on the previous one) and marking `covered`; (3) the per-block
+    binary searches (chunk_begin, vertical_count), vectorised."""
+    h = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK)
+    s_row, c_row, v_row = slash + h * ns, chunk_start + h * width, vertical + h * nv
+    seg_start_row, seg_end_row = seg_start + h * ns, seg_end + h * ns
+    n_seg, s_min = _slash_segments(s_row, seg_start_row, seg_end_row, ns, i, BLOCK_M, BLOCK_N, GREEDY, BLOCK)
+    tl.debug_barrier()
+    pos, diag, last = _lay_chunks(
+        seg_start_row, seg_end_row, n_seg, c_row, covered + h * cw, length, width, cw, i, BLOCK_N, GREEDY, BLOCK
+    )
     # padding chunks sit past every block's end, so the searches and the kernel's loop bound ignore them
     for c0 in range(0, width, BLOCK):
         c = c0 + i
@@ -270,7 +282,6 @@ def _layout_kernel(
     # where the band starts (the last segment holds offset 0 when the head has it: verticals from its start on are
     # inside a chunk)
     band = tl.where(s_min == 0, tl.minimum(last, BLOCK_M), BLOCK_M)
-    v_row = vertical + h * nv
     for m0 in range(0, n_m, BLOCK):
         m = m0 + i
         ok = m < n_m
@@ -385,48 +396,73 @@ def _softmax_pv(qk, v, m_i, l_i, acc, qk_scale):
 
 
 @triton.jit
-def _vertical_slash_fwd(
-    Q,
-    K,
-    V,
-    K_desc,
-    V_desc,
-    Out,
-    chunk_start,
-    chunk_begin,
-    chunk_count,
-    chunk_diag,
-    vertical,
-    vertical_count,
-    covered,
-    qk_scale,
-    length,
-    n_m,
-    n_chunk_cols,
-    n_vertical_cols,
-    n_covered_cols,
-    sqb,
-    sqh,
-    sqn,
-    skb,
-    skh,
-    skn,
-    svb,
-    svh,
-    svn,
-    sob,
-    soh,
-    son,
-    H: tl.constexpr,
-    GROUP: tl.constexpr,
-    PACK: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    TMA: tl.constexpr,
-    PIPE: tl.constexpr,
-    WS: tl.constexpr,
+def _masked_chunks(
+    q, k_base, v_base, skn, svn, chunk_row, c_from, c_to, block_start, rows, n, d, length, m_i, l_i, acc, qk_scale
 ):
+    """Chunks c_from..c_to-1 of the layout row, their columns bounds-checked and causally masked: the chunk that
+    starts before column 0, and those reaching the diagonal."""
+    for c in range(c_from, c_to):
+        cols = block_start + tl.load(chunk_row + c) + n
+        k_ptrs = k_base + cols[:, None] * skn + d[None, :]
+        v_ptrs = v_base + cols[:, None] * svn + d[None, :]
+        valid = (cols >= 0) & (cols < length)
+        m_i, l_i, acc = _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk_scale)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _pipelined_chunks(
+    q, K_desc, V_desc, k_base, v_base, skn, svn, chunk_row, c_from, c_to, block_start, b, hkv, n, d,
+    m_i, l_i, acc, qk_scale, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr,
+):  # fmt: skip
+    """Unmasked chunks with the next tile's q·kᵀ issued before this tile's softmax, so the two can overlap (as FA3
+    does)."""
+    if c_from < c_to:
+        col0 = block_start + tl.load(chunk_row + c_from)
+        k = _load_tile(K_desc, k_base, col0, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
+        qk = tl.dot(q, tl.trans(k))
+        for c in range(c_from + 1, c_to):
+            col1 = block_start + tl.load(chunk_row + c)
+            k = _load_tile(K_desc, k_base, col1, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
+            qk_next = tl.dot(q, tl.trans(k))
+            v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
+            m_i, l_i, acc = _softmax_pv(qk, v, m_i, l_i, acc, qk_scale)
+            qk = qk_next
+            col0 = col1
+        v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
+        m_i, l_i, acc = _softmax_pv(qk, v, m_i, l_i, acc, qk_scale)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _vertical_columns(
+    q, k_base, v_base, skn, svn, vertical_row, covered_row, nv, block_start, rows, n, d, length, m_i, l_i, acc,
+    qk_scale, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The first nv vertical columns, gathered BLOCK_N at a time; those a chunk already covered are skipped so
+    nothing is counted twice."""
+    for i in range(0, nv, BLOCK_N):
+        idx = i + n
+        in_list = idx < nv
+        cols = tl.load(vertical_row + idx, mask=in_list, other=0)
+        cov = tl.load(covered_row + cols - block_start + length, mask=in_list, other=1)
+        valid = in_list & (cov == 0) & (cols < length)  # padding slots hold L
+        k_ptrs = k_base + cols[:, None] * skn + d[None, :]
+        v_ptrs = v_base + cols[:, None] * svn + d[None, :]
+        m_i, l_i, acc = _online_softmax_step(q, k_ptrs, v_ptrs, valid, rows, cols, m_i, l_i, acc, qk_scale)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _vertical_slash_fwd(
+    Q, K, V, K_desc, V_desc, Out,
+    chunk_start, chunk_begin, chunk_count, chunk_diag, vertical, vertical_count, covered,
+    qk_scale, length, n_m, n_chunk_cols, n_vertical_cols, n_covered_cols,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    H: tl.constexpr, GROUP: tl.constexpr, PACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, TMA: tl.constexpr, PIPE: tl.constexpr, WS: tl.constexpr,
+):  # fmt: skip
+    """One query block of PACK heads: its slash chunks (masked at the edges, plain in between), then its verticals."""
     # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
     # the heaviest (last) query blocks start first
     # With PACK > 1 one layout row serves PACK query heads of a KV group (a shared index): their BLOCK_M rows are
@@ -452,82 +488,37 @@ def _vertical_slash_fwd(
 
     # Slash lines: contiguous chunks, sorted, so that the first useful one is known. Masks are needed only on the
     # chunk that starts before column 0 (at most one: chunks never overlap) and on those reaching the diagonal.
+    chunk_row = chunk_start + pid_bh * n_chunk_cols
     c_lo = tl.load(chunk_begin + pid_bh * n_m + pid_m)
     c_hi = tl.load(chunk_count + pid_bh)
     c_diag = tl.load(chunk_diag + pid_bh)
-    first = tl.load(chunk_start + pid_bh * n_chunk_cols + c_lo, mask=c_lo < c_hi, other=0)
+    first = tl.load(chunk_row + c_lo, mask=c_lo < c_hi, other=0)
     c_full = c_lo + ((c_lo < c_hi) & (block_start + first < 0)).to(tl.int32)
     c_mid = tl.maximum(c_full, c_diag)
-    for c in range(c_lo, c_full):
-        cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
-        m_i, l_i, acc = _online_softmax_step(
-            q,
-            k_base + cols[:, None] * skn + d[None, :],
-            v_base + cols[:, None] * svn + d[None, :],
-            (cols >= 0) & (cols < length),
-            rows,
-            cols,
-            m_i,
-            l_i,
-            acc,
-            qk_scale,
-        )
-    if PIPE:  # the next tile's q·kᵀ is issued before this tile's softmax, so the two can overlap (as FA3 does)
-        if c_full < c_mid:
-            col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c_full)
-            k = _load_tile(K_desc, k_base, col0, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
-            qk = tl.dot(q, tl.trans(k))
-            for c in range(c_full + 1, c_mid):
-                col1 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
-                k = _load_tile(K_desc, k_base, col1, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
-                qk_next = tl.dot(q, tl.trans(k))
-                v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
-                m_i, l_i, acc = _softmax_pv(qk, v, m_i, l_i, acc, qk_scale)
-                qk = qk_next
-                col0 = col1
-            v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
-            m_i, l_i, acc = _softmax_pv(qk, v, m_i, l_i, acc, qk_scale)
+    m_i, l_i, acc = _masked_chunks(
+        q, k_base, v_base, skn, svn, chunk_row, c_lo, c_full, block_start, rows, n, d, length, m_i, l_i, acc, qk_scale
+    )
+    if PIPE:
+        m_i, l_i, acc = _pipelined_chunks(
+            q, K_desc, V_desc, k_base, v_base, skn, svn, chunk_row, c_full, c_mid, block_start, b, hkv, n, d,
+            m_i, l_i, acc, qk_scale, BLOCK_N, HEAD_DIM, TMA,
+        )  # fmt: skip
     else:  # with WS, Triton splits the loop into warps that load K/V tiles and warps that compute (as FA3 does)
         for c in tl.range(c_full, c_mid, warp_specialize=WS):
-            col0 = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c)
+            col0 = block_start + tl.load(chunk_row + c)
             k = _load_tile(K_desc, k_base, col0, b, hkv, n, d, skn, BLOCK_N, HEAD_DIM, TMA)
             v = _load_tile(V_desc, v_base, col0, b, hkv, n, d, svn, BLOCK_N, HEAD_DIM, TMA)
             m_i, l_i, acc = _softmax_pv(tl.dot(q, tl.trans(k)), v, m_i, l_i, acc, qk_scale)
-    for c in range(c_mid, c_hi):
-        cols = block_start + tl.load(chunk_start + pid_bh * n_chunk_cols + c) + n
-        m_i, l_i, acc = _online_softmax_step(
-            q,
-            k_base + cols[:, None] * skn + d[None, :],
-            v_base + cols[:, None] * svn + d[None, :],
-            (cols >= 0) & (cols < length),
-            rows,
-            cols,
-            m_i,
-            l_i,
-            acc,
-            qk_scale,
-        )
+    m_i, l_i, acc = _masked_chunks(
+        q, k_base, v_base, skn, svn, chunk_row, c_mid, c_hi, block_start, rows, n, d, length, m_i, l_i, acc, qk_scale
+    )
 
     # Vertical columns: gathered; those a chunk already covered are skipped so nothing is counted twice.
     nv = tl.load(vertical_count + pid_bh * n_m + pid_m)
-    for i in range(0, nv, BLOCK_N):
-        idx = i + n
-        in_list = idx < nv
-        cols = tl.load(vertical + pid_bh * n_vertical_cols + idx, mask=in_list, other=0)
-        cov = tl.load(covered + pid_bh * n_covered_cols + cols - block_start + length, mask=in_list, other=1)
-        valid = in_list & (cov == 0) & (cols < length)  # padding slots hold L
-        m_i, l_i, acc = _online_softmax_step(
-            q,
-            k_base + cols[:, None] * skn + d[None, :],
-            v_base + cols[:, None] * svn + d[None, :],
-            valid,
-            rows,
-            cols,
-            m_i,
-            l_i,
-            acc,
-            qk_scale,
-        )
+    m_i, l_i, acc = _vertical_columns(
+        q, k_base, v_base, skn, svn, vertical + pid_bh * n_vertical_cols, covered + pid_bh * n_covered_cols, nv,
+        block_start, rows, n, d, length, m_i, l_i, acc, qk_scale, BLOCK_N,
+    )  # fmt: skip
 
     acc = acc / l_i[:, None]
     o_ptrs = Out + b * sob + heads[:, None] * soh + rows[:, None] * son + d[None, :]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from engines.adapters import ADAPTER_HOME
 from engines.base import Engine, Message, SamplingParams, SupportsAdapters
 from engines.prompting import answer_each, answer_overhead
 from engines.segmenting import split_segments
@@ -41,8 +42,8 @@ NONE = "NONE"
 # A small model that has said NONE, or starts a new "Question:"/"Answer:", only rambles on: stop decoding there.
 UPDATE_STOP = (NONE, "Question:", "Answer:")
 
-# The adapter memory/training.py trained for SmolLM2 (on a GPU; adapters/smollm2-memagent/MODEL_CARD.md).
-SMOLLM2_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-memagent"
+# The adapter memory/training.py trained for SmolLM2 (on a GPU; engines/adapters/smollm2-memagent/MODEL_CARD.md).
+SMOLLM2_ADAPTER = ADAPTER_HOME / "smollm2-memagent"
 # Adapters used by default ("auto"), by model alias. SmolLM2's was trained on the harness's templates and on
 # plain-prose facts (names, places, dates, quantities, relations: evals/memagent_data.py), so it also answers a
 # planted prose fact (tests/test_memory.py) that the templates-only adapter missed;

@@ -5,7 +5,7 @@ batch 1, a small LoRA rank; loss on the reply only.
 The adapter (bf16 safetensors, a few MB) is saved every `--save-every` steps, so a stopped run is usable, and
 at the end with the loss curve (JSON lines and PNG) beside it.
 
-    tome train memagent --steps 300 --out memory/adapters/smollm2-memagent
+    tome train memagent --steps 300 --out engines/adapters/smollm2-memagent
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engines.adapters import ADAPTER_HOME, LOG, PLOT, Card, write_card
 from engines.base import Message
 
 if TYPE_CHECKING:  # a GPU host training from a model folder and a --data file needs no pydantic-settings
     from engines.settings import Settings
 
-ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-memagent"
+ADAPTER_DIR = ADAPTER_HOME / "smollm2-memagent"
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IGNORE = -100
 
@@ -259,9 +260,20 @@ def data_stats(examples: Sequence[Example]) -> dict[str, Any]:
     return {"mix": dict(sorted(mix.items())), "none_share": none}
 
 
-def write_card(summary: dict[str, Any], out: Path) -> None:
-    """MODEL_CARD.md beside the adapter, from what this run did."""
-    mix = "\n".join(f"| {k.split(':')[0]} | {k.split(':')[1]} | {v} |" for k, v in summary["data"]["mix"].items())
+def earlier_stages(summary: dict[str, Any]) -> list[str]:
+    """The stages this run continued from (`init`, nested), latest first, one line each."""
+    stages, first = [], summary.get("init")
+    while first:
+        stages.append(
+            f"{first['steps']} steps on {first['examples']} examples (seeds from {first['first_seed']}, "
+            f"lr {first['lr']}, {', '.join(sorted({k.split(':')[1] for k in first['data']['mix']}))})"
+        )
+        first = first.get("init")
+    return stages
+
+
+def training_text(summary: dict[str, Any]) -> str:
+    """The card's training section: settings, held-out measures, earlier stages, the per-family table."""
     held = ", ".join(f"{loss:.3f} (step {step})" for step, loss in summary["held_out_loss"])
     decided = ", ".join(f"{acc:.2f} (step {step})" for step, acc in summary.get("held_out_decisions", []))
     by_family = "\n".join(
@@ -273,16 +285,7 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
         if by_family
         else ""
     )
-    lo, hi = summary["segment_tokens"]
-    gpu = "CPU" not in summary.get("hardware", "CPU")
-    device = f" --device cuda --minutes {summary['seconds'] / 60:.0f}" if gpu else ""
-    stages, first = [], summary.get("init")
-    while first:  # the earlier stages this run continued from, latest first
-        stages.append(
-            f"{first['steps']} steps on {first['examples']} examples (seeds from {first['first_seed']}, "
-            f"lr {first['lr']}, {', '.join(sorted({k.split(':')[1] for k in first['data']['mix']}))})"
-        )
-        first = first.get("init")
+    stages = earlier_stages(summary)
     stage = (
         "\nContinued, on new seeds, from earlier stages (their summaries are `training.json`'s nested `init`): "
         + "; before that ".join(stages)
@@ -290,26 +293,47 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
         if stages
         else ""
     )
-    resume = " --init PREVIOUS_STAGE" if stages else ""
-    prose = summary["data"]["mix"].keys() >= {"update:prose"}
+    return f"""LoRA rank {summary["rank"]}, alpha {summary["alpha"]}, on {", ".join(summary["target_modules"])};
+AdamW, lr {summary["lr"]}, warmup then cosine decay, batch 1, {summary["steps"]} steps, loss on the reply tokens
+only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["hardware"]}.
+Held-out loss (other seeds): {held}. First reply token right (NONE or the copy's start; the answer's start):
+{decided}. Saved as bf16 safetensors.{stage}{families}"""
+
+
+def reproduce_text(summary: dict[str, Any]) -> str:
+    """The two commands that make the examples and train on them again."""
+    lo, hi = summary["segment_tokens"]
+    gpu = "CPU" not in summary.get("hardware", "CPU")
+    device = f" --device cuda --minutes {summary['seconds'] / 60:.0f}" if gpu else ""
+    resume = " --init PREVIOUS_STAGE" if earlier_stages(summary) else ""
+    return f"""Reproduce: `tome train memagent --prepare-to data.npz --examples {summary["examples"]} --held-out
+{sum(r["n"] for r in summary.get("held_out_by_family", {}).values()) or 24} --segment-tokens {lo},{hi}
+--max-tokens {summary["max_tokens"]} --first-seed {summary["first_seed"]}` on any host, then
+`python -m memory.training --data data.npz --steps {summary.get("planned_steps", summary["steps"])} --lr {summary["lr"]}
+--first-token-weight {summary.get("first_token_weight", 1.0)}{device}{resume}` on the GPU host
+(log: `train_log.jsonl`, summary: `training.json`)."""
+
+
+def card(summary: dict[str, Any]) -> Card:
+    """The memagent adapter's card, from the run's summary (`training.json`)."""
+    mix = "\n".join(f"| {k.split(':')[0]} | {k.split(':')[1]} | {v} |" for k, v in summary["data"]["mix"].items())
+    lo, hi = summary["segment_tokens"]
     kinds = (
         "the evaluation harness's templates (RULER needles, variable chains, bAbI facts) and plain-prose facts\n"
         "(names, places, dates, quantities and relations about made-up people and trades, each in one of several\n"
         "phrasings, asked in other words, among distractor facts)"
-        if prose
+        if summary["data"]["mix"].keys() >= {"update:prose"}
         else "the evaluation harness's templates (RULER needles, variable chains, bAbI facts)"
     )
-    card = f"""# memagent adapter for SmolLM2-135M-Instruct
-
-A LoRA adapter that teaches the default model the two calls of the `memagent` strategy (memory/memagent.py): the
-memory update after each segment (copy, word for word and one per line, every sentence of the notes and the segment
-that helps answer; NONE when the segment adds nothing) and the final answer from the memory. `memagent` runs it when
-`memory.memagent.ADAPTERS` lists it for the engine's model or `TOME_MEMAGENT_ADAPTER` names its folder; both engines
-load it (native: transformers' PEFT integration; vLLM: `LoRARequest`).
-
-## Data (evals/memagent_data.py)
-
-{summary["examples"]} synthetic examples, built with {kinds},
+    about = (
+        "A LoRA adapter that teaches the default model the two calls of the `memagent` strategy (memory/memagent.py): "
+        "the\nmemory update after each segment (copy, word for word and one per line, every sentence of the notes and "
+        "the segment\nthat helps answer; NONE when the segment adds nothing) and the final answer from the memory. "
+        "`memagent` runs it when\n`memory.memagent.ADAPTERS` lists it for the engine's model or "
+        "`TOME_MEMAGENT_ADAPTER` names its folder; both engines\nload it (native: transformers' PEFT integration; "
+        "vLLM: `LoRARequest`)."
+    )
+    data = f"""{summary["examples"]} synthetic examples, built with {kinds},
 in text from the project corpus **without** the documents held out for evaluation (`evals.corpus.EVAL_DOCS`),
 keys and names made of words from those training documents only (never the words of the tests' own planted
 facts), and seeds from {summary["first_seed"]} up (the evaluation seeds are below). No `qa` examples: its questions
@@ -318,31 +342,18 @@ come from held-out documents. Update segments are {lo}-{hi} tokens (the strategy
 
 | call | family | examples |
 |---|---|---|
-{mix}
-
-## Training (memory/training.py)
-
-LoRA rank {summary["rank"]}, alpha {summary["alpha"]}, on {", ".join(summary["target_modules"])};
-AdamW, lr {summary["lr"]}, warmup then cosine decay, batch 1, {summary["steps"]} steps, loss on the reply tokens
-only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["hardware"]}.
-Held-out loss (other seeds): {held}. First reply token right (NONE or the copy's start; the answer's start):
-{decided}. Saved as bf16 safetensors.{stage}{families}
-
-![loss](loss.png)
-
-Reproduce: `tome train memagent --prepare-to data.npz --examples {summary["examples"]} --held-out
-{sum(r["n"] for r in summary.get("held_out_by_family", {}).values()) or 24} --segment-tokens {lo},{hi}
---max-tokens {summary["max_tokens"]} --first-seed {summary["first_seed"]}` on any host, then
-`python -m memory.training --data data.npz --steps {summary.get("planned_steps", summary["steps"])} --lr {summary["lr"]}
---first-token-weight {summary.get("first_token_weight", 1.0)}{device}{resume}` on the GPU host
-(log: `train_log.jsonl`, summary: `training.json`).
-
-## Measured
-
-`tome eval --strategy memagent` with and without the adapter: `bench/results/eval-memory-memagent-lora*.md` and
-`bench/results/eval-memory-memagent-base.md` (same tasks, lengths and seeds).
-"""
-    (out / "MODEL_CARD.md").write_text(card)
+{mix}"""
+    measured = (
+        "`tome eval --strategy memagent` with and without the adapter: "
+        "`bench/results/eval-memory-memagent-lora*.md` and\n`bench/results/eval-memory-memagent-base.md` "
+        "(same tasks, lengths and seeds)."
+    )
+    return Card(
+        title="memagent adapter for SmolLM2-135M-Instruct",
+        about=about,
+        body=[("Data (evals/memagent_data.py)", data), ("Training (memory/training.py)", training_text(summary))],
+        after=[("", reproduce_text(summary)), ("Measured", measured)],
+    )
 
 
 def merge(adapter: Path, model: str, home: Path, out: Path) -> None:
@@ -357,16 +368,8 @@ def merge(adapter: Path, model: str, home: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def main(
-    argv: Sequence[str] | None,
-    make_examples: MakeExamples | None = None,
-    first_seed: int = 0,
-    corpus: Path | None = None,
-    settings: Settings | None = None,
-) -> int:
-    """`tome train memagent` passes evals' example generator (`make_examples`, seeds from `first_seed`, text from
-    `corpus` unless --corpus names another) and the settings (default model and threads). Without them (`python -m
-    memory.training` on a GPU host) it trains from a --data file and a --model folder only."""
+def build_parser(first_seed: int, corpus: Path | None, settings: Settings | None) -> argparse.ArgumentParser:
+    """`tome train memagent`'s options; the defaults come from what `tome train` passes, where it does."""
     p = argparse.ArgumentParser(prog="tome train memagent", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (batch 1)")
     p.add_argument("--examples", type=int, default=0, help="distinct training examples (default: one per step)")
@@ -391,53 +394,39 @@ def main(
     p.add_argument("--merge-to", type=Path, default=None, help="only write --out's adapter merged into the model here")
     p.add_argument("--prepare-to", type=Path, default=None, help="only make and encode the examples into this file")
     p.add_argument("--data", type=Path, default=None, help="train on a --prepare-to file (its data settings win)")
-    args = p.parse_args(argv)
-    if args.model is None:
-        p.error("--model FOLDER is needed without the settings")
-    if make_examples is None and not (args.data or args.merge_to):
-        p.error("examples come from `tome train memagent`; here only --data FILE (or --merge-to) works")
+    return p
 
-    import torch
 
-    if args.merge_to:
-        merge(args.out, args.model, model_home(args.model, settings), args.merge_to)
-        return 0
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    lo, hi = (int(x) for x in args.segment_tokens.split(","))
-    if args.data:
-        items, held, meta = load_items(args.data)
-        args.first_seed, args.max_tokens, (lo, hi) = meta["first_seed"], meta["max_tokens"], meta["segment_tokens"]
-        stats, held_families = meta["data"], meta["held_families"]
-    else:
-        assert make_examples is not None  # checked with the arguments
-        from transformers import AutoTokenizer
+Items = list[dict[str, list[int]]]
 
-        from engines.models import resolve_model
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model, model_home(args.model, settings)))
-        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-        n = args.examples or args.steps
-        examples = make_examples(count, n, args.first_seed, 0.25, (lo, hi), args.corpus)
-        items = encode_all(tokenizer, examples, args.max_tokens)
-        held_examples = make_examples(
-            count, args.held_out, args.first_seed + 10 * n + 1000, 0.25, (lo, hi), args.corpus
-        )  # fmt: skip
-        encoded = [(e.family, encode(tokenizer, e, args.max_tokens)) for e in held_examples]
-        held = [x for _, x in encoded if x is not None]
-        held_families = [f for f, x in encoded if x is not None]
-        stats = data_stats(examples)
-        if args.prepare_to:
-            meta = {"data": stats, "held_families": held_families, "first_seed": args.first_seed,
-                    "max_tokens": args.max_tokens, "segment_tokens": [lo, hi]}  # fmt: skip
-            save_items(args.prepare_to, items, held, meta)
-            print(json.dumps({"examples": len(items), "held_out": len(held), **stats}), flush=True)
-            return 0
-    base, _ = load_base(args.model, model_home(args.model, settings), device=args.device)
-    model = with_lora(base, args.rank, args.alpha, args.init)
+def make_items(
+    args: argparse.Namespace, make_examples: MakeExamples, settings: Settings | None
+) -> tuple[Items, Items, list[str], dict[str, Any]]:
+    """Training and held-out examples (other seeds), encoded: the items, the held-out items, their families and the
+    data's statistics."""
+    from transformers import AutoTokenizer
+
+    from engines.models import resolve_model
+
+    lo, hi = args.segment_tokens
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model, model_home(args.model, settings)))
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    n = args.examples or args.steps
+    examples = make_examples(count, n, args.first_seed, 0.25, (lo, hi), args.corpus)
+    items = encode_all(tokenizer, examples, args.max_tokens)
+    held_examples = make_examples(count, args.held_out, args.first_seed + 10 * n + 1000, 0.25, (lo, hi), args.corpus)
+    encoded = [(e.family, encode(tokenizer, e, args.max_tokens)) for e in held_examples]
+    held = [x for _, x in encoded if x is not None]
+    held_families = [f for f, x in encoded if x is not None]
+    return items, held, held_families, data_stats(examples)
+
+
+def fit(args: argparse.Namespace, model: Any, items: Items, held: Items) -> dict[str, Any]:
+    """Train with the held-out loss and first-token accuracy measured at the start, every --eval-every steps and at
+    the end; rows go to `train_log.jsonl` as they come. The curve and the held-out measures."""
     args.out.mkdir(parents=True, exist_ok=True)
-    log_file = open(args.out / "train_log.jsonl", "w")
+    log_file = open(args.out / LOG, "w")
     held_losses: list[tuple[int, float]] = [(0, mean_loss(model, held))]
     decisions: list[tuple[int, float]] = [(0, decision_accuracy(model, held))]
     print(json.dumps({"examples": len(items), "held_out": len(held), "held_loss": held_losses[0][1],
@@ -463,29 +452,81 @@ def main(
     if not args.eval_every or done % args.eval_every:
         held_losses.append((done, mean_loss(model, held)))
         decisions.append((done, decision_accuracy(model, held)))
-    save_adapter(model, args.out)
-    plot_curve(curve, held_losses, args.out / "loss.png")
-    by_family: dict[str, dict[str, float]] = {}
+    return {"curve": curve, "held_out_loss": held_losses, "held_out_decisions": decisions}
+
+
+def by_family(model: Any, held: Items, held_families: list[str]) -> dict[str, dict[str, float]]:
+    """The final held-out loss and first-token accuracy per example family."""
+    out: dict[str, dict[str, float]] = {}
     for family in sorted(set(held_families)):
         mine = [h for h, f in zip(held, held_families, strict=True) if f == family]
-        by_family[family] = {
-            "n": len(mine),
-            "loss": mean_loss(model, mine),
-            "decisions": decision_accuracy(model, mine),
-        }
+        out[family] = {"n": len(mine), "loss": mean_loss(model, mine), "decisions": decision_accuracy(model, mine)}
+    return out
+
+
+def main(
+    argv: Sequence[str] | None,
+    make_examples: MakeExamples | None = None,
+    first_seed: int = 0,
+    corpus: Path | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """`tome train memagent` passes evals' example generator (`make_examples`, seeds from `first_seed`, text from
+    `corpus` unless --corpus names another) and the settings (default model and threads). Without them (`python -m
+    memory.training` on a GPU host) it trains from a --data file and a --model folder only."""
+    p = build_parser(first_seed, corpus, settings)
+    args = p.parse_args(argv)
+    if args.model is None:
+        p.error("--model FOLDER is needed without the settings")
+    if make_examples is None and not (args.data or args.merge_to):
+        p.error("examples come from `tome train memagent`; here only --data FILE (or --merge-to) works")
+
+    import torch
+
+    if args.merge_to:
+        merge(args.out, args.model, model_home(args.model, settings), args.merge_to)
+        return 0
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    args.segment_tokens = [int(x) for x in args.segment_tokens.split(",")]
+    if args.data:
+        items, held, meta = load_items(args.data)
+        args.first_seed, args.max_tokens, args.segment_tokens = (
+            meta["first_seed"],
+            meta["max_tokens"],
+            meta["segment_tokens"],
+        )
+        stats, held_families = meta["data"], meta["held_families"]
+    else:
+        assert make_examples is not None  # checked with the arguments
+        items, held, held_families, stats = make_items(args, make_examples, settings)
+        if args.prepare_to:
+            meta = {"data": stats, "held_families": held_families, "first_seed": args.first_seed,
+                    "max_tokens": args.max_tokens, "segment_tokens": list(args.segment_tokens)}  # fmt: skip
+            save_items(args.prepare_to, items, held, meta)
+            print(json.dumps({"examples": len(items), "held_out": len(held), **stats}), flush=True)
+            return 0
+    base, _ = load_base(args.model, model_home(args.model, settings), device=args.device)
+    model = with_lora(base, args.rank, args.alpha, args.init)
+    fitted = fit(args, model, items, held)
+    curve = fitted["curve"]
+    save_adapter(model, args.out)
+    plot_curve(curve, fitted["held_out_loss"], args.out / PLOT)
     summary = {
-        "model": Path(args.model).name, "steps": done, "planned_steps": args.steps, "examples": len(items),
+        "model": Path(args.model).name, "steps": len(curve), "planned_steps": args.steps, "examples": len(items),
         "rank": args.rank, "alpha": args.alpha,
         "lr": args.lr, "target_modules": list(TARGET_MODULES), "max_tokens": args.max_tokens,
-        "segment_tokens": [lo, hi], "first_seed": args.first_seed, "held_out_loss": held_losses,
-        "held_out_decisions": decisions, "held_out_by_family": by_family,
+        "segment_tokens": list(args.segment_tokens), "first_seed": args.first_seed,
+        "held_out_loss": fitted["held_out_loss"], "held_out_decisions": fitted["held_out_decisions"],
+        "held_out_by_family": by_family(model, held, held_families),
         "first_token_weight": args.first_token_weight,
         "init": json.loads((args.init / "training.json").read_text()) if args.init else None,
         "seconds": curve[-1]["seconds"] if curve else 0, "threads": args.threads, "data": stats,
         "hardware": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU thread(s)",
     }  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
-    write_card(summary, args.out)
+    write_card(args.out, card(summary))
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -184,35 +184,67 @@ def run_job_task(self: Any, job_id: str) -> None:
         lease.stop()
 
 
+class Ending:
+    """The writes that end a job under this worker's lease: each names the lease's fencing token, and a write that
+    moves nothing means the job was cancelled meanwhile (its event already went out) or the lease was taken."""
+
+    def __init__(self, store: Store, run: Run, shared: BaseCheckpointSaver) -> None:
+        self.store, self.job_id, self.token, self.shared = store, run.job.id, run.token, shared
+
+    def not_moved(self) -> None:
+        """finish() wrote nothing: cancelled meanwhile (the cancel sent its event), or the lease was taken."""
+        current = self.store.get_job(self.job_id)
+        if current is None or current.status != "cancelled":
+            raise LeaseLost(self.job_id)
+        self.shared.delete_thread(self.job_id)
+
+    def finish(self, status: str, **fields: Any) -> None:
+        """The job's last transition, then its checkpoints go (of no use now) and its event is delivered."""
+        event, moved = self.store.finish(self.job_id, status, event_body, token=self.token, **fields)
+        if not moved:
+            return self.not_moved()
+        self.shared.delete_thread(self.job_id)
+        send_delivery(event)
+
+    def fail(self, message: str) -> None:
+        self.finish("failed", error=message)
+
+
+def resumable_progress(store: Store, run: Run, checkpointer: FencedCheckpointer, lease: Lease) -> JobProgress:
+    """The job's progress reporter; a run that resumes a graph stopped mid-way (its worker died) says where."""
+    progress = JobProgress(store, run.job.id, checkpointer, lease)
+    state = build_graph(checkpointer).get_state({"configurable": {"thread_id": run.job.id}})
+    if state.next:
+        store.set_resumed_from(run.job.id, state.next[0], token=run.token)
+        progress.record_route()
+    return progress
+
+
+def failed_run(task: Any, run: Run, ending: Ending, exc: Exception) -> None:
+    """An error from the graph: a transient engine error is retried (the job queued again) while retries last;
+    anything else fails the job with its message."""
+    settings, job_id = worker_settings, run.job.id
+    if is_transient(exc) and task.request.retries < settings.engine_retries:
+        delay = settings.engine_retry_backoff * 2**task.request.retries
+        log.warning("job %s: transient engine error (%s); retrying in %.0f s", job_id, exc, delay)
+        if not ending.store.release(job_id, run.token):  # queued again, so that the retry's delivery takes it
+            raise LeaseLost(job_id) from None
+        raise task.retry(exc=exc, countdown=delay) from None
+    log.exception("job %s failed", job_id)
+    ending.fail(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
+
+
 def execute(task: Any, run: Run, lease: Lease) -> None:
     """Run a job whose lease this worker holds; every write names the lease's fencing token."""
-    settings, store, job_id, job = worker_settings, worker_store(), run.job.id, run.job
-    request = JobCreate.model_validate(job.request)
+    store, job_id = worker_store(), run.job.id
+    request = JobCreate.model_validate(run.job.request)
     tasks = request.tasks()
-    stored = store.document_text(job.document_id)
+    stored = store.document_text(run.job.document_id)
     document = Document(stored.text, source=stored.filename, media_type=stored.media_type, metadata=stored.meta)
     shared = worker_checkpointer()
     checkpointer = FencedCheckpointer(shared, lease)
-    progress = JobProgress(store, job_id, checkpointer, lease)
-    state = build_graph(checkpointer).get_state({"configurable": {"thread_id": job_id}})
-    if state.next:  # a previous run of this job stopped mid-graph (its worker died): resume there
-        store.set_resumed_from(job_id, state.next[0], token=run.token)
-        progress.record_route()
-
-    def not_moved() -> None:
-        """finish() wrote nothing: cancelled meanwhile (the cancel sent its event), or the lease was taken."""
-        current = store.get_job(job_id)
-        if current is None or current.status != "cancelled":
-            raise LeaseLost(job_id)
-        shared.delete_thread(job_id)
-
-    def fail(message: str) -> None:
-        event, moved = store.finish(job_id, "failed", event_body, token=run.token, error=message)
-        if not moved:
-            return not_moved()
-        shared.delete_thread(job_id)
-        send_delivery(event)
-
+    progress = resumable_progress(store, run, checkpointer, lease)
+    ending = Ending(store, run, shared)
     try:
         result = run_job(
             document,
@@ -236,36 +268,21 @@ def execute(task: Any, run: Run, lease: Lease) -> None:
         log.warning("job %s: the database is unreachable (%s); left to its lease", job_id, type(exc).__name__)
         raise LeaseLost(job_id) from exc
     except SoftTimeLimitExceeded:
-        fail(f"the job ran past the {settings.job_time_limit:.0f} s time limit")
+        ending.fail(f"the job ran past the {worker_settings.job_time_limit:.0f} s time limit")
         return
     except Exception as exc:
-        if is_transient(exc) and task.request.retries < settings.engine_retries:
-            delay = settings.engine_retry_backoff * 2**task.request.retries
-            log.warning("job %s: transient engine error (%s); retrying in %.0f s", job_id, exc, delay)
-            if not store.release(job_id, run.token):  # queued again, so that the retry's delivery takes it
-                raise LeaseLost(job_id) from None
-            raise task.retry(exc=exc, countdown=delay) from None
-        log.exception("job %s failed", job_id)
-        fail(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
+        failed_run(task, run, ending, exc)
         return
-    cost = vars(result.cost)
-    event, moved = store.finish(
-        job_id,
+    ending.finish(
         "completed",
-        event_body,
-        token=run.token,
         result=result_dict(result, tasks, document),
-        cost=cost,
+        cost=vars(result.cost),
         strategy=result.strategy,
         reason=result.reason,
         document_tokens=result.document_tokens,
         progress_done=progress.total,
         progress_total=progress.total,
     )
-    if not moved:
-        return not_moved()
-    shared.delete_thread(job_id)  # the job ended under our token: its checkpoints are of no use now
-    send_delivery(event)
 
 
 _sweeper: Sweeper | None = None

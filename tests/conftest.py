@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from engines.text import paragraphs_of, plant
+
 # vLLM's engine core stays in this process: tests need no spawn guard and load the model once.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -70,7 +72,7 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list]:
     """One Celery worker on the test file's `env`; a test may append more, and all are killed after the file."""
-    from tests.helpers import Worker
+    from bench.stack import Worker
 
     logs = tmp_path_factory.mktemp("workers")
     started = [Worker(env, "w1", logs / "w1.log")]
@@ -79,11 +81,10 @@ def workers(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
         w.kill()
 
 
-def planted_document(engine, fact: str, tokens: int = 2000, depth: float = 0.5) -> str:
-    """Real text of about `tokens` tokens with `fact` inserted at a paragraph boundary near `depth`."""
-    text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text()
-    ids = engine.tokenize(text)[:tokens]
-    body = engine.detokenize(ids)
-    paragraphs = body.split("\n\n")
-    at = max(1, int(len(paragraphs) * depth))
-    return "\n\n".join(paragraphs[:at] + [fact] + paragraphs[at:])
+def planted_document(
+    engine, fact: str, tokens: int = 2000, depth: float = 0.5, source: str = "heart_of_darkness_opening.txt"
+) -> str:
+    """About `tokens` tokens of an example text with `fact` planted as a paragraph of its own after the first
+    `depth` of its paragraphs (at least one)."""
+    units = paragraphs_of(engine.detokenize(engine.tokenize((EXAMPLES / source).read_text())[:tokens]))
+    return plant(units, [(max(1, int(len(units) * depth)) / len(units), fact)], paragraphs=True)

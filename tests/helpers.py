@@ -1,20 +1,14 @@
-"""What the service tests share: keys, a free port, waiting, a webhook receiver, an API in a thread, a worker
-process, and a private TOME_HOME. The `database` fixture (conftest.py) gives each file a PostgreSQL database."""
+"""What the service tests share: keys, an API in a thread, a private TOME_HOME. The webhook receiver and the worker
+processes come from bench/stack.py (shared with the fault benchmark). The `database` fixture (conftest.py) gives
+each file a PostgreSQL database."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +17,8 @@ import psycopg
 import pytest
 import redis
 import uvicorn
-from standardwebhooks.webhooks import Webhook
+
+from bench.stack import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -69,63 +64,6 @@ def flushed(redis_url: str) -> Iterator[None]:
         client.flushdb()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Receiver:
-    """A webhook endpoint on localhost that records every delivery; can be started late (down, then up)."""
-
-    def __init__(self, replies: list[tuple[int, dict[str, str]]] | None = None) -> None:
-        self.replies = list(replies or [])  # (status, headers) for the first deliveries; then 204
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.deliveries: list[tuple[dict[str, str], bytes]] = []
-        self.server: ThreadingHTTPServer | None = None
-
-    def start(self) -> Receiver:
-        deliveries, replies = self.deliveries, self.replies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["content-length"]))
-                deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                status, headers = replies.pop(0) if replies else (204, {})
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-    def events(self, secret: str) -> list[dict[str, Any]]:
-        """Every delivery, verified by the reference Standard Webhooks implementation (raises if one is forged)."""
-        verifier = Webhook(secret)
-        return [{"id": h["webhook-id"], **verifier.verify(body, h)} for h, body in list(self.deliveries)]
-
-
 def serve(settings: Any) -> tuple[str, uvicorn.Server]:
     """The API on a free port in a thread of this process; set `should_exit` on the server to stop it."""
     from service.api import create_app
@@ -155,27 +93,6 @@ def settings_from(env: dict[str, str], **overrides: Any) -> Any:
     values = {k.removeprefix("TOME_").lower(): v for k, v in env.items()}
     values["webhook_retry_delays"] = json.loads(values["webhook_retry_delays"])
     return Settings(**{**values, **overrides})
-
-
-class Worker:
-    """A Celery worker process (one prefork child) reading the cpu and webhooks queues."""
-
-    def __init__(self, env: dict[str, str], name: str, log: Path) -> None:
-        self.log = log.open("w")
-        cmd = [sys.executable, "-m", "celery", "-A", "service.celery_app", "worker", "-Q", "cpu,webhooks"]
-        cmd += ["-c", "1", "--pool", "prefork", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
-        cmd += ["--loglevel", "INFO"]
-        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            cmd, env=full_env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool children), as when a host dies."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.log.close()
 
 
 def qa_job(**extra: Any) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.stack import Worker
 from service.store import Store
-from tests.helpers import ALICE, BOB, Worker, flushed, private_home, qa_job, serve, settings_from, stack_env, wait_for
+from tests.helpers import ALICE, BOB, flushed, private_home, qa_job, serve, settings_from, stack_env, wait_for
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 

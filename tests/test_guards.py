@@ -16,10 +16,11 @@ import httpx
 import psycopg
 import pytest
 
+from bench.stack import Receiver
 from service import webhooks
 from service.auth import bootstrap_keys, hash_key, key_weakness, new_key
 from service.store import Store
-from tests.helpers import ALICE, ROOT, SECRET, Receiver, api_client, flushed, serve
+from tests.helpers import ALICE, ROOT, SECRET, api_client, flushed, serve
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 KEY_SECRET = "a-server-secret-for-the-guard-tests-0123456789"
@@ -178,7 +179,7 @@ def test_every_ipv6_form_of_an_internal_address_is_refused(api: httpx.Client, da
 
 
 def test_delivery_connects_to_the_checked_address_with_the_names_host_header() -> None:
-    receiver = Receiver().start()
+    receiver = Receiver(SECRET).start()
     try:
         url = f"http://localhost:{receiver.port}/hook"
         checked = webhooks.check_callback_url(url, allow_private=True)

@@ -95,3 +95,33 @@ def test_the_readme_settings_table_is_generated_from_the_settings() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert readme.split(start, 1)[1].split(end, 1)[0] == settings_table(), "run `tome settings --write README.md`"
     assert all(field.description for field in Settings.model_fields.values())  # every row says what it means
+
+
+LONGEST_FUNCTION = 80  # lines, decorators included: longer ones are split into named steps that read top to bottom
+
+
+def long_functions(packages: tuple[str, ...]) -> list[str]:
+    """Functions (methods and nested ones too) longer than LONGEST_FUNCTION lines, with their length."""
+    found = []
+    for path in modules(*packages):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                lines = (node.end_lineno or node.lineno) - first + 1
+                if lines > LONGEST_FUNCTION:
+                    found.append(f"{path.relative_to(ROOT)}:{first} {node.name}: {lines} lines")
+    return found
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    assert long_functions((*PRODUCT, "evals")) == []
+
+
+def test_every_shipped_adapter_has_its_weights_log_curve_and_card() -> None:
+    from engines.adapters import ADAPTER_HOME, CARD, LOG, PLOT, WEIGHTS
+
+    folders = [f for f in sorted(ADAPTER_HOME.iterdir()) if f.is_dir() and f.name != "__pycache__"]
+    assert {f.name for f in folders} >= {"compllm", "compllm-early", "gist", "smollm2-memagent"}
+    for folder in folders:
+        weights = (folder / WEIGHTS).exists() or (folder / "adapter_model.safetensors").exists()
+        assert weights and all((folder / name).exists() for name in (LOG, PLOT, CARD)), folder.name

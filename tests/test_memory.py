@@ -11,11 +11,12 @@ import pytest
 
 from engines.grounding import complete_fragments
 from engines.lexical import LexicalScorer, words
+from engines.text import paragraphs_of, plant
 from engines.types import Document, Task
 from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
 from memory.rag import UNITS, Rag, RagConfig, RagInputError
 from memory.spans import split_sentences
-from tests.conftest import EXAMPLES
+from tests.conftest import planted_document
 
 FACT = "The lighthouse keeper's dog was called Biscuit Magnolia."
 QUESTION = "What was the lighthouse keeper's dog called?"
@@ -23,10 +24,7 @@ QUESTION = "What was the lighthouse keeper's dog called?"
 
 def long_document(engine, fact: str, tokens: int, depth: float) -> Document:
     """About `tokens` tokens of Walden with `fact` planted at a paragraph boundary near `depth`."""
-    body = engine.detokenize(engine.tokenize((EXAMPLES / "walden_long.txt").read_text())[:tokens])
-    paragraphs = body.split("\n\n")
-    at = max(1, int(len(paragraphs) * depth))
-    return Document("\n\n".join(paragraphs[:at] + [fact] + paragraphs[at:]))
+    return Document(planted_document(engine, fact, tokens, depth, source="walden_long.txt"))
 
 
 @pytest.fixture(scope="module")
@@ -319,12 +317,13 @@ def test_router_picks_a_memory_strategy_when_the_document_does_not_fit(native_en
 
 def test_rag_covers_each_rare_key_of_a_question_that_names_several(native_engine, tmp_path):
     keys = {"quill-orchard": 4417, "amber-tunnel": 9023, "velvet-harbor": 3318, "copper-meadow": 7751}
-    doc = long_document(native_engine, "", 12_000, 0.5)
-    paragraphs = doc.text.split("\n\n")
-    for i, (key, value) in enumerate(keys.items()):  # one fact near 15%, 40%, 65% and 90% of the text
-        at = int(len(paragraphs) * (0.15 + 0.25 * i)) + i
-        paragraphs.insert(at, f"One of the special magic numbers for {key} is: {value}.")
-    doc = Document("\n\n".join(paragraphs))
+    units = paragraphs_of(long_document(native_engine, "", 12_000, 0.5).text)
+    n = len(units)
+    facts = [  # one fact near 15%, 40%, 65% and 90% of the paragraphs
+        (int((n + i) * (0.15 + 0.25 * i)) / n, f"One of the special magic numbers for {key} is: {value}.")
+        for i, (key, value) in enumerate(keys.items())
+    ]
+    doc = Document(plant(units, facts, paragraphs=True))
     task = Task("What are the special magic numbers for " + ", ".join(keys) + " mentioned in the provided text?")
 
     def read(cover_df: int) -> str:

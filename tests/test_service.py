@@ -20,6 +20,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from bench.stack import Receiver, Worker
 from service.auth import hash_key
 from service.schemas import JobCreate
 from service.store import Store
@@ -29,8 +30,6 @@ from tests.helpers import (
     DOC,
     QUESTIONS,
     SECRET,
-    Receiver,
-    Worker,
     api_client,
     flushed,
     qa_job,
@@ -134,7 +133,7 @@ def test_documents_upload_dedup_and_bad_inputs(api: httpx.Client, env: dict[str,
 
 
 def test_job_result_and_signed_webhook(api: httpx.Client, workers: list[Worker]) -> None:
-    receiver = Receiver().start()
+    receiver = Receiver(SECRET).start()
     try:
         doc_id = api.post("/v1/documents", files={"file": ("keeper.txt", DOC.encode(), "text/plain")}).json()["id"]
         body = {"document_id": doc_id, "task": {"kind": "qa", "questions": QUESTIONS}, "max_answer_tokens": 12}
@@ -155,7 +154,7 @@ def test_job_result_and_signed_webhook(api: httpx.Client, workers: list[Worker])
         assert job["cost"]["calls"] == 2 and job["cost"]["tokens_read"] > 200
         assert job["progress"]["done"] == job["progress"]["total"] == 1
 
-        events = wait_for(lambda: receiver.events(SECRET), 30, "the webhook")
+        events = wait_for(receiver.events, 30, "the webhook")
         assert len(events) == 1 and events[0]["type"] == "job.completed"
         assert events[0]["data"]["id"] == job_id and events[0]["data"]["result"]["answers"][0]["text"]
         hook = wait_for(lambda: (h := api.get(f"/v1/jobs/{job_id}").json()["webhook"])["delivered_at"] and h, 30, "it")
@@ -216,13 +215,13 @@ def attempts(api: httpx.Client, job_id: str) -> list[dict[str, Any]]:
 
 
 def test_webhook_retries_until_the_receiver_is_up(api: httpx.Client, workers: list[Worker]) -> None:
-    receiver = Receiver()  # not listening yet: deliveries are refused
+    receiver = Receiver(SECRET)  # not listening yet: deliveries are refused
     job_id = submit(api, too_long_job(callback_url=receiver.url, callback_secret=SECRET)).json()["id"]
     assert wait_job(api, job_id, 60)["status"] == "failed"
     wait_for(lambda: len(attempts(api, job_id)) >= 2, 30, "two failed attempts")
     receiver.start()
     try:
-        events = wait_for(lambda: receiver.events(SECRET), 30, "the delivery after the receiver came up")
+        events = wait_for(receiver.events, 30, "the delivery after the receiver came up")
         hook = wait_for(lambda: (h := api.get(f"/v1/jobs/{job_id}").json()["webhook"])["delivered_at"] and h, 30, "it")
         tried = hook["attempts"]
         assert all(a["status_code"] is None and "Connect" in a["error"] for a in tried[:-1])
@@ -232,8 +231,8 @@ def test_webhook_retries_until_the_receiver_is_up(api: httpx.Client, workers: li
         receiver.stop()
 
     # Retry-After is honoured; a 410 disables the endpoint and ends the retries.
-    slow = Receiver([(503, {"Retry-After": "3"})]).start()
-    gone = Receiver([(410, {})]).start()
+    slow = Receiver(SECRET, [(503, {"Retry-After": "3"})]).start()
+    gone = Receiver(SECRET, [(410, {})]).start()
     try:
         slow_id = submit(api, too_long_job(callback_url=slow.url, callback_secret=SECRET)).json()["id"]
         gone_id = submit(api, too_long_job(callback_url=gone.url, callback_secret=SECRET)).json()["id"]
@@ -265,7 +264,7 @@ def summary_job(tokens: int, **extra: Any) -> dict[str, Any]:
 def test_killed_worker_job_resumes_on_a_new_worker(
     api: httpx.Client, env: dict[str, str], workers: list[Worker], tmp_path: Path
 ) -> None:
-    receiver = Receiver().start()
+    receiver = Receiver(SECRET).start()
     try:
         job_id = submit(api, summary_job(24, callback_url=receiver.url, callback_secret=SECRET)).json()["id"]
         wait_job(api, job_id, 600, done=lambda j: j["progress"]["message"] == "reading the whole document")
@@ -278,14 +277,14 @@ def test_killed_worker_job_resumes_on_a_new_worker(
         assert job["runs"] == 2 and job["resumed_from"] == "run", job
         wait_for(lambda: receiver.deliveries, 30, "the webhook")
         time.sleep(2)  # any duplicate delivery would arrive now
-        completed = {e["id"] for e in receiver.events(SECRET) if e["type"] == "job.completed"}
+        completed = {e["id"] for e in receiver.events() if e["type"] == "job.completed"}
         assert completed == {api.get(f"/v1/jobs/{job_id}").json()["webhook"]["event_id"]}
     finally:
         receiver.stop()
 
 
 def test_cancel_queued_and_running(api: httpx.Client, workers: list[Worker]) -> None:
-    receiver = Receiver().start()
+    receiver = Receiver(SECRET).start()
     try:
         running = submit(api, summary_job(200)).json()["id"]
         queued = submit(api, qa_job(callback_url=receiver.url, callback_secret=SECRET)).json()["id"]
@@ -294,7 +293,7 @@ def test_cancel_queued_and_running(api: httpx.Client, workers: list[Worker]) -> 
         wait_job(api, running, 600, done=lambda j: j["status"] == "running" and j["progress"]["message"])
         assert api.delete(f"/v1/jobs/{running}").json()["status"] == "cancelled"  # revoked: its process is ended
         # The one worker process was busy with `running`; freed by the cancel, it delivers the queued job's event.
-        events = wait_for(lambda: receiver.events(SECRET), 60, "job.cancelled")
+        events = wait_for(receiver.events, 60, "job.cancelled")
         assert [(e["type"], e["data"]["id"]) for e in events] == [("job.cancelled", queued)]
         time.sleep(3)  # the revoked worker must not write a result over the cancel, nor run the queued job
         for job_id in (running, queued):

@@ -29,6 +29,7 @@ from compressors.soft.train import answer_logits, held_out_reconstruction, recon
 from engines import EngineConfig, create_engine
 from engines.base import Engine, SamplingParams
 from engines.prompting import prompt_around
+from engines.text import plant, words_of
 from engines.types import Document, Task
 from workflows.graph import run_job
 from workflows.registry import Strategies
@@ -218,9 +219,8 @@ def planted(engine: Engine, text: str, rng: random.Random) -> tuple[list[int], T
     words = [w for w in text.split() if w.isalpha() and w.islower() and len(w) > 4]
     key, value = f"{rng.choice(words)} {rng.choice(words)}", str(rng.randint(1000, 99999))
     start = rng.randrange(0, len(text) - 2000)
-    body = text[start : start + 700]
-    cut = body.index(". ", len(body) // 3) + 2
-    context = engine.tokenize(body[:cut] + f"The {key} code is {value}. " + body[cut:])
+    body = plant(words_of(text[start : start + 700]), [(1 / 3, f"The {key} code is {value}.")])
+    context = engine.tokenize(body)
     return context, Task(f"What is the {key} code?"), engine.tokenize(value)
 
 

@@ -1,7 +1,5 @@
 """SmolLM2 through the native engine with sparse prefill answers a planted-fact question as dense attention does."""
 
-from pathlib import Path
-
 import torch
 
 from engines import EngineConfig, create_engine
@@ -9,25 +7,18 @@ from engines.prompting import answer_messages
 from engines.sparse_attention import register_sparse_attention
 from engines.types import Task
 from kernels.patterns import VerticalSlash
+from tests.conftest import EXAMPLES, planted_document
 
-TEXT = Path(__file__).resolve().parents[1] / "examples" / "heart_of_darkness_opening.txt"
 FACT = "The special magic number for the harbour is 7341."
 QUESTION = "What is the special magic number for the harbour?"
 # Budgets scaled to a 2K prompt (MInference's 1000/6096 would cover all of it): about a fifth of the causal triangle.
 SMALL = VerticalSlash(vertical=64, slash=160, window=64)
 
 
-def planted_document(engine, tokens: int = 2000) -> str:
-    body = engine.detokenize(engine.tokenize(TEXT.read_text())[:tokens])
-    paragraphs = body.split("\n\n")
-    at = len(paragraphs) // 2
-    return "\n\n".join(paragraphs[:at] + [FACT] + paragraphs[at:])
-
-
 def test_vertical_slash_prefill_answers_like_dense() -> None:
     name = register_sparse_attention("vs_2k", SMALL)
     engine = create_engine(EngineConfig(kind="native", device="cpu", attention=name))
-    messages = answer_messages(planted_document(engine), Task(question=QUESTION))
+    messages = answer_messages(planted_document(engine, FACT), Task(question=QUESTION))
     ids = torch.tensor([engine._template(messages)])
     assert 1800 < ids.shape[1] < 2600
     runs = {}
@@ -48,7 +39,7 @@ def test_vertical_slash_prefill_answers_like_dense() -> None:
 def test_per_head_setting_loads_the_searched_config() -> None:
     engine = create_engine(EngineConfig(kind="native", device="cpu", attention="per_head"))
     assert engine.model.config._attn_implementation == "per_head_smollm2"
-    ids = torch.tensor([engine.tokenize(TEXT.read_text())[:600]])
+    ids = torch.tensor([engine.tokenize((EXAMPLES / "heart_of_darkness_opening.txt").read_text())[:600]])
     with torch.inference_mode():
         sparse = engine.model(ids, logits_to_keep=1).logits[0, -1].float()
         engine.model.set_attn_implementation("sdpa")

@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from bench.pdfgen import Heading, Page, book, make_pdf
-from tests.helpers import ALICE, BOB, ROOT, Worker, flushed, free_port, private_home, stack_env, wait_for
+from bench.stack import Worker
+from tests.helpers import ALICE, BOB, ROOT, flushed, free_port, private_home, stack_env, wait_for
 
 pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
@@ -147,19 +148,9 @@ def test_wrong_key_shows_the_api_error(server: str, browser: WebDriver) -> None:
     assert script_errors(browser) == []
 
 
-def test_upload_ask_watch_and_read_the_evidence(server: str, browser: WebDriver, tmp_path: Path) -> None:
-    pdf = tmp_path / "keeper.pdf"
-    pdf.write_bytes(keeper_pdf())
-    browser.get(server + "/")
-    set_key(browser, ALICE)
-    wait_for(lambda: "No jobs yet" in text_of(browser, "jobs"), 20, "the empty job list")
-    assert not browser.find_element(By.ID, "error").is_displayed()
-    browser.find_element(By.ID, "file").send_keys(str(pdf))
-    assert "keeper.pdf" in text_of(browser, "file-name")
-    browser.find_element(By.ID, "questions").send_keys("\n".join(QUESTIONS))
-    browser.find_element(By.ID, "submit").click()
-
-    # Progress as it arrives: every distinct line the page showed, until both answers are there.
+def watch_progress(browser: WebDriver) -> list[str]:
+    """Progress as it arrives: every distinct line the page showed, until both answers are there (and the final
+    line, read once it has settled: the answers and that line come from the same end event)."""
     seen: list[str] = []
     running_shot = False
     deadline = time.monotonic() + 600
@@ -177,10 +168,37 @@ def test_upload_ask_watch_and_read_the_evidence(server: str, browser: WebDriver,
         time.sleep(0.05)
     else:
         pytest.fail(f"no answers after 600 s; progress seen: {seen}")
-    # the answers and the final progress line come from the same end event; read the line once it has settled
     wait_for(lambda: text_of(browser, "progress-text").startswith("completed"), 10, "the completed line")
     if seen[-1] != text_of(browser, "progress-text"):
         seen.append(text_of(browser, "progress-text"))
+    return seen
+
+
+def api_shows_the_same_evidence(server: str) -> None:
+    """The API says what the page showed: evidence spans carry their page, the result names the image-only page."""
+    with httpx.Client(base_url=server, headers={"X-API-Key": ALICE}, timeout=30) as api:
+        job = api.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+        assert job["result"]["document"] == {"pages": 4, "image_only_pages": [2]}
+        evidence = job["result"]["answers"][0]["evidence"][0]
+        assert evidence["page"] == 1 and evidence["section"] == "Title page"  # `full` read it all, from page 1
+        content = api.get(f"/v1/documents/{job['document_id']}/text").json()
+        assert content["image_only_pages"] == [2] and [p for p, _, _ in content["page_spans"]] == [1, 3, 4]
+        assert api.get(f"/v1/documents/{job['document_id']}/text", headers={"X-API-Key": BOB}).status_code == 404
+
+
+def test_upload_ask_watch_and_read_the_evidence(server: str, browser: WebDriver, tmp_path: Path) -> None:
+    pdf = tmp_path / "keeper.pdf"
+    pdf.write_bytes(keeper_pdf())
+    browser.get(server + "/")
+    set_key(browser, ALICE)
+    wait_for(lambda: "No jobs yet" in text_of(browser, "jobs"), 20, "the empty job list")
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    browser.find_element(By.ID, "file").send_keys(str(pdf))
+    assert "keeper.pdf" in text_of(browser, "file-name")
+    browser.find_element(By.ID, "questions").send_keys("\n".join(QUESTIONS))
+    browser.find_element(By.ID, "submit").click()
+
+    seen = watch_progress(browser)
     assert text_of(browser, "progress-via") == "Live: Server-Sent Events"
     assert any(s.startswith("running") for s in seen), seen
     assert seen[-1].startswith("completed"), seen
@@ -215,15 +233,7 @@ def test_upload_ask_watch_and_read_the_evidence(server: str, browser: WebDriver,
     assert visible
     shot(browser, "answers")
 
-    # The API says the same: evidence spans carry their page, the result names the image-only page.
-    with httpx.Client(base_url=server, headers={"X-API-Key": ALICE}, timeout=30) as api:
-        job = api.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
-        assert job["result"]["document"] == {"pages": 4, "image_only_pages": [2]}
-        evidence = job["result"]["answers"][0]["evidence"][0]
-        assert evidence["page"] == 1 and evidence["section"] == "Title page"  # `full` read it all, from page 1
-        content = api.get(f"/v1/documents/{job['document_id']}/text").json()
-        assert content["image_only_pages"] == [2] and [p for p, _, _ in content["page_spans"]] == [1, 3, 4]
-        assert api.get(f"/v1/documents/{job['document_id']}/text", headers={"X-API-Key": BOB}).status_code == 404
+    api_shows_the_same_evidence(server)
 
     # Past jobs: listed, and reopened after a reload (the key stays for the browser tab).
     browser.refresh()

@@ -19,6 +19,7 @@ from engines.grounding import content_words, is_abstention, support
 from engines.prompting import SYSTEM, answer_from_context, answer_overhead
 from engines.segmenting import split_segments
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind
+from workflows.loop import add_segment_loop
 
 NONE = "NONE"
 MAP_BATCH = 4  # segments per map call (and per checkpoint): local engines batch them, remote ones run them concurrently
@@ -186,14 +187,4 @@ def add_mapreduce_loop(
         answers = strategy.finish(state["reading"], document, tasks_of(state), engine_of(config))
         return {"answers": [a.to_dict() for a in answers]}
 
-    def next_step(state: Any) -> str:
-        reading = state["reading"]
-        return "mapreduce_read" if reading["done"] < len(reading["segments"]) else "mapreduce_reduce"
-
-    graph.add_node("mapreduce_plan", plan)
-    graph.add_node("mapreduce_read", read)
-    graph.add_node("mapreduce_reduce", reduce)
-    graph.add_conditional_edges("mapreduce_plan", next_step, ["mapreduce_read", "mapreduce_reduce"])
-    graph.add_conditional_edges("mapreduce_read", next_step, ["mapreduce_read", "mapreduce_reduce"])
-    graph.add_edge("mapreduce_reduce", then)
-    return "mapreduce_plan"
+    return add_segment_loop(graph, "mapreduce", plan, read, ("reduce", reduce), then)

@@ -1,8 +1,5 @@
-"""The memagent loop as graph nodes: plan the segments, read one segment per node run, answer from memory.
-
-Each node run is a LangGraph superstep, so a persistent checkpointer stores the memories after every
-segment and a resumed job (same thread id) continues with the next unread segment.
-"""
+"""The memagent loop as graph nodes (workflows/loop.py): plan the segments, read one segment per node run (the
+memories checkpointed after each), answer from memory."""
 
 from __future__ import annotations
 
@@ -15,9 +12,8 @@ from langgraph.graph import StateGraph
 from engines.base import Engine
 from engines.types import Document, Progress, Task
 from memory.memagent import MemAgent
+from workflows.loop import add_segment_loop
 from workflows.registry import Strategies, get_strategy
-
-Node = Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]
 
 
 def add_memagent_loop(
@@ -56,14 +52,4 @@ def add_memagent_loop(
         progress_of(config)(total + 1, total + 1, "answered from memory")
         return {"answers": [a.to_dict() for a in answers]}
 
-    def next_step(state: Any) -> str:
-        reading = state["reading"]
-        return "memagent_read" if reading["done"] < len(reading["segments"]) else "memagent_answer"
-
-    graph.add_node("memagent_plan", plan)
-    graph.add_node("memagent_read", read)
-    graph.add_node("memagent_answer", answer)
-    graph.add_conditional_edges("memagent_plan", next_step, ["memagent_read", "memagent_answer"])
-    graph.add_conditional_edges("memagent_read", next_step, ["memagent_read", "memagent_answer"])
-    graph.add_edge("memagent_answer", then)
-    return "memagent_plan"
+    return add_segment_loop(graph, "memagent", plan, read, ("answer", answer), then)

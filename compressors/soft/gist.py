@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from compressors.soft.model import adapter_config, load_lora_state, lora_copy, lora_state, save_adapter
+from compressors.soft.model import load_lora_state, lora_copy, lora_state, save_adapter, stored_config, trained
+from engines.adapters import ADAPTER_HOME, WEIGHTS
 from engines.types import Progress, no_progress
 
-SHIPPED = Path(__file__).with_name("gist.safetensors")
+SHIPPED = ADAPTER_HOME / "gist" / WEIGHTS
 
 # What each position of a sequence in gist form is.
 PREFIX, RAW, GIST, TAIL = 0, 1, 2, 3
@@ -258,14 +258,9 @@ class GistModel(nn.Module):
 
 
 def read_config(path: Path) -> GistConfig:
-    raw = adapter_config(path)
-    raw["rates"] = tuple(raw["rates"])
-    raw["target_modules"] = tuple(raw["target_modules"])
-    return GistConfig(**raw)
+    return stored_config(path, GistConfig)
 
 
 def load_gist(model: nn.Module, path: Path = SHIPPED) -> GistModel:
     """The trained gist model for `model` from an adapter file."""
-    gist = GistModel(model, read_config(path))
-    gist.load_trained(load_file(str(path)))
-    return gist.to(next(model.parameters()).device).eval()
+    return trained(GistModel, model, read_config(path), path)

@@ -22,20 +22,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from compressors.soft.data import Example, ExampleMaker
 from compressors.soft.gist import SHIPPED, GistConfig, GistModel, layout
-from compressors.soft.train import ReadTexts, answer_logits, engine_config, plot_losses
+from compressors.soft.train import ReadTexts, answer_logits, engine_config, mean, plot_losses
 from engines import create_engine
+from engines.adapters import LOG, PLOT, Card, write_card
 from engines.base import Engine
 from engines.prompting import prompt_around
 from engines.settings import Settings
 from engines.types import Task
-
-CARD_SECTION = "## Gist tokens"  # the trainer rewrites MODEL_CARD.md from this heading on
 
 
 def gist_step(
@@ -75,12 +75,8 @@ def held_out(engine: Engine, gist: GistModel, examples: Sequence[Example], batch
     return out
 
 
-def write_card(path: Path, output: Path, run: dict, log: list[dict], evals: list[dict]) -> None:
-    """The gist section of MODEL_CARD.md (whatever the file holds before the section is kept)."""
-
-    def mean(rows: list[dict], key: str) -> float:
-        return sum(r[key] for r in rows) / max(1, len(rows))
-
+def card(output: Path, run: dict, log: list[dict], evals: list[dict]) -> Card:
+    """The gist adapter's card from the run's settings (the log's first row), its steps and held-out rows."""
     k = max(1, len(log) // 10)
     first, last = log[:k], log[-k:]
     c = run["config"]
@@ -93,11 +89,8 @@ def write_card(path: Path, output: Path, run: dict, log: list[dict], evals: list
             for r in c["rates"]
         )
     dtype = f", frozen model in {run['dtype']}" if "dtype" in run else ""  # logs before the dtype was recorded lack it
-    section = f"""{CARD_SECTION} for {c["base_model"]}
-
-Written by `tome train gist` (compressors/soft/gist_train.py) from its log (`{output.stem}.log.jsonl`).
-
-- Adapter: `{output.name}` (LoRA rank {c["lora_rank"]}, alpha {c["lora_alpha"]} on {", ".join(c["target_modules"])},
+    modules = ", ".join(c["target_modules"])
+    facts = f"""- Adapter: `{output.name}` (LoRA rank {c["lora_rank"]}, alpha {c["lora_alpha"]} on {modules},
   acting on chunks and gists only; {math.ceil(c["chunk_tokens"] / min(c["rates"]))} gist embeddings), bf16 safetensors,
   config in the file's metadata. Gists after every {c["chunk_tokens"]} tokens, rates
   {", ".join(f"{r}x" for r in c["rates"])} (chunk tokens / gists per chunk), alternating per step.
@@ -109,31 +102,29 @@ Written by `tome train gist` (compressors/soft/gist_train.py) from its log (`{ou
 - Run: {len(log)} steps in {run["minutes"]:.1f} min on {run["device"]}{dtype}, AdamW lr {run["lr"]}.
 - Training batches (mean of the first / last {k} steps): KL {mean(first, "loss"):.3f} -> {mean(last, "loss"):.3f};
   student CE {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f} (teacher on the full context:
-  {mean(log, "teacher_ce"):.3f}){held}.
-
-![gist loss]({output.stem}-loss.png)
-"""
-    before = path.read_text(encoding="utf-8") if path.exists() else ""
-    if CARD_SECTION in before:
-        before = before[: before.index(CARD_SECTION)]
-    path.write_text((before.rstrip() + "\n\n" if before.strip() else "") + section, encoding="utf-8")
+  {mean(log, "teacher_ce"):.3f}){held}."""
+    return Card(
+        title=f"Gist tokens for {c['base_model']}",
+        about=f"Written by `tome train gist` (compressors/soft/gist_train.py) from its log (`{LOG}`).",
+        body=[("", facts)],
+    )
 
 
 def report(output: Path) -> None:
-    """Loss curve and card from the log beside `output` (skipped without matplotlib: a bare GPU host)."""
-    rows = [json.loads(line) for line in output.with_name(output.stem + ".log.jsonl").read_text().splitlines()]
+    """Loss curve and card from the log in the adapter's folder (no curve without matplotlib: a bare GPU host)."""
+    rows = [json.loads(line) for line in (output.parent / LOG).read_text().splitlines()]
     run = next(r for r in rows if "config" in r)
     log = [r for r in rows if "step" in r and "loss" in r]
     evals = [r for r in rows if "step" in r and any(k.startswith("heldout_") for k in r)]
     try:
-        plot_losses(log, output.with_name(output.stem + "-loss.png"))
+        plot_losses(log, output.parent / PLOT)
     except ImportError:
         print("matplotlib missing: no loss curve (run --report-only where it is installed)", flush=True)
-    write_card(output.with_name("MODEL_CARD.md"), output, run, log, evals)
+    write_card(output.parent, card(output, run, log, evals))
 
 
-def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settings: Settings) -> int:
-    """`tome train gist`: `read_texts(corpus)` gives the training texts (the evaluation documents left out)."""
+def build_parser(corpus: Path) -> argparse.ArgumentParser:
+    """`tome train gist`'s options; the corpus defaults to the one `tome train` passes."""
     parser = argparse.ArgumentParser(prog="tome train gist", description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="an HF model folder, not the settings' model")
     parser.add_argument("--model", default=None, help="without --model-dir: a model alias (default TOME_MODEL)")
@@ -142,7 +133,7 @@ def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settin
         "--dtype", default="auto", help="the frozen model's dtype; auto: bfloat16 on CUDA, float32 on CPU"
     )
     parser.add_argument("--corpus", type=Path, default=corpus)
-    parser.add_argument("--output", type=Path, default=SHIPPED)
+    parser.add_argument("--output", type=Path, default=SHIPPED, help="the weights file; its folder gets the rest")
     parser.add_argument("--steps", type=int, default=400, help="cosine schedule length; --minutes may stop earlier")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock limit; stops with a saved adapter")
     parser.add_argument("--batch", type=int, default=4)
@@ -157,12 +148,11 @@ def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settin
     parser.add_argument("--eval-every", type=int, default=50, help="held-out measure every N steps (and at the end)")
     parser.add_argument("--heldout", type=int, default=8, help="held-out examples (seed + 10000)")
     parser.add_argument("--report-only", action="store_true", help="draw the curve and card from --output's log")
-    args = parser.parse_args(argv)
-    if args.report_only:
-        report(args.output)
-        return 0
+    return parser
 
-    start = time.perf_counter()
+
+def gist_to_train(args: argparse.Namespace, settings: Settings) -> tuple[Engine, GistModel]:
+    """The frozen model on its engine (in --dtype) and a fresh gist model over it."""
     torch.manual_seed(args.seed)
     config = engine_config(args, settings)  # compllm's
     if args.dtype == "auto":
@@ -177,25 +167,16 @@ def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settin
     for p in model.parameters():
         p.requires_grad_(False)
     gist_config = GistConfig(chunk_tokens=args.chunk_tokens, base_model=Path(str(engine.path)).name)  # type: ignore[attr-defined]
-    gist = GistModel(model, gist_config, seed=args.seed).to(model.device)
-    texts = read_texts(args.corpus)
-    tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
-    maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed)
-    heldout_maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
-    heldout = [heldout_maker() for _ in range(args.heldout)]
-    trainable = [p for p in gist.parameters() if p.requires_grad]
-    print(f"trainable parameters: {sum(p.numel() for p in trainable):,} on {gist.device}", flush=True)
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
-    warmup = max(1, args.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)),
-    )
+    return engine, GistModel(model, gist_config, seed=args.seed).to(model.device)
+
+
+def run_record(args: argparse.Namespace, gist: GistModel) -> dict[str, Any]:
+    """The run's settings, the log's first row (the card reads it; the total time goes in at the end)."""
     device = f"{gist.device.type}" + (f" ({torch.cuda.get_device_name()})" if gist.device.type == "cuda" else "")
     if gist.device.type == "cpu":
         device += f", {torch.get_num_threads()} thread(s)"
-    run = {
-        "config": {k: v for k, v in vars(gist_config).items() if k != "extra"},
+    return {
+        "config": {k: v for k, v in vars(gist.config).items() if k != "extra"},
         "corpus": str(args.corpus),
         "seed": args.seed,
         "context_tokens": args.context_tokens,
@@ -208,9 +189,30 @@ def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settin
         "heldout": args.heldout,
         "minutes": 0.0,
     }
-    log_path = args.output.with_name(args.output.stem + ".log.jsonl")
+
+
+def train(
+    args: argparse.Namespace, engine: Engine, gist: GistModel, texts: list[str], log_path: Path, start: float
+) -> int:
+    """Steps until --steps or the wall-clock limit (with room for two more), every row into the log as it comes,
+    held-out measures and checkpoints on schedule; the number of steps run."""
+    gist_config = gist.config
+    tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
+    maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed)
+    heldout_maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
+    heldout = [heldout_maker() for _ in range(args.heldout)]
+    trainable = [p for p in gist.parameters() if p.requires_grad]
+    print(f"trainable parameters: {sum(p.numel() for p in trainable):,} on {gist.device}", flush=True)
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+    warmup = max(1, args.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)),
+    )
+    run = run_record(args, gist)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     gist.train()
+    step = 0
     with log_path.open("w", encoding="utf-8") as out:
 
         def write(row: dict) -> None:
@@ -230,23 +232,42 @@ def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settin
             optimizer.step()
             schedule.step()
             seconds = time.perf_counter() - t0
-            measures = {k: round(v, 4) for k, v in stats.items()}
-            write({"step": step, "rate": rate, **measures, "seconds": round(seconds, 2)})
-            elapsed = time.perf_counter() - start
-            done = step == args.steps or elapsed + 2 * seconds > args.minutes * 60
+            write(
+                {"step": step, "rate": rate, **{k: round(v, 4) for k, v in stats.items()}, "seconds": round(seconds, 2)}
+            )
+            done = step == args.steps or time.perf_counter() - start + 2 * seconds > args.minutes * 60
             if step % args.eval_every == 0 or done:
                 write({"step": step, **held_out(engine, gist, heldout, args.batch)})
             if step % args.save_every == 0 or done:
                 minutes = (time.perf_counter() - start) / 60
-                extra = {"steps": step, "minutes": round(minutes, 1), "seed": args.seed}
-                gist.config = replace(gist_config, extra=extra)
+                gist.config = replace(
+                    gist_config, extra={"steps": step, "minutes": round(minutes, 1), "seed": args.seed}
+                )
                 gist.save(args.output)
             if done:
                 break
-    run["minutes"] = (time.perf_counter() - start) / 60
-    # The run's total time goes into the log's first row, which the card reads.
+    return step
+
+
+def trained(args: argparse.Namespace, read_texts: ReadTexts, settings: Settings) -> str:
+    """Train, then put the run's total time into the log's first row (the card reads it); the line to end on."""
+    start = time.perf_counter()
+    engine, gist = gist_to_train(args, settings)
+    log_path = args.output.parent / LOG
+    step = train(args, engine, gist, read_texts(args.corpus), log_path, start)
+    minutes = (time.perf_counter() - start) / 60
     rows = log_path.read_text(encoding="utf-8").splitlines()
+    run = {**json.loads(rows[0]), "minutes": minutes}
     log_path.write_text("\n".join([json.dumps(run), *rows[1:]]) + "\n", encoding="utf-8")
+    return f"saved {args.output} after {step} steps, {minutes:.1f} min"
+
+
+def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settings: Settings) -> int:
+    """`tome train gist`: `read_texts(corpus)` gives the training texts (the evaluation documents left out); with
+    --report-only it only draws the curve and card again."""
+    args = build_parser(corpus).parse_args(argv)
+    ending = None if args.report_only else trained(args, read_texts, settings)
     report(args.output)
-    print(f"saved {args.output} after {step} steps, {run['minutes']:.1f} min", flush=True)
+    if ending:
+        print(ending, flush=True)
     return 0

@@ -20,14 +20,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-SHIPPED = Path(__file__).with_name("compllm.safetensors")
-EARLY = Path(__file__).with_name("compllm-early.safetensors")  # the compressor on the first 8 decoder layers
+from engines.adapters import ADAPTER_HOME, WEIGHTS
+
+SHIPPED = ADAPTER_HOME / "compllm" / WEIGHTS
+EARLY = ADAPTER_HOME / "compllm-early" / WEIGHTS  # the compressor on the first 8 decoder layers
+ConfigT = TypeVar("ConfigT")
+AdapterT = TypeVar("AdapterT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,21 @@ def adapter_config(path: Path) -> dict[str, Any]:
         return json.loads(f.metadata()["config"])
 
 
+def stored_config(path: Path, config_type: type[ConfigT]) -> ConfigT:
+    """An adapter file's config as `config_type` (JSON's lists back as the tuples the dataclasses hold)."""
+    raw = adapter_config(path)
+    raw["rates"] = tuple(raw["rates"])
+    raw["target_modules"] = tuple(raw["target_modules"])
+    return config_type(**raw)
+
+
+def trained(model_type: type[AdapterT], model: nn.Module, config: Any, path: Path) -> AdapterT:
+    """`model_type` over `model` with the adapter file's trained tensors, on the model's device, in eval mode."""
+    adapter = model_type(model, config)
+    adapter.load_trained(load_file(str(path)))
+    return adapter.to(next(model.parameters()).device).eval()
+
+
 class SegmentCompressor(nn.Module):
     def __init__(self, model: nn.Module, config: CompressorConfig) -> None:
         super().__init__()
@@ -202,14 +221,9 @@ class SegmentCompressor(nn.Module):
 
 
 def read_config(path: Path) -> CompressorConfig:
-    raw = adapter_config(path)
-    raw["rates"] = tuple(raw["rates"])
-    raw["target_modules"] = tuple(raw["target_modules"])
-    return CompressorConfig(**raw)
+    return stored_config(path, CompressorConfig)
 
 
 def load_compressor(model: nn.Module, path: Path = SHIPPED) -> SegmentCompressor:
     """The trained compressor for `model` from an adapter file."""
-    compressor = SegmentCompressor(model, read_config(path))
-    compressor.load_trained(load_file(str(path)))
-    return compressor.to(next(model.parameters()).device).eval()
+    return trained(SegmentCompressor, model, read_config(path), path)

@@ -8,7 +8,7 @@ frozen model reading [prompt; compressed text; "Repeat the text above word for w
 cross-entropy on every token, a target per context token where distillation has a handful per example.
 Only the LoRA, the slot embeddings and the head learn. A wall-clock limit stops the run early with a
 usable adapter (checkpoints are written as it goes); the log, a loss-curve PNG and MODEL_CARD.md are
-written beside the adapter.
+written into the adapter's folder (engines/adapters/<name>/).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from safetensors.torch import load_file
 from compressors.soft.data import ANSWER_FORMAT, REPEAT, Example, ExampleMaker
 from compressors.soft.model import SHIPPED, CompressorConfig, SegmentCompressor, segments_of
 from engines import EngineConfig, create_engine
+from engines.adapters import LOG, PLOT, Card, write_card
+from engines.base import Engine
 from engines.prompting import prompt_around
 from engines.settings import Settings
 from engines.types import Task
@@ -314,21 +316,12 @@ KINDS = (
 )
 
 
-def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
-    """MODEL_CARD.md's compllm section from the run's settings (the log's first row) and its log."""
+def mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / max(1, len(rows))
 
-    def mean(rows: list[dict], key: str) -> float:
-        return sum(r[key] for r in rows) / max(1, len(rows))
 
-    steps = sum("loss" in r for r in log)
-    train = [r for r in log if "teacher_ce" in r]  # distillation steps
-    repeat = [r for r in log if r.get("objective") == "reconstruct"]
-    heldout = [r for r in log if any(key.startswith("kl@") for key in r)]
-    repeated = [r for r in log if any(key.startswith("recon_acc@") for key in r)]
-    k, kr = max(1, len(train) // 10), max(1, len(repeat) // 10)
-    first, last = train[:k], train[-k:]
-    config = run["config"]
-    stem = Path(run["output"]).stem
+def batches_and_contexts(run: dict[str, Any]) -> tuple[str, str]:
+    """How the run sized its batches and its contexts, in words."""
     if run.get("batch_tokens"):
         batches = f"batches of about {run['batch_tokens']} context tokens (so fewer examples when contexts are long)"
     else:
@@ -341,17 +334,23 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
         )
     else:
         contexts = f"contexts of up to {run['context_tokens']} tokens"
-    heldout_text = ""
+    return batches, contexts
+
+
+def heldout_lines(run: dict[str, Any], log: list[dict]) -> str:
+    """The held-out measures, first against last, for distillation and for reconstruction (each if logged)."""
+    heldout = [r for r in log if any(key.startswith("kl@") for key in r)]
+    repeated = [r for r in log if any(key.startswith("recon_acc@") for key in r)]
+    text = ""
     if heldout:
         a, b = heldout[0], heldout[-1]
-        rates = logged_rates(a, "kl")
         per = "; ".join(
             f"{r}x KL {a[f'kl@{r}']:.3f} -> {b[f'kl@{r}']:.3f}, student CE {a[f'student_ce@{r}']:.3f} -> "
             f"{b[f'student_ce@{r}']:.3f}, answers right {a[f'answers@{r}']:.2f} -> {b[f'answers@{r}']:.2f}"
-            for r in rates
+            for r in logged_rates(a, "kl")
         )
         counted = "the fact and location answers" if "answers" in run else "all answers"
-        heldout_text = (
+        text += (
             f"\n- Held-out set ({a.get('examples')} examples of the same kinds from seed {run['seed'] + 10_000}, "
             f"contexts of {run.get('heldout_tokens')} tokens; step {a['step']} -> {b['step']}): {per} (full "
             f"context: {b['teacher_answers']:.2f}; {counted} count, and one is right when every answer token is the "
@@ -359,19 +358,26 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
         )
     if repeated:
         a, b = repeated[0], repeated[-1]
-        rates = logged_rates(a, "recon_acc")
         per = "; ".join(
             f"{r}x CE {a[f'recon_ce@{r}']:.3f} -> {b[f'recon_ce@{r}']:.3f}, token accuracy "
             f"{a[f'recon_acc@{r}']:.3f} -> {b[f'recon_acc@{r}']:.3f}"
-            for r in rates
+            for r in logged_rates(a, "recon_acc")
         )
         if "recon_acc_full" in b:
             per += f"; the frozen model reading the text itself: {b['recon_acc_full']:.3f}"
-        heldout_text += (
+        text += (
             f"\n- Held-out reconstruction ({a.get('repeat_examples')} texts of {run['reconstruct_tokens']} tokens "
             f"from seed {run['seed'] + 10_000}; step {a['step']} -> {b['step']}): {per} (a token is right when it is "
             "the argmax given the gold prefix)."
         )
+    return text
+
+
+def objective_and_losses(run: dict[str, Any], log: list[dict]) -> tuple[str, str]:
+    """What the run optimised (reconstruction first, then distillation, as logged) and its training losses."""
+    train = [r for r in log if "teacher_ce" in r]  # distillation steps
+    repeat = [r for r in log if r.get("objective") == "reconstruct"]
+    k, kr = max(1, len(train) // 10), max(1, len(repeat) // 10)
     ce = f", plus {run['ce_weight']} x the student's CE on the gold answer" if run.get("ce_weight") else ""
     objective = (
         f"KL(teacher || student) over the answer tokens' next-token distributions{ce}; teacher = the frozen\n"
@@ -386,23 +392,29 @@ def write_card(path: Path, run: dict[str, Any], log: list[dict]) -> None:
         )
     if run.get("init"):
         objective += f" Started from `{Path(run['init']).name}`."
-    kl = "kl" if train and "kl" in train[0] else "loss"  # with --ce-weight the loss is more than the KL
-    distilled = (
-        f"""Training batches (mean of the first / last {k} distillation steps): KL {mean(first, kl):.3f} -> \
-{mean(last, kl):.3f};
-  student CE on the answer {mean(first, "student_ce"):.3f} -> {mean(last, "student_ce"):.3f}
-  (teacher on the full context: {mean(last, "teacher_ce"):.3f}; later batches have longer contexts)."""
-        if train
-        else f"Reconstruction CE on training batches (mean of the first / last {kr} steps): "
-        f"{mean(repeat[:kr], 'loss'):.3f} -> {mean(repeat[-kr:], 'loss'):.3f}."
+    if not train:
+        return objective, (
+            f"Reconstruction CE on training batches (mean of the first / last {kr} steps): "
+            f"{mean(repeat[:kr], 'loss'):.3f} -> {mean(repeat[-kr:], 'loss'):.3f}."
+        )
+    first, last = train[:k], train[-k:]
+    kl = "kl" if "kl" in train[0] else "loss"  # with --ce-weight the loss is more than the KL
+    return objective, (
+        f"Training batches (mean of the first / last {k} distillation steps): KL {mean(first, kl):.3f} -> "
+        f"{mean(last, kl):.3f};\n  student CE on the answer {mean(first, 'student_ce'):.3f} -> "
+        f"{mean(last, 'student_ce'):.3f}\n  (teacher on the full context: {mean(last, 'teacher_ce'):.3f}; later "
+        "batches have longer contexts)."
     )
+
+
+def card(output: Path, run: dict[str, Any], log: list[dict]) -> Card:
+    """The compllm adapter's card from the run's settings (the log's first row) and its log."""
+    config = run["config"]
+    batches, contexts = batches_and_contexts(run)
+    objective, losses = objective_and_losses(run, log)
     layers = f"; the compressor runs the first {config['layers']} decoder layers" if config.get("layers") else ""
-    text = f"""# CompLLM segment compressor for {config["base_model"]}
-
-Written by `tome train compllm` (compressors/soft/train.py); the numbers below come from its log
-(`{stem}.log.jsonl`) and the curve from the same log (`{stem}-loss.png`).
-
-- Adapter: `{Path(run["output"]).name}` (LoRA rank {config["lora_rank"]}, alpha {config["lora_alpha"]} on
+    steps = sum("loss" in r for r in log)
+    facts = f"""- Adapter: `{output.name}` (LoRA rank {config["lora_rank"]}, alpha {config["lora_alpha"]} on
   {", ".join(config["target_modules"])}; {math.ceil(config["segment_tokens"] / min(config["rates"]))} slot embeddings;
   a square linear head added to mean-pooled token embeddings{layers}),
   bf16 safetensors, config in the file's metadata. Rates {", ".join(f"{r}x" for r in config["rates"])},
@@ -415,25 +427,28 @@ Written by `tome train compllm` (compressors/soft/train.py); the numbers below c
 - Run: {steps} steps in {run["minutes"]:.1f} min on {run["device"]} ({run["dtype"]}), AdamW lr {run["lr"]}
   (head: {run["lr"] * run["head_lr_scale"]:g}), warmup then cosine to a tenth, scheduled on the larger of the
   step and the wall-clock share of the run.
-- {distilled}{heldout_text}
-
-![loss]({stem}-loss.png)
-
-Limits: how well it answers from long compressed documents is measured in bench/results/compress-soft*.md,
-not assumed from the loss.
-"""
-    # The card is shared: sections of other adapters (gist's, from its "## " heading on) stay as they are.
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    others = old[old.index("\n## ") :] if "\n## " in old else ""
-    path.write_text(text + others, encoding="utf-8")
+- {losses}{heldout_lines(run, log)}"""
+    return Card(
+        title=f"CompLLM segment compressor for {config['base_model']}",
+        about="Written by `tome train compllm` (compressors/soft/train.py); the numbers below come from its log\n"
+        f"(`{LOG}`) and the curve from the same log (`{PLOT}`).",
+        body=[("", facts)],
+        after=[
+            (
+                "",
+                "Limits: how well it answers from long compressed documents is measured in "
+                "bench/results/compress-soft*.md,\nnot assumed from the loss.",
+            )
+        ],
+    )
 
 
 def report(output: Path) -> None:
-    """Curve and card from the adapter's log (its first row holds the run's settings)."""
-    rows = [json.loads(line) for line in output.with_name(output.stem + ".log.jsonl").read_text().splitlines()]
+    """Curve and card from the log in the adapter's folder (its first row holds the run's settings)."""
+    rows = [json.loads(line) for line in (output.parent / LOG).read_text().splitlines()]
     run, log = rows[0]["run"], rows[1:]
-    plot_run(log, output.with_name(output.stem + "-loss.png"))
-    write_card(output.with_name("MODEL_CARD.md"), run, log)
+    plot_run(log, output.parent / PLOT)
+    write_card(output.parent, card(output, run, log))
 
 
 def engine_config(args: argparse.Namespace, settings: Settings) -> EngineConfig:
@@ -513,11 +528,11 @@ def context_length(progress: float, lo: int, hi: int, ramp: float, rng: random.R
     return round(lo * (cap / lo) ** rng.random())
 
 
-def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settings: Settings) -> int:
-    """`tome train compllm`: `read_texts(corpus)` gives the training texts (the evaluation documents left out)."""
+def build_parser(corpus: Path) -> argparse.ArgumentParser:
+    """`tome train compllm`'s options; the corpus defaults to the one `tome train` passes."""
     parser = argparse.ArgumentParser(prog="tome train compllm", description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=corpus)
-    parser.add_argument("--output", type=Path, default=SHIPPED)
+    parser.add_argument("--output", type=Path, default=SHIPPED, help="the weights file; its folder gets the rest")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument(
         "--minutes", type=float, default=35.0, help="wall-clock limit; stops early with a saved adapter"
@@ -567,14 +582,11 @@ def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settin
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: TOME_DEVICE)")
     parser.add_argument("--report-only", action="store_true", help="draw the curve and card from --output's log")
-    args = parser.parse_args(argv)
-    if args.report_only:
-        report(args.output)
-        return 0
-    args.min_context_tokens = args.min_context_tokens or args.context_tokens
-    args.heldout_tokens = args.heldout_tokens or args.context_tokens
+    return parser
 
-    start = time.perf_counter()
+
+def compressor_to_train(args: argparse.Namespace, settings: Settings) -> tuple[Engine, SegmentCompressor]:
+    """The frozen model on its engine and a fresh compressor over it (or --init's weights)."""
     torch.manual_seed(args.seed)
     engine = create_engine(engine_config(args, settings))
     model = engine.hf_model
@@ -590,114 +602,163 @@ def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settin
     compressor = SegmentCompressor(model, config).to(model.device)
     if args.init is not None:
         compressor.load_trained(load_file(str(args.init)))
-    texts = read_texts(args.corpus)
-    maker = ExampleMaker(texts, engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed)
-    other = ExampleMaker(texts, engine.hf_tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
-    heldout = [other(args.heldout_tokens) for _ in range(args.heldout)] if args.eval_every else []
-    reconstructing = args.reconstruct_share > 0
-    heldout_repeat = [other.reconstruction(args.reconstruct_tokens) for _ in range(args.heldout_reconstruct)]
-    heldout_repeat = heldout_repeat if args.eval_every and reconstructing else []
-    heldout_batch = max(1, args.batch_tokens // args.heldout_tokens) if args.batch_tokens else args.batch
+    return engine, compressor
+
+
+def optimizer_for(
+    compressor: SegmentCompressor, lr: float, head_lr_scale: float
+) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """AdamW over the trainable tensors (returned too), the head at a fraction of the rate."""
     trainable = [p for p in compressor.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in trainable):,}", flush=True)
     # The head's outputs add to embeddings about 15x smaller than the hidden states it reads: at the LoRA's rate
     # its noise buried the pooled embeddings in a first run (loss flat for 80 steps), so it learns far slower.
     head = list(compressor.head.parameters())
     rest = [p for p in trainable if all(p is not h for h in head)]
-    optimizer = torch.optim.AdamW(
-        [{"params": rest, "lr": args.lr}, {"params": head, "lr": args.lr * args.head_lr_scale}], weight_decay=0.0
-    )
-    bases = [g["lr"] for g in optimizer.param_groups]
-    device = compressor.device
-    hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
-    run = {
-        **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "config": {**asdict(config), "extra": {}},
-        "device": hardware,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "minutes": 0.0,
-        "answers": ANSWER_FORMAT,
-    }
-    budget = args.minutes * 60
-    progress = 0.0
-    plan_rng = random.Random(f"compllm-lengths:{args.seed}")
+    groups = [{"params": rest, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}]
+    return torch.optim.AdamW(groups, weight_decay=0.0), trainable
 
-    def plan() -> Plan:  # decided when a batch is queued: a few batches behind the run's progress
-        reconstruct = progress < args.reconstruct_share
+
+class Training:
+    """One run: examples made ahead, the optimizer stepping on the larger of the step and the wall-clock share of the
+    run (`progress`, which also drives the context curriculum), held-out measures and checkpoints as it goes."""
+
+    def __init__(
+        self, args: argparse.Namespace, engine: Engine, compressor: SegmentCompressor, texts: list[str], start: float
+    ) -> None:
+        self.args, self.engine, self.compressor, self.config = args, engine, compressor, compressor.config
+        self.start = start  # the wall-clock limit counts from here (the model's loading included)
+        tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
+        maker = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed)
+        other = ExampleMaker(texts, tokenizer, args.context_tokens, args.answer_tokens, args.seed + 10_000)
+        self.heldout = [other(args.heldout_tokens) for _ in range(args.heldout)] if args.eval_every else []
+        heldout_repeat = [other.reconstruction(args.reconstruct_tokens) for _ in range(args.heldout_reconstruct)]
+        self.heldout_repeat = heldout_repeat if args.eval_every and args.reconstruct_share > 0 else []
+        self.heldout_batch = max(1, args.batch_tokens // args.heldout_tokens) if args.batch_tokens else args.batch
+        self.optimizer, self.trainable = optimizer_for(compressor, args.lr, args.head_lr_scale)
+        self.bases = [g["lr"] for g in self.optimizer.param_groups]
+        self.run = self.run_record()
+        self.progress = 0.0
+        self.plan_rng = random.Random(f"compllm-lengths:{args.seed}")
+        self.batches = Batches(maker, args.seed, args.workers, ahead=2 * args.workers)
+        self.log_path = args.output.parent / LOG
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log: list[dict] = []
+
+    def run_record(self) -> dict[str, Any]:
+        """The run's settings, the log's first row (the card reads it)."""
+        device, model = self.compressor.device, self.engine.hf_model  # type: ignore[attr-defined]
+        hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
+        return {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
+            "config": {**asdict(self.config), "extra": {}},
+            "device": hardware,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "minutes": 0.0,
+            "answers": ANSWER_FORMAT,
+        }
+
+    def plan(self) -> Plan:
+        """A batch's shape, decided when it is queued: a few batches behind the run's progress."""
+        args = self.args
+        reconstruct = self.progress < args.reconstruct_share
         if reconstruct:
             tokens = args.reconstruct_tokens
         else:  # the context curriculum runs over the distillation part of the run
-            share = (progress - args.reconstruct_share) / max(1e-9, 1 - args.reconstruct_share)
-            tokens = context_length(share, args.min_context_tokens, args.context_tokens, args.ramp, plan_rng)
+            share = (self.progress - args.reconstruct_share) / max(1e-9, 1 - args.reconstruct_share)
+            tokens = context_length(share, args.min_context_tokens, args.context_tokens, args.ramp, self.plan_rng)
         count = max(1, args.batch_tokens // tokens) if args.batch_tokens else args.batch
         return tokens, count, reconstruct
 
-    batches = Batches(maker, args.seed, args.workers, ahead=2 * args.workers)
-    log_path = args.output.with_name(args.output.stem + ".log.jsonl")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log: list[dict] = []
-    compressor.train()
+    def save(self, step: int, elapsed: float) -> None:
+        """The adapter, the log so far, its curve and card."""
+        extra = {"steps": step, "minutes": round(elapsed / 60, 1), "seed": self.args.seed}
+        self.compressor.config = replace(self.config, extra=extra)
+        self.compressor.save(self.args.output)
+        self.run["minutes"] = elapsed / 60
+        rows = [json.dumps({"run": self.run}), *(json.dumps(r) for r in self.log)]
+        self.log_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        report(self.args.output)
 
-    def save(step: int, elapsed: float) -> None:
-        compressor.config = replace(config, extra={"steps": step, "minutes": round(elapsed / 60, 1), "seed": args.seed})
-        compressor.save(args.output)
-        run["minutes"] = elapsed / 60
-        rows = [json.dumps({"run": run}), *(json.dumps(r) for r in log)]
-        log_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-        report(args.output)
-
-    def measure(step: int) -> None:
-        row: dict[str, Any] = {"step": step, "heldout": True, "examples": len(heldout)}
-        if heldout:
-            row |= held_out(engine, compressor, heldout, config.rates, heldout_batch)
-        if heldout_repeat:
+    def measure(self, step: int) -> None:
+        """The held-out measures at this step, into the log."""
+        args = self.args
+        row: dict[str, Any] = {"step": step, "heldout": True, "examples": len(self.heldout)}
+        if self.heldout:
+            row |= held_out(self.engine, self.compressor, self.heldout, self.config.rates, self.heldout_batch)
+        if self.heldout_repeat:
             batch = max(1, args.batch_tokens // args.reconstruct_tokens) if args.batch_tokens else args.batch
-            row |= {"repeat_examples": len(heldout_repeat)}
-            row |= held_out_reconstruction(engine, compressor, heldout_repeat, config.rates, batch)
-        log.append(row)
+            row |= {"repeat_examples": len(self.heldout_repeat)}
+            row |= held_out_reconstruction(self.engine, self.compressor, self.heldout_repeat, self.config.rates, batch)
+        self.log.append(row)
         print(json.dumps(row), flush=True)
 
-    if heldout or heldout_repeat:
-        measure(0)
-    step = 0
-    try:
-        for step in range(1, args.steps + 1):
-            t0 = time.perf_counter()
-            examples = batches.next(plan)
-            rate = config.rates[step % len(config.rates)]
-            if examples[0].kind == "reconstruct":
-                loss, stats = reconstruction_step(engine, compressor, examples, rate)
-            else:
-                loss, stats = distillation_step(engine, compressor, examples, rate, args.ce_weight)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            elapsed = time.perf_counter() - start
-            progress = max(step / args.steps, elapsed / budget)
-            for group, base in zip(optimizer.param_groups, bases, strict=True):
-                group["lr"] = base * lr_factor(progress, args.warmup)
-            optimizer.step()
-            row = {
-                "step": step,
-                "objective": "reconstruct" if examples[0].kind == "reconstruct" else "distill",
-                "rate": rate,
-                "context": len(examples[0].context),
-                "batch": len(examples),
-                "loss": round(loss.item(), 4),
-                **{k: round(v, 4) for k, v in stats.items()},
-                "lr": round(optimizer.param_groups[0]["lr"], 7),
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-            log.append(row)
-            print(json.dumps({**row, "elapsed_min": round(elapsed / 60, 2)}), flush=True)
-            done = step == args.steps or elapsed + 2 * row["seconds"] > budget
-            if (heldout or heldout_repeat) and (step % args.eval_every == 0 or done):
-                measure(step)
-            if step % args.save_every == 0 or done:
-                save(step, time.perf_counter() - start)
-            if done:
-                break
-    finally:
-        batches.close()
+    def step(self, step: int) -> dict[str, Any]:
+        """One optimizer step on the next batch; its log row."""
+        t0 = time.perf_counter()
+        examples = self.batches.next(self.plan)
+        rate = self.config.rates[step % len(self.config.rates)]
+        if examples[0].kind == "reconstruct":
+            loss, stats = reconstruction_step(self.engine, self.compressor, examples, rate)
+        else:
+            loss, stats = distillation_step(self.engine, self.compressor, examples, rate, self.args.ce_weight)
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        elapsed = time.perf_counter() - self.start
+        self.progress = max(step / self.args.steps, elapsed / (self.args.minutes * 60))
+        for group, base in zip(self.optimizer.param_groups, self.bases, strict=True):
+            group["lr"] = base * lr_factor(self.progress, self.args.warmup)
+        self.optimizer.step()
+        row = {
+            "step": step,
+            "objective": "reconstruct" if examples[0].kind == "reconstruct" else "distill",
+            "rate": rate,
+            "context": len(examples[0].context),
+            "batch": len(examples),
+            "loss": round(loss.item(), 4),
+            **{k: round(v, 4) for k, v in stats.items()},
+            "lr": round(self.optimizer.param_groups[0]["lr"], 7),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        self.log.append(row)
+        print(json.dumps({**row, "elapsed_min": round(elapsed / 60, 2)}), flush=True)
+        return row
+
+    def train(self) -> int:
+        """Steps until --steps or the wall-clock limit (with room for two more), measuring and saving on schedule;
+        the number of steps run."""
+        args, measuring = self.args, bool(self.heldout or self.heldout_repeat)
+        self.compressor.train()
+        if measuring:
+            self.measure(0)
+        step = 0
+        try:
+            for step in range(1, args.steps + 1):
+                seconds = self.step(step)["seconds"]
+                elapsed = time.perf_counter() - self.start
+                done = step == args.steps or elapsed + 2 * seconds > args.minutes * 60
+                if measuring and (step % args.eval_every == 0 or done):
+                    self.measure(step)
+                if step % args.save_every == 0 or done:
+                    self.save(step, time.perf_counter() - self.start)
+                if done:
+                    break
+        finally:
+            self.batches.close()
+        return step
+
+
+def main(argv: Sequence[str] | None, read_texts: ReadTexts, corpus: Path, settings: Settings) -> int:
+    """`tome train compllm`: `read_texts(corpus)` gives the training texts (the evaluation documents left out)."""
+    args = build_parser(corpus).parse_args(argv)
+    if args.report_only:
+        report(args.output)
+        return 0
+    args.min_context_tokens = args.min_context_tokens or args.context_tokens
+    args.heldout_tokens = args.heldout_tokens or args.context_tokens
+    start = time.perf_counter()
+    engine, compressor = compressor_to_train(args, settings)
+    step = Training(args, engine, compressor, read_texts(args.corpus), start).train()
     print(f"saved {args.output} after {step} steps, {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     return 0

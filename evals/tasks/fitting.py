@@ -1,10 +1,8 @@
-"""Making a text exactly as long as asked, in the engine's tokens, and placing needles at sentence boundaries."""
+"""Making a text exactly as long as asked, in the engine's tokens (needles go in with engines.text.plant)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-from evals.corpus import ends_sentence
+from collections.abc import Callable
 
 # Stop refining once the text is this close below the budget (a fraction of it); well inside the 2% tolerance.
 SLACK = 0.003
@@ -38,37 +36,3 @@ def fit(build: Callable[[int], str], count: Callable[[str], int], budget: int, g
             k = lo + round((budget - lo_tokens) * (hi - lo) / (hi_tokens - lo_tokens))
         k = min(max(k, lo + 1), hi - 1)
     return build(lo)
-
-
-def insert_at_boundaries(words: Sequence[str], needles: Sequence[tuple[float, str]], paragraphs: bool = False) -> str:
-    """Join `words` and put each needle at the sentence boundary nearest its depth (0 = start, 1 = end), or with
-    `paragraphs`, as a paragraph of its own at the nearest paragraph break (a word ending in a blank line).
-
-    Needles keep their given order when they share a boundary, so chains (variable tracking, bAbI facts) stay
-    in order if their depths are sorted.
-    """
-    n = len(words)
-    ends = (lambda w: w.endswith("\n\n")) if paragraphs else ends_sentence
-    boundaries = [0] + [i + 1 for i, w in enumerate(words) if ends(w)] + [n]
-    at: dict[int, list[str]] = {}
-    last = 0
-    for depth, needle in needles:
-        target = depth * n
-        # Never before an earlier needle: ordered needles stay ordered.
-        b = min((b for b in boundaries if b >= last), key=lambda b: abs(b - target), default=n)
-        at.setdefault(b, []).append(needle)
-        last = b
-    parts: list[str] = []
-    for i in range(n + 1):
-        for needle in at.get(i, []):
-            if paragraphs:
-                if parts and not parts[-1].endswith("\n\n"):
-                    parts.append("\n\n" if not parts[-1].endswith("\n") else "\n")
-                parts.append(needle + "\n\n")
-                continue
-            if parts and not parts[-1][-1:].isspace():
-                parts.append(" ")
-            parts.append(needle + " ")
-        if i < n:
-            parts.append(words[i])
-    return "".join(parts).strip()

@@ -6,8 +6,9 @@ import random
 from collections.abc import Sequence
 from functools import cache
 
-from evals.corpus import ends_sentence, haystack_words, words_of
-from evals.tasks.fitting import fit, insert_at_boundaries
+from engines.text import ends_sentence, plant, words_of
+from evals.corpus import haystack_words
+from evals.tasks.fitting import fit
 from evals.tasks.sample import Tokenizer
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -38,7 +39,7 @@ def haystack_words_for(kind: str, rng: random.Random) -> tuple[str, ...]:
 def build(tok: Tokenizer, words: Sequence[str], needles: Sequence[tuple[float, str]], budget: int) -> str:
     """Filler words plus needles at sentence boundaries, as long as possible within `budget` tokens."""
     return fit(
-        lambda k: insert_at_boundaries(words[:k], needles),
+        lambda k: plant(words[:k], needles),
         tok.count_tokens,
         budget,
         guess=int(budget * 0.7),  # about 1.3 tokens per English word in a BPE vocabulary

@@ -13,8 +13,8 @@ from service.deps import Owner, ServicesDep
 from service.documents import DocumentError, parse_document
 from service.errors import ProblemError
 from service.inputs import clean_filename, valid_id
+from service.routes.rows import from_row
 from service.schemas import DocumentOut
-from service.store import aware
 
 router = APIRouter(tags=["documents"])
 
@@ -57,15 +57,7 @@ async def upload_document(request: Request, svc: ServicesDep, owner: Owner, resp
 
 
 def document_out(stored: Any) -> DocumentOut:
-    return DocumentOut(
-        id=stored.id,
-        filename=stored.filename,
-        media_type=stored.media_type,
-        size_bytes=stored.size_bytes,
-        content_hash=stored.content_hash,
-        characters=len(stored.text),
-        created_at=aware(stored.created_at),
-    )
+    return from_row(DocumentOut, stored, characters=len(stored.text))
 
 
 @router.get("/v1/documents/{document_id}", response_model=DocumentOut)

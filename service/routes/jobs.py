@@ -12,59 +12,40 @@ from service.deps import Owner, Services, ServicesDep
 from service.errors import ProblemError
 from service.inputs import valid_id
 from service.models import Job
+from service.routes.rows import from_row
 from service.schemas import AttemptOut, JobCreate, JobOut, JobPage, Progress, WebhookOut
 from service.store import ACTIVE, aware, decode_cursor, encode_cursor
 
 router = APIRouter(tags=["jobs"])
 
 
+def webhook_out(svc: Services, job: Job) -> WebhookOut | None:
+    """The job's webhook endpoint, its event and every delivery attempt; None without a callback."""
+    if job.endpoint_id is None:
+        return None
+    event, endpoint, attempts = svc.store.deliveries(job.id)
+    assert endpoint is not None
+    return from_row(
+        WebhookOut,
+        endpoint,
+        disabled=endpoint.disabled_at is not None,
+        event_id=event.id if event else None,
+        event_type=event.type if event else None,
+        delivered_at=aware(event.delivered_at) if event else None,
+        gave_up_at=aware(event.gave_up_at) if event else None,
+        attempts=[from_row(AttemptOut, a) for a in attempts],
+    )
+
+
 def job_out(svc: Services, job: Job, callback_secret: str | None = None) -> JobOut:
-    request = job.request
-    webhook = None
-    if job.endpoint_id is not None:
-        event, endpoint, attempts = svc.store.deliveries(job.id)
-        assert endpoint is not None
-        webhook = WebhookOut(
-            url=endpoint.url,
-            disabled=endpoint.disabled_at is not None,
-            disabled_reason=endpoint.disabled_reason,
-            event_id=event.id if event else None,
-            event_type=event.type if event else None,
-            delivered_at=aware(event.delivered_at) if event else None,
-            gave_up_at=aware(event.gave_up_at) if event else None,
-            attempts=[
-                AttemptOut(
-                    attempt=a.attempt,
-                    at=aware(a.at),  # type: ignore[arg-type]
-                    status_code=a.status_code,
-                    error=a.error,
-                    duration_ms=a.duration_ms,
-                    next_retry_at=aware(a.next_retry_at),
-                )
-                for a in attempts
-            ],
-        )
-    return JobOut(
-        id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        document_id=job.document_id,
-        task=request["task"],
-        requested_strategy=request["strategy"],
-        strategy=job.strategy,
-        reason=job.reason,
-        document_tokens=job.document_tokens,
+    return from_row(
+        JobOut,
+        job,
+        task=job.request["task"],
+        requested_strategy=job.request["strategy"],
         progress=Progress(done=job.progress_done, total=job.progress_total, message=job.progress_message),
-        result=job.result,
-        cost=job.cost,
-        error=job.error,
-        runs=job.runs,
-        resumed_from=job.resumed_from,
         worker=job.lease_owner,
-        lease_expires_at=aware(job.lease_expires_at),
-        created_at=aware(job.created_at),  # type: ignore[arg-type]
-        started_at=aware(job.started_at),
-        finished_at=aware(job.finished_at),
-        webhook=webhook,
+        webhook=webhook_out(svc, job),
         callback_secret=callback_secret,
     )
 

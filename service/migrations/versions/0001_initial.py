@@ -16,8 +16,11 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+# JSON, stored as JSONB on PostgreSQL.
+JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
-def upgrade() -> None:
+
+def create_api_keys() -> None:
     op.create_table(
         "api_keys",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -28,6 +31,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("key_hash"),
         sa.UniqueConstraint("name"),
     )
+
+
+def create_documents() -> None:
     op.create_table(
         "documents",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -37,9 +43,7 @@ def upgrade() -> None:
         sa.Column("media_type", sa.String(length=100), nullable=False),
         sa.Column("size_bytes", sa.Integer(), nullable=False),
         sa.Column("text", sa.Text(), nullable=False),
-        sa.Column(
-            "meta", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
-        ),
+        sa.Column("meta", JSON, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["owner_id"],
@@ -48,6 +52,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("owner_id", "content_hash", name="uq_documents_owner_hash"),
     )
+
+
+def create_webhook_endpoints() -> None:
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -64,6 +71,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("owner_id", "url", name="uq_endpoints_owner_url"),
     )
+
+
+def create_jobs() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -71,9 +81,7 @@ def upgrade() -> None:
         sa.Column("document_id", sa.String(length=40), nullable=False),
         sa.Column("endpoint_id", sa.String(length=40), nullable=True),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column(
-            "request", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
-        ),
+        sa.Column("request", JSON, nullable=False),
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
         sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
@@ -85,10 +93,8 @@ def upgrade() -> None:
         sa.Column("progress_done", sa.Integer(), nullable=False),
         sa.Column("progress_total", sa.Integer(), nullable=False),
         sa.Column("progress_message", sa.Text(), nullable=True),
-        sa.Column(
-            "result", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
-        ),
-        sa.Column("cost", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True),
+        sa.Column("result", JSON, nullable=True),
+        sa.Column("cost", JSON, nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
@@ -112,6 +118,8 @@ def upgrade() -> None:
         batch_op.create_index("ix_jobs_owner_created", ["owner_id", "created_at"], unique=False)
         batch_op.create_index("ix_jobs_owner_status_created", ["owner_id", "status", "created_at"], unique=False)
 
+
+def create_events() -> None:
     op.create_table(
         "events",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -133,6 +141,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("job_id"),
     )
+
+
+def create_delivery_attempts() -> None:
     op.create_table(
         "delivery_attempts",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -152,6 +163,16 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("delivery_attempts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_delivery_attempts_event_id"), ["event_id"], unique=False)
+
+
+def upgrade() -> None:
+    """The tables in the order their foreign keys need."""
+    create_api_keys()
+    create_documents()
+    create_webhook_endpoints()
+    create_jobs()
+    create_events()
+    create_delivery_attempts()
 
 
 def downgrade() -> None:
