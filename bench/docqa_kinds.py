@@ -28,9 +28,10 @@ KINDS = ("lookup", "multihop", "aggregation")
 
 def kind_reader_at(commit: str) -> Callable[[Task], str]:
     """`task_kind` from workflows/analysis.py as committed at `commit`."""
-    source = subprocess.run(
-        ["git", "show", f"{commit}:workflows/analysis.py"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
+    shown = subprocess.run(["git", "show", f"{commit}:workflows/analysis.py"], cwd=ROOT, capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise SystemExit(f"--baseline {commit}: no workflows/analysis.py there ({shown.stderr.strip()})")
+    source = shown.stdout
     module = types.ModuleType(f"analysis_at_{commit}")
     sys.modules[module.__name__] = module  # dataclasses look their module up while the file runs
     exec(compile(source, f"{commit}:workflows/analysis.py", "exec"), module.__dict__)  # noqa: S102 - our own file
