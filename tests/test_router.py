@@ -209,6 +209,54 @@ def test_policy_round_trips_and_fits_from_eval_rows(tmp_path: Path) -> None:
     assert Policy.load(out) == Policy("m", fitted.entries, ["eval-x.json"])
 
 
+def test_evidence_recall_measured_on_real_questions_outranks_a_tie_on_templates() -> None:
+    # At 16K a memory agent answered every templated needle and rag most; on real prose neither small reader answered
+    # right, but only rag put the evidence in front of it. The policy learns from both numbers.
+    synthetic = {"task": "niah_single", "length": 16384, "seconds": 10}
+    docqa = {"task": "docqa", "length": 16384, "seconds": 60}
+    rows = [
+        {**synthetic, "strategy": "memagent", "n": 4, "accuracy": 1.0, "tokens_read": 17000},
+        {**synthetic, "strategy": "rag", "n": 6, "accuracy": 0.8, "tokens_read": 1300},
+        {
+            **docqa,
+            "strategy": "memagent",
+            "kind": "lookup",
+            "n": 8,
+            "accuracy": 0.0,
+            "evidence_recall": 0.0,
+            "tokens_read": 17000,
+        },
+        {
+            **docqa,
+            "strategy": "rag",
+            "kind": "lookup",
+            "n": 8,
+            "accuracy": 0.0,
+            "evidence_recall": 0.9,
+            "tokens_read": 2000,
+        },
+        {
+            **docqa,
+            "strategy": "rag",
+            "kind": "unanswerable",
+            "n": 2,
+            "accuracy": 1.0,
+            "evidence_recall": None,
+            "tokens_read": 2000,
+        },
+    ]
+    fitted = fit([{"model": "m", "rows": rows}])
+    by_name = {e.strategy: e for e in fitted.entries}
+    assert by_name["rag"].evidence_recall == pytest.approx(0.9) and by_name["rag"].n == 16
+    assert by_name["memagent"].evidence_recall == 0.0
+    assert by_name["rag"].quality == pytest.approx((by_name["rag"].accuracy + 0.9) / 2)
+    assert [n for n, _ in fitted.rank(["memagent", "rag"], "lookup", 16384)] == ["rag", "memagent"]
+    # Templates alone (no recall measured) rank by accuracy, as before.
+    templated = fit([{"model": "m", "rows": rows[:2]}])
+    assert [n for n, _ in templated.rank(["memagent", "rag"], "lookup", 16384)] == ["memagent", "rag"]
+    assert Policy.from_json(fitted.to_json()) == fitted
+
+
 class ClosedBook:
     """A real but weak strategy: the model answers without reading the document, so it shows no evidence."""
 

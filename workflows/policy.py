@@ -1,7 +1,10 @@
-"""The routing policy as data: measured accuracy and cost per strategy x task kind x length bucket.
+"""The routing policy as data: measured accuracy, evidence recall and cost per strategy x task kind x length bucket.
 
 `tome router fit` builds it from evaluation results (bench/results/eval-*.json); the router ranks the strategies
-that fit a request by it, within the request's budgets.
+that fit a request by it, within the request's budgets. Quality is accuracy, averaged with evidence recall where
+that was measured (docqa's rows): with a small reader both strategies can answer nothing right on real prose while
+one of them put the evidence in front of it and the other did not, and the recall is what carries over to a larger
+reader.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ class Entry:
     tokens_read: float
     seconds: float
     n: int
+    evidence_recall: float | None = None  # over the rows that measured it; None: no row did
+
+    @property
+    def quality(self) -> float:
+        """What the ranking compares: accuracy, or its mean with evidence recall where that was measured."""
+        return self.accuracy if self.evidence_recall is None else (self.accuracy + self.evidence_recall) / 2
 
 
 @dataclass
@@ -54,7 +63,7 @@ class Policy:
     def rank(
         self, candidates: Sequence[str], kind: str, length: int, max_tokens_read: int | None = None
     ) -> list[tuple[str, Entry | None]]:
-        """Best first: highest measured accuracy; within TOLERANCE of it, fewest tokens read. Then the strategies
+        """Best first: highest measured quality; within TOLERANCE of it, fewest tokens read. Then the strategies
         measured for this kind only at much shorter lengths, ranked the same way by their nearest such entry (weak
         evidence, but better than none: with no near entry at all, 128K aggregation used to go by the default
         order to a 10-minute `mapreduce`); the rest last, in the given order (the default order, which puts
@@ -104,11 +113,11 @@ def log2_distance(a: int, b: int) -> float:
 
 
 def best_first(scored: list[tuple[str, Entry]]) -> list[tuple[str, Entry | None]]:
-    """Highest accuracy first; among those within TOLERANCE of the best left, the one reading fewest tokens."""
+    """Highest quality first; among those within TOLERANCE of the best left, the one reading fewest tokens."""
     left, ranked = list(scored), []
     while left:
-        best = max(e.accuracy for _, e in left)
-        pick = min((x for x in left if x[1].accuracy >= best - TOLERANCE), key=lambda x: x[1].tokens_read)
+        best = max(e.quality for _, e in left)
+        pick = min((x for x in left if x[1].quality >= best - TOLERANCE), key=lambda x: x[1].tokens_read)
         ranked.append(pick)
         left.remove(pick)
     return ranked
@@ -120,7 +129,9 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
     Every row of the given results counts, weighted by its questions: which runs speak for today's strategies is
     the caller's choice of files (leave out the runs of a strategy that has changed since). Most cells hold a few
     questions, so an entry's accuracy is shrunk toward the strategy's accuracy on the kind at all lengths by
-    PRIOR_QUESTIONS pseudo-questions: one lucky question no longer outranks a strategy measured on ten."""
+    PRIOR_QUESTIONS pseudo-questions: one lucky question no longer outranks a strategy measured on ten. Evidence
+    recall is the mean over the rows that report it (no unanswerable ones: they have no evidence), unshrunk: it
+    varies far less from question to question than a small reader's accuracy."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     model = "unknown"
     for doc in results:
@@ -147,6 +158,8 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
         around = prior[(strategy, kind)]
         expected = total(around, "accuracy") / sum(int(r["n"]) for r in around)
         accuracy = (total(rows, "accuracy") + PRIOR_QUESTIONS * expected) / (n + PRIOR_QUESTIONS)
+        measured = [r for r in rows if r.get("evidence_recall") is not None]
+        recall = total(measured, "evidence_recall") / sum(int(r["n"]) for r in measured) if measured else None
         entries.append(
             Entry(
                 strategy,
@@ -156,6 +169,7 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
                 round(total(rows, "tokens_read") / n, 1),
                 round(total(rows, "seconds") / n, 3),
                 n,
+                None if recall is None else round(recall, 4),
             )
         )
     return Policy(model, entries, list(sources))

@@ -16,7 +16,7 @@ from engines.types import Task
 from workflows import registry
 from workflows.analysis import task_kind
 from workflows.full import FullContext
-from workflows.policy import Policy
+from workflows.policy import Entry, Policy
 
 
 class NoStrategyError(ValueError):
@@ -87,18 +87,20 @@ def choose_strategy(
     elif policy.estimate(name, kind, document_tokens) is None:
         why = (
             f"nothing measured within 2x of this length for {kind} tasks; best at the nearest shorter lengths: "
-            f"accuracy {entry.accuracy:.2f} reading {entry.tokens_read:.0f} tokens at {entry.length} (n={entry.n})"
+            f"{measured(entry)} at {entry.length} (n={entry.n})"
         )
     else:
-        why = (
-            f"best measured for {kind} tasks near {entry.length} tokens: accuracy {entry.accuracy:.2f} reading "
-            f"{entry.tokens_read:.0f} tokens (n={entry.n})"
-        )
+        why = f"best measured for {kind} tasks near {entry.length} tokens: {measured(entry)} (n={entry.n})"
     affordable = [n for n, _ in ranked[1:] if fallback_reads(policy, n, kind, document_tokens) <= limit]
     fallbacks = affordable[: budget.max_fallbacks]
     if len(affordable) < len(ranked) - 1 and len(fallbacks) < budget.max_fallbacks:
         why += f"; no fallback reads more than {limit} tokens"
     return Route(name, f"{why}; {sizes}", kind, fallbacks)
+
+
+def measured(entry: Entry) -> str:
+    recall = "" if entry.evidence_recall is None else f", evidence recall {entry.evidence_recall:.2f}"
+    return f"accuracy {entry.accuracy:.2f}{recall} reading {entry.tokens_read:.0f} tokens"
 
 
 def fallback_reads(policy: Policy, strategy: str, kind: str, document_tokens: int) -> float:
