@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
+from engines.adapters import ADAPTER_HOME, use_adapter
 from engines.base import Engine, Message, SamplingParams
 from engines.types import Answer, Cost, Evidence, Task, TaskKind
 
 SYSTEM = "You are a careful reader. Answer only from the given text. Be brief."
+# Reader adapters by model alias (`tome train reader`; engines/adapters/smollm2-reader/MODEL_CARD.md): the answer
+# call over retrieved text, trained on written questions about real prose to copy the answer or say it is not there.
+READERS: dict[str, Path] = {"smollm2": ADAPTER_HOME / "smollm2-reader"}
+READER = "reader"  # answer_each's default `adapter`: the engine's reader adapter, where one applies
+
+
+def reader_adapter(engine: Engine, tasks: Sequence[Task]) -> str | None:
+    """The reader adapter for questions (its training); summaries and extractions are read by the base model. The
+    engine's config names the setting (`reader_adapter`: auto, none or a folder)."""
+    if not all(t.kind == TaskKind.QA for t in tasks):
+        return None
+    setting = getattr(getattr(engine, "config", None), "reader_adapter", "auto")
+    return use_adapter(engine, READER, setting, READERS)
 
 
 def task_instruction(task: Task) -> str:
@@ -77,10 +92,12 @@ def answer_each(
     strategy: str,
     evidences: Sequence[list[Evidence]],
     extra_costs: Sequence[Cost],
-    adapter: str | None = None,
+    adapter: str | None = READER,
 ) -> list[Answer]:
-    """Ask each task over its own context (what it retrieved or remembered), all in one batched engine call."""
+    """Ask each task over its own context (what it retrieved or remembered), all in one batched engine call.
+    adapter: a loaded adapter's name, None for the base model, or READER for the engine's reader adapter."""
     max_tokens = max(t.max_answer_tokens for t in tasks)
+    adapter = reader_adapter(engine, tasks) if adapter == READER else adapter
     conversations = [answer_messages(c, t) for c, t in zip(contexts, tasks, strict=True)]
     generations = engine.chat(conversations, SamplingParams(max_tokens=max_tokens, adapter=adapter))
     answers = []

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     compllm_cache_url: str | None = Field(
         default=None, description="a Redis for compllm's compressed segments; unset: files under home/cache/compllm"
     )
+    reader_adapter: str = Field(
+        default="auto",
+        description="the answer call's LoRA adapter: `auto` (the one listed for the model), `none` (the base model), "
+        "or a folder",
+    )
     memagent_adapter: str = Field(
         default="auto",
         description="memagent's LoRA adapter: `auto` (the one listed for the model), `none` (the base model), "
@@ -134,6 +139,7 @@ class Settings(BaseSettings):
             "vllm_memory_fraction": self.vllm_memory_fraction,
             "vllm_enforce_eager": self.vllm_enforce_eager,
             "attention": self.attention,
+            "reader_adapter": self.reader_adapter,
             "threads": self.threads,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

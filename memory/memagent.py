@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from engines.adapters import ADAPTER_HOME
-from engines.base import Engine, Message, SamplingParams, SupportsAdapters
+from engines.adapters import ADAPTER_HOME, use_adapter
+from engines.base import Engine, Message, SamplingParams
 from engines.prompting import answer_each, answer_overhead
 from engines.segmenting import split_segments
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task
@@ -157,21 +157,7 @@ class MemAgent:
 
     def adapter(self, engine: Engine) -> str | None:
         """The adapter name to read with on this engine (loaded on first use), or None for the base model."""
-        setting = self.config.adapter
-        if setting == "none":
-            return None
-        path = ADAPTERS.get(engine.model_name) if setting == "auto" else Path(setting)
-        shipped = path is not None and (path / "adapter_model.safetensors").exists()
-        if not shipped or not isinstance(engine, SupportsAdapters):
-            if setting != "auto":
-                log.warning("memagent adapter %s not usable on this engine: reading with the base model", setting)
-            return None
-        try:
-            engine.load_adapter(ADAPTER_NAME, path)  # type: ignore[arg-type]
-        except Exception:  # a broken or incompatible adapter must not stop the reading: the base model still reads
-            log.exception("could not load the memagent adapter %s: reading with the base model", path)
-            return None
-        return ADAPTER_NAME
+        return use_adapter(engine, ADAPTER_NAME, self.config.adapter, ADAPTERS)
 
     def segment_budget(self, tasks: Sequence[Task], engine: Engine) -> int:
         """Tokens of document per segment: the context minus template, question, notes and the update's output."""

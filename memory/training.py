@@ -1,7 +1,9 @@
-"""`tome train memagent`: LoRA SFT of the default model on the memagent update step and its final answer.
+"""`tome train memagent` (and `tome train reader`): LoRA SFT of the default model on one call of a strategy.
 
-CPU-sized: short synthetic steps (the caller's `make_examples`; `tome train` passes evals/memagent_data.py),
-batch 1, a small LoRA rank; loss on the reply only.
+memagent: its update step and its final answer. CPU-sized: short synthetic steps (the caller's `make_examples`;
+`tome train` passes evals/memagent_data.py). reader: the answer call over retrieved text, from a --data file
+that evals/reader_data.py prepared (its meta names the target, and the card follows it).
+Batch 1, a small LoRA rank; loss on the reply only.
 The adapter (bf16 safetensors, a few MB) is saved every `--save-every` steps, so a stopped run is usable, and
 at the end with the loss curve (JSON lines and PNG) beside it.
 
@@ -315,6 +317,40 @@ def reproduce_text(summary: dict[str, Any]) -> str:
 
 
 def card(summary: dict[str, Any]) -> Card:
+    """The adapter's card, from the run's summary (`training.json`)."""
+    return reader_card(summary) if summary.get("target") == "reader" else memagent_card(summary)
+
+
+def reader_card(summary: dict[str, Any]) -> Card:
+    """The reader adapter's card: written questions on real prose, asked as `rag` asks them."""
+    mix = "\n".join(f"| {k.split(':', 1)[1]} | {v} |" for k, v in summary["data"]["mix"].items())
+    about = (
+        "A LoRA adapter that teaches the default model to answer a question from retrieved passages of a long "
+        'document\nby copying the answer as the text writes it, and to say "The document does not say." when '
+        "the passages do not hold it.\nThe strategies' answer call runs it (`engines.prompting`, setting "
+        "`reader_adapter`); both engines load it."
+    )
+    data = f"""{summary["examples"]} examples from {summary["data"]["questions"]} questions written by reading the
+training corpus (evals/data/reader_train: not docqa's test documents, and no fact docqa's dev questions ask); each
+asked the way `rag` asks it, over the whole document. Held out: every question about
+`{summary["data"]["held_out_doc"]}`. {summary["data"]["none_share"]:.0%} of the replies say the document does not
+say it (the question has no answer there, or rag did not retrieve its evidence).
+
+| kind : context | examples |
+|---|---|
+{mix}"""
+    reproduce = f"""Reproduce: `tome train reader --prepare-to reader.npz` on any host (retrieval runs there), then
+`python -m memory.training --data reader.npz --model FOLDER --steps {summary.get("planned_steps", summary["steps"])}
+--lr {summary["lr"]} --device cuda --out engines/adapters/smollm2-reader` on the GPU host."""
+    return Card(
+        title="reader adapter for SmolLM2-135M-Instruct",
+        about=about,
+        body=[("Data (evals/reader_data.py)", data), ("Training (memory/training.py)", training_text(summary))],
+        after=[("", reproduce), ("Measured", "docqa with and without it: `bench/results/eval-docqa-*reader*.md`.")],
+    )
+
+
+def memagent_card(summary: dict[str, Any]) -> Card:
     """The memagent adapter's card, from the run's summary (`training.json`)."""
     mix = "\n".join(f"| {k.split(':')[0]} | {k.split(':')[1]} | {v} |" for k, v in summary["data"]["mix"].items())
     lo, hi = summary["segment_tokens"]
@@ -382,7 +418,7 @@ def build_parser(first_seed: int, corpus: Path | None, settings: Settings | None
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--corpus", type=Path, default=corpus)
-    p.add_argument("--out", type=Path, default=ADAPTER_DIR)
+    p.add_argument("--out", type=Path, default=None, help="adapter folder (default: engines/adapters/smollm2-TARGET)")
     p.add_argument("--model", default=settings.model if settings else None, help="an alias or an HF model folder")
     p.add_argument("--threads", type=int, default=(settings.threads if settings else None) or 1)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -484,7 +520,7 @@ def main(
     import torch
 
     if args.merge_to:
-        merge(args.out, args.model, model_home(args.model, settings), args.merge_to)
+        merge(args.out or ADAPTER_DIR, args.model, model_home(args.model, settings), args.merge_to)
         return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -498,8 +534,10 @@ def main(
             meta["segment_tokens"],
         )
         stats, held_families = meta["data"], meta["held_families"]
+        target = meta.get("target", "memagent")
     else:
         assert make_examples is not None  # checked with the arguments
+        target = "memagent"
         items, held, held_families, stats = make_items(args, make_examples, settings)
         if args.prepare_to:
             meta = {"data": stats, "held_families": held_families, "first_seed": args.first_seed,
@@ -507,6 +545,7 @@ def main(
             save_items(args.prepare_to, items, held, meta)
             print(json.dumps({"examples": len(items), "held_out": len(held), **stats}), flush=True)
             return 0
+    args.out = args.out or ADAPTER_HOME / f"smollm2-{target}"
     base, _ = load_base(args.model, model_home(args.model, settings), device=args.device)
     model = with_lora(base, args.rank, args.alpha, args.init)
     fitted = fit(args, model, items, held)
@@ -514,7 +553,8 @@ def main(
     save_adapter(model, args.out)
     plot_curve(curve, fitted["held_out_loss"], args.out / PLOT)
     summary = {
-        "model": Path(args.model).name, "steps": len(curve), "planned_steps": args.steps, "examples": len(items),
+        "target": target, "model": Path(args.model).name, "steps": len(curve), "planned_steps": args.steps,
+        "examples": len(items),
         "rank": args.rank, "alpha": args.alpha,
         "lr": args.lr, "target_modules": list(TARGET_MODULES), "max_tokens": args.max_tokens,
         "segment_tokens": list(args.segment_tokens), "first_seed": args.first_seed,

@@ -163,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # `tome train TARGET ...`: each trainer owns its options (`tome train TARGET --help`).
-TRAIN_TARGETS = ("compllm", "gist", "memagent")
+TRAIN_TARGETS = ("compllm", "gist", "memagent", "reader")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -178,6 +178,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from memory import training
 
         return training.main(argv, make_examples, TRAIN_SEED_START, TRAINING_CORPUS, settings)
+    if args.target == "reader":
+        from evals import reader_data
+
+        return reader_data.main(argv, settings)
     if args.target == "gist":
         from compressors.soft import gist_train
 

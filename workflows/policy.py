@@ -1,10 +1,10 @@
 """The routing policy as data: measured accuracy, evidence recall and cost per strategy x task kind x length bucket.
 
 `tome router fit` builds it from evaluation results (bench/results/eval-*.json); the router ranks the strategies
-that fit a request by it, within the request's budgets. Quality is accuracy, averaged with evidence recall where
-that was measured (docqa's rows): with a small reader both strategies can answer nothing right on real prose while
-one of them put the evidence in front of it and the other did not, and the recall is what carries over to a larger
-reader.
+that fit a request by it, within the request's budgets. It ranks by quality: per question, the mean of accuracy and
+evidence recall where that was measured (docqa's answerable questions), else accuracy. With a small reader both
+strategies can answer nothing right on real prose while one of them put the evidence in front of it and the other
+did not; the recall is what carries over to a larger reader.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ class Entry:
     tokens_read: float
     seconds: float
     n: int
-    evidence_recall: float | None = None  # over the rows that measured it; None: no row did
+    evidence_recall: float | None = None  # over the questions that measured it; None: none did
+    quality: float | None = None  # what the ranking compares (module doc); None (older policies): the accuracy
 
     @property
-    def quality(self) -> float:
-        """What the ranking compares: accuracy, or its mean with evidence recall where that was measured."""
-        return self.accuracy if self.evidence_recall is None else (self.accuracy + self.evidence_recall) / 2
+    def merit(self) -> float:
+        return self.accuracy if self.quality is None else self.quality
 
 
 @dataclass
@@ -116,8 +116,8 @@ def best_first(scored: list[tuple[str, Entry]]) -> list[tuple[str, Entry | None]
     """Highest quality first; among those within TOLERANCE of the best left, the one reading fewest tokens."""
     left, ranked = list(scored), []
     while left:
-        best = max(e.quality for _, e in left)
-        pick = min((x for x in left if x[1].quality >= best - TOLERANCE), key=lambda x: x[1].tokens_read)
+        best = max(e.merit for _, e in left)
+        pick = min((x for x in left if x[1].merit >= best - TOLERANCE), key=lambda x: x[1].tokens_read)
         ranked.append(pick)
         left.remove(pick)
     return ranked
@@ -129,9 +129,9 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
     Every row of the given results counts, weighted by its questions: which runs speak for today's strategies is
     the caller's choice of files (leave out the runs of a strategy that has changed since). Most cells hold a few
     questions, so an entry's accuracy is shrunk toward the strategy's accuracy on the kind at all lengths by
-    PRIOR_QUESTIONS pseudo-questions: one lucky question no longer outranks a strategy measured on ten. Evidence
-    recall is the mean over the rows that report it (no unanswerable ones: they have no evidence), unshrunk: it
-    varies far less from question to question than a small reader's accuracy."""
+    PRIOR_QUESTIONS pseudo-questions: one lucky question no longer outranks a strategy measured on ten. Quality is
+    pooled and shrunk the same way, so a cell's few docqa questions weigh by their number against its templated ones;
+    evidence recall is the mean over the questions that measured it (not the unanswerable: they have no evidence)."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     model = "unknown"
     for doc in results:
@@ -149,6 +149,13 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
     def total(rows: list[dict[str, Any]], key: str) -> float:
         return sum(float(r.get(key) or 0) * int(r["n"]) for r in rows)
 
+    def quality(rows: list[dict[str, Any]]) -> float:  # summed over questions, as `total`
+        return sum(
+            int(r["n"])
+            * (r["accuracy"] if r.get("evidence_recall") is None else (r["accuracy"] + r["evidence_recall"]) / 2)
+            for r in rows
+        )
+
     prior: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for (strategy, kind, _), rows in groups.items():
         prior[(strategy, kind)].extend(rows)
@@ -158,6 +165,8 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
         around = prior[(strategy, kind)]
         expected = total(around, "accuracy") / sum(int(r["n"]) for r in around)
         accuracy = (total(rows, "accuracy") + PRIOR_QUESTIONS * expected) / (n + PRIOR_QUESTIONS)
+        expected_quality = quality(around) / sum(int(r["n"]) for r in around)
+        merit = (quality(rows) + PRIOR_QUESTIONS * expected_quality) / (n + PRIOR_QUESTIONS)
         measured = [r for r in rows if r.get("evidence_recall") is not None]
         recall = total(measured, "evidence_recall") / sum(int(r["n"]) for r in measured) if measured else None
         entries.append(
@@ -170,6 +179,7 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
                 round(total(rows, "seconds") / n, 3),
                 n,
                 None if recall is None else round(recall, 4),
+                round(merit, 4),
             )
         )
     return Policy(model, entries, list(sources))

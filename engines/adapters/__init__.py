@@ -9,9 +9,16 @@ rerun. The strategies that use an adapter name its folder; the engines load LoRA
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engines.base import Engine
+
+log = logging.getLogger(__name__)
 
 ADAPTER_HOME = Path(__file__).parent
 WEIGHTS = "weights.safetensors"  # a single-file adapter (trainable tensors, config in the metadata)
@@ -49,3 +56,26 @@ def write_card(folder: Path, card: Card) -> Path:
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     path.write_text(render_card(card, old[old.index(NOTES) :] if NOTES in old else ""), encoding="utf-8")
     return path
+
+
+def use_adapter(engine: Engine, name: str, setting: str, listed: Mapping[str, Path]) -> str | None:
+    """The LoRA adapter to call `engine` with under `name` (loaded on first use), or None for the base model.
+
+    setting: "auto" (the folder `listed` names for the engine's model, if shipped), "none", or a folder. A broken or
+    missing adapter, or an engine without adapters, must not stop the work: the base model does it instead."""
+    from engines.base import SupportsAdapters
+
+    if setting == "none":
+        return None
+    path = listed.get(engine.model_name) if setting == "auto" else Path(setting)
+    shipped = path is not None and (path / "adapter_model.safetensors").exists()
+    if not shipped or not isinstance(engine, SupportsAdapters):
+        if setting != "auto":
+            log.warning("%s adapter %s not usable on this engine: the base model reads", name, setting)
+        return None
+    try:
+        engine.load_adapter(name, path)  # type: ignore[arg-type]
+    except Exception:
+        log.exception("could not load the %s adapter %s: the base model reads", name, path)
+        return None
+    return name

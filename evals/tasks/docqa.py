@@ -50,8 +50,13 @@ class DocQAItem:
 
 @cache
 def docqa_items() -> tuple[DocQAItem, ...]:
+    return read_items(DOCQA_DIR)
+
+
+def read_items(folder: Path) -> tuple[DocQAItem, ...]:
+    """Every item of the JSON files in `folder` (docqa's files, or the reader's training questions)."""
     items = []
-    for path in sorted(DOCQA_DIR.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         for i in data["items"]:
             items.append(

@@ -1,0 +1,132 @@
+"""Training examples for the reader adapter: written questions about real prose, asked the way `rag` asks them.
+
+The questions (evals/data/reader_train, docqa's schema, split "train") were written by reading the training
+corpus (never `evals.corpus.HELD_OUT_DOCS`, and no fact docqa's dev questions ask). For each one the product's own
+`rag` retrieves over the whole document, and the example is exactly the answer call it then makes: the system
+prompt, the retrieved text, the question. The reply is the first accepted answer, copied as the text writes it,
+when what was retrieved holds every evidence span (half a span or more, as docqa scores it), and "The document
+does not say." when it does not or the question has no answer there. A question whose evidence was missed is
+asked again with windows around its evidence in place of as many retrieved ones, so most examples teach copying
+a span and some teach abstaining. One document's questions are held out for the card's numbers.
+
+    tome train reader --prepare-to reader.npz          # here: retrieval, prompts, token ids
+    python -m memory.training --data reader.npz ...    # a GPU host (or `tome train reader --data reader.npz`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+from engines import create_engine
+from engines.base import Engine
+from engines.prompting import answer_messages
+from engines.settings import Settings
+from engines.types import Document, Task, no_progress
+from evals.corpus import HELD_OUT_DOCS, TRAINING_CORPUS, normalize
+from evals.metrics import span_recall
+from evals.tasks.docqa import DocQAItem, read_items
+from memory import training
+from memory.memagent import MemAgent
+from memory.rag import Rag, RagConfig
+from workflows.verify import NOT_STATED
+
+READER_TRAIN_DIR = Path(__file__).parent / "data" / "reader_train"
+HELD_OUT_DOC = "dostoyevsky_notes_from_underground.txt"  # its questions measure the adapter, never train it
+EVIDENCE_CHARS = 1000  # a forced evidence window: about rag's 256-token window around the quote
+
+
+@cache
+def reader_items() -> tuple[DocQAItem, ...]:
+    items = read_items(READER_TRAIN_DIR)
+    held = sorted({i.doc for i in items} & set(HELD_OUT_DOCS))
+    if held:
+        raise ValueError(f"reader training questions about held-out documents: {', '.join(held)}")
+    return items
+
+
+@cache
+def document_text(doc: str, corpus: Path = TRAINING_CORPUS) -> str:
+    """A training document, unwrapped as the questions' offsets expect."""
+    return normalize((corpus / doc).read_text(encoding="utf-8", errors="replace"))
+
+
+def with_evidence(units: Sequence[tuple[int, int]], item: DocQAItem, text: str) -> list[tuple[int, int]]:
+    """The retrieved units with windows around the evidence in place of as many of them (chosen at random, seeded
+    by the item: rag's window scores are not kept per unit), in document order, overlaps merged."""
+    pad = lambda s, e: max(0, (EVIDENCE_CHARS - (e - s)) // 2)  # noqa: E731
+    windows = [(max(0, s - pad(s, e)), min(len(text), e + pad(s, e))) for s, e in item.spans]
+    kept = list(units)
+    random.Random(item.id).shuffle(kept)
+    merged: list[tuple[int, int]] = []
+    for s, e in sorted([*kept[len(windows) :], *windows]):
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    return merged
+
+
+def example(item: DocQAItem, text: str, units: Sequence[tuple[int, int]], family: str) -> training.Example:
+    read = bool(item.spans) and span_recall(item.spans, units) == 1.0
+    messages = answer_messages("\n\n".join(text[s:e] for s, e in units), Task(item.question, max_answer_tokens=32))
+    return training.Example("answer", family, 0, messages, item.answers[0] if read else NOT_STATED)
+
+
+def make_examples(items: Sequence[DocQAItem], engine: Engine, rag: Rag, corpus: Path) -> list[training.Example]:
+    """One example per question as rag reads it, and one more with its evidence put in where rag missed it."""
+    focus = MemAgent().adapter(engine) is None  # as rag.run: whole units where its extractor reads them
+    out = []
+    for item in items:
+        text = document_text(item.doc, corpus)
+        r = rag.retrieve(Document(text), [Task(item.question, max_answer_tokens=32)], engine, no_progress, focus)[0]
+        out.append(example(item, text, r.units, f"{item.kind}:retrieved"))
+        if item.spans and span_recall(item.spans, r.units) < 1.0:
+            out.append(example(item, text, with_evidence(r.units, item, text), f"{item.kind}:evidence put in"))
+    return out
+
+
+def stats(examples: Sequence[training.Example]) -> dict[str, object]:
+    return {
+        "mix": dict(sorted(Counter(f"answer:{e.family}" for e in examples).items())),
+        "none_share": sum(e.target == NOT_STATED for e in examples) / max(1, len(examples)),
+    }
+
+
+def main(argv: Sequence[str], settings: Settings) -> int:
+    p = argparse.ArgumentParser(prog="tome train reader", description=__doc__.split("\n\n")[0])
+    p.add_argument("--prepare-to", type=Path, default=None, help="make and encode the examples into this file")
+    p.add_argument("--max-tokens", type=int, default=4096, help="longest training sequence")
+    p.add_argument("--corpus", type=Path, default=TRAINING_CORPUS)
+    p.add_argument("--limit", type=int, default=0, help="questions per split (0: all)")
+    args, rest = p.parse_known_args(argv)
+    if args.prepare_to is None:  # training: memory/training.py on a --data file, the reader's card by its meta
+        return training.main(rest, settings=settings)
+    engine = create_engine(settings.engine_config())
+    store = Path(tempfile.mkdtemp(prefix="reader-data-"))
+    rag = Rag(RagConfig(embedder=settings.embedder, qdrant_path=store))
+    items = reader_items()
+    train_items = [i for i in items if i.doc != HELD_OUT_DOC][: args.limit or None]
+    held_items = [i for i in items if i.doc == HELD_OUT_DOC][: args.limit or None]
+    examples = make_examples(train_items, engine, rag, args.corpus)
+    held_examples = make_examples(held_items, engine, rag, args.corpus)
+    tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
+    encoded = [(e.family, training.encode(tokenizer, e, args.max_tokens)) for e in held_examples]
+    meta = {
+        "target": "reader",
+        "data": {**stats(examples), "questions": len(train_items), "held_out_doc": HELD_OUT_DOC},
+        "held_families": [f for f, x in encoded if x is not None],
+        "first_seed": 0,
+        "max_tokens": args.max_tokens,
+        "segment_tokens": [0, 0],
+    }
+    items_out = training.encode_all(tokenizer, examples, args.max_tokens)
+    training.save_items(args.prepare_to, items_out, [x for _, x in encoded if x is not None], meta)
+    print(json.dumps({"examples": len(items_out), "held_out": len(meta["held_families"]), **meta["data"]}))
+    return 0
