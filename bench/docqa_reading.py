@@ -7,6 +7,7 @@ task instead (at `--length`, seeds 0..limit-1): what a configuration chosen on d
 
     python bench/docqa_reading.py --split dev --kinds lookup --limit 24 --configs cand64 cand64-s6
     python bench/docqa_reading.py --task niah_single --length 32768 --limit 8 --configs units-coverage cand64-s6
+    python bench/docqa_reading.py --configs shipped --readers none auto   # the reader adapter against the base model
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="docqa-reading-dev")
     p.add_argument("--store", type=Path, default=None, help="index store (configs without dense_candidates)")
+    p.add_argument("--readers", nargs="+", default=["auto"], help="reader_adapter settings: none, auto, a folder")
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native", threads=args.threads))
@@ -51,7 +53,9 @@ def main() -> None:
     else:
         samples = [generate(args.task, engine, args.length, seed) for seed in range(args.limit or 8)]
     rows: list[dict[str, Any]] = []
-    for name in args.configs:
+    runs = [(name, reader) for name in args.configs for reader in args.readers]
+    for name, reader in runs:
+        engine.config = replace(engine.config, reader_adapter=reader)  # type: ignore[attr-defined]
         base = RagConfig(qdrant_path=args.store) if args.store else RagConfig()
         rag = Rag(replace(base, **CONFIGS[name]))
         per_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -62,6 +66,7 @@ def main() -> None:
             per_kind[s.info.get("kind", args.task)].append(got)
             print(
                 name,
+                reader,
                 s.info.get("id", s.seed),
                 round(got["accuracy"], 2),
                 got["evidence_recall"],
@@ -72,6 +77,7 @@ def main() -> None:
             rows.append(
                 {
                     "config": name,
+                    "reader": reader,
                     "strategy": "rag",
                     "task": args.task,
                     "split": args.split if args.task == "docqa" else None,
@@ -95,6 +101,7 @@ def main() -> None:
         split=args.split,
         threads=args.threads,
         configs={k: CONFIGS[k] for k in args.configs},
+        readers=args.readers,
         questions=[s.info.get("id", s.seed) for s in samples],
         note="rag alone (no router or verify step); seconds per question include retrieval (a document's first "
         "question pays for its preparation); evidence_recall over the gold spans of answerable questions",
