@@ -64,6 +64,7 @@ def test_eval_rows_are_fit_under_the_kind_the_router_reads(native_engine: Engine
 def test_short_document_goes_to_full(native_engine: Engine, strategies: Strategies) -> None:
     route = choose_strategy("auto", 3000, [LOOKUP], native_engine, policy(), strategies=strategies)
     assert route.strategy == "full" and "accuracy 0.95" in route.reason and "3000" in route.reason
+    assert f"policy test ({len(policy().entries)} measurements)" in route.reason  # which policy chose
     assert route.fallbacks == ["rag"]
 
 
@@ -113,6 +114,7 @@ def test_unmeasured_model_uses_the_default_order(native_engine: Engine, strategi
     assert choose_strategy("auto", 3000, [LOOKUP], native_engine, empty, strategies=strategies).strategy == "full"
     long = choose_strategy("auto", 30000, [LOOKUP], native_engine, empty, strategies=strategies)
     assert long.strategy == registry.PREFERENCE[1] and "no measurements" in long.reason
+    assert f"no measured policy for {native_engine.model_name}: the default order" in long.reason
     whole = choose_strategy(
         "auto", 30000, [Task("", kind=TaskKind.SUMMARY)], native_engine, empty, strategies=strategies
     )

@@ -81,6 +81,11 @@ def choose_strategy(
             f"{sizes}; candidates: {', '.join(candidates)}"
         )
     name, entry = ranked[0]
+    which = (
+        f"policy {policy.model} ({len(policy.entries)} measurements)"
+        if policy.entries
+        else f"no measured policy for {engine.model_name}: the default order"
+    )
     limit = budget.max_fallback_tokens if budget.max_fallback_tokens is not None else float("inf")
     if entry is None:
         why = f"no measurements for a {kind} task at this length; first that fits in the default order"
@@ -95,7 +100,7 @@ def choose_strategy(
     fallbacks = affordable[: budget.max_fallbacks]
     if len(affordable) < len(ranked) - 1 and len(fallbacks) < budget.max_fallbacks:
         why += f"; no fallback reads more than {limit} tokens"
-    return Route(name, f"{why}; {sizes}", kind, fallbacks)
+    return Route(name, f"{why}; {sizes}; {which}", kind, fallbacks)
 
 
 def measured(entry: Entry) -> str:
