@@ -298,8 +298,8 @@ def training_text(summary: dict[str, Any]) -> str:
     return f"""LoRA rank {summary["rank"]}, alpha {summary["alpha"]}, on {", ".join(summary["target_modules"])};
 AdamW, lr {summary["lr"]}, warmup then cosine decay, batch 1, {summary["steps"]} steps, loss on the reply tokens
 only, sequences up to {summary["max_tokens"]} tokens. {summary["seconds"] / 60:.0f} minutes on {summary["hardware"]}.
-Held-out loss (other seeds): {held}. First reply token right (NONE or the copy's start; the answer's start):
-{decided}. Saved as bf16 safetensors.{stage}{families}"""
+Held-out loss (examples never trained on): {held}. First reply token right (the decision: NONE, a copy's or an
+answer's start): {decided}. Saved as bf16 safetensors.{stage}{families}"""
 
 
 def reproduce_text(summary: dict[str, Any]) -> str:
