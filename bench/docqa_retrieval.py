@@ -68,13 +68,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cand64-s6": {**DOCUMENT_QUESTIONS, "dense_candidates": 64, "sentences": 6},
     # a clear match read alone (plus the second round)
     "clear06": {**DOCUMENT_QUESTIONS, "clear_margin": 0.6},
-    # passages holding the kind of value the question asks for (an age, a sum, a date...) lifted before the candidates
-    "types02": {"answer_type_weight": 0.2},
-    "types04": {"answer_type_weight": 0.4},
-    "types08": {"answer_type_weight": 0.8},
-    "types15": {"answer_type_weight": 1.5},
-    "types-x2": {"answer_type_weight": 1.0, "answer_type_scale": True},
-    "types-x3": {"answer_type_weight": 2.0, "answer_type_scale": True},
     # the windows over a whole-document index (what `shipped` was before dense_candidates)
     "windows-index": {**DOCUMENT_QUESTIONS, "dense_candidates": None},
 }

@@ -41,7 +41,6 @@ from engines.grounding import complete_fragments
 from engines.lexical import BM25Scorer, LexicalScorer, words
 from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
-from memory.answer_types import answer_type, holds_answer_type
 from memory.index import IndexSpec, PassageIndex, open_client
 from memory.memagent import MemAgent
 from memory.spans import Span, pack, split_sentences
@@ -111,10 +110,6 @@ class RagConfig:
     # reader copies an answer out of a few hundred tokens far more often than out of two thousand.
     sentences: int = 0
     sentence_context: int = 1
-    # A question asking for a kind of value (an age, a sum, a count, a date: memory/answer_types.py) adds this to the
-    # lexical score of every passage holding such an expression, before the candidates are chosen. 0: off.
-    answer_type_weight: float = 0.0
-    answer_type_scale: bool = False  # multiply the lexical score by 1 + weight instead of adding the weight
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 
 
@@ -317,7 +312,7 @@ class Rag:
         lexical = ready.lexical(c.lexical) if c.lexical_weight else None
         retrieved = []
         for q, task in zip(embedder.embed([t.question for t in tasks]), tasks, strict=True):
-            passage_scores = self.passage_scores(q, task.question, ready, dense, lexical, embedder)
+            passage_scores = self.passage_scores(q, task.question, dense, lexical, embedder, len(spans))
             top = sorted(passage_scores.values(), reverse=True)[:2]
             clear = c.clear_margin is not None and (len(top) == 1 or top[0] - top[1] > c.clear_margin)
             if c.windows and not clear:  # short windows around the best passages, not whole units
@@ -384,26 +379,24 @@ class Rag:
         said = max(split_sentences(text, *spans[first]), key=lambda x: len(words(text[x[0] : x[1]]) & asked))
         found = sorted(words(text[said[0] : said[1]]) - asked, key=lambda t: (lexical.df[t], t))
         again = " ".join([question, *found[: self.config.second_round_terms]])
-        scores = self.passage_scores(embedder.embed([again])[0], again, ready, dense, lexical, embedder)
+        scores = self.passage_scores(embedder.embed([again])[0], again, dense, lexical, embedder, len(spans))
         return {p: x for p, x in scores.items() if not any(a <= spans[p][0] < b for a, b in read)}
 
     def passage_scores(
         self,
         q: Any,
         question: str,
-        ready: Prepared,
         dense: PassageIndex | Prepared,
         lexical: LexicalScorer | BM25Scorer | None,
         embedder: Embedder,
+        n: int,
     ) -> dict[int, float]:
         """Cosine to the question for the best dense and the best lexical matches, plus the weighted lexical score.
         With `dense` a Prepared document (dense_candidates mode), only the best lexical matches are scored."""
         c = self.config
-        n = len(ready.spans)
-        if lexical is not None:
-            overlap = self.lift_typed(question, ready, lexical.scores(question))
         if isinstance(dense, Prepared):
             assert lexical is not None and c.dense_candidates is not None
+            overlap = lexical.scores(question)
             best = sorted(range(n), key=overlap.__getitem__, reverse=True)[: c.dense_candidates]
             cosines = (dense.embedded([dense.spans[p] for p in best], embedder) @ q).tolist()
             return {p: x + c.lexical_weight * overlap[p] for p, x in zip(best, cosines, strict=True)}
@@ -411,21 +404,12 @@ class Rag:
         limit = min(c.search_passages, n)
         scores = dict(index.search(q, limit))
         if lexical is not None:
+            overlap = lexical.scores(question)
             best = sorted(range(n), key=overlap.__getitem__, reverse=True)[:limit]
             missing = [p for p in best if p not in scores]  # lexical matches the dense search missed
             scores.update(zip(missing, (index.vectors(missing) @ q).tolist(), strict=True))
             scores = {p: s + c.lexical_weight * overlap[p] for p, s in scores.items()}
         return scores
-
-    def lift_typed(self, question: str, ready: Prepared, overlap: Sequence[float]) -> list[float]:
-        """The lexical scores, with answer_type_weight added where a passage holds the kind of value asked for."""
-        kind = answer_type(question) if self.config.answer_type_weight else None
-        if kind is None:
-            return list(overlap)
-        text, w = ready.text, self.config.answer_type_weight
-        if self.config.answer_type_scale:
-            return [x * (1 + w * holds_answer_type(kind, text[s:e])) for x, (s, e) in zip(overlap, ready.spans, strict=True)]
-        return [x + w * holds_answer_type(kind, text[s:e]) for x, (s, e) in zip(overlap, ready.spans, strict=True)]
 
     def best_windows(
         self,
