@@ -30,6 +30,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.patterns import AShape
 
+SEARCH_STEPS = 20  # binary-search halvings in the layout kernel: lists of up to a million entries, one compiled variant
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -264,7 +266,11 @@ def _lay_chunks(
     return tl.minimum(pos, width), diag, last
 
 
-@triton.jit
+# Sizes that change with the prompt are not specialised on, and the binary searches take a fixed step count
+# (2**SEARCH_STEPS bounds every chunk and vertical list): otherwise Triton compiles a variant per divisibility class
+# and per step count, inside the first request that meets it (on the H100, 2026-12-07, the first requests at a new
+# length, or a new chunk length, ran up to 1 s slower than the same pattern's later ones).
+@triton.jit(do_not_specialize=["length", "q_offset", "ns", "nv", "n_m", "width", "cw"])
 def _layout_kernel(
     slash, vertical, seg_start, seg_end,
     chunk_start, chunk_count, chunk_begin, chunk_diag, vertical_out, vertical_count, covered,
@@ -360,8 +366,8 @@ def _layout_triton(
         BLOCK_N=block_n,
         GREEDY=greedy,
         BLOCK=1024,
-        CHUNK_STEPS=max(width, 1).bit_length(),
-        VERTICAL_STEPS=max(nv, 1).bit_length(),
+        CHUNK_STEPS=max(SEARCH_STEPS, width.bit_length()),
+        VERTICAL_STEPS=max(SEARCH_STEPS, nv.bit_length()),
         num_warps=4,
     )
     used = int(chunk_count.max()) if bh else 0  # the one host sync: the widest head sizes chunk_start, as in torch
@@ -476,7 +482,7 @@ def _vertical_columns(
     return m_i, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["length", "q_offset", "n_m", "n_chunk_cols", "n_vertical_cols", "n_covered_cols"])
 def _vertical_slash_fwd(
     Q, K, V, K_desc, V_desc, Out,
     chunk_start, chunk_begin, chunk_count, chunk_diag, vertical, vertical_count, covered,
