@@ -121,8 +121,8 @@ def run_engine(chunk: int, prompts_path: Path, parts: Path) -> None:
     llm = LLM(
         model=str(MODEL),
         dtype="bfloat16",
-        max_model_len=longest,
-        max_num_batched_tokens=chunk or longest,
+        max_model_len=min(longest, 8192),  # SmolLM2 context: the longest prompt plus its answer fits
+        max_num_batched_tokens=chunk or min(longest, 8192),
         max_num_seqs=1,  # one request at a time: an unchunked engine prefills each prompt in one step
         enable_prefix_caching=False,
         enforce_eager=True,
