@@ -102,8 +102,9 @@ def run_engine(shape: str, chunk: int, lengths: list[int], rows_path: Path) -> N
     from kernels.patterns import AShape, VerticalSlash
 
     register()  # the entry point is not installed on the bench host: fill the CUSTOM slot by hand
-    # With a chunk budget, every full chunk over cached tokens goes sparse too (engines.sparse_prefill.sparse_chunk);
-    # runs before that option (2026-12-07's) served only a prompt's first chunk sparse.
+    # With a chunk budget, every full chunk over cached tokens goes sparse too (engines.sparse_prefill.sparse_chunk):
+    # its queries from their own offset in the kernel (Layout.q_offset). Runs before that option (2026-12-07 08:38)
+    # served only a prompt's first chunk sparse.
     configs = {
         "flash_attn": SparseConfig(),
         "vertical_slash": SparseConfig(VerticalSlash(), chunk_min_tokens=chunk),
@@ -191,12 +192,14 @@ def machine() -> str:
     return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, vllm {__import__('vllm').__version__}"
 
 
-def write(rows: list[dict[str, Any]], errors: list[str], meta: dict[str, Any], folder: Path) -> Path:
+def write(
+    rows: list[dict[str, Any]], errors: list[str], meta: dict[str, Any], folder: Path, name: str = "vllm-prefill"
+) -> Path:
     # `benchmark` names the script (bench/index.py links it); the title says what was measured
     title = "vLLM prefill: sparse backend vs FlashAttention"
     doc = {"benchmark": "vllm_prefill", "title": title, **meta, "errors": errors, "rows": rows}
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "vllm-prefill.json"
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     cols = list(rows[0]) if rows else []
     lines = [
@@ -209,7 +212,7 @@ def write(rows: list[dict[str, Any]], errors: list[str], meta: dict[str, Any], f
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(str(r.get(c)) for c in cols) + " |" for r in rows]
     lines += [f"- error: {e}" for e in errors]
-    (folder / "vllm-prefill.md").write_text("\n".join(lines) + "\n")
+    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -218,6 +221,7 @@ def main() -> None:
     ap.add_argument("--engines", nargs="+", default=ENGINES, help="SHAPE:CHUNK[:LENGTH,...] (CHUNK 0: one chunk)")
     ap.add_argument("--lengths", nargs="+", type=int, default=[32768, 65536, 131072, 262144])
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="vllm-prefill", help="results file stem (a run of some engines only)")
     ap.add_argument("--rows", type=Path, default=Path("/tmp/vllm-prefill-rows.jsonl"))
     ap.add_argument("--engine-timeout", type=int, default=400)
     ap.add_argument("--budget-s", type=int, default=3600, help="stop starting engines after this many seconds")
@@ -231,7 +235,7 @@ def main() -> None:
         rows = [json.loads(line) for p in args.merge for line in p.read_text().splitlines() if line.strip()]
         metas = [json.loads(p.with_suffix(".meta.json").read_text()) for p in args.merge]
         meta = {**metas[0], "runs": metas}
-        print(write(rows, [e for m in metas for e in m.get("errors", [])], meta, args.out))
+        print(write(rows, [e for m in metas for e in m.get("errors", [])], meta, args.out, args.name))
         return
     errors: list[str] = []
     args.rows.unlink(missing_ok=True)
@@ -265,7 +269,7 @@ def main() -> None:
     rows = [json.loads(line) for line in args.rows.read_text().splitlines()] if args.rows.exists() else []
     meta_path.write_text(json.dumps({**meta, "errors": errors}))
     try:
-        print(write(rows, errors, meta, args.out))
+        print(write(rows, errors, meta, args.out, args.name))
     except Exception:  # the rows file is still there to merge
         traceback.print_exc()
 

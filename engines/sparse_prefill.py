@@ -142,15 +142,12 @@ def sparse_chunk(
     """Sparse attention of a chunk's queries, the last n positions of a sequence, over the whole sequence's keys.
     query [n, Hq, D], key/value [L, Hkv, D] (the cached prefix and the chunk); returns [n, Hq, D].
 
-    The kernel has no query offset yet, so the chunk's queries sit at the end of an [L, Hq, D] block whose cached
-    rows are zeros, and those rows' outputs are dropped: the index reads only the last `last_q` queries (the chunk's
-    own, which SparseConfig.chunk_threshold ensures), and each row attends to its own causal pattern, so the chunk's
-    rows are exactly what a one-shot sparse prefill of the sequence gives them with an index from these queries. The
-    cost is that of a sparse prefill over L rows (L x the pattern's budget), which beats dense attention of the chunk
-    (n x L) once n exceeds the budget (about 7K keys for MInference's vertical-slash default)."""
-    n, length = query.shape[0], key.shape[0]
-    if n == length:
-        return sparse_prefill(query, key, value, config, scale, layer)
-    padded = query.new_zeros((length, *query.shape[1:]))
-    padded[length - n :] = query
-    return sparse_prefill(padded, key, value, config, scale, layer)[length - n :]
+    The kernel starts its query rows at L - n (Layout.q_offset) and masks causally by absolute position; the index is
+    estimated from the chunk's own last `last_q` queries (SparseConfig.chunk_threshold ensures it has them) against
+    all L keys. So the chunk's rows get what a one-shot sparse prefill of the sequence would give them with an index
+    from these queries, at the cost of n rows x the pattern's budget (not L rows: no padding to the full length)."""
+    if config.heads is not None:  # the per-head choice reads queries from the whole prompt (chunk_threshold: None)
+        raise ValueError("per-head sparse configs serve fresh prefills only")
+    assert config.pattern is not None
+    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))  # [1, H, n or L, D] views
+    return sparse_attention(q, k, v, config.pattern, scale)[0].transpose(0, 1)

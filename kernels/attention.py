@@ -15,7 +15,9 @@ SHARED_BLOCK_M = 32  # query rows per head when a KV group's heads share one til
 def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, scale: float | None = None
 ) -> torch.Tensor:
-    """Causal prefill attention restricted to `pattern`. q [B, Hq, L, D], k/v [B, Hkv, L, D]; returns [B, Hq, L, D]."""
+    """Causal prefill attention restricted to `pattern`. q [B, Hq, n, D], k/v [B, Hkv, L, D]; returns [B, Hq, n, D].
+    The queries are the last n of the L positions: n = L for a fresh prefill, fewer for a chunk over cached keys
+    (its rows attend by absolute position, the index built from its own last queries; not for block_sparse)."""
     if not q.is_cuda:
         return masked_attention(q, k, v, pattern_mask(q, k, pattern, scale), scale)
     if isinstance(pattern, VerticalSlash):
@@ -24,9 +26,11 @@ def sparse_attention(
     if isinstance(pattern, AShape):
         from kernels.triton_vertical_slash import a_shape_index
 
-        vertical, slash = a_shape_index(q.shape[0], q.shape[1], pattern, q.shape[2], q.device)
+        vertical, slash = a_shape_index(q.shape[0], q.shape[1], pattern, k.shape[2], q.device)
         return vertical_slash_from_index(q, k, v, vertical, slash, scale)
     if isinstance(pattern, BlockSparse):
+        if q.shape[2] != k.shape[2]:
+            raise ValueError("block_sparse pools query blocks of the whole prompt: no chunk over cached keys")
         from kernels.flex import flex_sparse_attention, pattern_block_mask
 
         return flex_sparse_attention(q, k, v, pattern_block_mask(q, k, pattern, scale), scale)
@@ -43,13 +47,16 @@ def vertical_slash_from_index(
     shared: bool = False,
 ) -> torch.Tensor:
     """Causal attention over a given vertical-slash index (Triton on CUDA, the reference elsewhere). `shared`: the
-    index is the same for the query heads of each KV group (VerticalSlash.shared), so the kernel packs them."""
+    index is the same for the query heads of each KV group (VerticalSlash.shared), so the kernel packs them. q may
+    hold only the last positions of k's (a chunk over cached keys): the kernel then starts its rows there."""
+    length, first = k.shape[2], k.shape[2] - q.shape[2]
     if not q.is_cuda:
-        return masked_attention(q, k, v, vertical_slash_mask(q.shape[2], vertical, slash), scale)
+        return masked_attention(q, k, v, vertical_slash_mask(length, vertical, slash), scale)
     from kernels.triton_vertical_slash import vertical_slash_attention, vertical_slash_layout
 
     if shared:
         group = q.shape[1] // k.shape[1]
-        lay = vertical_slash_layout(vertical[:, ::group], slash[:, ::group], q.shape[2], block_m=SHARED_BLOCK_M)
+        v_rows, s_rows = vertical[:, ::group], slash[:, ::group]
+        lay = vertical_slash_layout(v_rows, s_rows, length, block_m=SHARED_BLOCK_M, q_offset=first)
         return vertical_slash_attention(q, k, v, lay, scale)
-    return vertical_slash_attention(q, k, v, vertical_slash_layout(vertical, slash, q.shape[2]), scale)
+    return vertical_slash_attention(q, k, v, vertical_slash_layout(vertical, slash, length, q_offset=first), scale)

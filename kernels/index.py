@@ -27,16 +27,21 @@ def vertical_slash_index(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top vertical columns and slash offsets (q_pos - k_pos) per head, from the last `cfg.last_q` queries.
 
+    q may hold only the last n of k's L positions (a chunk over cached keys): the estimate reads the last
+    min(last_q, n) queries at their absolute positions, so a chunk's index is built from its own rows.
+
     Returns (vertical [B, Hq, NV], slash [B, Hq, NS]), both sorted ascending, int64. With `cfg.mass`, unused vertical
     slots hold L (past every column) and unused slash slots repeat offset 0.
     """
-    length = q.shape[2]
-    b, hq, _, d = q.shape
+    length = k.shape[2]
+    b, hq, n_q, d = q.shape
+    if cfg.spread and n_q != length:
+        raise ValueError("spread estimates read queries from the whole prompt: no chunk over cached keys")
     if cfg.vertical <= cfg.sink and cfg.slash <= cfg.window:  # nothing left to choose (A-shape): no estimate
         vertical = torch.arange(min(cfg.vertical, length), device=q.device).expand(b, hq, -1)
         return vertical, torch.arange(min(cfg.slash, length), device=q.device).expand(b, hq, -1)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    r = min(cfg.last_q, length)
+    r = min(cfg.last_q, n_q)
     hkv = k.shape[1]
     rows = estimate_rows(length, r, cfg.spread, q.device)
     # with `spread`, the spread rows (slashes) and then the last r (verticals: spread rows' verticals would be the

@@ -64,13 +64,16 @@ def block_sparse_mask(length: int, blocks: torch.Tensor, block: int) -> MaskFn:
 
 
 def pattern_mask(q: torch.Tensor, k: torch.Tensor, pattern: Pattern, scale: float | None = None) -> MaskFn:
-    """Build the pattern's index from q and k (online) and return its token mask."""
-    length = q.shape[2]
+    """Build the pattern's index from q and k (online) and return its token mask. q may hold only the last positions
+    of k's (a chunk over cached keys); the mask takes absolute positions."""
+    length = k.shape[2]
     if isinstance(pattern, AShape):
         return a_shape_mask(length, pattern)
     if isinstance(pattern, VerticalSlash):
         return vertical_slash_mask(length, *vertical_slash_index(q, k, pattern, scale))
     if isinstance(pattern, BlockSparse):
+        if q.shape[2] != length:
+            raise ValueError("block_sparse pools query blocks of the whole prompt: no chunk over cached keys")
         return block_sparse_mask(length, block_sparse_index(q, k, pattern, scale), pattern.block)
     raise TypeError(f"unknown pattern {pattern!r}")
 
@@ -78,18 +81,19 @@ def pattern_mask(q: torch.Tensor, k: torch.Tensor, pattern: Pattern, scale: floa
 def masked_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskFn, scale: float | None = None, chunk: int = 512
 ) -> torch.Tensor:
-    """softmax(q·kᵀ·scale, masked) · v with GQA (SDPA with a boolean mask, over row chunks); returns [B, Hq, L, D]."""
-    length = q.shape[2]
+    """softmax(q·kᵀ·scale, masked) · v with GQA (SDPA with a boolean mask, over row chunks); returns [B, Hq, n, D].
+    q [B, Hq, n, D] holds the last n positions of k/v's L (n = L for a whole prefill); the mask takes absolute rows."""
+    n, first = q.shape[2], k.shape[2] - q.shape[2]
     out = torch.empty_like(q)
-    for start in range(0, length, chunk):
-        end = min(start + chunk, length)
-        rows = torch.arange(start, end, device=q.device)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        rows = torch.arange(first + start, first + end, device=q.device)
         # keys after the chunk's last row are masked for all of it (causality): left out, a quarter less work
         out[:, :, start:end] = F.scaled_dot_product_attention(
             q[:, :, start:end],
-            k[:, :, :end],
-            v[:, :, :end],
-            attn_mask=mask(rows)[..., :end],
+            k[:, :, : first + end],
+            v[:, :, : first + end],
+            attn_mask=mask(rows)[..., : first + end],
             scale=scale,
             enable_gqa=True,
         )

@@ -30,6 +30,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.patterns import AShape
 
+SEARCH_STEPS = 20  # binary-search halvings in the layout kernel: lists of up to a million entries, one compiled variant
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -44,6 +46,10 @@ class Layout:
     covered: torch.Tensor  # [BH, L + BM + BN] int8: 1 where offset - L (relative to the block start) is in a chunk
     block_m: int
     block_n: int
+    # Queries start at this absolute position (a chunk over cached keys): query block m holds rows
+    # q_offset + m·BM onward, against keys [0, L). The chunk list is relative to a block's first row, so it holds for
+    # any block start; only the per-block searches (chunk_begin, vertical_count) depend on where the blocks sit.
+    q_offset: int = 0
 
 
 def vertical_slash_layout(
@@ -54,8 +60,11 @@ def vertical_slash_layout(
     block_n: int = 64,
     greedy: bool = True,
     scan: str = "auto",
+    q_offset: int = 0,
 ) -> Layout:
     """Turn per-head vertical columns [B, H, NV] and slash offsets [B, H, NS] (sorted ascending) into a Layout.
+
+    `length` is the key count L; the queries are the last L - `q_offset` positions (0: a whole prefill).
 
     `greedy`: cover the slash ranges with the fewest BLOCK_N-wide chunks (each chunk starts at the first needed column
     the previous one left uncovered); otherwise ranges closer than BLOCK_M + BLOCK_N - 1 merge into runs of chunks.
@@ -63,12 +72,18 @@ def vertical_slash_layout(
     dozen vectorised torch ops, the greedy overhangs by a parallel scan: the reference) or "triton" (also on CPU,
     under Triton's interpreter); both give the same Layout."""
     if scan != "torch" and (slash.device.type == "cuda" or scan == "triton"):
-        return _layout_triton(vertical, slash, length, block_m, block_n, greedy)
-    return _layout_torch(vertical, slash, length, block_m, block_n, greedy)
+        return _layout_triton(vertical, slash, length, block_m, block_n, greedy, q_offset)
+    return _layout_torch(vertical, slash, length, block_m, block_n, greedy, q_offset)
 
 
 def _layout_torch(
-    vertical: torch.Tensor, slash: torch.Tensor, length: int, block_m: int, block_n: int, greedy: bool
+    vertical: torch.Tensor,
+    slash: torch.Tensor,
+    length: int,
+    block_m: int,
+    block_n: int,
+    greedy: bool,
+    q_offset: int = 0,
 ) -> Layout:
     """vertical_slash_layout as vectorised torch ops: the segments, their chunks (the greedy overhangs by a
     parallel scan), the covered columns, and the per-block searches."""
@@ -77,7 +92,7 @@ def _layout_torch(
     # the GPU.
     dev = slash.device
     bh, ns = slash.shape[0] * slash.shape[1], slash.shape[-1]
-    n_m = -(-length // block_m)
+    n_m = -(-(length - q_offset) // block_m)
     # Column ranges of each slash relative to the block start, ascending: [a, a + BM - 1] with a = -s.
     a = -slash.reshape(bh, -1).flip(-1)
     new = torch.ones_like(a, dtype=torch.bool)
@@ -105,7 +120,7 @@ def _layout_torch(
     # Padding chunks sit past every block's end, so searchsorted and the kernel's loop bound both ignore them.
     chunk_start = torch.full((bh, width), length + block_m, dtype=torch.long, device=dev)
     chunk_start[heads, pos] = starts
-    block_first_col = torch.arange(n_m, device=dev) * block_m
+    block_first_col = q_offset + torch.arange(n_m, device=dev) * block_m
     chunk_begin = torch.searchsorted(chunk_start + block_n - 1, (-block_first_col)[None, :].expand(bh, -1).contiguous())
 
     cw = length + block_m + block_n
@@ -136,6 +151,7 @@ def _layout_torch(
         covered.contiguous(),
         block_m,
         block_n,
+        q_offset,
     )
 
 
@@ -250,11 +266,15 @@ def _lay_chunks(
     return tl.minimum(pos, width), diag, last
 
 
-@triton.jit
+# Sizes that change with the prompt are not specialised on, and the binary searches take a fixed step count
+# (2**SEARCH_STEPS bounds every chunk and vertical list): otherwise Triton compiles a variant per divisibility class
+# and per step count, inside the first request that meets it (on the H100, 2026-12-07, the first requests at a new
+# length, or a new chunk length, ran up to 1 s slower than the same pattern's later ones).
+@triton.jit(do_not_specialize=["length", "q_offset", "ns", "nv", "n_m", "width", "cw"])
 def _layout_kernel(
     slash, vertical, seg_start, seg_end,
     chunk_start, chunk_count, chunk_begin, chunk_diag, vertical_out, vertical_count, covered,
-    length, ns, nv, n_m, width, cw,
+    length, q_offset, ns, nv, n_m, width, cw,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GREEDY: tl.constexpr, BLOCK: tl.constexpr,
     CHUNK_STEPS: tl.constexpr, VERTICAL_STEPS: tl.constexpr,
 ):  # fmt: skip
@@ -278,16 +298,17 @@ def _layout_kernel(
     tl.store(chunk_count + h, pos)
     tl.store(chunk_diag + h, diag)
     tl.debug_barrier()
-    # (3) per query block m: the first chunk that reaches column 0 (its end >= -m * BM), and the verticals before
+    # (3) per query block m (first row q_offset + m * BM): the first chunk that reaches column 0 (its end >= minus that
+    # row), and the verticals before
     # where the band starts (the last segment holds offset 0 when the head has it: verticals from its start on are
     # inside a chunk)
     band = tl.where(s_min == 0, tl.minimum(last, BLOCK_M), BLOCK_M)
     for m0 in range(0, n_m, BLOCK):
         m = m0 + i
         ok = m < n_m
-        first = _search_left(c_row, pos, -m * BLOCK_M, CHUNK_STEPS, BLOCK_N - 1)
+        first = _search_left(c_row, pos, -(q_offset + m * BLOCK_M), CHUNK_STEPS, BLOCK_N - 1)
         tl.store(chunk_begin + h * n_m + m, first, mask=ok)
-        nvc = _search_left(v_row, nv, m * BLOCK_M + band, VERTICAL_STEPS, 0)
+        nvc = _search_left(v_row, nv, q_offset + m * BLOCK_M + band, VERTICAL_STEPS, 0)
         tl.store(vertical_count + h * n_m + m, nvc, mask=ok)
     for v0 in range(0, nv, BLOCK):
         v = v0 + i
@@ -295,7 +316,13 @@ def _layout_kernel(
 
 
 def _layout_triton(
-    vertical: torch.Tensor, slash: torch.Tensor, length: int, block_m: int, block_n: int, greedy: bool
+    vertical: torch.Tensor,
+    slash: torch.Tensor,
+    length: int,
+    block_m: int,
+    block_n: int,
+    greedy: bool,
+    q_offset: int = 0,
 ) -> Layout:
     """vertical_slash_layout in one launch (one program per head) and one host sync (the widest head's chunk count
     sizes chunk_start): at 128K the torch ops' hundred launches took 1.6 ms."""
@@ -304,7 +331,7 @@ def _layout_triton(
     s = slash.reshape(bh, -1).contiguous()
     vert = vertical.reshape(bh, -1).contiguous()
     ns, nv = s.shape[1], vert.shape[1]
-    n_m = -(-length // block_m)
+    n_m = -(-(length - q_offset) // block_m)
     cw = length + block_m + block_n
     # chunks never overlap and start in [-(L - 1), BM - 1]: at most this many per head
     width = (length + block_m) // block_n + 2
@@ -329,6 +356,7 @@ def _layout_triton(
         vertical_count,
         covered,
         length,
+        q_offset,
         ns,
         nv,
         n_m,
@@ -338,8 +366,8 @@ def _layout_triton(
         BLOCK_N=block_n,
         GREEDY=greedy,
         BLOCK=1024,
-        CHUNK_STEPS=max(width, 1).bit_length(),
-        VERTICAL_STEPS=max(nv, 1).bit_length(),
+        CHUNK_STEPS=max(SEARCH_STEPS, width.bit_length()),
+        VERTICAL_STEPS=max(SEARCH_STEPS, nv.bit_length()),
         num_warps=4,
     )
     used = int(chunk_count.max()) if bh else 0  # the one host sync: the widest head sizes chunk_start, as in torch
@@ -353,6 +381,7 @@ def _layout_triton(
         covered,
         block_m,
         block_n,
+        q_offset,
     )
 
 
@@ -453,16 +482,17 @@ def _vertical_columns(
     return m_i, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["length", "q_offset", "n_m", "n_chunk_cols", "n_vertical_cols", "n_covered_cols"])
 def _vertical_slash_fwd(
     Q, K, V, K_desc, V_desc, Out,
     chunk_start, chunk_begin, chunk_count, chunk_diag, vertical, vertical_count, covered,
-    qk_scale, length, n_m, n_chunk_cols, n_vertical_cols, n_covered_cols,
+    qk_scale, length, q_offset, n_m, n_chunk_cols, n_vertical_cols, n_covered_cols,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     H: tl.constexpr, GROUP: tl.constexpr, PACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, TMA: tl.constexpr, PIPE: tl.constexpr, WS: tl.constexpr,
 ):  # fmt: skip
-    """One query block of PACK heads: its slash chunks (masked at the edges, plain in between), then its verticals."""
+    """One query block of PACK heads: its slash chunks (masked at the edges, plain in between), then its verticals.
+    Rows and columns are absolute positions: Q and Out hold rows q_offset.. (a chunk's queries), K and V all L keys."""
     # heads vary fastest, so the query heads of one KV group (and their chunks) run together and share K/V in L2;
     # the heaviest (last) query blocks start first
     # With PACK > 1 one layout row serves PACK query heads of a KV group (a shared index): their BLOCK_M rows are
@@ -472,13 +502,13 @@ def _vertical_slash_fwd(
     b = (pid_bh // (H // PACK)).to(tl.int64)
     h0 = (pid_bh % (H // PACK)).to(tl.int64) * PACK
     hkv = h0 // GROUP
-    block_start = pid_m * BLOCK_M
+    block_start = q_offset + pid_m * BLOCK_M
     r = tl.arange(0, PACK * BLOCK_M)
     heads = h0 + r // BLOCK_M
     rows = block_start + r % BLOCK_M
     d = tl.arange(0, HEAD_DIM)
     n = tl.arange(0, BLOCK_N)
-    q_ptrs = Q + b * sqb + heads[:, None] * sqh + rows[:, None] * sqn + d[None, :]
+    q_ptrs = Q + b * sqb + heads[:, None] * sqh + (rows - q_offset)[:, None] * sqn + d[None, :]
     q = tl.load(q_ptrs, mask=rows[:, None] < length, other=0.0)
     k_base = K + b * skb + hkv * skh
     v_base = V + b * svb + hkv * svh
@@ -521,7 +551,7 @@ def _vertical_slash_fwd(
     )  # fmt: skip
 
     acc = acc / l_i[:, None]
-    o_ptrs = Out + b * sob + heads[:, None] * soh + rows[:, None] * son + d[None, :]
+    o_ptrs = Out + b * sob + heads[:, None] * soh + (rows - q_offset)[:, None] * son + d[None, :]
     tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=rows[:, None] < length)
 
 
@@ -537,19 +567,22 @@ def vertical_slash_attention(
     pipe: bool = False,  # issue the next tile's q·kᵀ before this tile's softmax (no faster on the H200 so far)
     warp_specialize: bool = False,  # the unmasked chunk loop warp-specialized (producer / consumer warps)
 ) -> torch.Tensor:
-    """Sparse causal attention over the layout. q [B, Hq, L, D], k/v [B, Hkv, L, D] (last dim contiguous).
+    """Sparse causal attention over the layout. q [B, Hq, n, D], k/v [B, Hkv, L, D] (last dim contiguous): the queries
+    are the last n = L - layout.q_offset positions (all L for a whole prefill, fewer for a chunk over cached keys),
+    causal by absolute position.
 
     The layout has a row per query head, or per KV head for a shared index (built from `vertical[:, ::group]`).
-    Returns [B, Hq, L, D], a transposed view of a [B, L, Hq, D] tensor (what transformers wants back).
+    Returns [B, Hq, n, D], a transposed view of a [B, n, Hq, D] tensor (what transformers wants back).
     """
-    b, hq, length, d = q.shape
-    hkv = k.shape[1]
+    b, hq, n_q, d = q.shape
+    hkv, length = k.shape[1], k.shape[2]
+    assert n_q == length - layout.q_offset, "the queries are the last L - q_offset positions"
     pack = b * hq // layout.chunk_count.numel()
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "head dim must be contiguous"
     assert pack * layout.chunk_count.numel() == b * hq and (hq // hkv) % pack == 0, "one layout row per head or group"
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    out = torch.empty(b, length, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
-    n_m = -(-length // layout.block_m)
+    out = torch.empty(b, n_q, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    n_m = -(-n_q // layout.block_m)
     grid = (b * hq // pack, n_m)
     if tma is None:
         tma = not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] >= 9
@@ -569,6 +602,7 @@ def vertical_slash_attention(
         layout.covered,
         scale * 1.4426950408889634,
         length,
+        layout.q_offset,
         n_m,
         layout.chunk_start.shape[1],
         layout.vertical.shape[1],
@@ -711,11 +745,14 @@ def vertical_slash_scores(
 
 
 def layout_mask(layout: Layout, batch: int, heads: int, length: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The token mask the kernel computes (whole chunks: a superset of the slash lines), for the reference."""
+    """The token mask the kernel computes (whole chunks: a superset of the slash lines), for the reference. `rows` are
+    absolute positions (from layout.q_offset on), `length` the key count."""
 
     def fn(rows: torch.Tensor) -> torch.Tensor:
         cols = torch.arange(length, device=rows.device)
-        offset = cols[None, :] - (rows // layout.block_m * layout.block_m)[:, None] + length  # [R, L]
+        bm, first = layout.block_m, layout.q_offset
+        block_start = (rows - first) // bm * bm + first  # query blocks start at q_offset
+        offset = cols[None, :] - block_start[:, None] + length  # [R, L]
         offset = offset.clamp(max=layout.covered.shape[1] - 1)  # columns past the block are causal-masked below
         bh = layout.covered.shape[0]
         m = layout.covered[:, offset.reshape(-1)].reshape(bh, rows.numel(), length).bool()

@@ -6,14 +6,16 @@
 set -euo pipefail
 ROOT=$(git rev-parse --show-toplevel)
 PACK_DIR=${PACK_DIR:-$ROOT/.gpu-pack}
-PIECE_MIB=${PIECE_MIB:-30}
+PIECE_MIB=${PIECE_MIB:-31}
 CACHE=${CACHE:-/tmp/gpuwheels}
 PY=${PY:-python3}
 STAGE=$(mktemp -d)
 mkdir -p "$CACHE" "$PACK_DIR"
 # This branch's code as committed, carried on its own (.gpu-pack/code): the device gets the session's main checkout
 rm -rf "$PACK_DIR/code" && mkdir -p "$PACK_DIR/code"
-git -C "$ROOT" archive --format=tar HEAD engines kernels scripts pyproject.toml $(git -C "$ROOT" ls-files "bench/*.py") | tar -x -C "$PACK_DIR/code"
+# (the trained adapters' folders are left out: 15 MB no GPU bench reads, and the last call's piece must fit beside it)
+git -C "$ROOT" archive --format=tar HEAD engines kernels scripts pyproject.toml $(git -C "$ROOT" ls-files "bench/*.py") \
+  ':(exclude)engines/adapters/*/*' | tar -x -C "$PACK_DIR/code"
 # The commit the results will name (the device copy has no .git); a dirty tree would not be that commit.
 git -C "$ROOT" diff --quiet HEAD -- engines kernels scripts bench || echo "warning: uncommitted changes are not packed"
 git -C "$ROOT" rev-parse HEAD >"$PACK_DIR/code/COMMIT"

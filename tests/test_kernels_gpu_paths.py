@@ -228,3 +228,42 @@ def test_fused_layout_equals_torch_layout() -> None:
         vertical_slash_layout(*a_shape, 150, 16, 16, scan="torch"),
         vertical_slash_layout(*a_shape, 150, 16, 16, scan="triton"),
     )
+
+
+def test_triton_query_offset_serves_a_chunk_over_cached_keys() -> None:
+    # a chunk's queries (the last n of L positions) against all L keys: rows start at q_offset, causal by absolute
+    # position; the offset is not a multiple of the block, so query blocks straddle the full prefill's blocks
+    length, n = 200, 77
+    q, k, v = qkv(length, seed=19)
+    chunk = q[:, :, length - n :]
+    cfg = VerticalSlash(vertical=10, slash=20, sink=3, window=5)
+    vertical, slash = vertical_slash_index(chunk, k, cfg)
+    whole_index = vertical_slash_index(q, k, cfg)  # the same last rows estimate it: the same index
+    assert torch.equal(whole_index[0], vertical) and torch.equal(whole_index[1], slash)
+    for greedy in (True, False):
+        args = (vertical, slash, length, 32, 16, greedy)
+        lay = vertical_slash_layout(*args, scan="torch", q_offset=length - n)
+        assert _same_layout(lay, vertical_slash_layout(*args, scan="triton", q_offset=length - n))
+        assert lay.chunk_begin.shape[-1] == 3  # ceil(77 / 32) query blocks, not ceil(200 / 32)
+        out = vertical_slash_attention(chunk, k, v, lay)
+        assert out.shape == chunk.shape
+        assert torch.allclose(out, masked_attention(chunk, k, v, layout_mask(lay, 1, HQ, length)), atol=1e-5)
+    rows = torch.arange(length - n, length)
+    assert (layout_mask(lay, 1, HQ, length)(rows) >= vertical_slash_mask(length, vertical, slash)(rows)).all()
+    # with the offset on a block boundary the chunk's rows are the whole prefill's last rows, tile for tile
+    lay = vertical_slash_layout(vertical, slash, length, block_m=16, block_n=16, q_offset=length - 72)
+    whole = vertical_slash_attention(q, k, v, vertical_slash_layout(vertical, slash, length, block_m=16, block_n=16))
+    assert torch.allclose(vertical_slash_attention(q[:, :, -72:], k, v, lay), whole[:, :, -72:], atol=1e-5)
+    # A-shape, and a shared index (the group's query heads in one tile), over the same chunk
+    a_shape = a_shape_index(1, HQ, AShape(sink=4, window=24), length, q.device)
+    lay = vertical_slash_layout(*a_shape, length, 16, 16, q_offset=length - n)
+    out = vertical_slash_attention(chunk, k, v, lay)
+    assert torch.allclose(out, masked_attention(chunk, k, v, layout_mask(lay, 1, HQ, length)), atol=1e-5)
+    assert (layout_mask(lay, 1, HQ, length)(rows) >= a_shape_mask(length, AShape(sink=4, window=24))(rows)).all()
+    group = HQ // HKV
+    lay = vertical_slash_layout(vertical[:, ::group], slash[:, ::group], length, 16, 16, q_offset=length - n)
+
+    def shared(rows: torch.Tensor) -> torch.Tensor:
+        return layout_mask(lay, 1, HKV, length)(rows).repeat_interleave(group, 1)
+
+    assert torch.allclose(vertical_slash_attention(chunk, k, v, lay), masked_attention(chunk, k, v, shared), atol=1e-5)

@@ -1,4 +1,5 @@
-"""The sparse-prefill vLLM backend (CUSTOM slot, CPU build): selected on request, serving fresh prefills."""
+"""The sparse-prefill vLLM backend (CUSTOM slot, CPU build): selected on request, serving fresh prefills and, when
+asked, the chunks of a chunked prefill over their cached prefix."""
 
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from engines.models import resolve_model  # noqa: E402
 from engines.sparse_prefill import SparseConfig  # noqa: E402
 from engines.vllm_cpu_sparse import SPARSE_PREFILLS, SparsePrefillImpl  # noqa: E402
 from engines.vllm_sparse import register  # noqa: E402
-from kernels.patterns import VerticalSlash  # noqa: E402
+from kernels.patterns import AShape, VerticalSlash  # noqa: E402
 
 TEXT = Path(__file__).resolve().parents[1] / "examples" / "heart_of_darkness_opening.txt"
 
@@ -25,13 +26,14 @@ def test_custom_backend_matches_default_and_runs_sparse_prefill() -> None:
         gpu_memory_utilization=0.2,
         enforce_eager=True,
         enable_prefix_caching=False,  # every generate is a fresh prefill
+        max_num_batched_tokens=256,  # chunked prefill: prompts of 256 tokens or more take several steps
         attention_backend="CUSTOM",
     )
     prompt = TEXT.read_text()[:1500] + "\n\nThe name of the cruising yawl is"
     params = SamplingParams(max_tokens=10, temperature=0, logprobs=3)
 
-    def generate():
-        out = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
+    def generate(text: str = prompt):
+        out = llm.generate([text], params, use_tqdm=False)[0].outputs[0]
         return out.token_ids, out.logprobs[0]
 
     SparsePrefillImpl.config = SparseConfig()  # off: CPU_ATTN as it ships, the default backend
@@ -48,3 +50,20 @@ def test_custom_backend_matches_default_and_runs_sparse_prefill() -> None:
     _, sparse_first = generate()
     top = lambda lp: {t: round(x.logprob, 4) for t, x in lp.items()}  # noqa: E731
     assert top(sparse_first) != top(dense_first)  # the sparse prefill really replaced the dense one
+
+    # A prompt of three chunks: the first is a fresh prefill, the next two run over their cached prefix, as their
+    # queries against the sequence's keys read back from CPU_ATTN's paged cache (sparse_chunk).
+    long_prompt = TEXT.read_text()[:2800] + "\n\nThe name of the cruising yawl is"
+    assert 512 + 128 < len(llm.get_tokenizer()(long_prompt).input_ids) < 768  # chunks of 256, 256 and >= 128
+    SparsePrefillImpl.config = SparseConfig()
+    dense_tokens, dense_first = generate(long_prompt)
+    layers = llm.llm_engine.model_config.hf_config.num_hidden_layers
+    SparsePrefillImpl.config = SparseConfig(pattern=VerticalSlash(), chunk_min_tokens=128)  # covers every key
+    before = dict(SPARSE_PREFILLS)
+    tokens, _ = generate(long_prompt)
+    assert SPARSE_PREFILLS["chunks"] - before["chunks"] == 2 * layers  # both later chunks went sparse
+    assert list(tokens) == list(dense_tokens)  # the cache was read back right: same keys, same answer
+    for pattern in (sparse, AShape(sink=4, window=64)):  # truly sparse chunks
+        SparsePrefillImpl.config = SparseConfig(pattern=pattern, chunk_min_tokens=128)
+        _, sparse_first = generate(long_prompt)
+        assert top(sparse_first) != top(dense_first)
