@@ -61,8 +61,10 @@ def test_a_question_the_document_does_not_answer_gets_it_said(short_planted_file
     assert result["answer"] == "The document does not say." and result["supported"] is False
 
 
-def test_plain_output_has_answer_on_stdout_and_cost_on_stderr(short_planted_file: Path) -> None:
-    out = tome("ask", str(short_planted_file), "What was the lighthouse keeper's dog called?")
+def test_plain_output_has_answer_on_stdout_and_cost_on_stderr(planted_file: Path) -> None:
+    # The 2000-token file: on the 600-token one the 135M model copies the opening sentence on some CPUs (seen on
+    # one machine, with the code that passed on another), and this test is about the output, not the reading.
+    out = tome("ask", str(planted_file), "What was the lighthouse keeper's dog called?")
     assert out.returncode == 0, out.stderr
     assert "biscuit" in out.stdout.lower()
     assert "strategy: full" in out.stderr and "tokens read" in out.stderr
