@@ -9,7 +9,9 @@ final call: the memory's sentences and the question, with the short answer as th
 The steps are built like the harness's tasks (evals/tasks: needle sentences, variable chains, bAbI facts, with
 the harness's own templates), plus plain-prose facts (`prose`: names, places, dates, quantities and relations,
 each written in one of several phrasings and asked in other words, among distractor facts about other subjects
-or other facts about the same one), but never from the harness's held-out material:
+or other facts about the same one), and real documents with the reader's written questions (`written`:
+evals/data/reader_train, the segment around a question's evidence or elsewhere in the book, the target the
+sentences that hold the evidence), but never from the harness's held-out material:
 - the haystack text and the words that make keys and names come from corpus files outside `evals.corpus.HELD_OUT_DOCS`;
 - seeds start at `EVAL_SEEDS.stop`, so no training seed is an evaluation seed;
 - no word of the project's tests' own planted facts (TEST_WORDS) builds a prose fact.
@@ -29,21 +31,33 @@ from engines.prompting import answer_messages
 from engines.text import ends_sentence, plant, words_of
 from engines.types import Task
 from evals.corpus import TRAINING_CORPUS, training_texts
+from evals.reader_data import HELD_OUT_DOC, document_text, reader_items
 from evals.tasks import EVAL_SEEDS
 from evals.tasks.babilong import _facts as babi_facts
+from evals.tasks.docqa import DocQAItem
 from evals.tasks.fitting import fit
 from evals.tasks.haystack import noise_words
 from evals.tasks.niah import NEEDLE, _ask_one
 from evals.tasks.sample import VALUE_KINDS, value_of
 from memory.memagent import NONE, UPDATE_SYSTEM, update_prompt
+from memory.spans import split_sentences
 from memory.training import Example
 
 TRAIN_SEED_START = EVAL_SEEDS.stop  # every training seed is outside the evaluation seeds
 
-FAMILIES = ("niah_single", "niah_multikey", "niah_multivalue", "vt", "babilong", "prose")
-# multikey gets the most of the templated families (filing the asked key only is the hard part); prose facts a
-# third, so that the adapter learns to read plain text, not the harness's templates alone.
-WEIGHTS = (0.13, 0.2, 0.06, 0.13, 0.13, 0.35)
+
+@cache
+def written_items() -> tuple[DocQAItem, ...]:
+    """The reader's written questions, less the document held out to measure the adapters."""
+    return tuple(i for i in reader_items() if i.doc != HELD_OUT_DOC)
+
+
+FAMILIES = ("niah_single", "niah_multikey", "niah_multivalue", "vt", "babilong", "prose", "written")
+# multikey gets the most of the templated families (filing the asked key only is the hard part); prose facts and
+# written questions about real books half, so that the adapter learns to read plain text, not templates alone: the
+# adapter trained without `written` kept nothing of real prose for docqa's questions (evidence recall 0.00 at 8K
+# and 16K, bench/results/eval-docqa-dev-{8k,16k}-memagent-rag.md).
+WEIGHTS = (0.1, 0.15, 0.05, 0.1, 0.1, 0.25, 0.25)
 
 # -- prose facts: natural-language planted facts, many phrasings, asked in other words ------------------------------
 
@@ -367,7 +381,49 @@ class StepMaker:
             return self.prose(rng)
         return self.vt(rng) if family == "vt" else self.babilong(rng)
 
+    def written_update(self, seed: int, segment_tokens: int) -> Example:
+        """A segment of a real book and a question written about it: around its evidence (two times in three) the
+        target is every sentence of the segment that holds some of the evidence, elsewhere NONE."""
+        rng = random.Random(f"train:update:written:{seed}")
+        item = rng.choice(written_items())
+        text = document_text(item.doc)
+        sentences = split_sentences(text)
+        evidence = [i for i, (s, e) in enumerate(sentences) if any(s < b and a < e for a, b in item.spans)]
+        if evidence and rng.random() < 2 / 3:
+            anchor = rng.choice(evidence)
+        else:  # elsewhere: no sentence within a segment's reach of the evidence
+            far = [i for i in range(len(sentences)) if all(abs(i - j) > 200 for j in evidence)]
+            anchor = rng.choice(far)
+        lo = hi = anchor
+        before = rng.random()  # where in the segment the anchor sits
+        while self.count(text[sentences[lo][0] : sentences[hi][1]]) < segment_tokens:
+            if (rng.random() < before and lo > 0) or hi == len(sentences) - 1:
+                lo -= 1
+            else:
+                hi += 1
+        segment = text[sentences[lo][0] : sentences[hi][1]]
+        kept = [text[s:e] for i, (s, e) in enumerate(sentences) if lo <= i <= hi and i in evidence]
+        messages = [
+            {"role": "system", "content": UPDATE_SYSTEM},
+            {"role": "user", "content": update_prompt(item.question, "", segment)},
+        ]
+        return Example("update", "written", seed, messages, "\n".join(kept) if kept else NONE)
+
+    def written_answer(self, seed: int) -> Example:
+        """The final call on a written question: the sentences that hold its evidence, at times with one more."""
+        rng = random.Random(f"train:answer:written:{seed}")
+        item = rng.choice([i for i in written_items() if i.spans])
+        text = document_text(item.doc)
+        sentences = split_sentences(text)
+        held = [(s, e) for s, e in sentences if any(s < b and a < e for a, b in item.spans)]
+        if rng.random() < 0.5:
+            held = sorted([*held, rng.choice(sentences)])
+        memory = "\n".join(text[s:e] for s, e in held)
+        return Example("answer", "written", seed, answer_messages(memory, Task(item.question)), item.answers[0])
+
     def update(self, family: str, seed: int, segment_tokens: int) -> Example:
+        if family == "written":
+            return self.written_update(seed, segment_tokens)
         rng = random.Random(f"train:update:{family}:{seed}")
         f = self.facts(family, rng)
         noise = family == "vt" or (family == "niah_single" and rng.random() < 0.5)
@@ -389,6 +445,8 @@ class StepMaker:
 
     def answer(self, family: str, seed: int) -> Example:
         """The final call: a memory of every relevant sentence (at times with one distractor) and the question."""
+        if family == "written":
+            return self.written_answer(seed)
         rng = random.Random(f"train:answer:{family}:{seed}")
         f = self.facts(family, rng)
         others = [s for s in f.story if s not in f.relevant]

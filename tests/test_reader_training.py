@@ -10,9 +10,11 @@ import pytest
 from engines.base import Engine
 from engines.prompting import SYSTEM
 from evals.corpus import HELD_OUT_DOCS, TRAINING_CORPUS
+from evals.memagent_data import TRAIN_SEED_START, StepMaker, written_items
 from evals.metrics import span_recall
 from evals.reader_data import HELD_OUT_DOC, document_text, make_examples, reader_items, with_evidence
 from evals.tasks.docqa import docqa_items
+from memory.memagent import NONE
 from memory.rag import Rag, RagConfig
 from workflows.verify import NOT_STATED
 
@@ -68,3 +70,24 @@ def test_examples_are_rags_answer_call_with_the_answer_copied_or_not_stated(nati
         assert e.messages[0]["content"] == SYSTEM
         assert e.messages[1]["content"].startswith("Text:\n")
         assert e.messages[1]["content"].endswith(f"Question: {item.question}\nAnswer:")
+
+
+def test_memagent_learns_to_keep_the_evidence_of_written_questions(native_engine: Engine) -> None:
+    maker = StepMaker(native_engine.count_tokens)
+    by_question = {i.question: i for i in written_items()}
+    assert HELD_OUT_DOC not in {i.doc for i in written_items()}  # its questions measure the adapters
+    kept = none = 0
+    for seed in range(TRAIN_SEED_START, TRAIN_SEED_START + 12):
+        update = maker.update("written", seed, 256)
+        prompt = update.messages[1]["content"]
+        item = next(i for q, i in by_question.items() if f"Question: {q}" in prompt or q in prompt)
+        if update.target == NONE:
+            none += 1
+            assert not any(q[:25] in prompt for q in item.quotes)  # its evidence is elsewhere, or nowhere
+        else:
+            kept += 1
+            assert all(line in prompt for line in update.target.split("\n"))  # sentences copied word for word
+            assert any(end in update.target for q in item.quotes for end in (q[:25], q[-25:]))  # holding evidence
+        answer = maker.answer("written", seed)
+        assert answer.target in answer.messages[1]["content"]  # the answer is copied from the memory it reads
+    assert kept and none  # both decisions are taught
