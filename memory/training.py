@@ -361,6 +361,8 @@ def memagent_card(summary: dict[str, Any]) -> Card:
         if summary["data"]["mix"].keys() >= {"update:prose"}
         else "the evaluation harness's templates (RULER needles, variable chains, bAbI facts)"
     )
+    if "update:written" in summary["data"]["mix"]:
+        kinds += ",\nand questions written about real books (`written`: evals/data/reader_train, the book's own text)"
     about = (
         "A LoRA adapter that teaches the default model the two calls of the `memagent` strategy (memory/memagent.py): "
         "the\nmemory update after each segment (copy, word for word and one per line, every sentence of the notes and "

