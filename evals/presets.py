@@ -28,4 +28,9 @@ PRESETS: dict[str, Preset] = {
     # Natural questions over real documents: whole documents and cuts of 8K and 32K tokens around the evidence;
     # every item of the split (--split) at each length unless --samples says fewer.
     "docqa": Preset("docqa", (WHOLE, 8192, 32768), {}, ("docqa",)),
+    # What `tome router measure` asks to fit a policy for the model in use: every generated task and docqa's dev
+    # questions at three lengths, a question or two each (minutes a strategy on a GPU; hours on a 2-core CPU).
+    "policy": Preset(
+        "policy", (4096, 16384, 32768), {4096: 2, 16384: 1, 32768: 1}, (*(t for t in TASKS if t != "docqa"), "docqa")
+    ),
 }

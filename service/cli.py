@@ -156,6 +156,27 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router_measure(args: argparse.Namespace) -> int:
+    """`tome eval --preset policy` with the configured engine and model, then `tome router fit` of its results into
+    the model's policy file (or --out). Other arguments go to `tome eval` (--strategy, --tasks, --samples...)."""
+    from engines.settings import Settings
+    from evals.cli import main as eval_main
+    from workflows.policy import POLICIES, fit_files
+
+    model = Path(args.model or Settings().model).name
+    results = Path(args.results)
+    name = f"policy-{model}"
+    chosen = ["--model", args.model] if args.model else []
+    code = eval_main(["--preset", "policy", "--name", name, "--out", str(results), *chosen, *args.passthrough_argv])
+    if code:
+        return code
+    policy = fit_files([results / f"eval-{name}.json"])
+    out = Path(args.out) if args.out else POLICIES / f"{model}.json"
+    policy.save(out)
+    print(f"{out}: {len(policy.entries)} entries measured with {model}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from evals.cli import main as eval_main  # the yardstick: imported only when `tome eval` runs
 
@@ -260,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", default="smollm2", help="the model alias the policy is for (its file name)")
     fit.add_argument("--out", default=None, help="default: workflows/policies/<model>.json")
     fit.set_defaults(func=cmd_router_fit)
+    measure = router.add_parser(
+        "measure", help="measure the strategies with the configured engine and model, and fit its policy"
+    )
+    measure.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2 (also names the policy file)")
+    measure.add_argument("--results", default="bench/results", help="where the eval's results go")
+    measure.add_argument("--out", default=None, help="default: workflows/policies/<model>.json")
+    measure.set_defaults(func=cmd_router_measure)
 
     setup = sub.add_parser("setup", help="prepare the default models (converts the GGUF once)")
     setup.set_defaults(func=cmd_setup)
@@ -306,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("eval", "train"):
+    if rest and args.command not in ("eval", "train") and getattr(args, "router_command", None) != "measure":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.passthrough_argv = rest
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)

@@ -262,6 +262,19 @@ def test_evidence_recall_measured_on_real_questions_outranks_a_tie_on_templates(
     assert Policy.from_json(fitted.to_json()) == fitted
 
 
+def test_router_measure_fits_the_policy_of_the_model_in_use(tmp_path: Path) -> None:
+    out = tmp_path / "policy.json"
+    cli = [sys.executable, "-m", "service.cli", "router", "measure", "--results", str(tmp_path), "--out", str(out)]
+    cli += ["--strategy", "rag", "--tasks", "niah_single", "--lengths", "2K", "--samples", "1"]  # to eval
+    done = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads((tmp_path / "eval-policy-smollm2.json").read_text())
+    assert measured["preset"] == "policy" and measured["model"] == "smollm2"
+    fitted = Policy.load(out)
+    assert fitted.model == "smollm2" and fitted.sources == ["eval-policy-smollm2.json"]
+    assert [(e.strategy, e.kind, e.length, e.n) for e in fitted.entries] == [("rag", "lookup", 2048, 1)]
+
+
 class ClosedBook:
     """A real but weak strategy: the model answers without reading the document, so it shows no evidence."""
 
