@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 
 from compressors.attention import num_layers, probe_attention
-from engines.base import Engine, SupportsLayers
+from engines.base import Engine
+from engines.internals import has_layers, layers_engine
 from engines.prompting import answer_from_context, answer_overhead
 from engines.segmenting import sentence_spans
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
@@ -230,7 +231,7 @@ def compress(
     if document_tokens <= target:
         spans = [Evidence(0, len(text), text)]
         return Compressed(text, spans, target, document_tokens, document_tokens, "none", 0, 0, 0.0)
-    fine = config.fine and isinstance(engine, SupportsLayers)
+    fine = config.fine and has_layers(engine)  # a native engine over the weights where `engine` hides its layers
     progress(0, 2, "hard: selecting sentences")
     coarse_budget = min(document_tokens, math.ceil(target * config.coarse_slack)) if fine else target
     coarse, kept = coarse_select(engine, text, question, coarse_budget, exact=not fine)
@@ -238,7 +239,7 @@ def compress(
     passes = scanned = 0
     if fine:
         progress(1, 2, "hard: pruning tokens")
-        coarse, passes, scanned = fine_select(engine, coarse, question, target, config)
+        coarse, passes, scanned = fine_select(layers_engine(engine), coarse, question, target, config)
     progress(2, 2, "hard: compressed")
     stages = "coarse+fine" if fine else "coarse"
     tokens = engine.count_tokens(coarse)

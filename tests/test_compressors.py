@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from compressors.attention import num_layers
 from compressors.calibration import calibrate, plant_needle
 from compressors.gemfilter import (
+    GemFilter,
     GemFilterConfig,
     NoLayerAccessError,
     best_units,
@@ -29,7 +30,7 @@ from compressors.layer_store import SHIPPED, load_store, model_key, save_entry, 
 from engines.base import Engine, Generation, Message, SamplingParams
 from engines.prompting import answer_overhead
 from engines.segmenting import sentence_spans
-from engines.types import Document, Task
+from engines.types import Document, Task, no_progress
 from workflows.graph import run_job
 from workflows.registry import Strategies
 
@@ -269,3 +270,17 @@ def test_strategies_answer_a_needle_through_the_job_graph(engine: Engine, strate
     assert answer.details["stages"] == "coarse"
     assert within(answer.details["compressed_tokens"], answer.details["target_tokens"])
     assert needle.answer in answer.text, answer.text
+
+
+def test_selection_strategies_score_natively_and_answer_through_vllm(engine: Engine, vllm_engine: Engine) -> None:
+    """vLLM hides the layers: gemfilter and hard score with a native engine over the same weights (loaded once per
+    process) and answer through vLLM, the reader; the result says which engine did what."""
+    needle = plant_needle(walden(engine, 3000), 0.5, random.Random(3))
+    task = Task(needle.question, max_answer_tokens=32)
+    assert GemFilter().fits(3000, [task], vllm_engine)
+    answer = GemFilter().run(Document(needle.text), [task], vllm_engine, no_progress)[0]
+    assert answer.details["scored_by"] == "native" and answer.details["answered_by"] == "vllm"
+    assert any(needle.answer in e.text for e in answer.evidence)  # the layers found it
+    assert needle.answer in answer.text, answer.text  # and the reader read it
+    hard = HardCompression(HardConfig(rate=0.25)).run(Document(needle.text), [task], vllm_engine, no_progress)[0]
+    assert hard.details["stages"] == "coarse+fine"  # the fine stage needs layers: the native companion's
