@@ -22,13 +22,12 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.vllm_prefill import RESULTS, machine, write_model
+from bench.vllm_prefill import RESULTS, machine, run_child, write_model
 
 DECODE = 256
 REPEATS = 5
@@ -191,12 +190,7 @@ def main() -> None:
                 continue
             cmd = [sys.executable, "-m", "bench.vllm_decode", "--child", shape, backend, "--rows", str(args.rows)]
             cmd += ["--lengths", *map(str, lengths), "--repeats", str(args.repeats)]
-            t0 = time.time()
-            try:
-                rc = subprocess.run(cmd, timeout=min(args.engine_timeout, left)).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
-            print(f"engine {shape} {backend}: rc {rc} in {time.time() - t0:.0f} s", flush=True)
+            rc = run_child(cmd, min(args.engine_timeout, left), f"{shape} {backend}")
             if rc != 0:
                 errors.append(f"{shape} {backend}: exit {rc} (requests it finished are kept)")
     records = [json.loads(line) for line in args.rows.read_text().splitlines()] if args.rows.exists() else []

@@ -216,6 +216,17 @@ def write(
     return path
 
 
+def run_child(cmd: list[str], timeout: float, label: str) -> int | str:
+    """One engine's measurements in a child process: a crashed or hung engine costs its own rows, not the run."""
+    t0 = time.time()
+    try:
+        rc: int | str = subprocess.run(cmd, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    print(f"engine {label}: rc {rc} in {time.time() - t0:.0f} s", flush=True)
+    return rc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--engines", nargs="+", default=ENGINES, help="SHAPE:CHUNK[:LENGTH,...] (CHUNK 0: one chunk)")
@@ -258,12 +269,7 @@ def main() -> None:
         lengths = [int(x) for x in only[0].split(",")] if only else args.lengths
         cmd = [sys.executable, "-m", "bench.vllm_prefill", "--child", shape, chunk, "--rows", str(args.rows)]
         cmd += ["--lengths", *map(str, lengths)]
-        t0 = time.time()
-        try:
-            rc = subprocess.run(cmd, timeout=min(args.engine_timeout, left)).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-        print(f"engine {spec}: rc {rc} in {time.time() - t0:.0f} s", flush=True)
+        rc = run_child(cmd, min(args.engine_timeout, left), spec)
         if rc != 0:
             errors.append(f"{spec}: exit {rc} (rows it finished are kept)")
     rows = [json.loads(line) for line in args.rows.read_text().splitlines()] if args.rows.exists() else []
