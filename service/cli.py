@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args.passthrough_argv = rest
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from compressors.soft.model import CompressorMismatchError
     from engines.base import ContextOverflowError
     from engines.models import ModelNotFoundError
     from service.documents import DocumentError
@@ -347,7 +348,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DocumentError, NoStrategyError, UnknownStrategyError, ContextOverflowError, ModelNotFoundError) as exc:
+    except (
+        DocumentError,
+        NoStrategyError,
+        UnknownStrategyError,
+        ContextOverflowError,
+        ModelNotFoundError,
+        CompressorMismatchError,
+    ) as exc:
         print(f"tome: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

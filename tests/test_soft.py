@@ -13,7 +13,17 @@ import torch.nn.functional as F
 
 from compressors.soft.cache import RedisSegmentCache, SegmentCache, segment_key
 from compressors.soft.data import REPEAT, ExampleMaker
-from compressors.soft.model import EARLY, SHIPPED, CompressorConfig, SegmentCompressor, load_compressor, read_config
+from compressors.soft.model import (
+    EARLY,
+    SHIPPED,
+    CompressorConfig,
+    CompressorMismatchError,
+    SegmentCompressor,
+    adapter_config,
+    load_compressor,
+    read_config,
+    save_adapter,
+)
 from compressors.soft.selection import raw_segments
 from compressors.soft.strategy import (
     CompLLM,
@@ -250,6 +260,17 @@ def test_trained_adapter_beats_untrained_on_held_out_needles(engine: Engine, tex
     for rate in (2, 4):
         better, worse = answer_nll(engine, trained, needles, rate), answer_nll(engine, untrained, needles, rate)
         assert better < worse, (rate, better, worse)
+
+
+def test_a_compressor_trained_for_another_model_is_refused(engine: Engine, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    config = adapter_config(SHIPPED)
+    assert config["base_model"] == Path(engine.hf_model.config.name_or_path).name  # the shipped one fits
+    other = tmp_path / "other.safetensors"
+    save_adapter(other, load_file(str(SHIPPED)), {**config, "base_model": "Llama-3.1-8B-Instruct"})
+    with pytest.raises(CompressorMismatchError, match="trained for Llama-3.1-8B-Instruct, not SmolLM2-135M-Instruct"):
+        load_compressor(engine.hf_model, other)
 
 
 def test_compressor_layers_out_of_range_are_refused(engine: Engine) -> None:

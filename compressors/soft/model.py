@@ -131,8 +131,19 @@ def stored_config(path: Path, config_type: type[ConfigT]) -> ConfigT:
     return config_type(**raw)
 
 
+class CompressorMismatchError(ValueError):
+    """A soft compressor trained for another model: its vectors live in that model's embedding space."""
+
+
 def trained(model_type: type[AdapterT], model: nn.Module, config: Any, path: Path) -> AdapterT:
-    """`model_type` over `model` with the adapter file's trained tensors, on the model's device, in eval mode."""
+    """`model_type` over `model` with the adapter file's trained tensors, on the model's device, in eval mode.
+    Refused for a model other than the one it was trained on (its folder name, kept in the adapter's config)."""
+    serving = Path(getattr(model.config, "name_or_path", "") or "").name
+    if config.base_model and serving and config.base_model != serving:
+        raise CompressorMismatchError(
+            f"{path} was trained for {config.base_model}, not {serving}: soft compression writes into the reading "
+            "model's own embedding space; train one for this model (`tome train compllm` or `tome train gist`)"
+        )
     adapter = model_type(model, config)
     adapter.load_trained(load_file(str(path)))
     return adapter.to(next(model.parameters()).device).eval()
