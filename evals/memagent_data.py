@@ -31,7 +31,7 @@ from engines.prompting import answer_messages
 from engines.text import ends_sentence, plant, words_of
 from engines.types import Task
 from evals.corpus import TRAINING_CORPUS, training_texts
-from evals.reader_data import HELD_OUT_DOC, document_text, reader_items
+from evals.reader_data import HELD_OUT_DOC, document_sentences, document_text, reader_items
 from evals.tasks import EVAL_SEEDS
 from evals.tasks.babilong import _facts as babi_facts
 from evals.tasks.docqa import DocQAItem
@@ -40,7 +40,6 @@ from evals.tasks.haystack import noise_words
 from evals.tasks.niah import NEEDLE, _ask_one
 from evals.tasks.sample import VALUE_KINDS, value_of
 from memory.memagent import NONE, UPDATE_SYSTEM, update_prompt
-from memory.spans import split_sentences
 from memory.training import Example
 
 TRAIN_SEED_START = EVAL_SEEDS.stop  # every training seed is outside the evaluation seeds
@@ -387,7 +386,7 @@ class StepMaker:
         rng = random.Random(f"train:update:written:{seed}")
         item = rng.choice(written_items())
         text = document_text(item.doc)
-        sentences = split_sentences(text)
+        sentences = document_sentences(item.doc)
         evidence = [i for i, (s, e) in enumerate(sentences) if any(s < b and a < e for a, b in item.spans)]
         if evidence and rng.random() < 2 / 3:
             anchor = rng.choice(evidence)
@@ -414,7 +413,7 @@ class StepMaker:
         rng = random.Random(f"train:answer:written:{seed}")
         item = rng.choice([i for i in written_items() if i.spans])
         text = document_text(item.doc)
-        sentences = split_sentences(text)
+        sentences = document_sentences(item.doc)
         held = [(s, e) for s, e in sentences if any(s < b and a < e for a, b in item.spans)]
         if rng.random() < 0.5:
             held = sorted([*held, rng.choice(sentences)])

@@ -19,7 +19,6 @@ import argparse
 import json
 import random
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -34,7 +33,8 @@ from evals.metrics import span_recall
 from evals.tasks.docqa import DocQAItem, read_items
 from memory import training
 from memory.memagent import MemAgent
-from memory.rag import Rag, RagConfig
+from memory.rag import Rag, RagConfig, merged
+from memory.spans import Span, split_sentences
 from workflows.verify import NOT_STATED
 
 READER_TRAIN_DIR = Path(__file__).parent / "data" / "reader_train"
@@ -57,6 +57,12 @@ def document_text(doc: str, corpus: Path = TRAINING_CORPUS) -> str:
     return normalize((corpus / doc).read_text(encoding="utf-8", errors="replace"))
 
 
+@cache
+def document_sentences(doc: str, corpus: Path = TRAINING_CORPUS) -> tuple[Span, ...]:
+    """The training document's sentence spans (memagent's written examples pick segments by sentence)."""
+    return tuple(split_sentences(document_text(doc, corpus)))
+
+
 def with_evidence(units: Sequence[tuple[int, int]], item: DocQAItem, text: str) -> list[tuple[int, int]]:
     """The retrieved units with windows around the evidence in place of as many of them (chosen at random, seeded
     by the item: rag's window scores are not kept per unit), in document order, overlaps merged."""
@@ -64,13 +70,7 @@ def with_evidence(units: Sequence[tuple[int, int]], item: DocQAItem, text: str) 
     windows = [(max(0, s - pad(s, e)), min(len(text), e + pad(s, e))) for s, e in item.spans]
     kept = list(units)
     random.Random(item.id).shuffle(kept)
-    merged: list[tuple[int, int]] = []
-    for s, e in sorted([*kept[len(windows) :], *windows]):
-        if merged and s <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-        else:
-            merged.append((s, e))
-    return merged
+    return merged([*kept[len(windows) :], *windows])
 
 
 def example(item: DocQAItem, text: str, units: Sequence[tuple[int, int]], family: str) -> training.Example:
@@ -93,8 +93,9 @@ def make_examples(items: Sequence[DocQAItem], engine: Engine, rag: Rag, corpus: 
 
 
 def stats(examples: Sequence[training.Example]) -> dict[str, object]:
+    """training.data_stats, with the share of replies that say the document does not say it."""
     return {
-        "mix": dict(sorted(Counter(f"answer:{e.family}" for e in examples).items())),
+        **training.data_stats(examples),
         "none_share": sum(e.target == NOT_STATED for e in examples) / max(1, len(examples)),
     }
 
