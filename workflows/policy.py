@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,12 +149,17 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
     def total(rows: list[dict[str, Any]], key: str) -> float:
         return sum(float(r.get(key) or 0) * int(r["n"]) for r in rows)
 
-    def quality(rows: list[dict[str, Any]]) -> float:  # summed over questions, as `total`
-        return sum(
-            int(r["n"])
-            * (r["accuracy"] if r.get("evidence_recall") is None else (r["accuracy"] + r["evidence_recall"]) / 2)
-            for r in rows
-        )
+    def quality(row: dict[str, Any]) -> float:  # a row's questions: accuracy, with evidence recall where measured
+        recall = row.get("evidence_recall")
+        return row["accuracy"] if recall is None else (row["accuracy"] + recall) / 2
+
+    def shrunk(
+        value: Callable[[dict[str, Any]], float], rows: list[dict[str, Any]], around: list[dict[str, Any]]
+    ) -> float:
+        """The cell's mean of `value` over its questions with PRIOR_QUESTIONS more at the kind's mean."""
+        mean = lambda rs: sum(value(r) * int(r["n"]) for r in rs)  # noqa: E731
+        expected = mean(around) / sum(int(r["n"]) for r in around)
+        return (mean(rows) + PRIOR_QUESTIONS * expected) / (sum(int(r["n"]) for r in rows) + PRIOR_QUESTIONS)
 
     prior: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for (strategy, kind, _), rows in groups.items():
@@ -163,10 +168,8 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
     for (strategy, kind, length), rows in sorted(groups.items()):
         n = sum(int(r["n"]) for r in rows)
         around = prior[(strategy, kind)]
-        expected = total(around, "accuracy") / sum(int(r["n"]) for r in around)
-        accuracy = (total(rows, "accuracy") + PRIOR_QUESTIONS * expected) / (n + PRIOR_QUESTIONS)
-        expected_quality = quality(around) / sum(int(r["n"]) for r in around)
-        merit = (quality(rows) + PRIOR_QUESTIONS * expected_quality) / (n + PRIOR_QUESTIONS)
+        accuracy = shrunk(lambda r: r["accuracy"], rows, around)
+        merit = shrunk(quality, rows, around)
         measured = [r for r in rows if r.get("evidence_recall") is not None]
         recall = total(measured, "evidence_recall") / sum(int(r["n"]) for r in measured) if measured else None
         entries.append(
