@@ -45,6 +45,12 @@ from memory.training import Example
 TRAIN_SEED_START = EVAL_SEEDS.stop  # every training seed is outside the evaluation seeds
 
 
+def holding_evidence(item: DocQAItem) -> list[int]:
+    """The indexes of the book's sentences that hold some of the item's evidence, in document order."""
+    sentences = document_sentences(item.doc)
+    return [i for i, (s, e) in enumerate(sentences) if any(s < b and a < e for a, b in item.spans)]
+
+
 @cache
 def written_items() -> tuple[DocQAItem, ...]:
     """The reader's written questions, less the document held out to measure the adapters."""
@@ -387,7 +393,7 @@ class StepMaker:
         item = rng.choice(written_items())
         text = document_text(item.doc)
         sentences = document_sentences(item.doc)
-        evidence = [i for i, (s, e) in enumerate(sentences) if any(s < b and a < e for a, b in item.spans)]
+        evidence = holding_evidence(item)
         if evidence and rng.random() < 2 / 3:
             anchor = rng.choice(evidence)
         else:  # elsewhere: no sentence within a segment's reach of the evidence
@@ -414,7 +420,7 @@ class StepMaker:
         item = rng.choice([i for i in written_items() if i.spans])
         text = document_text(item.doc)
         sentences = document_sentences(item.doc)
-        held = [(s, e) for s, e in sentences if any(s < b and a < e for a, b in item.spans)]
+        held = [sentences[i] for i in holding_evidence(item)]
         if rng.random() < 0.5:
             held = sorted([*held, rng.choice(sentences)])
         memory = "\n".join(text[s:e] for s, e in held)
