@@ -109,6 +109,10 @@ def main(argv: Sequence[str], settings: Settings) -> int:
     args, rest = p.parse_known_args(argv)
     if args.prepare_to is None:  # training: memory/training.py on a --data file, the reader's card by its meta
         return training.main(rest, settings=settings)
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    if not args.corpus.is_dir():
+        p.error(f"no training corpus at {args.corpus} (--corpus DIR: the folder of the questions' documents)")
     engine = create_engine(settings.engine_config())
     store = Path(tempfile.mkdtemp(prefix="reader-data-"))
     rag = Rag(RagConfig(embedder=settings.embedder, qdrant_path=store))

@@ -3,6 +3,8 @@ examples that are exactly rag's answer call with the answer copied where the evi
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from itertools import pairwise
 
 import pytest
@@ -16,6 +18,7 @@ from evals.reader_data import HELD_OUT_DOC, document_text, make_examples, reader
 from evals.tasks.docqa import docqa_items
 from memory.memagent import NONE
 from memory.rag import Rag, RagConfig
+from tests.conftest import ROOT
 from workflows.verify import NOT_STATED
 
 pytestmark = pytest.mark.skipif(not TRAINING_CORPUS.is_dir(), reason=f"the training corpus {TRAINING_CORPUS} is absent")
@@ -91,3 +94,10 @@ def test_memagent_learns_to_keep_the_evidence_of_written_questions(native_engine
         answer = maker.answer("written", seed)
         assert answer.target in answer.messages[1]["content"]  # the answer is copied from the memory it reads
     assert kept and none  # both decisions are taught
+
+
+def test_preparing_without_the_corpus_is_a_clear_usage_error(tmp_path) -> None:
+    cli = [sys.executable, "-m", "service.cli", "train", "reader", "--prepare-to", str(tmp_path / "r.npz")]
+    done = subprocess.run([*cli, "--corpus", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "no training corpus at" in done.stderr
+    assert not (tmp_path / "r.npz").exists()
