@@ -3,7 +3,8 @@
 # model or Tome's data. Two steps:
 #   here:     PACK_DIR=.train-pack scripts/gpu_train.sh pack     (PACK_DIR git-ignored: the data and the model in
 #             pieces of PIECE_MIB; each device call carries one piece, the last one with the data)
-#   GPU host: bash scripts/gpu_train.sh train                     (after every piece arrived; writes $OUT/*.tar)
+#   GPU host: bash scripts/gpu_train.sh train [reader] [memagent]  (after every piece arrived; default both;
+#             writes $OUT/smollm2-<name>.tar)
 # Unpack the tars into engines/adapters/ here; each folder holds its card, log and loss curve.
 set -euo pipefail
 PACK_DIR=${PACK_DIR:-.train-pack}
@@ -28,16 +29,24 @@ train)
   model=$STAGE/SmolLM2-135M-Instruct
   [ -d "$model" ] || python3 -c "from pathlib import Path; from engines.models import convert_gguf
 convert_gguf(Path('$STAGE/model.gguf'), Path('$model'))"
-  python3 -m memory.training --data "$STAGE/reader.npz" --model "$model" --device cuda --steps 700 --lr 3e-4 \
-    --eval-every 175 --save-every 0 --minutes 5 --out "$STAGE/smollm2-reader"
-  # memagent continues from the shipped adapter, with the written family in its mix
-  python3 -m memory.training --data "$STAGE/memagent.npz" --model "$model" --device cuda --steps 850 --lr 3e-4 \
-    --eval-every 170 --save-every 0 --minutes 6 --init engines/adapters/smollm2-memagent --out "$STAGE/smollm2-memagent"
-  tar -C "$STAGE" -cf "$OUT/smollm2-reader.tar" smollm2-reader
-  tar -C "$STAGE" -cf "$OUT/smollm2-memagent.tar" smollm2-memagent
+  shift
+  names=("$@") && [ $# -gt 0 ] || names=(reader memagent)
+  for name in "${names[@]}"; do
+    case $name in
+    reader)
+      python3 -m memory.training --data "$STAGE/reader.npz" --model "$model" --device cuda --steps 700 --lr 3e-4 \
+        --eval-every 175 --save-every 0 --minutes 5 --out "$STAGE/smollm2-reader" ;;
+    memagent) # continues from the shipped adapter, with the written family in its mix
+      python3 -m memory.training --data "$STAGE/memagent.npz" --model "$model" --device cuda --steps 850 --lr 3e-4 \
+        --eval-every 170 --save-every 0 --minutes 6 --init engines/adapters/smollm2-memagent \
+        --out "$STAGE/smollm2-memagent" ;;
+    *) echo "unknown adapter: $name" >&2; exit 2 ;;
+    esac
+    tar -C "$STAGE" -cf "$OUT/smollm2-$name.tar" "smollm2-$name"
+  done
   ;;
 *)
-  echo "usage: $0 pack|train" >&2
+  echo "usage: $0 pack | train [reader] [memagent]" >&2
   exit 2
   ;;
 esac
