@@ -77,20 +77,25 @@ class Scorer:
         }
 
 
+def scoring_config(config: EngineConfig, served: str | None = None) -> EngineConfig | None:
+    """The native config selection scores with for a reader of `config` (serving `served`, default `config.model`)
+    that hides its layers, or None where that model has no local copy; what `tome calibrate` calibrates."""
+    named = config.selector_model
+    if named == "auto":
+        own = _native(config, served or config.model)
+        if own is not None:
+            return own
+        named = DEFAULT_SELECTOR
+    return _native(config, named)
+
+
 def _selection_config(engine: Engine) -> EngineConfig | Literal["reader"] | None:
     """The native config selection scores with: "reader" for `engine` itself, None where nothing can score."""
     config: EngineConfig | None = getattr(engine, "config", None)
     named = config.selector_model if config is not None else "auto"
     if isinstance(engine, SupportsLayers) and named in ("auto", engine.model_name):
         return "reader"
-    if config is None:
-        return None
-    if named == "auto":
-        own = _native_config(engine)
-        if own is not None:
-            return own
-        named = DEFAULT_SELECTOR
-    return _native(config, named)
+    return None if config is None else scoring_config(config, engine.model_name)
 
 
 def can_select(engine: Engine) -> bool:
