@@ -176,7 +176,7 @@ def main() -> None:
     from compressors.layer_store import save_entry
     from engines import EngineConfig, create_engine
 
-    p = argparse.ArgumentParser(description="choose gemfilter's layer for a model (tome calibrate gemfilter)")
+    p = argparse.ArgumentParser(description="choose gemfilter's layer for a model (tome calibrate --only gemfilter)")
     p.add_argument("--model", default="smollm2", help="a model alias or HF folder")
     p.add_argument("--haystack", type=Path, default=Path(__file__).resolve().parents[1] / "examples/walden_long.txt")
     p.add_argument("--samples", type=int, default=8)

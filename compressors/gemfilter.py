@@ -39,7 +39,7 @@ from compressors.attention import num_layers, probe_attention, suffix_attention
 from compressors.layer_store import model_key, stored_layer
 from engines.base import Engine, SupportsLayers, engine_home
 from engines.grounding import complete_fragments
-from engines.internals import has_layers, layers_engine
+from engines.internals import can_select, selection_engine
 from engines.prompting import answer_from_context, prompt_around
 from engines.segmenting import sentence_spans
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
@@ -349,16 +349,16 @@ class GemFilter:
         self.config = config
 
     def fits(self, document_tokens: int, tasks: Sequence[Task], engine: Engine) -> bool:
-        return has_layers(engine)
+        return can_select(engine)
 
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
-        """Selects with the model's layers (the engine's own, or a native engine over its weights where it hides
-        them, as vLLM does) and answers with `engine`, the reader."""
-        scorer = layers_engine(engine)
+        """Selects with a model's layers (the engine's own, a native engine over its weights where it hides them, as
+        vLLM does, or the selector model: engines.internals.selection_engine) and answers with `engine`, the reader."""
+        scorer = selection_engine(engine)
         answers = []
         for i, task in enumerate(tasks):
             # Selection depends on the question, so every task gets its own.
-            chosen = select(scorer, document.text, task, self.config, progress)
+            chosen = select(scorer.engine, document.text, task, self.config, progress)
             scan = Cost(calls=chosen.passes, tokens_read=chosen.tokens_scanned, seconds=chosen.seconds)
             answer = answer_from_context(
                 engine,
@@ -379,8 +379,7 @@ class GemFilter:
                 order=self.config.order,
                 read_tokens=self.config.read_tokens,
                 rounds=chosen.rounds,
-                scored_by=scorer.name,
-                answered_by=engine.name,
+                **scorer.details(engine),
                 kept_tokens=len(chosen.positions),
                 kept_spans=len(chosen.spans),
                 document_tokens=chosen.document_tokens,

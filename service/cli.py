@@ -159,19 +159,22 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
 def cmd_router_measure(args: argparse.Namespace) -> int:
     """`tome eval --preset policy` with the configured engine and model, then `tome router fit` of its results into
     the model's policy file (or --out). Other arguments go to `tome eval` (--strategy, --tasks, --samples...)."""
+    return measure_policy(args.model, Path(args.results), args.out, args.passthrough_argv)
+
+
+def measure_policy(model_arg: str | None, results: Path, out_arg: str | None, eval_argv: list[str]) -> int:
     from engines.settings import Settings
     from evals.cli import main as eval_main
     from workflows.policy import POLICIES, fit_files
 
-    model = Path(args.model or Settings().model).name
-    results = Path(args.results)
+    model = Path(model_arg or Settings().model).name
     name = f"policy-{model}"
-    chosen = ["--model", args.model] if args.model else []
-    code = eval_main(["--preset", "policy", "--name", name, "--out", str(results), *chosen, *args.passthrough_argv])
+    chosen = ["--model", model_arg] if model_arg else []
+    code = eval_main(["--preset", "policy", "--name", name, "--out", str(results), *chosen, *eval_argv])
     if code:
         return code
     policy = fit_files([results / f"eval-{name}.json"])
-    out = Path(args.out) if args.out else POLICIES / f"{model}.json"
+    out = Path(out_arg) if out_arg else POLICIES / f"{model}.json"
     policy.save(out)
     print(f"{out}: {len(policy.entries)} entries measured with {model}")
     return 0
@@ -233,10 +236,33 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+# `tome calibrate`'s gemfilter needles (samples, tokens each). --quick is a bounded run that checks the whole path
+# in minutes on a CPU (its numbers are no calibration to ship): gemfilter on 2 samples of 1K tokens, the policy on
+# one 2K question per task and strategy.
+GEMFILTER_BOUNDS = {"samples": 8, "length": 8000}
+QUICK_GEMFILTER = {"samples": 2, "length": 1024}
+QUICK_POLICY = ["--lengths", "2K", "--samples", "1"]
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Every per-model artifact for the configured engines, in order: GemFilter's layer (for the model that scores
+    selections: the reader's own weights, or the selector model) and the router's policy (`tome router measure`)."""
+    if args.only in (None, "gemfilter"):
+        code = calibrate_gemfilter(args)
+        if code:
+            return code
+    if args.only in (None, "policy"):
+        argv = [*(QUICK_POLICY if args.quick else []), *args.passthrough_argv]  # later arguments win in `tome eval`
+        return measure_policy(args.model, Path(args.results), args.policy_out, argv)
+    return 0
+
+
+def calibrate_gemfilter(args: argparse.Namespace) -> int:
     from compressors.calibration import calibrate
     from compressors.layer_store import STORE, save_entry
     from engines import create_engine
+    from engines.internals import scoring_config
+    from engines.models import ModelNotFoundError
     from engines.settings import Settings
     from service.documents import load_document
 
@@ -246,10 +272,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not haystack.exists():
         print(f"tome: error: haystack {haystack} not found; pass --haystack FILE (any long text)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    engine = create_engine(settings.engine_config(kind="native", model=args.model))
-    result = calibrate(
-        engine, load_document(haystack).text, samples=args.samples, length=args.length, progress=_progress_bar()
-    )
+    native = scoring_config(settings.engine_config(model=args.model))
+    if native is None:
+        raise ModelNotFoundError(
+            f"no local model to calibrate gemfilter with: TOME_SELECTOR_MODEL is {settings.selector_model!r}"
+        )
+    bounds = QUICK_GEMFILTER if args.quick else GEMFILTER_BOUNDS
+    samples, length = args.samples or bounds["samples"], args.length or bounds["length"]
+    result = calibrate(create_engine(native), load_document(haystack).text, samples, length, progress=_progress_bar())
     target = Path(args.output) if args.output else settings.home / STORE
     save_entry(result, target)
     curve = " ".join(f"{i}:{r:.2f}" for i, r in enumerate(result.recall_by_layer, start=1))
@@ -320,13 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--write", type=Path, default=None, help="put the table between a file's markers instead")
     settings.set_defaults(func=cmd_settings)
 
-    calibrate = sub.add_parser("calibrate", help="tune a compressor for the model (gemfilter: its filter layer)")
-    calibrate.add_argument("compressor", choices=["gemfilter"])
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="measure the per-model artifacts for the configured engines: gemfilter's layer, the router's policy",
+    )
+    # An option, not a positional: the policy step's `tome eval` arguments (`--strategy rag`) pass through
+    calibrate.add_argument("--only", choices=["gemfilter", "policy"], default=None, help="one artifact; default both")
     calibrate.add_argument("--model", default=None, help="default: TOME_MODEL or smollm2")
-    calibrate.add_argument("--haystack", default=None, help="text to plant needles in (default: Walden example)")
-    calibrate.add_argument("--samples", type=int, default=8)
-    calibrate.add_argument("--length", type=int, default=8000, help="tokens per sample (a scoring chunk)")
-    calibrate.add_argument("--output", default=None, help="JSON file to write (default: TOME_HOME/calibration/)")
+    calibrate.add_argument("--quick", action="store_true", help="a bounded run (minutes on a CPU) to check the path")
+    calibrate.add_argument("--haystack", default=None, help="gemfilter: text to plant needles in (default: Walden)")
+    calibrate.add_argument("--samples", type=int, default=None, help="gemfilter: needles (default 8; --quick 2)")
+    calibrate.add_argument("--length", type=int, default=None, help="gemfilter: tokens a sample (8000; --quick 1024)")
+    calibrate.add_argument("--output", default=None, help="gemfilter's JSON file (default: TOME_HOME/calibration/)")
+    calibrate.add_argument("--results", default="bench/results", help="policy: where the eval's results go")
+    calibrate.add_argument("--policy-out", default=None, help="policy: default workflows/policies/<model>.json")
     calibrate.set_defaults(func=cmd_calibrate)
     return parser
 
@@ -334,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("eval", "train") and getattr(args, "router_command", None) != "measure":
+    # `tome router measure` and `tome calibrate` (unless --only gemfilter) hand what they do not know to `tome eval`
+    to_eval = getattr(args, "router_command", None) == "measure" or (
+        args.command == "calibrate" and args.only != "gemfilter"
+    )
+    if rest and args.command not in ("eval", "train") and not to_eval:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.passthrough_argv = rest
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)

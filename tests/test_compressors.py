@@ -27,9 +27,13 @@ from compressors.gemfilter import (
 )
 from compressors.hard import HardCompression, HardConfig, compress
 from compressors.layer_store import SHIPPED, load_store, model_key, save_entry, stored_layer
+from engines import create_engine
 from engines.base import Engine, Generation, Message, SamplingParams
+from engines.internals import selection_engine
+from engines.models import resolve_model
 from engines.prompting import answer_overhead
 from engines.segmenting import sentence_spans
+from engines.settings import Settings
 from engines.types import Document, Task, no_progress
 from workflows.graph import run_job
 from workflows.registry import Strategies
@@ -280,7 +284,25 @@ def test_selection_strategies_score_natively_and_answer_through_vllm(engine: Eng
     assert GemFilter().fits(3000, [task], vllm_engine)
     answer = GemFilter().run(Document(needle.text), [task], vllm_engine, no_progress)[0]
     assert answer.details["scored_by"] == "native" and answer.details["answered_by"] == "vllm"
+    assert answer.details["scored_weights"] == "reader"  # the reader's own weights, loaded in-process
     assert any(needle.answer in e.text for e in answer.evidence)  # the layers found it
     assert needle.answer in answer.text, answer.text  # and the reader read it
     hard = HardCompression(HardConfig(rate=0.25)).run(Document(needle.text), [task], vllm_engine, no_progress)[0]
     assert hard.details["stages"] == "coarse+fine"  # the fine stage needs layers: the native companion's
+
+
+def test_a_named_selector_model_scores_and_the_reader_answers(engine: Engine) -> None:
+    """TOME_SELECTOR_MODEL names the scoring model even for a reader with layers: gemfilter scores with it (a second
+    native engine, built once) and the reader answers. The folder holds SmolLM2 again (the one model here), so the
+    needle must come out the same; what is checked is who did what."""
+    folder = str(resolve_model("smollm2", Settings().home))
+    reader = create_engine(Settings(selector_model=folder).engine_config(kind="native"))
+    assert selection_engine(engine).engine is engine  # the default: the reader scores itself
+    scorer = selection_engine(reader)
+    assert scorer.weights == "selector" and scorer.engine is not reader and scorer.engine.model_name == folder
+    assert selection_engine(reader).engine is scorer.engine  # once per process
+    needle = plant_needle(walden(engine, 2000), 0.5, random.Random(5))
+    task = Task(needle.question, max_answer_tokens=32)
+    answer = GemFilter().run(Document(needle.text), [task], reader, no_progress)[0]
+    assert answer.details["scored_model"] == folder and answer.details["answered_model"] == "smollm2"
+    assert needle.answer in answer.text, answer.text

@@ -275,6 +275,38 @@ def test_router_measure_fits_the_policy_of_the_model_in_use(tmp_path: Path) -> N
     assert [(e.strategy, e.kind, e.length, e.n) for e in fitted.entries] == [("rag", "lookup", 2048, 1)]
 
 
+def test_calibrate_measures_every_per_model_artifact_in_one_command(tmp_path: Path) -> None:
+    """`tome calibrate --quick`: gemfilter's layer for the scoring model, then the policy (the same measuring as
+    `tome router measure`), each into its file; what the command does not know goes to `tome eval`."""
+    layers, policy = tmp_path / "gemfilter.json", tmp_path / "policy.json"
+    cli = [sys.executable, "-m", "service.cli", "calibrate", "--quick", "--output", str(layers)]
+    cli += ["--results", str(tmp_path), "--policy-out", str(policy), "--strategy", "rag", "--tasks", "niah_single"]
+    done = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(layers.read_text())["SmolLM2-135M-Instruct"]
+    assert (entry["samples"], entry["length"], entry["num_layers"]) == (2, 1024, 30) and 1 <= entry["layer"] <= 30
+    fitted = Policy.load(policy)
+    assert fitted.model == "smollm2" and fitted.sources == ["eval-policy-smollm2.json"]
+    assert [(e.strategy, e.kind, e.length, e.n) for e in fitted.entries] == [("rag", "lookup", 2048, 1)]  # --quick
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["calibrate", "--only", "layers"],
+        ["calibrate", "--only", "gemfilter", "--strategy", "rag"],
+        ["calibrate", "--samples", "x"],
+    ],
+)
+def test_calibrate_refuses_bad_arguments_before_loading_anything(argv: list[str]) -> None:
+    """An unknown artifact, an eval option where no eval runs, a bad number: usage errors (exit 2)."""
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+
+
 class ClosedBook:
     """A real but weak strategy: the model answers without reading the document, so it shows no evidence."""
 

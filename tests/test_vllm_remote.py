@@ -1,8 +1,13 @@
-"""The remote vLLM engine against a real `vllm serve` process over HTTP."""
+"""The remote vLLM engine against a real `vllm serve` process over HTTP.
+
+The server serves SmolLM2 under a name this host has no weights for ("reader"), as a deployment serving its own
+model does: what needs layers cannot load the reader's weights here and falls back to the selector model.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -13,10 +18,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from compressors.calibration import plant_needle
+from compressors.gemfilter import GemFilter
+from compressors.hard import HardCompression, HardConfig
 from engines import EngineConfig, SamplingParams, create_engine
+from engines.internals import has_layers
 from engines.models import resolve_model
 from engines.settings import Settings
+from engines.types import Document, Task, no_progress
 from engines.vllm import RemoteVllmEngine
+from tests.conftest import EXAMPLES
+
+SERVED = "reader"  # no alias or local folder: the reader's weights are the server's alone
 
 
 def free_port() -> int:
@@ -33,7 +46,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
     # The `vllm` console script looks up the distribution "vllm", which vllm-cpu is not; the module entry point works.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
-    cmd += ["--served-model-name", "smollm2", "--port", str(port)]
+    cmd += ["--served-model-name", SERVED, "--port", str(port)]
     cmd += ["--host", "127.0.0.1", "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32"]
     cmd += ["--enable-prompt-embeds"]
     with log.open("w") as out:
@@ -94,3 +107,34 @@ def test_remote_engine_answers_from_prompt_embeddings(vllm_server: str, native_e
 def test_remote_engine_rejects_unknown_model(vllm_server: str) -> None:
     with pytest.raises(ValueError, match="not served"):
         RemoteVllmEngine(EngineConfig(kind="vllm", vllm_url=vllm_server, model="gpt-17"))
+
+
+def test_selection_scores_with_the_selector_model_and_answers_through_a_remote_reader(
+    vllm_server: str, native_engine
+) -> None:
+    """The selector-model path: the reader's weights cannot be loaded here, so gemfilter and hard score with the
+    selector model (SmolLM2 in-process, `selector_model=auto`'s fallback) and the remote reader answers from what
+    they kept.
+
+    Two SmolLM2 configurations stand for two models (one 135M model is all this CPU has): the reader is `vllm serve`
+    in float32 with a 2048-token context under a name with no local copy; the selector is transformers in-process
+    with an 8192-token context. The planted document (3000 tokens) does not fit the reader, so the answer can only
+    come from the selector's choice, read through the reader. What the plumbing cannot check with one model: that
+    two tokenizers differ (the budget is counted with the reader's own tokenizer, checked below)."""
+    reader = create_engine(Settings().engine_config(kind="vllm", vllm_url=vllm_server))
+    assert reader.model_name == SERVED and not has_layers(reader)  # nothing to compress soft with
+    ids = native_engine.tokenize((EXAMPLES / "walden_long.txt").read_text(encoding="utf-8"))
+    needle = plant_needle(native_engine.detokenize(ids[:3000]), 0.5, random.Random(3))
+    assert reader.count_tokens(needle.text) > reader.max_context == 2048
+    task = Task(needle.question, max_answer_tokens=32)
+    assert GemFilter().fits(3000, [task], reader)
+    answer = GemFilter().run(Document(needle.text), [task], reader, no_progress)[0]
+    who = {"scored_by": "native", "scored_model": "smollm2", "scored_weights": "selector"}
+    who |= {"answered_by": "vllm", "answered_model": SERVED}
+    assert {k: answer.details[k] for k in who} == who
+    assert any(needle.answer in e.text for e in answer.evidence)  # the selector found it
+    assert needle.answer in answer.text, answer.text  # and the reader read it
+    hard = HardCompression(HardConfig(rate=0.25)).run(Document(needle.text), [task], reader, no_progress)[0]
+    assert hard.details["stages"] == "coarse+fine" and hard.details["scored_weights"] == "selector"
+    target = hard.details["target_tokens"]
+    assert abs(hard.details["compressed_tokens"] - target) <= 0.05 * target  # in the reader's tokens

@@ -6,6 +6,14 @@ the document. One compressed cache serves every question of the request (it is q
 answered by the engine's own model continuing it (SupportsKVCache). Gists keep the uncompressed prompt's RoPE
 positions, so the document must fit the context as for `full`: gist saves memory and attention, not positions.
 Needs an engine with layer access and cache continuation (the native engine) and a trained adapter.
+
+Not through vLLM, whose only way in besides tokens is `prompt_embeds` (vLLM's `EmbedsPrompt`: `prompt_embeds`,
+`prompt`, `prompt_token_ids`, `prompt_is_token_ids`; no positions, no KV). compllm fits it: its vectors are inputs to
+layer 0 at consecutive positions. Gist does not, twice over: (1) the document survives only as the gists' KV at every
+layer, made while the gists attended to raw tokens that are then dropped; as inputs the gists are the same learned
+vectors for every chunk, so a prompt of them carries nothing of the document; (2) the answer continues at the
+uncompressed document's positions (`next_position`), while vLLM numbers a prompt's positions 0..n-1. The route would
+be a vLLM KV connector (`KVConnectorBase_V1`) handing it the gist KV, with gists trained on compressed positions.
 """
 
 from __future__ import annotations
