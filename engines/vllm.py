@@ -138,7 +138,12 @@ def _cuda() -> bool:
 
 
 class RemoteVllmEngine:
-    """A `vllm serve` endpoint: chat through /v1/chat/completions, counting through /tokenize."""
+    """A `vllm serve` endpoint: chat through /v1/chat/completions, counting through /tokenize.
+
+    LoRA adapters (a server started with `--enable-lora`): a request names the adapter as its model. The server
+    serves ours as `tome-<name>`, either from its start (`--lora-modules tome-memagent=/path`) or loaded at first use
+    through /v1/load_lora_adapter (the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=true and the folder on its disk).
+    """
 
     name = "vllm"
 
@@ -156,13 +161,27 @@ class RemoteVllmEngine:
             config_model = next(iter(served))
         self.model_name = config_model
         self._max_context = int(served[config_model].get("max_model_len") or config.max_context)
+        self._served = set(served)
+        self.adapters: dict[str, str] = {}  # our adapter name -> the server's model name for it
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        if name in self.adapters:
+            return
+        lora = f"tome-{name}"
+        if lora not in self._served:
+            body = {"lora_name": lora, "lora_path": str(Path(path).resolve())}
+            response = self.client.post("/v1/load_lora_adapter", json=body)
+            if response.is_error:  # no --enable-lora, runtime loading off, or the folder is not on the server
+                raise RuntimeError(f"vLLM at {self.config.vllm_url} could not load {lora}: {response.text[:300]}")
+            self._served.add(lora)
+        self.adapters[name] = lora
 
     @property
     def max_context(self) -> int:
         return self._max_context
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = self.client.post(path, json={"model": self.model_name, **body})
+    def _post(self, path: str, body: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+        response = self.client.post(path, json={"model": model or self.model_name, **body})
         if response.is_error:  # the server says what was wrong (a missing flag, a bad shape): pass it on
             detail = f"vLLM at {self.config.vllm_url} answered {response.status_code} to {path}: {response.text[:500]}"
             raise httpx.HTTPStatusError(detail, request=response.request, response=response)
@@ -185,7 +204,8 @@ class RemoteVllmEngine:
         """One request to /v1/chat/completions (`messages`) or /v1/completions (`prompt_embeds`)."""
         start = time.perf_counter()
         body = {**prompt, "max_tokens": params.max_tokens, "temperature": params.temperature}
-        reply = self._post(path, {**body, "stop": list(params.stop) or None})
+        model = self.adapters[params.adapter] if params.adapter else None
+        reply = self._post(path, {**body, "stop": list(params.stop) or None}, model)
         usage, choice = reply.get("usage") or {}, reply["choices"][0]
         return Generation(
             (choice["message"]["content"] if "message" in choice else choice["text"]).strip(),

@@ -44,11 +44,12 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = Path(tmp_path_factory.mktemp("vllm")) / "serve.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "true"  # adapters load at first use (/v1/load_lora_adapter)
     # The `vllm` console script looks up the distribution "vllm", which vllm-cpu is not; the module entry point works.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--served-model-name", SERVED, "--port", str(port)]
     cmd += ["--host", "127.0.0.1", "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32"]
-    cmd += ["--enable-prompt-embeds"]
+    cmd += ["--enable-prompt-embeds", "--enable-lora", "--max-lora-rank", "8"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -138,3 +139,23 @@ def test_selection_scores_with_the_selector_model_and_answers_through_a_remote_r
     assert hard.details["stages"] == "coarse+fine" and hard.details["scored_weights"] == "selector"
     target = hard.details["target_tokens"]
     assert abs(hard.details["compressed_tokens"] - target) <= 0.05 * target  # in the reader's tokens
+
+
+def test_remote_engine_serves_the_memagent_adapter_as_a_lora(vllm_server: str) -> None:
+    """The shipped adapter loads into the server at first use; a request naming it reads with it (its reply changes)
+    and calls without it still get the base model."""
+    from memory.memagent import ADAPTER_NAME, ADAPTERS, MemAgent
+
+    adapter = ADAPTERS["smollm2"]
+    remote = create_engine(EngineConfig(kind="vllm", vllm_url=vllm_server))
+    text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text()[:1500]
+    agent = MemAgent()
+    probe = [agent.update_messages(Task("Where was the Nellie anchored?"), "", text)]
+    params, tuned = agent.update_params(), agent.update_params(ADAPTER_NAME)
+    base = remote.chat(probe, params)[0].text
+    remote.load_adapter(ADAPTER_NAME, adapter)
+    remote.load_adapter(ADAPTER_NAME, adapter)  # loading again is a no-op
+    with_adapter = remote.chat(probe, tuned)[0].text
+    assert with_adapter != base
+    assert remote.chat(probe, params)[0].text == base
+    assert remote.adapters == {ADAPTER_NAME: f"tome-{ADAPTER_NAME}"}
