@@ -114,3 +114,14 @@ def test_training_steps_lower_the_loss(engine: Engine, text: str) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_under_a_vllm_reader_gist_runs_on_the_native_engine_over_its_weights(vllm_engine: Engine, text: str) -> None:
+    """vLLM cannot take a KV cache in: gist compresses and answers on the reader's weights loaded natively."""
+    document = Document(text[:700])
+    tasks = [Task("Where is the ship?", max_answer_tokens=4)]
+    n = vllm_engine.count_tokens(document.text)
+    assert Gist().fits(n, tasks, vllm_engine)
+    [answer] = Gist().run(document, tasks, vllm_engine, lambda *a: None)
+    assert answer.details["answered_by"] == "native" and answer.text
+    assert answer.details["document_tokens"] == n and answer.details["gists"] == GistConfig().total_gists(n, 2)

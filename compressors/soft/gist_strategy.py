@@ -7,13 +7,15 @@ answered by the engine's own model continuing it (SupportsKVCache). Gists keep t
 positions, so the document must fit the context as for `full`: gist saves memory and attention, not positions.
 Needs an engine with layer access and cache continuation (the native engine) and a trained adapter.
 
-Not through vLLM, whose only way in besides tokens is `prompt_embeds` (vLLM's `EmbedsPrompt`: `prompt_embeds`,
-`prompt`, `prompt_token_ids`, `prompt_is_token_ids`; no positions, no KV). compllm fits it: its vectors are inputs to
-layer 0 at consecutive positions. Gist does not, twice over: (1) the document survives only as the gists' KV at every
-layer, made while the gists attended to raw tokens that are then dropped; as inputs the gists are the same learned
-vectors for every chunk, so a prompt of them carries nothing of the document; (2) the answer continues at the
-uncompressed document's positions (`next_position`), while vLLM numbers a prompt's positions 0..n-1. The route would
-be a vLLM KV connector (`KVConnectorBase_V1`) handing it the gist KV, with gists trained on compressed positions.
+Under a vLLM reader it compresses and answers on the native engine over the reader's weights
+(`engines.internals.layers_engine`; `details.answered_by` says so), not through vLLM, whose only way in besides
+tokens is `prompt_embeds` (vLLM's `EmbedsPrompt`: `prompt_embeds`, `prompt`, `prompt_token_ids`,
+`prompt_is_token_ids`; no positions, no KV). compllm fits it: its vectors are inputs to layer 0 at consecutive
+positions. Gist does not, twice over: (1) the document survives only as the gists' KV at every layer, made while the
+gists attended to raw tokens that are then dropped; as inputs the gists are the same learned vectors for every
+chunk, so a prompt of them carries nothing of the document; (2) the answer continues at the uncompressed document's
+positions (`next_position`), while vLLM numbers a prompt's positions 0..n-1. The route would be a vLLM KV connector
+(`KVConnectorBase_V1`) handing it the gist KV, with gists trained on compressed positions.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 
 from compressors.soft.gist import SHIPPED, GistCache, GistModel, kv_bytes, load_gist, read_config
 from engines.base import Engine, SamplingParams, SupportsKVCache, SupportsLayers
+from engines.internals import has_layers, layers_engine
 from engines.prompting import answer_overhead, prompt_around
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, no_progress
 
@@ -59,6 +62,10 @@ def compress(
     return gist.compress(model, before, engine.tokenize(text), config.rate, progress)
 
 
+def _continues_caches(engine: Engine) -> bool:
+    return isinstance(engine, SupportsKVCache) and isinstance(engine, SupportsLayers)
+
+
 class Gist:
     name = "gist"
 
@@ -66,15 +73,14 @@ class Gist:
         self.config = config
 
     def fits(self, document_tokens: int, tasks: Sequence[Task], engine: Engine) -> bool:
-        if not (
-            isinstance(engine, SupportsKVCache) and isinstance(engine, SupportsLayers) and self.config.adapter.exists()
-        ):
+        if not (self.config.adapter.exists() and (_continues_caches(engine) or has_layers(engine))):
             return False
         if self.config.rate not in read_config(self.config.adapter).rates:
             return False
         return document_tokens + max(answer_overhead(engine, t) for t in tasks) <= engine.max_context
 
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
+        engine = engine if _continues_caches(engine) else layers_engine(engine)  # a KV cache cannot go into vLLM
         compressed = compress(engine, document.text, self.config, progress)
         model = engine.hf_model  # type: ignore[attr-defined]
         width = next(model.parameters()).element_size()  # bytes per cached value: the engine's dtype
@@ -96,6 +102,7 @@ class Gist:
                 cost = cost.add(share)
             answer = Answer(g.text, self.name, [Evidence(0, len(document.text), "")], cost)
             answer.details.update(
+                answered_by=engine.name,
                 rate=self.config.rate,
                 document_tokens=compressed.document_tokens,
                 input_vectors=g.prompt_tokens,  # what the answer reads: the kept KV and its prompt
