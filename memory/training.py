@@ -346,7 +346,7 @@ say it (the question has no answer there, or rag did not retrieve its evidence).
         title="reader adapter for SmolLM2-135M-Instruct",
         about=about,
         body=[("Data (evals/reader_data.py)", data), ("Training (memory/training.py)", training_text(summary))],
-        after=[("", reproduce), ("Measured", "docqa with and without it: `bench/results/eval-docqa-*reader*.md`.")],
+        after=[("", reproduce), ("Measured", "docqa, with and without: `bench/docqa_reading.py --readers none auto`.")],
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,11 @@ from engines import EngineConfig, SamplingParams, create_engine
 from engines.base import ContextOverflowError, Engine, SupportsInputEmbeddings, SupportsLayers
 from engines.config import resolve_dtype
 from engines.models import ModelNotFoundError
+from engines.prompting import READER, READERS, answer_from_context
 from engines.settings import Settings
+from engines.types import Task
+from tests.conftest import EXAMPLES
+from workflows.verify import NOT_STATED
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -101,3 +106,22 @@ def test_prompt_embeddings_answer_as_the_token_prompt(engine: Engine, native_eng
     long = embeddings[:1].expand(engine.max_context, -1)
     with pytest.raises(ContextOverflowError):
         engine.chat_from_embeddings([long], params)  # type: ignore[attr-defined]
+
+
+def test_the_shipped_reader_copies_a_stated_answer_and_says_when_the_text_does_not(native_engine: Engine) -> None:
+    """The reader adapter over a passage it never trained on: the answer copied as written, and for a fact the
+    passage lacks, the abstention it was trained to give (where the base model makes something up)."""
+    assert (READERS["smollm2"] / "adapter_model.safetensors").exists()
+    text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")[:3000]
+    tasks = [Task("What was the name of the cruising yawl?"), Task("What colour was Marlow's aunt's cat?")]
+    config = native_engine.config  # type: ignore[attr-defined]
+    replies = {}
+    try:
+        for setting in ("auto", "none"):
+            native_engine.config = replace(config, reader_adapter=setting)  # type: ignore[attr-defined]
+            replies[setting] = [answer_from_context(native_engine, text, [t], "rag", [])[0].text for t in tasks]
+    finally:
+        native_engine.config = config  # type: ignore[attr-defined]
+    assert READER in native_engine.adapters  # type: ignore[attr-defined]
+    assert "Nellie" in replies["auto"][0]
+    assert replies["auto"][1] == NOT_STATED != replies["none"][1]
