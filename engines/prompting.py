@@ -22,7 +22,7 @@ def reader_adapter(engine: Engine, tasks: Sequence[Task]) -> str | None:
     engine's config names the setting (`reader_adapter`: auto, none or a folder)."""
     if not all(t.kind == TaskKind.QA for t in tasks):
         return None
-    setting = getattr(getattr(engine, "config", None), "reader_adapter", "auto")
+    setting = getattr(getattr(engine, "config", None), "reader_adapter", "none")
     return use_adapter(engine, READER, setting, READERS)
 
 

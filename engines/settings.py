@@ -65,9 +65,9 @@ class Settings(BaseSettings):
         default=None, description="a Redis for compllm's compressed segments; unset: files under home/cache/compllm"
     )
     reader_adapter: str = Field(
-        default="auto",
-        description="the answer call's LoRA adapter: `auto` (the one listed for the model), `none` (the base model), "
-        "or a folder",
+        default="none",
+        description="the answer call's LoRA adapter: `none` (the base model), `auto` (the one listed for the model; "
+        "opt-in: it abstains on some stated facts), or a folder",
     )
     memagent_adapter: str = Field(
         default="auto",
