@@ -60,7 +60,7 @@ class NativeEngine:
         self.model.eval()
         model_context = getattr(self.model.config, "max_position_embeddings", config.max_context)
         self._max_context = min(config.max_context, model_context)
-        self.adapters: set[str] = set()
+        self.adapters: dict[str, Path] = {}  # name -> the folder loaded under it
 
     @property
     def max_context(self) -> int:
@@ -91,11 +91,13 @@ class NativeEngine:
         return len(self._template(messages))
 
     def load_adapter(self, name: str, path: Path) -> None:
-        if name in self.adapters:
+        if self.adapters.get(name) == path:
             return
+        if name in self.adapters:  # another folder under the same name (a bench comparing checkpoints)
+            self.model.delete_adapter(name)
         self.model.load_adapter(str(path), adapter_name=name)  # transformers' PEFT integration
         self.model.disable_adapters()  # adapters act only inside the calls that ask for them (`using`)
-        self.adapters.add(name)
+        self.adapters[name] = path
 
     @contextmanager
     def using(self, adapter: str | None) -> Iterator[None]:

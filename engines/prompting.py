@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engines.adapters import ADAPTER_HOME, use_adapter
 from engines.base import Engine, Message, SamplingParams
+from engines.config import EngineConfig
 from engines.types import Answer, Cost, Evidence, Task, TaskKind
 
 SYSTEM = "You are a careful reader. Answer only from the given text. Be brief."
@@ -22,7 +23,7 @@ def reader_adapter(engine: Engine, tasks: Sequence[Task]) -> str | None:
     engine's config names the setting (`reader_adapter`: auto, none or a folder)."""
     if not all(t.kind == TaskKind.QA for t in tasks):
         return None
-    setting = getattr(getattr(engine, "config", None), "reader_adapter", "none")
+    setting = getattr(getattr(engine, "config", None), "reader_adapter", EngineConfig.reader_adapter)
     return use_adapter(engine, READER, setting, READERS)
 
 

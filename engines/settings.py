@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default=None, description="a Redis for compllm's compressed segments; unset: files under home/cache/compllm"
     )
     reader_adapter: str = Field(
-        default="none",
+        default=EngineConfig.reader_adapter,
         description="the answer call's LoRA adapter: `none` (the base model), `auto` (the one listed for the model; "
         "opt-in: it abstains on some stated facts), or a folder",
     )

@@ -163,16 +163,20 @@ class RemoteVllmEngine:
         self._max_context = int(served[config_model].get("max_model_len") or config.max_context)
         self._served = set(served)
         self.adapters: dict[str, str] = {}  # our adapter name -> the server's model name for it
+        self._refused: dict[str, str] = {}  # adapters the server would not load -> why (asked once per engine)
 
     def load_adapter(self, name: str, path: Path) -> None:
         if name in self.adapters:
             return
         lora = f"tome-{name}"
+        if lora in self._refused:
+            raise RuntimeError(self._refused[lora])
         if lora not in self._served:
             body = {"lora_name": lora, "lora_path": str(Path(path).resolve())}
             response = self.client.post("/v1/load_lora_adapter", json=body)
             if response.is_error:  # no --enable-lora, runtime loading off, or the folder is not on the server
-                raise RuntimeError(f"vLLM at {self.config.vllm_url} could not load {lora}: {response.text[:300]}")
+                self._refused[lora] = f"vLLM at {self.config.vllm_url} could not load {lora}: {response.text[:300]}"
+                raise RuntimeError(self._refused[lora])
             self._served.add(lora)
         self.adapters[name] = lora
 

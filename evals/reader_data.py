@@ -2,12 +2,17 @@
 
 The questions (evals/data/reader_train, docqa's schema, split "train") were written by reading the training
 corpus (never `evals.corpus.HELD_OUT_DOCS`, and no fact docqa's dev questions ask). For each one the product's own
-`rag` retrieves over the whole document, and the example is exactly the answer call it then makes: the system
-prompt, the retrieved text, the question. The reply is the first accepted answer, copied as the text writes it,
-when what was retrieved holds every evidence span (half a span or more, as docqa scores it), and "The document
-does not say." when it does not or the question has no answer there. A question whose evidence was missed is
-asked again with windows around its evidence in place of as many retrieved ones, so most examples teach copying
-a span and some teach abstaining. One document's questions are held out for the card's numbers.
+`rag` retrieves over the whole document, and every example is the answer call it then makes: the system prompt,
+the text read, the question. The reply is the first accepted answer, copied as the text writes it, when the text
+read holds every evidence span (half a span or more, as docqa scores it), else "The document does not say.".
+
+The first adapter, trained on rag's readings alone (26% abstentions, most of them questions whose evidence rag
+missed), learned that a hard question means "does not say": it abstained on facts it had read. So an answerable
+question is read three ways, all holding its evidence (as rag read it, or with windows around the evidence in place
+of retrieved units; the same with other units kept; the evidence beside one other unit, a short text), and
+abstaining is taught by contrast: the unanswerable questions, and one answerable question in CONTRAST_EVERY with
+every unit touching its evidence taken out (where no accepted answer is left in the text). One document's questions
+are held out for the card's numbers.
 
     tome train reader --prepare-to reader.npz          # here: retrieval, prompts, token ids
     python -m memory.training --data reader.npz ...    # a GPU host (or `tome train reader --data reader.npz`)
@@ -40,6 +45,7 @@ from workflows.verify import NOT_STATED
 READER_TRAIN_DIR = Path(__file__).parent / "data" / "reader_train"
 HELD_OUT_DOC = "dostoyevsky_notes_from_underground.txt"  # its questions measure the adapter, never train it
 EVIDENCE_CHARS = 1000  # a forced evidence window: about rag's 256-token window around the quote
+CONTRAST_EVERY = 3  # one answerable question in three is also read with its evidence taken out
 
 
 @cache
@@ -63,14 +69,19 @@ def document_sentences(doc: str, corpus: Path = TRAINING_CORPUS) -> tuple[Span, 
     return tuple(split_sentences(document_text(doc, corpus)))
 
 
-def with_evidence(units: Sequence[tuple[int, int]], item: DocQAItem, text: str) -> list[tuple[int, int]]:
+def with_evidence(units: Sequence[tuple[int, int]], item: DocQAItem, text: str, seed: int = 0) -> list[tuple[int, int]]:
     """The retrieved units with windows around the evidence in place of as many of them (chosen at random, seeded
-    by the item: rag's window scores are not kept per unit), in document order, overlaps merged."""
+    by the item and `seed`: rag's window scores are not kept per unit), in document order, overlaps merged."""
     pad = lambda s, e: max(0, (EVIDENCE_CHARS - (e - s)) // 2)  # noqa: E731
     windows = [(max(0, s - pad(s, e)), min(len(text), e + pad(s, e))) for s, e in item.spans]
     kept = list(units)
-    random.Random(item.id).shuffle(kept)
+    random.Random(f"{item.id}:{seed}" if seed else item.id).shuffle(kept)
     return merged([*kept[len(windows) :], *windows])
+
+
+def without_evidence(units: Sequence[tuple[int, int]], item: DocQAItem) -> list[tuple[int, int]]:
+    """The retrieved units less every one that touches an evidence span."""
+    return [(a, b) for a, b in units if not any(a < e and s < b for s, e in item.spans)]
 
 
 def example(item: DocQAItem, text: str, units: Sequence[tuple[int, int]], family: str) -> training.Example:
@@ -80,15 +91,28 @@ def example(item: DocQAItem, text: str, units: Sequence[tuple[int, int]], family
 
 
 def make_examples(items: Sequence[DocQAItem], engine: Engine, rag: Rag, corpus: Path) -> list[training.Example]:
-    """One example per question as rag reads it, and one more with its evidence put in where rag missed it."""
+    """Each question as rag reads it (the evidence put in where rag missed it), read twice more with its evidence
+    where answerable, and one answerable question in CONTRAST_EVERY read with its evidence taken out."""
     focus = MemAgent().adapter(engine) is None  # as rag.run: whole units where its extractor reads them
     out = []
-    for item in items:
+    for n, item in enumerate(items):
         text = document_text(item.doc, corpus)
         r = rag.retrieve(Document(text), [Task(item.question, max_answer_tokens=32)], engine, no_progress, focus)[0]
-        out.append(example(item, text, r.units, f"{item.kind}:retrieved"))
-        if item.spans and span_recall(item.spans, r.units) < 1.0:
+        if not item.spans:
+            out.append(example(item, text, r.units, f"{item.kind}:retrieved"))
+            continue
+        if span_recall(item.spans, r.units) == 1.0:
+            out.append(example(item, text, r.units, f"{item.kind}:retrieved"))
+        else:
             out.append(example(item, text, with_evidence(r.units, item, text), f"{item.kind}:evidence put in"))
+        out.append(example(item, text, with_evidence(r.units, item, text, seed=1), f"{item.kind}:evidence put in"))
+        short = with_evidence(r.units, item, text, seed=2)
+        others = [u for u in short if span_recall(item.spans, [u]) == 0.0]
+        out.append(example(item, text, [u for u in short if u not in others[1:]], f"{item.kind}:short"))
+        rest = without_evidence(r.units, item)
+        left = " ".join(text[s:e] for s, e in rest).lower()
+        if n % CONTRAST_EVERY == 0 and rest and not any(a.lower() in left for a in item.answers):
+            out.append(example(item, text, rest, f"{item.kind}:evidence taken out"))
     return out
 
 

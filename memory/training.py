@@ -419,6 +419,7 @@ def build_parser(first_seed: int, corpus: Path | None, settings: Settings | None
     p.add_argument("--segment-tokens", default="192,448", help="segment sizes of the update steps: MIN,MAX")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--checkpoints", type=Path, default=None, help="also keep every save as FOLDER/step-N")
     p.add_argument("--corpus", type=Path, default=corpus)
     p.add_argument("--out", type=Path, default=None, help="adapter folder (default: engines/adapters/smollm2-TARGET)")
     p.add_argument("--model", default=settings.model if settings else None, help="an alias or an HF model folder")
@@ -481,7 +482,11 @@ def fit(args: argparse.Namespace, model: Any, items: Items, held: Items) -> dict
         log_file.flush()
         print(json.dumps(row), flush=True)
 
-    save = lambda step: save_adapter(model, args.out)  # noqa: E731
+    def save(step: int) -> None:
+        save_adapter(model, args.out)
+        if args.checkpoints:  # every save kept, so the step can be chosen by measuring the reader it makes
+            save_adapter(model, args.checkpoints / f"step-{step}")
+
     curve = train(
         model, items, args.steps, args.lr, log, save, args.save_every,
         first_weight=args.first_token_weight, minutes=args.minutes,

@@ -64,10 +64,20 @@ def test_examples_are_rags_answer_call_with_the_answer_copied_or_not_stated(nati
     examples = make_examples(
         [lookup, unanswerable], native_engine, Rag(RagConfig(qdrant_path=tmp_path)), TRAINING_CORPUS
     )
+    families = [e.family for e in examples]
+    assert families.count("unanswerable:retrieved") == 1 and not any(f.startswith("unanswerable:e") for f in families)
     by_family = {e.family: e for e in examples}
     assert by_family["unanswerable:retrieved"].target == NOT_STATED
-    copied = by_family.get("lookup:evidence put in", by_family["lookup:retrieved"])
-    assert copied.target == lookup.answers[0] and lookup.quotes[0] in copied.messages[1]["content"]
+    # the lookup is read three ways with its evidence, and (the first question of the list) once without it
+    copies = [e for e in examples if e.family.startswith("lookup") and e.family != "lookup:evidence taken out"]
+    assert len(copies) == 3 and len({e.messages[1]["content"] for e in copies}) == 3
+    for e in copies:
+        assert e.target == lookup.answers[0] and lookup.quotes[0] in e.messages[1]["content"]
+    short = by_family["lookup:short"].messages[1]["content"]
+    assert len(short) < min(len(e.messages[1]["content"]) for e in copies if e.family != "lookup:short")
+    taken_out = by_family["lookup:evidence taken out"]
+    assert taken_out.target == NOT_STATED and lookup.quotes[0] not in taken_out.messages[1]["content"]
+    assert lookup.answers[0].lower() not in taken_out.messages[1]["content"].lower()
     for e in examples:
         item = unanswerable if e.family.startswith("unanswerable") else lookup
         assert e.messages[0]["content"] == SYSTEM
