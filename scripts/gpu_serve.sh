@@ -100,7 +100,7 @@ serve_and_ask() {
 print(json.dumps({k: a[k] for k in ('answer', 'supported', 'strategy')} | {'model': a['engine']['model'],
   'tokens': a['document']['tokens'], 'calls': a['cost']['calls'], 's': a['cost']['seconds']}))" \
     "$OUT/ask-$name.json" 2>&1 | tail -1)"
-  grep -m3 -E "Using .*[Bb]ackend|tome_sparse|[Pp]lugin" "$OUT/serve-$name.log" | cut -c1-240 | tee -a "$LOG"
+  grep -m3 -E "Using .*backend\.|tome_sparse_attention" "$OUT/serve-$name.log" | cut -c1-240 | tee -a "$LOG"
   kill -INT "$pid" 2>/dev/null
   for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
   kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
