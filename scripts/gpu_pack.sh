@@ -3,6 +3,8 @@
 # into zstd pieces of at most PIECE_MIB each, for a GPU host with torch 2.11 and no network. Each device call carries
 # one piece (the 64 MiB call limit includes the working tree); scripts/gpu_unpack.sh puts them back together there.
 # Usage: PACK_DIR=/path/.gpu-pack scripts/gpu_pack.sh   (PACK_DIR must be git-ignored in the checkout that travels)
+# WITH_TOME=1 adds what scripts/gpu_serve.sh needs: `vllm serve`'s server wheels, what `tome ask` imports (the CLI's
+# code and langgraph's family) and the SmolLM2 GGUF, in the same stream so that no piece is left half empty.
 set -euo pipefail
 ROOT=$(git rev-parse --show-toplevel)
 PACK_DIR=${PACK_DIR:-$ROOT/.gpu-pack}
@@ -14,10 +16,12 @@ mkdir -p "$CACHE" "$PACK_DIR"
 # This branch's code as committed, carried on its own (.gpu-pack/code): the device gets the session's main checkout
 rm -rf "$PACK_DIR/code" && mkdir -p "$PACK_DIR/code"
 # (the trained adapters' folders are left out: 15 MB no GPU bench reads, and the last call's piece must fit beside it)
-git -C "$ROOT" archive --format=tar HEAD engines kernels scripts pyproject.toml $(git -C "$ROOT" ls-files "bench/*.py") \
-  ':(exclude)engines/adapters/*/*' | tar -x -C "$PACK_DIR/code"
+CODE=(engines kernels scripts pyproject.toml $(git -C "$ROOT" ls-files "bench/*.py"))
+# `tome ask` imports these four packages too (not evals/), and reads the examples
+[ -z "${WITH_TOME:-}" ] || CODE+=(service workflows memory compressors examples)
+git -C "$ROOT" archive --format=tar HEAD "${CODE[@]}" ':(exclude)engines/adapters/*/*' | tar -x -C "$PACK_DIR/code"
 # The commit the results will name (the device copy has no .git); a dirty tree would not be that commit.
-git -C "$ROOT" diff --quiet HEAD -- engines kernels scripts bench || echo "warning: uncommitted changes are not packed"
+git -C "$ROOT" diff --quiet HEAD -- "${CODE[@]}" bench || echo "warning: uncommitted changes are not packed"
 git -C "$ROOT" rev-parse HEAD >"$PACK_DIR/code/COMMIT"
 [ -z "${CODE_ONLY:-}" ] || exit 0
 
@@ -42,6 +46,15 @@ DEPS=(cachetools blake3 msgspec pyzmq cbor2 pybase64 setproctitle partial-json-p
 # Pins, where the newest wheel does not fit: openai 3 needs httpx2 (the host has httpx; vLLM asks openai>=2);
 # xgrammar >0.2.8 and vLLM's own tvm-ffi pin (0.1.9, for FlashInfer, not installed here) disagree, so the pair that
 # imports on the CPU build is used. pydantic-settings and python-dotenv are for engines.settings (Tome's own).
+# WITH_TOME: what `vllm serve` adds to vllm.LLM (uvicorn; SageMaker's router module, imported unconditionally) and
+# what `tome ask --engine vllm --strategy full` needs that the host lacks: langgraph (workflows.graph) with the
+# langchain-core/langsmith it pulls in, and PyStemmer (workflows.verify, imported when an answer is checked), at the
+# versions CI runs. Found by running both in a venv of only the host's packages and these (scripts/gpu_serve.sh).
+TOME_DEPS=(uvicorn==0.55.0 model-hosting-container-standards==0.1.16 jmespath==1.1.0 supervisor==4.3.0
+  langgraph==1.2.24 langgraph-checkpoint==4.3.2 langgraph-prebuilt==1.1.3 langgraph-sdk==0.4.14 langchain-core==1.8.3
+  langchain-protocol==0.0.20 langsmith==0.15.1 jsonpatch==1.48 jsonpointer==3.12 ormsgpack==1.13.1 tenacity==9.2.1
+  uuid-utils==0.19.0 requests-toolbelt==1.0.0 websockets==17.4 PyStemmer==3.1.0)
+[ -z "${WITH_TOME:-}" ] || DEPS+=("${TOME_DEPS[@]}")
 wheel() { # the cached wheel of a DEPS entry (its pinned version when pinned)
   local name ver
   name=$(echo "${1%%=*}" | tr - _); ver=${1#*==}; [ "$ver" != "$1" ] || ver=
@@ -64,7 +77,13 @@ rm -rf "$PACK_DIR"/p* "$PACK_DIR/tools"
 # The host has no zstd binary: gpu_unpack.sh decompresses with this wheel, carried uncompressed beside the last piece
 ls "$CACHE"/zstandard-*.whl >/dev/null 2>&1 || dl zstandard
 mkdir -p "$PACK_DIR/tools" && cp "$(ls "$CACHE"/zstandard-*.whl | head -1)" "$PACK_DIR/tools/"
-tar -C "$STAGE" -cf - site wheels | zstd -q -T0 -${ZSTD_LEVEL:-19} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
+PARTS=(site wheels)
+if [ -n "${WITH_TOME:-}" ]; then  # raw: a Q4_1 GGUF does not compress, zstd passes it through
+  GGUF=${GGUF:-$(cd "$ROOT" && .venv/bin/python -c "from engines.models import ALIASES, _package_dir as d
+m = ALIASES['smollm2']; print(d(m.module, m.package) / m.filename)")}
+  mkdir -p "$STAGE/model" && cp "$GGUF" "$STAGE/model/" && PARTS+=(model)
+fi
+tar -C "$STAGE" -cf - "${PARTS[@]}" | zstd -q -T0 -${ZSTD_LEVEL:-19} | split -b "${PIECE_MIB}M" -d -a 1 - "$STAGE/piece."
 for f in "$STAGE"/piece.*; do i=${f##*.}; mkdir -p "$PACK_DIR/p$i"; mv "$f" "$PACK_DIR/p$i/piece.$i"; done
 du -sh "$PACK_DIR"/p*
 rm -rf "$STAGE"

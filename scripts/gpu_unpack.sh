@@ -22,6 +22,8 @@ else
 fi
 cat /tmp/gpu-pack/piece.* | unzstd | tar -x -C /tmp/gpu-x
 mv /tmp/gpu-x/site /tmp/vllm-site
+# A pack made with WITH_TOME=1 also holds the SmolLM2 GGUF (scripts/gpu_serve.sh converts it)
+[ ! -d /tmp/gpu-x/model ] || { rm -rf /tmp/gpu-model && mv /tmp/gpu-x/model /tmp/gpu-model; }
 missing=()
 for w in /tmp/gpu-x/wheels/*.whl; do
   name=$(basename "$w" | cut -d- -f1)
