@@ -4,8 +4,9 @@ Two memory modes (`MemAgentConfig.mode`, TOME_MEMAGENT_MODE; `choose_mode` picks
 
 *prompted* is MemAgent's own recipe (BytedTsinghua-SIA/MemAgent, arXiv 2507.02259) with its prompts: after every
 segment the model rewrites a free-form memory, which overwrites the old one (at most `memory_tokens`, the update's
-generation limit), and the answer is read from the last memory with MemAgent's final prompt. It is for models that
-can do that and have no adapter of ours: "auto" picks it for any model but the small default.
+generation limit), and the answer is read from the last memory with MemAgent's final prompt. Decoding is greedy
+(MemAgent's eval samples at temperature 0.7), like every other call here. It is for models that can rewrite notes
+and have no adapter of ours: "auto" picks it for any model but the small default.
 
 *extractive* is for a 135M model, which cannot rewrite notes: its free-form notes degenerate into repeated lines
 within two segments. After each segment the model copies, word for word, the sentences (from its notes and the new
@@ -112,7 +113,7 @@ SMALL_MODELS = ("smollm2",)
 def choose_mode(model: str, mode: Mode, adapter: str, listed: Mapping[str, Path] = ADAPTERS) -> tuple[str, str]:
     """The memory mode to read with ("extractive" or "prompted") and why, for a model name and the settings."""
     if mode != "auto":
-        return mode, f"{mode}: set by TOME_MEMAGENT_MODE"
+        return mode, f"{mode}: set (TOME_MEMAGENT_MODE)"
     if adapter not in ("auto", "none"):
         return "extractive", f"auto: the adapter {adapter} is configured"
     if model in listed:
