@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         description="memagent's LoRA adapter: `auto` (the one listed for the model), `none` (the base model), "
         "or a folder",
     )
+    memagent_mode: Literal["auto", "extractive", "prompted"] = Field(
+        default="auto",
+        description="memagent's memory: `extractive` (sentences copied from the text, for a small model), `prompted` "
+        "(MemAgent's own prompts: a free-form memory rewritten per segment), or `auto` (extractive where the model "
+        "has a memagent adapter or is the small default, else prompted)",
+    )
 
     # The service (API, workers, job store). Embedded default: SQLite under `home`; the stack sets PostgreSQL.
     database_url: str = Field(default="", description="SQLAlchemy URL; empty: sqlite:///<home>/tome.db")

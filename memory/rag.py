@@ -42,7 +42,7 @@ from engines.lexical import BM25Scorer, LexicalScorer, words
 from engines.prompting import answer_each, answer_overhead
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
 from memory.index import IndexSpec, PassageIndex, open_client
-from memory.memagent import MemAgent
+from memory.memagent import MemAgent, MemAgentConfig
 from memory.spans import Span, pack, split_sentences
 
 
@@ -492,7 +492,7 @@ class Rag:
 
     def run(self, document: Document, tasks: Sequence[Task], engine: Engine, progress: Progress) -> list[Answer]:
         start = time.perf_counter()
-        reader = MemAgent()
+        reader = MemAgent(MemAgentConfig(mode="extractive"))
         # Units go through the memory agent's extractor where its adapter is present; windows, already the few
         # hundred tokens around each match, the model reads itself.
         extract = self.config.notes and reader.adapter(engine) is not None

@@ -13,7 +13,7 @@ from engines.grounding import complete_fragments
 from engines.lexical import LexicalScorer, words
 from engines.text import paragraphs_of, plant
 from engines.types import Document, Task
-from memory.memagent import MemAgent, MemAgentConfig, MemAgentInputError, snap
+from memory.memagent import ADAPTERS, MemAgent, MemAgentConfig, MemAgentInputError, choose_mode, snap
 from memory.rag import UNITS, Rag, RagConfig, RagInputError
 from memory.spans import split_sentences
 from tests.conftest import planted_document
@@ -145,6 +145,87 @@ def test_memagent_resumes_after_a_crash_without_rereading_finished_segments(nati
     assert [step["segment"] for step in answer.details["trace"]] == list(range(total))
     assert answer.cost.calls == total + 1  # the memory's cost survives the restart
     assert "biscuit" in answer.text.lower()
+
+
+def test_memagent_auto_mode_is_extractive_for_the_small_default_and_prompted_for_other_models(native_engine, tmp_path):
+    from engines import EngineConfig, create_engine
+
+    assert "smollm2" in ADAPTERS
+    picks = {
+        ("smollm2", "auto"): "extractive",  # its adapter is listed
+        ("smollm2", "none"): "extractive",  # the small default, adapter or not
+        ("/models/SmolLM2-135M-Instruct", "auto"): "extractive",  # a converted copy or a served name
+        ("Qwen/Qwen2.5-7B-Instruct", "auto"): "prompted",
+        ("/srv/models/llama-3.1-8b", "none"): "prompted",
+        ("/srv/models/llama-3.1-8b", str(tmp_path / "my-adapter")): "extractive",  # an adapter trained for it
+    }
+    for (model, adapter), mode in picks.items():
+        assert choose_mode(model, "auto", adapter)[0] == mode, (model, adapter)
+    assert choose_mode("Qwen/Qwen2.5-7B-Instruct", "extractive", "auto")[0] == "extractive"  # set, not chosen
+    assert MemAgent().mode(native_engine)[0] == "extractive"
+    # A real engine whose model has no adapter of ours and is not the small default (the same weights, renamed).
+    (tmp_path / "reader-7b").symlink_to(native_engine.path, target_is_directory=True)
+    other = create_engine(
+        EngineConfig(kind="native", model=str(tmp_path / "reader-7b"), home=native_engine.config.home)
+    )
+    agent = MemAgent(MemAgentConfig(segment_tokens=400, memory_tokens=16))  # one short segment: the choice is shown
+    doc = long_document(native_engine, FACT, 300, 0.5)
+    answer = agent.run(doc, [Task(QUESTION, max_answer_tokens=8)], other, lambda *a: None)[0]
+    assert answer.details["mode"] == "prompted" and "no memagent adapter" in answer.details["why"]
+    assert answer.details["adapter"] is None and answer.cost.calls == answer.details["segments"] + 1
+
+
+def test_memagent_prompted_mode_reads_with_memagents_prompts_and_resumes(native_engine, tmp_path, monkeypatch):
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from engines.settings import Settings
+    from workflows.graph import run_job
+    from workflows.registry import build_strategies
+
+    monkeypatch.setenv("TOME_MEMAGENT_MODE", "prompted")
+    strategies = build_strategies(Settings())
+    configured = strategies["memagent"].config
+    assert configured.mode == "prompted"
+    # Small segments and memory keep this quick on a CPU; the loop and the checkpoints are the same at any size.
+    strategies["memagent"] = MemAgent(replace(configured, segment_tokens=320, memory_tokens=32))
+    doc = long_document(native_engine, FACT, 1000, 0.8)
+    task = Task(QUESTION, max_answer_tokens=12)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_two(done: int, total: int, message: str) -> None:
+        if message.startswith("read segment") and done == 2:
+            raise Crash("worker died")
+
+    def run(progress, conn):
+        return run_job(
+            doc, [task], native_engine, "memagent", progress, SqliteSaver(conn), "job-p", strategies=strategies
+        )
+
+    db = tmp_path / "checkpoints.sqlite"
+    with sqlite3.connect(db, check_same_thread=False) as conn, pytest.raises(Crash):
+        run(crash_after_two, conn)
+    resumed: list[str] = []
+    with sqlite3.connect(db, check_same_thread=False) as conn:  # a new connection: as a restarted worker
+        answer = run(lambda d, t, m: resumed.append(m), conn).answers[0]
+    details = answer.details
+    total = details["segments"]
+    assert total >= 3 and details["mode"] == "prompted" and "TOME_MEMAGENT_MODE" in details["why"]
+    assert details["adapter"] is None  # the extractive adapter never reads MemAgent's prompts
+    assert [m for m in resumed if m.startswith("read segment")] == [
+        f"read segment {i}/{total}" for i in range(2, total + 1)
+    ]
+    trace = details["trace"]
+    assert [step["segment"] for step in trace] == list(range(total))  # the steps before the crash were kept
+    assert answer.cost.calls == total + 1
+    # The memory is free text, overwritten each segment and bounded by the update's generation limit.
+    assert all(step["tokens"] <= 32 for step in trace)
+    assert isinstance(details["memory"], str) and native_engine.count_tokens(details["memory"]) <= 32
+    assert {step["action"] for step in trace} <= {"rewrite", "kept: empty reply"}
+    # Evidence, where any: whole sentences of the document that the memory's sentences copy or answer from.
+    sentences = {doc.text[s:e] for s, e in split_sentences(doc.text)}
+    assert all(e.text == doc.text[e.start : e.end] and e.text in sentences for e in answer.evidence)
 
 
 def test_memagent_rejects_bad_input_clearly(native_engine):

@@ -33,7 +33,7 @@ def build_strategies(settings: Settings) -> dict[str, Strategy]:
         FullContext(),
         MapReduce(),
         Rag(rag),
-        MemAgent(MemAgentConfig(adapter=settings.memagent_adapter)),
+        MemAgent(MemAgentConfig(adapter=settings.memagent_adapter, mode=settings.memagent_mode)),
         GemFilter(),
         HardCompression(),
         CompLLM(compllm),
