@@ -89,6 +89,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "frame-rrf": {"question_frame": True, "fusion": "rrf"},
     "lw15-clear09": {"lexical_weight": 1.5, "clear_margin": 0.9},
     "frame-win9": {"question_frame": True, "windows": 9},
+    # a few wide windows, then narrow ones (one passage) further down the ranking, in about the same tokens
+    "wide4-narrow8": {"windows": 12, "narrow_after": 4},
+    "wide5-narrow6": {"windows": 11, "narrow_after": 5},
+    "wide6-narrow4": {"windows": 10, "narrow_after": 6},
+    "wide2-narrow12": {"windows": 14, "narrow_after": 2},
+    # more of the same tokens to the second round
+    "win7-r3": {"windows": 7, "second_round": 3},
+    "win6-r4": {"windows": 6, "second_round": 4},
     # the second round asks with names first
     "r2-names": {"second_round_names": True},
     "r2-names-passage": {"second_round_names": True, "second_round_scope": "passage"},

@@ -134,6 +134,10 @@ class RagConfig:
     # window_grow: a window grows by its neighbours "alternate"ly (the passage before first), or towards the
     # neighbour with the higher lexical score for the question ("score").
     window_grow: str = "alternate"
+    # narrow_after: windows after the first `narrow_after` are `narrow_tokens` wide (0: all `window_tokens`): a few
+    # wide windows around the best matches, then more passages further down the ranking in the same tokens.
+    narrow_after: int = 0
+    narrow_tokens: int = 128
     lexical_context: int = 0
     lexical_context_mix: float = 0.5
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
@@ -545,7 +549,8 @@ class Rag:
             if c.distinct_windows and any(a <= spans[p][0] and spans[p][1] <= b for a, b in read):
                 continue  # already read in a window chosen before: no slot for it
             grow = getattr(self._local, "overlap", None) if c.window_grow == "score" else None
-            span = window(spans, p, (0, length), c.window_tokens, per_char, grow)
+            wide = c.window_tokens if not c.narrow_after or len(read) < c.narrow_after else c.narrow_tokens
+            span = window(spans, p, (0, length), wide, per_char, grow)
             cost = int((span[1] - span[0]) * per_char) + 2
             if used + cost > budget:
                 break
