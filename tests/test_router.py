@@ -46,6 +46,9 @@ def test_task_kinds_are_read_from_the_request() -> None:
     assert task_kind(Task("What is the value assigned to variable X?")) == "multihop"
     assert task_kind(Task("Where is the football? Answer with one location.")) == "multihop"  # its latest place
     assert task_kind(Task("Where was the treaty signed?")) == "lookup"  # a past event: one fact says it
+    assert task_kind(Task("Where was the apple before the kitchen?")) == "multihop"  # bAbI's earlier place
+    assert task_kind(Task("According to the old tradition, who was Walden Pond named after?")) == "lookup"
+    assert task_kind(Task("Who kept the school Franklin was sent to after the grammar school?")) == "lookup"
     assert task_kind(Task("", kind=TaskKind.SUMMARY)) == "summary"
     # People's phrasing: lists named in the plural; stems inside words are not words.
     assert task_kind(Task("Which composers does the letter mention?")) == "aggregation"
