@@ -334,7 +334,7 @@ def reader_card(summary: dict[str, Any]) -> Card:
 training corpus (evals/data/reader_train: not docqa's test documents, and no fact docqa's dev questions ask); each
 asked the way `rag` asks it, over the whole document. Held out: every question about
 `{summary["data"]["held_out_doc"]}`. {summary["data"]["none_share"]:.0%} of the replies say the document does not
-say it (the question has no answer there, or rag did not retrieve its evidence).
+say it (the question has no answer there, or its evidence was taken out of the text read).
 
 | kind : context | examples |
 |---|---|
