@@ -280,6 +280,16 @@ def terms_within(read: Sequence[Span], spans: Sequence[Span], lexical: LexicalSc
     return set().union(*(lexical.terms[p] for p in inside))
 
 
+def owning_units(spans: Sequence[Span], units: Sequence[Span]) -> list[int]:
+    """The index of the unit holding each passage (both in document order)."""
+    out, u = [], 0
+    for s, _ in spans:
+        while s >= units[u][1]:
+            u += 1
+        out.append(u)
+    return out
+
+
 def merged(spans: Sequence[Span]) -> list[Span]:
     """Spans in document order, overlapping ones joined (so no text is read twice)."""
     out: list[Span] = []
@@ -365,12 +375,7 @@ class Rag:
         text = document.text
         per_char = ready.per_char(engine)
         units = pack(spans, lambda s: int((s[1] - s[0]) * per_char) + 1, min(c.unit_tokens, budget))
-        unit_of = []
-        u = 0
-        for s, _ in spans:
-            while s >= units[u][1]:
-                u += 1
-            unit_of.append(u)
+        unit_of = owning_units(spans, units)
         lexical = ready.lexical(c.lexical) if c.lexical_weight else None
         self._local.context = ready.lexical(c.lexical, c.lexical_context) if c.lexical_context and lexical else None
         retrieved = []

@@ -330,11 +330,13 @@ def reader_card(summary: dict[str, Any]) -> Card:
         "the passages do not hold it.\nThe strategies' answer call runs it (`engines.prompting`, setting "
         "`reader_adapter`); both engines load it."
     )
+    contrast = summary["data"].get("recipe") == "contrast"
+    why_none = "its evidence was taken out of the text read" if contrast else "rag did not retrieve its evidence"
     data = f"""{summary["examples"]} examples from {summary["data"]["questions"]} questions written by reading the
 training corpus (evals/data/reader_train: not docqa's test documents, and no fact docqa's dev questions ask); each
 asked the way `rag` asks it, over the whole document. Held out: every question about
 `{summary["data"]["held_out_doc"]}`. {summary["data"]["none_share"]:.0%} of the replies say the document does not
-say it (the question has no answer there, or its evidence was taken out of the text read).
+say it (the question has no answer there, or {why_none}).
 
 | kind : context | examples |
 |---|---|

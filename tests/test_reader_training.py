@@ -61,9 +61,11 @@ def test_evidence_windows_take_the_place_of_retrieved_units() -> None:
 def test_examples_are_rags_answer_call_with_the_answer_copied_or_not_stated(native_engine: Engine, tmp_path) -> None:
     lookup = next(i for i in reader_items() if i.kind == "lookup" and i.doc == HELD_OUT_DOC)
     unanswerable = next(i for i in reader_items() if i.kind == "unanswerable" and i.doc == HELD_OUT_DOC)
-    examples = make_examples(
-        [lookup, unanswerable], native_engine, Rag(RagConfig(qdrant_path=tmp_path)), TRAINING_CORPUS
-    )
+    rag = Rag(RagConfig(qdrant_path=tmp_path))
+    shipped = make_examples([lookup, unanswerable], native_engine, rag, TRAINING_CORPUS)  # the shipped recipe
+    assert {e.family for e in shipped} <= {"lookup:retrieved", "lookup:evidence put in", "unanswerable:retrieved"}
+    assert any(e.target == lookup.answers[0] for e in shipped) and len(shipped) <= 3
+    examples = make_examples([lookup, unanswerable], native_engine, rag, TRAINING_CORPUS, contrast=True)
     families = [e.family for e in examples]
     assert families.count("unanswerable:retrieved") == 1 and not any(f.startswith("unanswerable:e") for f in families)
     by_family = {e.family: e for e in examples}
