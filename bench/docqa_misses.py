@@ -7,7 +7,7 @@ Whole-document embeddings are cached on disk (--cache) so that a sweep of retrie
 seconds a configuration: the sweep reports recall and tokens read only (its seconds are not rag's cost).
 
     python bench/docqa_misses.py --split dev --config shipped
-    python bench/docqa_misses.py --split dev --sweep shipped r2x2 ...
+    python bench/docqa_misses.py --split dev --sweep shipped win10 win12
 """
 
 from __future__ import annotations

@@ -17,17 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 _WORD = re.compile(r"\w+")
-# Words that frame a question rather than name what it asks about, left out of a question's BM25 query when asked
-# (`BM25Scorer.scores(question, frame=True)`): bm25s's own English list holds 33 words, so "what", "did", "how",
-# "much", "according" still score, and a passage of dialogue full of them outranks the evidence.
-QUESTION_FRAME = frozenset(
-    """a an the and or but of to in on at by for with from as is are was were be been being it its this that these
-    those there here he she they them his her their him we you i me my our your us not no so than then which who
-    whom whose what when where why how do does did done has have had will would can could should may might must
-    shall about into over under also only very just any all some such one ones other others own same each both
-    either whether while if else ever even still yet according say says said tell told give given name named
-    call called kind sort way thing things mention mentioned refer refers referred describe described""".split()
-)
 
 
 def words(text: str) -> set[str]:
@@ -82,11 +71,9 @@ class BM25Scorer:
         tokens = bm25s.tokenize(list(passages), stopwords="en", stemmer=self._stemmer, show_progress=False)
         self._index.index(tokens, show_progress=False)
 
-    def scores(self, question: str, frame: bool = False) -> list[float]:
-        """frame: the question's framing words (QUESTION_FRAME) left out of the query too."""
-        stop: Any = sorted(QUESTION_FRAME) if frame else "en"
+    def scores(self, question: str) -> list[float]:
         tokens = self._tokenize(
-            [question], stopwords=stop, stemmer=self._stemmer, show_progress=False, return_ids=False
+            [question], stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False
         )[0]
         known = [t for t in tokens if t in self._index.vocab_dict]
         if not known:

@@ -25,8 +25,6 @@ piece left out is completed to that word (engines.grounding.complete_fragments).
 
 from __future__ import annotations
 
-import re
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -112,34 +110,6 @@ class RagConfig:
     # reader copies an answer out of a few hundred tokens far more often than out of two thousand.
     sentences: int = 0
     sentence_context: int = 1
-    # Exploration knobs (bench/docqa_misses.py, bench/docqa_retrieval.py); defaults keep the shipped behaviour.
-    # question_frame: the question's framing words ("what did", "according to": engines.lexical.QUESTION_FRAME)
-    # left out of its BM25 query. fusion: "sum" (cosine + weighted lexical) or "rrf" (reciprocal ranks, k=rrf_k,
-    # ordering the windows only; a clear match is still judged on the sum). distinct_windows: a passage inside a
-    # window already chosen takes no window slot. second_round_sources: second rounds from the best passages of
-    # this many distinct windows, `second_round` windows each. second_round_scope: the rarest words of the best
-    # "sentence" or of the whole "passage".
-    question_frame: bool = False
-    fusion: str = "sum"
-    rrf_k: int = 60
-    distinct_windows: bool = False
-    second_round_sources: int = 1
-    second_round_scope: str = "sentence"
-    # second_round_names: the second round asks with the rarest capitalised words (names: the bridge of a multi-hop
-    # question is mostly a person, a place, a work) of the scope first, then the rarest other words.
-    second_round_names: bool = False
-    # lexical_context: a passage's lexical score also counts its `lexical_context` neighbours each side (BM25 over
-    # the passage with them), mixed in at `lexical_context_mix` (0: the passage alone, 1: the passage with them): a
-    # question names the scene ("the servant Apollon") and asks a detail the next passage states.
-    # window_grow: a window grows by its neighbours "alternate"ly (the passage before first), or towards the
-    # neighbour with the higher lexical score for the question ("score").
-    window_grow: str = "alternate"
-    # narrow_after: windows after the first `narrow_after` are `narrow_tokens` wide (0: all `window_tokens`): a few
-    # wide windows around the best matches, then more passages further down the ranking in the same tokens.
-    narrow_after: int = 0
-    narrow_tokens: int = 128
-    lexical_context: int = 0
-    lexical_context_mix: float = 0.5
     min_context_tokens: int = 256  # below this the question leaves no room for retrieved text
 
 
@@ -204,17 +174,7 @@ class Prepared:
             self._per_char[engine.model_name] = engine.count_tokens(self.text) / len(self.text)
         return self._per_char[engine.model_name]
 
-    def lexical(self, kind: str, context: int = 0) -> LexicalScorer | BM25Scorer:
-        if context:  # each passage with its `context` neighbours each side
-            key = f"{kind}+{context}"
-            if key not in self._lexical:
-                n = len(self.spans)
-                texts = [
-                    self.text[self.spans[max(0, i - context)][0] : self.spans[min(n - 1, i + context)][1]]
-                    for i in range(n)
-                ]
-                self._lexical[key] = BM25Scorer(texts)
-            return self._lexical[key]
+    def lexical(self, kind: str) -> LexicalScorer | BM25Scorer:
         if kind not in self._lexical:
             texts = [self.text[s:e] for s, e in self.spans]
             if kind == "coverage":
@@ -241,31 +201,12 @@ def prepared(document: Document, embedder: Embedder, passage_tokens: int) -> Pre
     return _prepared[key]
 
 
-def window(
-    spans: Sequence[Span],
-    center: int,
-    unit: Span,
-    tokens: int,
-    per_char: float,
-    score: Sequence[float] | None = None,
-) -> Span:
-    """Passage `center` grown by its neighbours inside `unit`, alternately before and after, to about `tokens`;
-    with `score` (per passage), towards the better scoring neighbour first."""
+def window(spans: Sequence[Span], center: int, unit: Span, tokens: int, per_char: float) -> Span:
+    """Passage `center` grown by its neighbours inside `unit`, alternately before and after, to about `tokens`."""
     size = lambda i: (spans[i][1] - spans[i][0]) * per_char  # noqa: E731
     lo = hi = center
     used = size(center)
     grew = True
-    while grew and score is not None:
-        grew = False
-        fits = [
-            i
-            for i in (lo - 1, hi + 1)
-            if 0 <= i < len(spans) and unit[0] <= spans[i][0] and spans[i][1] <= unit[1] and used + size(i) <= tokens
-        ]
-        if fits:
-            i = max(fits, key=lambda j: (score[j], -j))
-            lo, hi, used, grew = min(lo, i), max(hi, i), used + size(i), True
-    grew = score is None
     while grew:
         grew = False
         for i in (lo - 1, hi + 1):
@@ -306,9 +247,6 @@ class Rag:
 
     def __init__(self, config: RagConfig | None = None) -> None:
         self.config = config or RagConfig()
-        # What the exploration knobs need between the calls of one question (the parts of the last scores, the
-        # lexical scores, the neighbour-context scorer), per thread: one Rag serves a worker's threads.
-        self._local = threading.local()
 
     def context_budget(self, tasks: Sequence[Task], engine: Engine) -> int:
         room = engine.max_context - max(answer_overhead(engine, t) for t in tasks) - self.config.margin_tokens
@@ -377,21 +315,17 @@ class Rag:
         units = pack(spans, lambda s: int((s[1] - s[0]) * per_char) + 1, min(c.unit_tokens, budget))
         unit_of = owning_units(spans, units)
         lexical = ready.lexical(c.lexical) if c.lexical_weight else None
-        self._local.context = ready.lexical(c.lexical, c.lexical_context) if c.lexical_context and lexical else None
         retrieved = []
         for q, task in zip(embedder.embed([t.question for t in tasks]), tasks, strict=True):
             passage_scores = self.passage_scores(q, task.question, dense, lexical, embedder, len(spans))
             top = sorted(passage_scores.values(), reverse=True)[:2]
             clear = c.clear_margin is not None and (len(top) == 1 or top[0] - top[1] > c.clear_margin)
             if c.windows and not clear:  # short windows around the best passages, not whole units
-                order = self.fused(passage_scores)
-                read = self.best_windows(order, spans, len(text), per_char, budget)
+                read = self.best_windows(passage_scores, spans, len(text), per_char, budget)
                 if c.second_round and lexical is not None:
-                    for source in self.sources(order, spans, len(text), per_char):
-                        room = budget - sum(int((e - s) * per_char) + 2 for s, e in read)
-                        again = self.second_round(task.question, source, read, ready, dense, lexical, embedder)
-                        more = self.best_windows(self.fused(again), spans, len(text), per_char, room, c.second_round)
-                        read = merged(read + more)
+                    room = budget - sum(int((e - s) * per_char) + 2 for s, e in read)
+                    again = self.second_round(task.question, passage_scores, read, ready, dense, lexical, embedder)
+                    read = merged(read + self.best_windows(again, spans, len(text), per_char, room, c.second_round))
                 if c.sentences:
                     read = self.best_sentences(task.question, q, read, ready, embedder)
                 top = sorted(passage_scores.values(), reverse=True)[: len(read)]
@@ -431,40 +365,10 @@ class Rag:
             )
         return retrieved
 
-    def fused(self, passage_scores: dict[int, float]) -> dict[int, float]:
-        """The scores that order the windows: the sum as scored, or reciprocal-rank fusion of its two parts."""
-        parts = getattr(self._local, "parts", None)
-        if self.config.fusion == "sum" or parts is None:
-            return passage_scores
-        if self.config.fusion != "rrf":
-            raise ValueError(f"unknown fusion {self.config.fusion!r}: sum or rrf")
-        cosine, lexical = parts
-        k = self.config.rrf_k
-        out = {}
-        for part in (cosine, lexical):
-            ranked = sorted((p for p in passage_scores if p in part), key=part.__getitem__, reverse=True)
-            for r, p in enumerate(ranked):
-                out[p] = out.get(p, 0.0) + 1.0 / (k + r + 1)
-        return out
-
-    def sources(self, order: dict[int, float], spans: Sequence[Span], length: int, per_char: float) -> list[int]:
-        """The best passages of the `second_round_sources` best distinct windows (a second round asks from each)."""
-        c = self.config
-        chosen: list[int] = []
-        covered: list[Span] = []
-        for p in sorted(order, key=order.__getitem__, reverse=True):
-            if len(chosen) >= c.second_round_sources:
-                break
-            if any(a <= spans[p][0] and spans[p][1] <= b for a, b in covered):
-                continue
-            chosen.append(p)
-            covered.append(window(spans, p, (0, length), c.window_tokens, per_char))
-        return chosen
-
     def second_round(
         self,
         question: str,
-        first: int,
+        passage_scores: dict[int, float],
         read: Sequence[Span],
         ready: Prepared,
         dense: PassageIndex | Prepared,
@@ -475,15 +379,10 @@ class Rag:
         best passage that shares most words with it. What the first round found names what the question only
         describes ("the woman who later helped Darcy"): asked with that name, the passage of the other fact ranks."""
         text, spans = ready.text, ready.spans
+        first = max(passage_scores, key=passage_scores.__getitem__)
         asked = words(question)
         said = max(split_sentences(text, *spans[first]), key=lambda x: len(words(text[x[0] : x[1]]) & asked))
-        if self.config.second_round_scope == "passage":
-            said = spans[first]
         found = sorted(words(text[said[0] : said[1]]) - asked, key=lambda t: (lexical.df[t], t))
-        if self.config.second_round_names:
-            names = {w.lower() for w in re.findall(r"\b[A-Z][a-z]\w*", text[said[0] : said[1]])}
-            names = {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in names}
-            found = [t for t in found if t in names] + [t for t in found if t not in names]
         again = " ".join([question, *found[: self.config.second_round_terms]])
         scores = self.passage_scores(embedder.embed([again])[0], again, dense, lexical, embedder, len(spans))
         return {p: x for p, x in scores.items() if not any(a <= spans[p][0] < b for a, b in read)}
@@ -502,34 +401,20 @@ class Rag:
         c = self.config
         if isinstance(dense, Prepared):
             assert lexical is not None and c.dense_candidates is not None
-            overlap = self.lexical_scores(lexical, question)
-            self._local.overlap = overlap
+            overlap = lexical.scores(question)
             best = sorted(range(n), key=overlap.__getitem__, reverse=True)[: c.dense_candidates]
             cosines = (dense.embedded([dense.spans[p] for p in best], embedder) @ q).tolist()
-            self._local.parts = (dict(zip(best, cosines, strict=True)), {p: overlap[p] for p in best})
             return {p: x + c.lexical_weight * overlap[p] for p, x in zip(best, cosines, strict=True)}
         index = dense
         limit = min(c.search_passages, n)
         scores = dict(index.search(q, limit))
         if lexical is not None:
-            overlap = self.lexical_scores(lexical, question)
+            overlap = lexical.scores(question)
             best = sorted(range(n), key=overlap.__getitem__, reverse=True)[:limit]
             missing = [p for p in best if p not in scores]  # lexical matches the dense search missed
             scores.update(zip(missing, (index.vectors(missing) @ q).tolist(), strict=True))
             scores = {p: s + c.lexical_weight * overlap[p] for p, s in scores.items()}
         return scores
-
-    def lexical_scores(self, lexical: LexicalScorer | BM25Scorer, question: str) -> list[float]:
-        c = self.config
-        if not isinstance(lexical, BM25Scorer):
-            return lexical.scores(question)
-        own = lexical.scores(question, frame=c.question_frame)
-        context = getattr(self._local, "context", None)
-        if context is None:
-            return own
-        around = context.scores(question, frame=c.question_frame)
-        m = c.lexical_context_mix
-        return [(1 - m) * a + m * b for a, b in zip(own, around, strict=True)]
 
     def best_windows(
         self,
@@ -545,17 +430,8 @@ class Rag:
         c = self.config
         read: list[Span] = []
         used = 0
-        ranked = sorted(passage_scores, key=passage_scores.__getitem__, reverse=True)
-        if not c.distinct_windows:
-            ranked = ranked[: count or c.windows]
-        for p in ranked:
-            if len(read) >= (count or c.windows):
-                break
-            if c.distinct_windows and any(a <= spans[p][0] and spans[p][1] <= b for a, b in read):
-                continue  # already read in a window chosen before: no slot for it
-            grow = getattr(self._local, "overlap", None) if c.window_grow == "score" else None
-            wide = c.window_tokens if not c.narrow_after or len(read) < c.narrow_after else c.narrow_tokens
-            span = window(spans, p, (0, length), wide, per_char, grow)
+        for p in sorted(passage_scores, key=passage_scores.__getitem__, reverse=True)[: count or c.windows]:
+            span = window(spans, p, (0, length), c.window_tokens, per_char)
             cost = int((span[1] - span[0]) * per_char) + 2
             if used + cost > budget:
                 break

@@ -12,7 +12,7 @@ import pytest
 from engines.grounding import complete_fragments
 from engines.lexical import LexicalScorer, words
 from engines.text import paragraphs_of, plant
-from engines.types import Document, Task
+from engines.types import Answer, Document, Task
 from memory.memagent import ADAPTERS, MemAgent, MemAgentConfig, MemAgentInputError, choose_mode, snap
 from memory.rag import UNITS, Rag, RagConfig, RagInputError
 from memory.spans import split_sentences
@@ -94,56 +94,46 @@ def test_memagent_answers_a_planted_fact_in_16k_tokens_through_the_job_graph(nat
     assert answer.cost.tokens_read > native_engine.count_tokens(doc16k.text)
 
 
-def test_memagent_resumes_after_a_crash_without_rereading_finished_segments(native_engine, tmp_path, strategies):
+class Crash(RuntimeError):
+    """A worker dying mid-job."""
+
+
+def crash_and_resume(engine, doc: Document, task: Task, strategies, db, thread_id: str) -> Answer:
+    """memagent on `doc` through the job graph with checkpoints in `db`, killed while it reports segment 2, then run
+    again on a new connection (as a restarted worker). Checks that the resumed run reads segment 2 on and never
+    segment 1, keeps the trace of the steps before the crash and the memory's cost; returns its answer."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from workflows.graph import run_job
-
-    # Small segments keep this quick on a CPU; the loop and the checkpoints are the same at any size.
-    strategies = {**strategies, "memagent": MemAgent(MemAgentConfig(segment_tokens=512, memory_tokens=96))}
-    doc = long_document(native_engine, FACT, 1800, 0.8)
-    task = Task(QUESTION, max_answer_tokens=24)
-
-    class Crash(RuntimeError):
-        pass
 
     def crash_after_two(done: int, total: int, message: str) -> None:
         if message.startswith("read segment") and done == 2:
             raise Crash("worker died")
 
-    db = tmp_path / "checkpoints.sqlite"
-    with sqlite3.connect(db, check_same_thread=False) as conn:
-        with pytest.raises(Crash):
-            run_job(
-                doc,
-                [task],
-                native_engine,
-                "memagent",
-                crash_after_two,
-                SqliteSaver(conn),
-                thread_id="job-1",
-                strategies=strategies,
-            )
+    def run(progress, conn):
+        return run_job(doc, [task], engine, "memagent", progress, SqliteSaver(conn), thread_id, strategies=strategies)
+
+    with sqlite3.connect(db, check_same_thread=False) as conn, pytest.raises(Crash):
+        run(crash_after_two, conn)
     resumed: list[str] = []
     with sqlite3.connect(db, check_same_thread=False) as conn:  # a new connection: as a restarted worker
-        result = run_job(
-            doc,
-            [task],
-            native_engine,
-            "memagent",
-            lambda d, t, m: resumed.append(m),
-            SqliteSaver(conn),
-            "job-1",
-            strategies=strategies,
-        )
-    answer = result.answers[0]
+        answer = run(lambda d, t, m: resumed.append(m), conn).answers[0]
     total = answer.details["segments"]
-    assert total >= 4
     # The crash hit while reporting segment 2, so segment 2 is read again; segment 1 never is.
     reads = [m for m in resumed if m.startswith("read segment")]
     assert reads == [f"read segment {i}/{total}" for i in range(2, total + 1)]
-    assert [step["segment"] for step in answer.details["trace"]] == list(range(total))
+    assert [step["segment"] for step in answer.details["trace"]] == list(range(total))  # kept from before the crash
     assert answer.cost.calls == total + 1  # the memory's cost survives the restart
+    return answer
+
+
+def test_memagent_resumes_after_a_crash_without_rereading_finished_segments(native_engine, tmp_path, strategies):
+    # Small segments keep this quick on a CPU; the loop and the checkpoints are the same at any size.
+    strategies = {**strategies, "memagent": MemAgent(MemAgentConfig(segment_tokens=512, memory_tokens=96))}
+    doc = long_document(native_engine, FACT, 1800, 0.8)
+    task = Task(QUESTION, max_answer_tokens=24)
+    answer = crash_and_resume(native_engine, doc, task, strategies, tmp_path / "checkpoints.sqlite", "job-1")
+    assert answer.details["segments"] >= 4
     assert "biscuit" in answer.text.lower()
 
 
@@ -176,10 +166,7 @@ def test_memagent_auto_mode_is_extractive_for_the_small_default_and_prompted_for
 
 
 def test_memagent_prompted_mode_reads_with_memagents_prompts_and_resumes(native_engine, tmp_path, monkeypatch):
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
     from engines.settings import Settings
-    from workflows.graph import run_job
     from workflows.registry import build_strategies
 
     monkeypatch.setenv("TOME_MEMAGENT_MODE", "prompted")
@@ -190,35 +177,11 @@ def test_memagent_prompted_mode_reads_with_memagents_prompts_and_resumes(native_
     strategies["memagent"] = MemAgent(replace(configured, segment_tokens=320, memory_tokens=32))
     doc = long_document(native_engine, FACT, 1000, 0.8)
     task = Task(QUESTION, max_answer_tokens=12)
-
-    class Crash(RuntimeError):
-        pass
-
-    def crash_after_two(done: int, total: int, message: str) -> None:
-        if message.startswith("read segment") and done == 2:
-            raise Crash("worker died")
-
-    def run(progress, conn):
-        return run_job(
-            doc, [task], native_engine, "memagent", progress, SqliteSaver(conn), "job-p", strategies=strategies
-        )
-
-    db = tmp_path / "checkpoints.sqlite"
-    with sqlite3.connect(db, check_same_thread=False) as conn, pytest.raises(Crash):
-        run(crash_after_two, conn)
-    resumed: list[str] = []
-    with sqlite3.connect(db, check_same_thread=False) as conn:  # a new connection: as a restarted worker
-        answer = run(lambda d, t, m: resumed.append(m), conn).answers[0]
+    answer = crash_and_resume(native_engine, doc, task, strategies, tmp_path / "checkpoints.sqlite", "job-p")
     details = answer.details
-    total = details["segments"]
-    assert total >= 3 and details["mode"] == "prompted" and "TOME_MEMAGENT_MODE" in details["why"]
+    assert details["segments"] >= 3 and details["mode"] == "prompted" and "TOME_MEMAGENT_MODE" in details["why"]
     assert details["adapter"] is None  # the extractive adapter never reads MemAgent's prompts
-    assert [m for m in resumed if m.startswith("read segment")] == [
-        f"read segment {i}/{total}" for i in range(2, total + 1)
-    ]
     trace = details["trace"]
-    assert [step["segment"] for step in trace] == list(range(total))  # the steps before the crash were kept
-    assert answer.cost.calls == total + 1
     # The memory is free text, overwritten each segment and bounded by the update's generation limit.
     assert all(step["tokens"] <= 32 for step in trace)
     assert isinstance(details["memory"], str) and native_engine.count_tokens(details["memory"]) <= 32
