@@ -8,6 +8,11 @@ task instead (at `--length`, seeds 0..limit-1): what a configuration chosen on d
     python bench/docqa_reading.py --split dev --kinds lookup --limit 24 --configs cand64 cand64-s6
     python bench/docqa_reading.py --task niah_single --length 32768 --limit 8 --configs units-coverage cand64-s6
     python bench/docqa_reading.py --configs shipped --readers none auto   # the reader adapter against the base model
+    python bench/docqa_reading.py --configs shipped --readers auto auto+look   # with its second look on abstentions
+
+`verified_accuracy` scores what the job graph would say without a fallback: an answer the verify step does not back
+becomes "The document does not say."; `first_reply_verified_accuracy` the same for the reply before the reader's
+second look (the same greedy call as with the look off).
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_results  # noqa: E402
 from bench.docqa_retrieval import CONFIGS  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
-from engines.types import no_progress  # noqa: E402
+from engines.types import Answer, no_progress  # noqa: E402
 from evals.tasks import TASKS, generate  # noqa: E402
 from evals.tasks.docqa import WHOLE, asked, docqa  # noqa: E402
 from memory.rag import Rag, RagConfig  # noqa: E402
+from workflows.verify import NOT_STATED, answer_supported  # noqa: E402
 
 
 def main() -> None:
@@ -40,29 +46,41 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", required=True)
     p.add_argument("--kinds", nargs="+", default=["lookup", "multihop", "aggregation", "unanswerable"])
     p.add_argument("--limit", type=int, default=0, help="first N questions of the chosen kinds (0: all)")
+    p.add_argument("--ids", nargs="+", default=None, help="docqa: only these questions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="docqa-reading-dev")
     p.add_argument("--store", type=Path, default=None, help="index store (configs without dense_candidates)")
-    p.add_argument("--readers", nargs="+", default=["auto"], help="reader_adapter settings: none, auto, a folder")
+    p.add_argument(
+        "--readers", nargs="+", default=["auto"], help="reader_adapter: none, auto, a folder; +look: second look"
+    )
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native", threads=args.threads))
     if args.task == "docqa":
         samples = [docqa(engine, WHOLE, seed, args.split) for seed in range(len(asked(args.split, WHOLE)))]
-        samples = [s for s in samples if s.info["kind"] in args.kinds][: args.limit or None]
+        samples = [s for s in samples if s.info["kind"] in args.kinds and s.info["id"] in (args.ids or [s.info["id"]])]
+        samples = samples[: args.limit or None]
     else:
         samples = [generate(args.task, engine, args.length, seed) for seed in range(args.limit or 8)]
     rows: list[dict[str, Any]] = []
     runs = [(name, reader) for name in args.configs for reader in args.readers]
     for name, reader in runs:
-        engine.config = replace(engine.config, reader_adapter=reader)  # type: ignore[attr-defined]
+        adapter, look = reader.removesuffix("+look"), reader.endswith("+look")
+        engine.config = replace(engine.config, reader_adapter=adapter, reader_second_look=look)  # type: ignore[attr-defined]
         base = RagConfig(qdrant_path=args.store) if args.store else RagConfig()
         rag = Rag(replace(base, **CONFIGS[name]))
         per_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for s in samples:
             start = time.perf_counter()
             answer = rag.run(s.document, [s.question], engine, no_progress)[0]
-            got = {**s.scored(answer), "seconds": time.perf_counter() - start}
+            first = replace(answer, text=answer.details.get("first_reply", answer.text))  # the reply before a look
+            got = {
+                **s.scored(answer),
+                "seconds": time.perf_counter() - start,
+                "verified_accuracy": verified_accuracy(s, answer),
+                "first_reply_verified_accuracy": verified_accuracy(s, first),
+                "looked_again": "first_reply" in answer.details,
+            }
             per_kind[s.info.get("kind", args.task)].append(got)
             print(
                 name,
@@ -86,6 +104,11 @@ def main() -> None:
                     "n": len(got_rows),
                     "accuracy": round(mean(r["accuracy"] for r in got_rows), 4),
                     "evidence_recall": round(mean(recalls), 4) if recalls else None,
+                    "verified_accuracy": round(mean(r["verified_accuracy"] for r in got_rows), 4),
+                    "first_reply_verified_accuracy": round(
+                        mean(r["first_reply_verified_accuracy"] for r in got_rows), 4
+                    ),
+                    "looked_again": sum(r["looked_again"] for r in got_rows),
                     "tokens_read": round(mean(r["tokens_read"] for r in got_rows)),
                     "calls": round(mean(r["calls"] for r in got_rows), 2),
                     "seconds": round(mean(r["seconds"] for r in got_rows), 2),
@@ -106,6 +129,12 @@ def main() -> None:
         note="rag alone (no router or verify step); seconds per question include retrieval (a document's first "
         "question pays for its preparation); evidence_recall over the gold spans of answerable questions",
     )
+
+
+def verified_accuracy(sample: Any, answer: Answer) -> float:
+    """The answer's score after the verify step: one the text read does not back says the document does not say."""
+    supported = answer_supported(answer, sample.question, sample.document.text)
+    return sample.scored(answer if supported else replace(answer, text=NOT_STATED))["accuracy"]
 
 
 if __name__ == "__main__":

@@ -66,8 +66,13 @@ class Settings(BaseSettings):
     )
     reader_adapter: str = Field(
         default=EngineConfig.reader_adapter,
-        description="the answer call's LoRA adapter: `none` (the base model), `auto` (the one listed for the model; "
-        "opt-in: it abstains on some stated facts), or a folder",
+        description="the answer call's LoRA adapter: `auto` (the one listed for the model, trained to copy the answer "
+        "or say the text does not hold it; none listed: the base model), `none` (the base model), or a folder",
+    )
+    reader_second_look: bool = Field(
+        default=EngineConfig.reader_second_look,
+        description="where the reader adapter says the document does not say, ask once more with that reply barred; "
+        "the verify step judges the new answer like any other",
     )
     memagent_adapter: str = Field(
         default="auto",
@@ -151,6 +156,7 @@ class Settings(BaseSettings):
             "vllm_enforce_eager": self.vllm_enforce_eager,
             "attention": self.attention,
             "reader_adapter": self.reader_adapter,
+            "reader_second_look": self.reader_second_look,
             "threads": self.threads,
             "selector_model": self.selector_model,
         }

@@ -143,7 +143,9 @@ def test_job_result_and_signed_webhook(api: httpx.Client, workers: list[Worker])
         assert response.headers["location"] == f"/v1/jobs/{job_id}"
         job = wait_job(api, job_id, 600)
         assert job["status"] == "completed", job
-        assert job["strategy"] == "full" and "fits" in job["reason"] and job["document_tokens"] > 100
+        # The router picks full (it fits); where full's answer is not backed by the text, rag answers instead
+        assert "fits" in job["reason"] and job["document_tokens"] > 100
+        assert job["result"]["attempts"][0]["strategy"] == "full" and job["strategy"] in ("full", "rag")
         answers = job["result"]["answers"]
         assert [a["question"] for a in answers] == QUESTIONS
         said = " ".join(a["text"] for a in answers).lower()
@@ -151,7 +153,7 @@ def test_job_result_and_signed_webhook(api: httpx.Client, workers: list[Worker])
         assert any(w in said for w in only_in_document), answers  # the model read the document
         chosen = next(a for a in job["result"]["attempts"] if a["strategy"] == job["result"]["strategy"])
         assert [a["supported"] for a in answers] == chosen["supported"]  # each answer says if its evidence backs it
-        assert job["cost"]["calls"] == 2 and job["cost"]["tokens_read"] > 200
+        assert job["cost"]["calls"] >= 2 and job["cost"]["tokens_read"] > 200
         assert job["progress"]["done"] == job["progress"]["total"] == 1
 
         events = wait_for(receiver.events, 30, "the webhook")
