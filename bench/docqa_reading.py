@@ -8,11 +8,9 @@ task instead (at `--length`, seeds 0..limit-1): what a configuration chosen on d
     python bench/docqa_reading.py --split dev --kinds lookup --limit 24 --configs cand64 cand64-s6
     python bench/docqa_reading.py --task niah_single --length 32768 --limit 8 --configs units-coverage cand64-s6
     python bench/docqa_reading.py --configs shipped --readers none auto   # the reader adapter against the base model
-    python bench/docqa_reading.py --configs shipped --readers auto auto+look   # with its second look on abstentions
 
 `verified_accuracy` scores what the job graph would say without a fallback: an answer the verify step does not back
-becomes "The document does not say."; `first_reply_verified_accuracy` the same for the reply before the reader's
-second look (the same greedy call as with the look off).
+becomes "The document does not say.".
 """
 
 from __future__ import annotations
@@ -50,9 +48,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="docqa-reading-dev")
     p.add_argument("--store", type=Path, default=None, help="index store (configs without dense_candidates)")
-    p.add_argument(
-        "--readers", nargs="+", default=["auto"], help="reader_adapter: none, auto, a folder; +look: second look"
-    )
+    p.add_argument("--readers", nargs="+", default=["auto"], help="reader_adapter settings: none, auto, a folder")
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native", threads=args.threads))
@@ -65,21 +61,17 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     runs = [(name, reader) for name in args.configs for reader in args.readers]
     for name, reader in runs:
-        adapter, look = reader.removesuffix("+look"), reader.endswith("+look")
-        engine.config = replace(engine.config, reader_adapter=adapter, reader_second_look=look)  # type: ignore[attr-defined]
+        engine.config = replace(engine.config, reader_adapter=reader)  # type: ignore[attr-defined]
         base = RagConfig(qdrant_path=args.store) if args.store else RagConfig()
         rag = Rag(replace(base, **CONFIGS[name]))
         per_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for s in samples:
             start = time.perf_counter()
             answer = rag.run(s.document, [s.question], engine, no_progress)[0]
-            first = replace(answer, text=answer.details.get("first_reply", answer.text))  # the reply before a look
             got = {
                 **s.scored(answer),
                 "seconds": time.perf_counter() - start,
                 "verified_accuracy": verified_accuracy(s, answer),
-                "first_reply_verified_accuracy": verified_accuracy(s, first),
-                "looked_again": "first_reply" in answer.details,
             }
             per_kind[s.info.get("kind", args.task)].append(got)
             print(
@@ -105,10 +97,6 @@ def main() -> None:
                     "accuracy": round(mean(r["accuracy"] for r in got_rows), 4),
                     "evidence_recall": round(mean(recalls), 4) if recalls else None,
                     "verified_accuracy": round(mean(r["verified_accuracy"] for r in got_rows), 4),
-                    "first_reply_verified_accuracy": round(
-                        mean(r["first_reply_verified_accuracy"] for r in got_rows), 4
-                    ),
-                    "looked_again": sum(r["looked_again"] for r in got_rows),
                     "tokens_read": round(mean(r["tokens_read"] for r in got_rows)),
                     "calls": round(mean(r["calls"] for r in got_rows), 2),
                     "seconds": round(mean(r["seconds"] for r in got_rows), 2),

@@ -16,9 +16,6 @@ class SamplingParams:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     adapter: str | None = None  # a LoRA adapter loaded under this name (SupportsAdapters); None: the base model
-    # Phrases the reply may not complete (vLLM's `bad_words`: the last token of each is barred where the tokens
-    # before it were just generated); with or without a leading space.
-    bad_words: tuple[str, ...] = ()
 
 
 @dataclass

@@ -160,9 +160,6 @@ class NativeEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
-        if params.bad_words:  # as vLLM tokenizes them: the phrase at a reply's start and after a space
-            phrases = [p for w in params.bad_words for p in (w.lstrip(), " " + w.lstrip())]
-            kwargs["bad_words_ids"] = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in phrases]
         return kwargs
 
     def _generation(self, new: torch.Tensor, params: SamplingParams, prompt_tokens: int, seconds: float) -> Generation:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from engines.adapters import ADAPTER_HOME, use_adapter
-from engines.base import Engine, Generation, Message, SamplingParams
+from engines.base import Engine, Message, SamplingParams
 from engines.config import EngineConfig
-from engines.grounding import is_abstention
 from engines.types import Answer, Cost, Evidence, Task, TaskKind
 
 SYSTEM = "You are a careful reader. Answer only from the given text. Be brief."
@@ -18,8 +16,6 @@ SYSTEM = "You are a careful reader. Answer only from the given text. Be brief."
 # call over retrieved text, trained on written questions about real prose to copy the answer or say it is not there.
 READERS: dict[str, Path] = {"smollm2": ADAPTER_HOME / "smollm2-reader"}
 READER = "reader"  # answer_each's default `adapter`: the engine's reader adapter, where one applies
-# How the reader adapter abstains ("The document does not say."), barred on its second look.
-ABSTAINING = ("The document", "The doc", "The text", "The story", "The passage")
 
 
 def reader_adapter(engine: Engine, tasks: Sequence[Task]) -> str | None:
@@ -102,46 +98,11 @@ def answer_each(
     """Ask each task over its own context (what it retrieved or remembered), all in one batched engine call.
     adapter: a loaded adapter's name, None for the base model, or READER for the engine's reader adapter."""
     max_tokens = max(t.max_answer_tokens for t in tasks)
-    second_look = adapter == READER and _second_look(engine)
     adapter = reader_adapter(engine, tasks) if adapter == READER else adapter
     conversations = [answer_messages(c, t) for c, t in zip(contexts, tasks, strict=True)]
-    params = SamplingParams(max_tokens=max_tokens, adapter=adapter)
-    generations = engine.chat(conversations, params)
-    costs = [_cost(g) for g in generations]
-    details: list[dict[str, str]] = [{} for _ in generations]
-    if second_look and adapter is not None:
-        _look_again(engine, conversations, params, generations, costs, details)
-    return [
-        Answer(g.text, strategy, list(evidence), cost.add(extra), d)
-        for g, evidence, extra, cost, d in zip(generations, evidences, extra_costs, costs, details, strict=True)
-    ]
-
-
-def _cost(g: Generation) -> Cost:
-    return Cost(calls=1, tokens_read=g.prompt_tokens, tokens_generated=g.completion_tokens, seconds=g.seconds)
-
-
-def _second_look(engine: Engine) -> bool:
-    return bool(getattr(getattr(engine, "config", None), "reader_second_look", EngineConfig.reader_second_look))
-
-
-def _look_again(
-    engine: Engine,
-    conversations: Sequence[list[Message]],
-    params: SamplingParams,
-    generations: list[Generation],
-    costs: list[Cost],
-    details: list[dict[str, str]],
-) -> None:
-    """The reader adapter abstains too often with the evidence in front of it: where it did, ask once more with its
-    abstention barred. The reply stands only if it is not an abstention too; the verify step then decides, as for
-    any answer, whether the text read backs it (details keep the first reply)."""
-    again = [i for i, g in enumerate(generations) if is_abstention(g.text)]
-    if not again:
-        return
-    replies = engine.chat([conversations[i] for i in again], replace(params, bad_words=ABSTAINING))
-    for i, g in zip(again, replies, strict=True):
-        costs[i] = costs[i].add(_cost(g))
-        if not is_abstention(g.text):
-            details[i] = {"first_reply": generations[i].text}
-            generations[i] = g
+    generations = engine.chat(conversations, SamplingParams(max_tokens=max_tokens, adapter=adapter))
+    answers = []
+    for g, evidence, extra in zip(generations, evidences, extra_costs, strict=True):
+        cost = Cost(calls=1, tokens_read=g.prompt_tokens, tokens_generated=g.completion_tokens, seconds=g.seconds)
+        answers.append(Answer(g.text, strategy, list(evidence), cost.add(extra)))
+    return answers

@@ -69,11 +69,6 @@ class Settings(BaseSettings):
         description="the answer call's LoRA adapter: `auto` (the one listed for the model, trained to copy the answer "
         "or say the text does not hold it; none listed: the base model), `none` (the base model), or a folder",
     )
-    reader_second_look: bool = Field(
-        default=EngineConfig.reader_second_look,
-        description="where the reader adapter says the document does not say, ask once more with that reply barred; "
-        "the verify step judges the new answer like any other",
-    )
     memagent_adapter: str = Field(
         default="auto",
         description="memagent's LoRA adapter: `auto` (the one listed for the model), `none` (the base model), "
@@ -156,7 +151,6 @@ class Settings(BaseSettings):
             "vllm_enforce_eager": self.vllm_enforce_eager,
             "attention": self.attention,
             "reader_adapter": self.reader_adapter,
-            "reader_second_look": self.reader_second_look,
             "threads": self.threads,
             "selector_model": self.selector_model,
         }

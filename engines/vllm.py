@@ -98,7 +98,6 @@ class VllmEngine:
             temperature=params.temperature,
             stop=list(params.stop) or None,
             stop_token_ids=reply_end_ids(self.tokenizer, self.tokenizer.eos_token_id),
-            bad_words=list(params.bad_words) or None,
         )
 
     def chat(self, conversations: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
@@ -209,8 +208,6 @@ class RemoteVllmEngine:
         """One request to /v1/chat/completions (`messages`) or /v1/completions (`prompt_embeds`)."""
         start = time.perf_counter()
         body = {**prompt, "max_tokens": params.max_tokens, "temperature": params.temperature}
-        if params.bad_words:  # vLLM's extension of the OpenAI request
-            body["bad_words"] = list(params.bad_words)
         model = self.adapters[params.adapter] if params.adapter else None
         reply = self._post(path, {**body, "stop": list(params.stop) or None}, model)
         usage, choice = reply.get("usage") or {}, reply["choices"][0]

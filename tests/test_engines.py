@@ -10,11 +10,10 @@ from engines import EngineConfig, SamplingParams, create_engine
 from engines.base import ContextOverflowError, Engine, SupportsInputEmbeddings, SupportsLayers
 from engines.config import resolve_dtype
 from engines.models import ModelNotFoundError
-from engines.prompting import ABSTAINING, READER, READERS, answer_from_context
+from engines.prompting import READER, READERS, answer_from_context
 from engines.settings import Settings
 from engines.types import Task
 from tests.conftest import EXAMPLES
-from tests.helpers import DOC
 from workflows.verify import NOT_STATED
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -48,12 +47,6 @@ def test_stop_strings_cut_the_answer(engine: Engine) -> None:
     msg = [{"role": "user", "content": "Count from 1 to 10 separated by commas."}]
     gen = engine.chat([msg], SamplingParams(max_tokens=40, stop=("5",)))[0]
     assert "4" in gen.text and "5" not in gen.text and "6" not in gen.text
-
-
-def test_bad_words_bar_a_reply(engine: Engine) -> None:
-    free = engine.chat([QUESTION], SamplingParams(max_tokens=8))[0].text
-    barred = engine.chat([QUESTION], SamplingParams(max_tokens=8, bad_words=("Paris",)))[0].text
-    assert "Paris" in free and "Paris" not in barred
 
 
 def test_context_overflow_gives_both_numbers(engine: Engine) -> None:
@@ -132,21 +125,3 @@ def test_the_shipped_reader_copies_a_stated_answer_and_says_when_the_text_does_n
     assert READER in native_engine.adapters  # type: ignore[attr-defined]
     assert "Nellie" in replies["auto"][0]
     assert replies["auto"][1] == NOT_STATED != replies["none"][1]
-
-
-def test_the_readers_second_look_bars_its_abstention_and_keeps_the_first_reply(native_engine: Engine) -> None:
-    """With the whole six-sentence story read at once the reader adapter abstains on who the keeper is; asked again
-    with its abstaining phrases barred it answers from the story, and the first reply and both calls are on record."""
-    task = Task("Who is the lighthouse keeper?")
-    config = native_engine.config  # type: ignore[attr-defined]
-    try:
-        native_engine.config = replace(config, reader_adapter="auto", reader_second_look=False)  # type: ignore[attr-defined]
-        first = answer_from_context(native_engine, DOC, [task], "full", [])[0]
-        native_engine.config = replace(config, reader_adapter="auto", reader_second_look=True)  # type: ignore[attr-defined]
-        looked = answer_from_context(native_engine, DOC, [task], "full", [])[0]
-    finally:
-        native_engine.config = config  # type: ignore[attr-defined]
-    assert first.text == NOT_STATED and first.cost.calls == 1 and not first.details
-    assert looked.details == {"first_reply": NOT_STATED} and looked.cost.calls == 2
-    assert looked.text != NOT_STATED and not any(w in looked.text for w in ABSTAINING)
-    assert looked.text.split()[-1].strip(".") in DOC  # a reply read from the story
