@@ -9,6 +9,7 @@ anywhere in the document occurs in the passage), so it adds to a cosine on a fix
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
@@ -96,4 +97,7 @@ def _bm25s_without_numba() -> Any:
         import bm25s
     finally:
         del sys.modules["numba"]
+    # bm25s sets its logger to DEBUG on import, which prints every index build under any root handler (the CLI's
+    # stderr): let it follow the application's level instead.
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
     return bm25s

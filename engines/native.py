@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,16 @@ from engines.sparse_attention import attention_implementation
 hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise in the CLI
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@contextmanager
+def _transformers_quiet() -> Iterator[None]:
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def pick_device(device: str) -> str:
@@ -95,7 +106,12 @@ class NativeEngine:
             return
         if name in self.adapters:  # another folder under the same name (a bench comparing checkpoints)
             self.model.delete_adapter(name)
-        self.model.load_adapter(str(path), adapter_name=name)  # transformers' PEFT integration
+        # transformers' PEFT integration. Beside another adapter, PEFT warns that the model has one already and the
+        # load report lists the other adapter's weights as missing from this folder: both expected (the other
+        # adapter's weights stay as they were), and noise on a user's terminal.
+        with warnings.catch_warnings(), _transformers_quiet():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            self.model.load_adapter(str(path), adapter_name=name)
         self.model.disable_adapters()  # adapters act only inside the calls that ask for them (`using`)
         self.adapters[name] = path
 
