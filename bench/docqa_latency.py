@@ -6,6 +6,7 @@ with nothing prepared for the document (a fresh index store, rag's per-process c
 docqa dev questions of one document of about 100K tokens or more (dev, never test, for a choice).
 
     python bench/docqa_latency.py --configs units-coverage cand32-s6 --questions 6
+    python bench/docqa_latency.py --configs shipped --readers none auto --questions 8   # base model vs reader adapter
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bench.common import write_results  # noqa: E402
 from bench.docqa_retrieval import CONFIGS  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
 from engines.embedder import get_embedder  # noqa: E402
+from engines.prompting import reader_adapter  # noqa: E402
 from engines.types import Document, Task, no_progress  # noqa: E402
 from evals.corpus import read_text  # noqa: E402
 from evals.tasks.docqa import docqa_items  # noqa: E402
@@ -38,6 +40,7 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="docqa-latency")
+    p.add_argument("--readers", nargs="+", default=["auto"], help="reader_adapter settings: none, auto, a folder")
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native", threads=args.threads))
@@ -48,7 +51,9 @@ def main() -> None:
     items = [i for i in docqa_items() if i.doc == args.doc and i.split == "dev" and i.kind != "unanswerable"]
     questions = [Task(i.question, max_answer_tokens=32) for i in items[: args.questions]]
     rows = []
-    for name in args.configs:
+    for name, reader in [(name, reader) for name in args.configs for reader in args.readers]:
+        engine.config = replace(engine.config, reader_adapter=reader)  # type: ignore[attr-defined]
+        reader_adapter(engine, questions)  # loaded before the clock too, as a worker holds it after its first job
         rag_module._prepared.clear()  # nothing of this document prepared yet in this process
         store = Path(tempfile.mkdtemp(prefix="docqa-latency-"))
         rag = Rag(replace(RagConfig(qdrant_path=store), **CONFIGS[name]))
@@ -58,10 +63,11 @@ def main() -> None:
             answer = rag.run(document, [task], engine, no_progress)[0]
             seconds.append(time.perf_counter() - start)
             read.append(answer.cost.tokens_read)
-            print(name, round(seconds[-1], 1), answer.cost.tokens_read, repr(answer.text[:60]), flush=True)
+            print(name, reader, round(seconds[-1], 1), answer.cost.tokens_read, repr(answer.text[:60]), flush=True)
         rows.append(
             {
                 "config": name,
+                "reader": reader,
                 "strategy": "rag",
                 "document_tokens": tokens,
                 "questions": len(questions),
@@ -80,6 +86,7 @@ def main() -> None:
         rows,
         doc=args.doc,
         configs={k: CONFIGS[k] for k in args.configs},
+        readers=args.readers,
         note="seconds of rag alone per question, one process, engine and embedder loaded first; the first question "
         "of each configuration pays for the document's preparation (passages, lexical index, embeddings or index)",
     )
