@@ -200,3 +200,28 @@ def test_eval_pair_compares_the_questions_both_runs_answered() -> None:
     assert (qa["task"], qa["n"], qa["accuracy"], qa["baseline_accuracy"]) == ("qa", 2, 1.0, 0.5)
     assert qa["difference"] == 0.5 and qa["same_answer"] == 0.5
     assert total["task"] == "all" and total["n"] == 2
+
+
+def test_eval_pair_by_strategy_compares_each_strategy_on_the_questions_both_engines_answered() -> None:
+    from bench.eval_pair import by_strategy
+
+    def answer(strategy: str, length: int, seed: int, accuracy: float, seconds: float) -> dict:
+        return {
+            "strategy": strategy,
+            "task": "qa",
+            "length": length,
+            "seed": seed,
+            "accuracy": accuracy,
+            "prediction": str(accuracy),
+            "seconds": seconds,
+        }
+
+    native = [answer("full", 2048, 0, 1.0, 2.0), answer("full", 4096, 0, 1.0, 2.0), answer("rag", 2048, 0, 0.0, 1.0)]
+    vllm = [answer("full", 2048, 0, 1.0, 1.0), answer("full", 4096, 0, 0.0, 1.0), answer("rag", 2048, 0, 0.0, 3.0)]
+    vllm.append(answer("gist", 2048, 0, 1.0, 1.0))  # the baseline never asked it: no row
+    full, rag = by_strategy(native, vllm)
+    assert (full["strategy"], full["n"], full["length"]) == ("full", 2, "2K-4K")
+    assert (full["baseline_accuracy"], full["accuracy"], full["difference_points"]) == (1.0, 0.5, -50.0)
+    assert not full["within_5_points"] and full["not_slower"]
+    assert (rag["length"], rag["difference_points"]) == ("2K", 0.0)
+    assert rag["within_5_points"] and not rag["not_slower"]
