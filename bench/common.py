@@ -46,4 +46,5 @@ def markdown_table(doc: dict[str, Any]) -> str:
     for r in rows:
         cells = [f"{r.get(c):.3g}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    note = f"\n{doc['note'].strip()}\n" if doc.get("note") else ""  # how to read the table, where the run says
+    return head + "\n".join(lines) + "\n" + note

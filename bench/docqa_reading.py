@@ -32,6 +32,7 @@ from engines import EngineConfig, create_engine  # noqa: E402
 from engines.types import Answer, no_progress  # noqa: E402
 from evals.tasks import TASKS, generate  # noqa: E402
 from evals.tasks.docqa import WHOLE, asked, docqa  # noqa: E402
+from evals.tasks.sample import Sample  # noqa: E402
 from memory.rag import Rag, RagConfig  # noqa: E402
 from workflows.verify import NOT_STATED, answer_supported  # noqa: E402
 
@@ -54,7 +55,7 @@ def main() -> None:
     engine = create_engine(EngineConfig(kind="native", threads=args.threads))
     if args.task == "docqa":
         samples = [docqa(engine, WHOLE, seed, args.split) for seed in range(len(asked(args.split, WHOLE)))]
-        samples = [s for s in samples if s.info["kind"] in args.kinds and s.info["id"] in (args.ids or [s.info["id"]])]
+        samples = [s for s in samples if s.info["kind"] in args.kinds and (not args.ids or s.info["id"] in args.ids)]
         samples = samples[: args.limit or None]
     else:
         samples = [generate(args.task, engine, args.length, seed) for seed in range(args.limit or 8)]
@@ -119,7 +120,7 @@ def main() -> None:
     )
 
 
-def verified_accuracy(sample: Any, answer: Answer) -> float:
+def verified_accuracy(sample: Sample, answer: Answer) -> float:
     """The answer's score after the verify step: one the text read does not back says the document does not say."""
     supported = answer_supported(answer, sample.question, sample.document.text)
     return sample.scored(answer if supported else replace(answer, text=NOT_STATED))["accuracy"]

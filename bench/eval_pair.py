@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the two runs share no answered question")
     report = RESULTS / f"eval-{args.new.partition(':')[0]}.json"  # the run's machine; absent while it still runs
     noted: dict[str, Any] = {}
-    if args.note:  # kept in the JSON as `note` and shown under the table, not repeated in `command`
+    if args.note:  # kept as `note` (shown under the table), not repeated in `command`
         command = ["NOTE" if a == args.note else a for a in (argv if argv is not None else sys.argv[1:])]
         noted = {"command": " ".join(["python -m bench.eval_pair", *command]), "note": args.note.strip()}
     path = write_results(
@@ -144,9 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         machine=json.loads(report.read_text()).get("machine") if report.exists() else None,
         **noted,
     )
-    if args.note:
-        markdown = path.with_suffix(".md")
-        markdown.write_text(markdown.read_text() + "\n" + args.note.strip() + "\n")
     print(path)
     return 0
 
