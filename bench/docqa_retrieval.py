@@ -38,6 +38,14 @@ DOCUMENT_QUESTIONS = {
     "dense_candidates": 32,
     "clear_margin": None,
 }
+
+
+def reading(tokens: int) -> dict[str, Any]:
+    """The RagConfig changes that make rag read about `tokens` retrieved tokens a question."""
+    c = RagConfig().reading(tokens)
+    return {"read_tokens": c.read_tokens, "windows": c.windows, "dense_candidates": c.dense_candidates}
+
+
 # name: RagConfig changes from its defaults. Units are measured as the extractor reads them (whole, no `focus` cut).
 CONFIGS: dict[str, dict[str, Any]] = {
     # rag's defaults (windows over 32 lexical candidates, a clear match read the unit way)
@@ -92,6 +100,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "win12x128": {"windows": 12, "window_tokens": 128},
     "win20x128": {"windows": 20, "window_tokens": 128},
     "win24x128": {"windows": 24, "window_tokens": 128},
+    # the read budget for readers with more context than SmolLM2's few useful thousand tokens (RagConfig.reading,
+    # what TOME_RAG_READ_TOKENS sets; SmolLM2's 8K context caps this bench near 7.5K)
+    **{f"read{t // 1024}k": reading(t) for t in (3072, 4096, 6144, 7424)},
 }
 
 

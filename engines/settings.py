@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     )
     embedder: str = Field(default=DEFAULT_EMBEDDER, description="sentence-transformers model alias or folder")
     qdrant_url: str | None = Field(default=None, description="rag's Qdrant server; unset: local mode in home/qdrant")
+    rag_read_tokens: int | None = Field(
+        default=None,
+        ge=256,
+        description="retrieved tokens rag gives the reader per question; unset: a quarter of `max_context`, up to 8K, "
+        "where that exceeds ~2K tokens (eight windows), what the default 135M reader copies from best",
+    )
     compllm_cache_url: str | None = Field(
         default=None, description="a Redis for compllm's compressed segments; unset: files under home/cache/compllm"
     )

@@ -427,6 +427,30 @@ def test_rag_windows_read_around_the_best_passage_and_a_second_round_finds_the_o
     assert holds(two, first) and holds(two, second)  # asked again with her name, the bakery's passage ranks
 
 
+def test_rag_reads_more_of_a_document_for_a_reader_with_more_context(native_engine, tmp_path, monkeypatch):
+    from engines.settings import Settings
+    from workflows.registry import build_strategies
+
+    # SmolLM2's 8K context keeps the defaults; a 32K one reads a quarter of it; the setting overrides both.
+    assert build_strategies(Settings())["rag"].config == build_strategies(Settings(max_context=8192))["rag"].config
+    assert build_strategies(Settings())["rag"].config.windows == RagConfig.windows
+    wide = build_strategies(Settings(max_context=32768))["rag"].config
+    assert (wide.read_tokens, wide.windows, wide.dense_candidates) == (8192, 32, 96)
+    assert build_strategies(Settings(max_context=131072))["rag"].config.read_tokens == 8192
+    monkeypatch.setenv("TOME_RAG_READ_TOKENS", "4096")
+    assert build_strategies(Settings(max_context=32768))["rag"].config.read_tokens == 4096
+
+    doc = long_document(native_engine, FACT, 9000, 0.5)
+    config = RagConfig(qdrant_path=tmp_path / "q", clear_margin=None)
+    tokens = {}
+    for name, c in (("default", config), ("4k", config.reading(4096))):
+        got = Rag(c).retrieve(doc, [Task(QUESTION)], native_engine, lambda *a: None)[0]
+        at = doc.text.index(FACT)
+        assert any(s <= at < e for s, e in got.units)
+        tokens[name] = sum(native_engine.count_tokens(doc.text[s:e]) for s, e in got.units)
+    assert tokens["default"] <= 2300 < 3000 <= tokens["4k"] <= 4096 + 300
+
+
 def test_rag_prepares_a_document_once_per_process(native_engine, tmp_path):
     from engines.embedder import get_embedder
     from memory.rag import prepared

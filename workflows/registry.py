@@ -15,7 +15,7 @@ from compressors.soft.strategy import CompLLM, CompLLMConfig
 from engines.settings import Settings
 from engines.strategy import Strategy
 from memory.memagent import MemAgent, MemAgentConfig
-from memory.rag import Rag, RagConfig
+from memory.rag import Rag, RagConfig, read_tokens_for
 from workflows.full import FullContext
 from workflows.mapreduce import MapReduce
 
@@ -28,6 +28,9 @@ class UnknownStrategyError(ValueError):
 
 def build_strategies(settings: Settings) -> dict[str, Strategy]:
     rag = RagConfig(embedder=settings.embedder, qdrant_url=settings.qdrant_url, qdrant_path=settings.home / "qdrant")
+    read_tokens = settings.rag_read_tokens or read_tokens_for(settings.max_context)
+    if read_tokens:
+        rag = rag.reading(read_tokens)
     compllm = CompLLMConfig(cache_url=settings.compllm_cache_url, embedder=settings.embedder)
     strategies: list[Strategy] = [
         FullContext(),
