@@ -1,8 +1,9 @@
 """`auto` against every single strategy on the same mixed questions (issue 10's measurement).
 
 Reads an eval questions log (bench/results/eval-NAME.questions.jsonl, written by `tome eval`) holding `auto` and
-the single strategies on the same (task, length, seed) questions, and writes bench/results/router-NAME.json + .md:
-accuracy and tokens read per strategy, overall and per task kind, what `auto` chose, and the issue's targets.
+the single strategies on the same (task, length, seed) questions (or only the single strategies, to compare replayed
+policies), and writes bench/results/router-NAME.json + .md: accuracy and tokens read per strategy, overall and per
+task kind, what `auto` chose, and the issue's targets.
 A strategy that cannot take a question (does_not_fit) scores 0 on it: over a mixed set a single strategy has to
 answer everything, as `auto` does.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,6 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
     by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_strategy[r["strategy"]].append(r)
-    if AUTO not in by_strategy:
-        raise SystemExit("no `auto` records in this log")
     # Only questions that every strategy was asked (errors count as asked: they are a strategy's failure).
     asked = [{question(r) for r in rs} for rs in by_strategy.values()]
     common = set.intersection(*asked)
@@ -79,13 +79,14 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
             row[f"{kind}_accuracy"] = summarise(rs, of_kind)["accuracy"]
         rows.append(row)
     singles = [r for r in rows if r["strategy"] != AUTO and not r["strategy"].startswith(REPLAY)]
-    auto = next(r for r in rows if r["strategy"] == AUTO)
     best = max(singles, key=lambda r: (r["accuracy"], -r["tokens_read"]))
+    # Without `auto` in the log (singles only), the replayed policies are the comparison.
+    auto = next((r for r in rows if r["strategy"] == AUTO), None)
     per_kind = {}
     for kind in kinds:
         top = max(r[f"{kind}_accuracy"] for r in singles)
-        per_kind[kind] = {"auto": auto[f"{kind}_accuracy"], "best_single": top}
-    chosen = Counter(r.get("ran", r["status"]) for r in by_strategy[AUTO] if question(r) in common)
+        per_kind[kind] = {**({"auto": auto[f"{kind}_accuracy"]} if auto else {}), "best_single": top}
+    chosen = Counter(r.get("ran", r["status"]) for r in by_strategy.get(AUTO, []) if question(r) in common)
     replayed = {
         name: {
             "accuracy": r["accuracy"],
@@ -94,19 +95,20 @@ def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for name, r in ((r["strategy"], r) for r in rows if r["strategy"].startswith(REPLAY))
     }
-    targets = {
-        "best_single": best["strategy"],
-        "auto_accuracy_at_least_best": auto["accuracy"] >= best["accuracy"],
-        "auto_tokens_at_most_half_of_best": auto["tokens_read"] <= 0.5 * best["tokens_read"],
-        "auto_within_2_points_on_every_kind": all(
-            v["auto"] >= v["best_single"] - KINDS_TOLERANCE for v in per_kind.values()
-        ),
-    }
+    targets: dict[str, Any] = {"best_single": best["strategy"]}
+    if auto:
+        targets |= {
+            "auto_accuracy_at_least_best": auto["accuracy"] >= best["accuracy"],
+            "auto_tokens_at_most_half_of_best": auto["tokens_read"] <= 0.5 * best["tokens_read"],
+            "auto_within_2_points_on_every_kind": all(
+                v["auto"] >= v["best_single"] - KINDS_TOLERANCE for v in per_kind.values()
+            ),
+        }
     return {
         "rows": rows,
         "questions": len(common),
         "per_kind": per_kind,
-        "auto_ran": dict(chosen),
+        **({"auto_ran": dict(chosen)} if auto else {}),
         "targets": targets,
         **({"replayed": replayed} if replayed else {}),
     }
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--output", help="results name (default: the first run's): bench/results/router-OUTPUT.*")
     p.add_argument("--replay", type=Path, nargs="*", default=[], help="policy files to replay on the same questions")
+    p.add_argument("--note", default=None, help="a paragraph for the markdown, after the table")
     args = p.parse_args(argv)
     runs = [name.partition(":") for name in args.names]
     logs = [RESULTS / f"eval-{name}.questions.jsonl" for name, _, _ in runs]
@@ -135,17 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(records)
     reports = [RESULTS / f"eval-{name}.json" for name, _, _ in runs]  # each run's meta: which policy `auto` used
     policies = {json.loads(r.read_text()).get("policy", "shipped") if r.exists() else "shipped" for r in reports}
+    noted: dict[str, Any] = {}
+    if args.note:  # kept as `note` (shown under the table), not repeated in `command`
+        command = ["NOTE" if a == args.note else a for a in (argv if argv is not None else sys.argv[1:])]
+        noted = {"command": " ".join(["python -m bench.router_compare", *command]), "note": args.note.strip()}
     path = write_results(
         f"router-{args.output or runs[0][0]}",
-        "auto vs single strategies on a mixed set",
+        "auto vs single strategies on a mixed set"
+        if "auto_ran" in result
+        else "replayed policies vs single strategies",
         records[0]["model"],
         result.pop("rows"),
         source=[log.name for log in logs],
         lengths=sorted({r["length"] for r in records}),
         tasks=sorted({r["task"] for r in records}),
-        policy=", ".join(sorted(policies)),
+        **({"policy": ", ".join(sorted(policies))} if "auto_ran" in result else {}),  # the policy `auto` ran with
         replayed_policies=[str(p) for p in args.replay],
         **result,
+        **noted,
     )
     print(path)
     print(json.dumps(result, indent=1))

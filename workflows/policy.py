@@ -149,8 +149,13 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
     def total(rows: list[dict[str, Any]], key: str) -> float:
         return sum(float(r.get(key) or 0) * int(r["n"]) for r in rows)
 
+    def recall_of(row: dict[str, Any]) -> float | None:
+        """docqa's evidence recall (gold spans of real prose); a templated task's row has one too (was the needle
+        kept), but there the accuracy says it all, and full's whole-document evidence scores 0 there (no text)."""
+        return row.get("evidence_recall") if row["task"] == "docqa" else None
+
     def quality(row: dict[str, Any]) -> float:  # a row's questions: accuracy, with evidence recall where measured
-        recall = row.get("evidence_recall")
+        recall = recall_of(row)
         return row["accuracy"] if recall is None else (row["accuracy"] + recall) / 2
 
     def shrunk(
@@ -170,7 +175,7 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
         around = prior[(strategy, kind)]
         accuracy = shrunk(lambda r: r["accuracy"], rows, around)
         merit = shrunk(quality, rows, around)
-        measured = [r for r in rows if r.get("evidence_recall") is not None]
+        measured = [r for r in rows if recall_of(r) is not None]
         recall = total(measured, "evidence_recall") / sum(int(r["n"]) for r in measured) if measured else None
         entries.append(
             Entry(
