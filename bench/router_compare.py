@@ -64,6 +64,8 @@ def replay(records: list[dict[str, Any]], policy: Policy, name: str) -> list[dic
 
 
 def compare(records: list[dict[str, Any]]) -> dict[str, Any]:
+    # The runs are one set: a question asked of a strategy in several of them counts once (the last run's answer).
+    records = list({(r["strategy"], *question(r)): r for r in records}.values())
     by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_strategy[r["strategy"]].append(r)
@@ -133,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         for r in read_log(log)
         if not only or r["strategy"] in only.split(",")
     ]
-    # The runs are one set: a question asked of a strategy in several of them counts once (the last run's answer).
-    records = list({(r["strategy"], *question(r)): r for r in records}.values())
     for path in args.replay:
         records += replay(records, Policy.load(path), f"{REPLAY}{path.stem}")
     result = compare(records)

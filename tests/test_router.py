@@ -393,3 +393,7 @@ def test_replay_scores_the_policy_choice_from_single_strategy_answers() -> None:
     singles_only = compare([r for r in records if r["strategy"] != "auto"] + chosen)  # policies compared offline
     assert singles_only["replayed"]["replay:test"]["accuracy"] == 0.25
     assert "auto_ran" not in singles_only and singles_only["targets"] == {"best_single": "mapreduce"}
+    # Two runs holding the same question count it once, the later answer (counted twice, mapreduce would score 1.0).
+    again = compare([*records, record("mapreduce", "cwe", 32768, 0.5, 33000), record("auto", "cwe", 32768, 1.0, 9)])
+    rows = {r["strategy"]: r["accuracy"] for r in again["rows"]}
+    assert rows["mapreduce"] == 0.75 and rows["auto"] == 0.5
