@@ -145,6 +145,10 @@ def test_scored_answers_say_whether_the_reference_reached_the_model(engine: Engi
     assert sample.scored(Answer("I do not know.", "s", [cut]))["evidence_recall"] == 0.0
     assert sample.scored(Answer("I do not know.", "s", [cut, whole]))["evidence_recall"] == 1.0
     assert sample.scored(Answer(value, "s"))["evidence_recall"] is None
+    # Evidence named by its place only (full, compllm and gist read the whole document) is that text of the document.
+    everything = Evidence(0, len(sample.document.text), "")
+    assert sample.scored(Answer("I do not know.", "s", [everything]))["evidence_recall"] == 1.0
+    assert sample.scored(Answer("I do not know.", "s", [Evidence(0, 9, "")]))["evidence_recall"] == 0.0
 
 
 def test_runner_uses_the_registry(strategies: Strategies) -> None:

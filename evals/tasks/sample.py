@@ -72,7 +72,8 @@ class Sample:
         docqa's items name their evidence as spans: there it is the share of those spans the text read covers
         (evals.metrics.span_recall), and an answer that abstains scores 0 unless the question is unanswerable.
         """
-        evidence = "\n".join(e.text for e in answer.evidence)
+        # Evidence named by its place only (the whole document, where full or a compressor read it all) is that text.
+        evidence = "\n".join(e.text or self.document.text[e.start : e.end] for e in answer.evidence)
         accuracy = score(self.metric, answer.text, self.answers)
         recall = score(self.metric, evidence, self.answers) if answer.evidence else None
         gold = self.info.get("gold_spans")
