@@ -19,10 +19,11 @@ def write_results(
     """`benchmark` is the running script's name and `command` how it was run, so bench/index.py can say both."""
     folder.mkdir(parents=True, exist_ok=True)
     script = Path(sys.argv[0])
+    note = extra.get("note")  # a paragraph given on the command line is kept as `note`, not repeated in `command`
     doc = {
         "benchmark": script.stem,
         "title": title,
-        "command": " ".join(["python -m bench." + script.stem, *sys.argv[1:]]),
+        "command": " ".join(["python -m bench." + script.stem, *("NOTE" if a == note else a for a in sys.argv[1:])]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "machine": extra.pop("machine", None) or machine(),

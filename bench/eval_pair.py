@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from typing import Any
 
@@ -130,10 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         raise SystemExit("the two runs share no answered question")
     report = RESULTS / f"eval-{args.new.partition(':')[0]}.json"  # the run's machine; absent while it still runs
-    noted: dict[str, Any] = {}
-    if args.note:  # kept as `note` (shown under the table), not repeated in `command`
-        command = ["NOTE" if a == args.note else a for a in (argv if argv is not None else sys.argv[1:])]
-        noted = {"command": " ".join(["python -m bench.eval_pair", *command]), "note": args.note.strip()}
     path = write_results(
         args.output,
         args.title or f"{args.new} vs {args.base}",
@@ -142,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline=args.base,
         measured=args.new,
         machine=json.loads(report.read_text()).get("machine") if report.exists() else None,
-        **noted,
+        **({"note": args.note} if args.note else {}),  # shown under the table
     )
     print(path)
     return 0

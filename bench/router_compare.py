@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -140,10 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(records)
     reports = [RESULTS / f"eval-{name}.json" for name, _, _ in runs]  # each run's meta: which policy `auto` used
     policies = {json.loads(r.read_text()).get("policy", "shipped") if r.exists() else "shipped" for r in reports}
-    noted: dict[str, Any] = {}
-    if args.note:  # kept as `note` (shown under the table), not repeated in `command`
-        command = ["NOTE" if a == args.note else a for a in (argv if argv is not None else sys.argv[1:])]
-        noted = {"command": " ".join(["python -m bench.router_compare", *command]), "note": args.note.strip()}
     path = write_results(
         f"router-{args.output or runs[0][0]}",
         "auto vs single strategies on a mixed set"
@@ -157,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         **({"policy": ", ".join(sorted(policies))} if "auto_ran" in result else {}),  # the policy `auto` ran with
         replayed_policies=[str(p) for p in args.replay],
         **result,
-        **noted,
+        **({"note": args.note} if args.note else {}),  # shown under the table
     )
     print(path)
     print(json.dumps(result, indent=1))

@@ -151,7 +151,7 @@ def fit(results: Iterable[dict[str, Any]], sources: Sequence[str] = ()) -> Polic
 
     def recall_of(row: dict[str, Any]) -> float | None:
         """docqa's evidence recall (gold spans of real prose); a templated task's row has one too (was the needle
-        kept), but there the accuracy says it all, and full's whole-document evidence scores 0 there (no text)."""
+        kept), but there the accuracy says it all."""
         return row.get("evidence_recall") if row["task"] == "docqa" else None
 
     def quality(row: dict[str, Any]) -> float:  # a row's questions: accuracy, with evidence recall where measured
