@@ -9,6 +9,7 @@ task instead (at `--length`, seeds 0..limit-1): what a configuration chosen on d
     python bench/docqa_reading.py --task niah_single --length 32768 --limit 8 --configs units-coverage cand64-s6
     python bench/docqa_reading.py --configs shipped --readers none auto   # the reader adapter against the base model
 
+`--abstain-at 0 0.3 0.5` compares thresholds of the reader's refusal (engines/copying.py) from one run.
 `verified_accuracy` scores what the job graph would say without a fallback: an answer the verify step does not back
 becomes "The document does not say.".
 """
@@ -29,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_results  # noqa: E402
 from bench.docqa_retrieval import CONFIGS  # noqa: E402
 from engines import EngineConfig, create_engine  # noqa: E402
+from engines.grounding import NOT_STATED  # noqa: E402
 from engines.types import Answer, no_progress  # noqa: E402
 from evals.tasks import TASKS, generate  # noqa: E402
 from evals.tasks.docqa import WHOLE, asked, docqa  # noqa: E402
 from evals.tasks.sample import Sample  # noqa: E402
 from memory.rag import Rag, RagConfig  # noqa: E402
-from workflows.verify import NOT_STATED, answer_supported  # noqa: E402
+from workflows.verify import answer_supported  # noqa: E402
 
 
 def main() -> None:
@@ -50,6 +52,13 @@ def main() -> None:
     p.add_argument("--name", default="docqa-reading-dev")
     p.add_argument("--store", type=Path, default=None, help="index store (configs without dense_candidates)")
     p.add_argument("--readers", nargs="+", default=["auto"], help="reader_adapter settings: none, auto, a folder")
+    p.add_argument(
+        "--abstain-at",
+        nargs="+",
+        type=float,
+        default=[EngineConfig.reader_abstain_at],
+        help="reader_abstain_at values (0: every refusal stands); one run at the largest, the rest replayed from it",
+    )
     args = p.parse_args()
 
     engine = create_engine(EngineConfig(kind="native", threads=args.threads))
@@ -60,35 +69,56 @@ def main() -> None:
     else:
         samples = [generate(args.task, engine, args.length, seed) for seed in range(args.limit or 8)]
     rows: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
+    # One run per config and reader, answering with reader_abstain_at = the largest threshold asked; every smaller
+    # threshold is that run replayed (abstain_at): a refusal given at least its probability stands, else the copy.
     runs = [(name, reader) for name in args.configs for reader in args.readers]
     for name, reader in runs:
-        engine.config = replace(engine.config, reader_adapter=reader)  # type: ignore[attr-defined]
+        engine.config = replace(  # type: ignore[attr-defined]
+            engine.config, reader_adapter=reader, reader_abstain_at=max(args.abstain_at)
+        )
         base = RagConfig(qdrant_path=args.store) if args.store else RagConfig()
         rag = Rag(replace(base, **CONFIGS[name]))
-        per_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        per_kind: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
         for s in samples:
             start = time.perf_counter()
             answer = rag.run(s.document, [s.question], engine, no_progress)[0]
-            got = {
-                **s.scored(answer),
-                "seconds": time.perf_counter() - start,
-                "verified_accuracy": verified_accuracy(s, answer),
-            }
-            per_kind[s.info.get("kind", args.task)].append(got)
+            seconds = time.perf_counter() - start
+            for threshold in args.abstain_at:
+                replayed = at_threshold(answer, threshold)
+                got = {
+                    **s.scored(replayed),
+                    "seconds": seconds,
+                    "verified_accuracy": verified_accuracy(s, replayed),
+                }
+                per_kind[threshold, s.info.get("kind", args.task)].append(got)
+                answers.append(
+                    {
+                        "config": name,
+                        "reader": reader,
+                        "abstain_at": threshold,
+                        "id": s.info.get("id", s.seed),
+                        "kind": s.info.get("kind", args.task),
+                        "answer": replayed.text,
+                        "accuracy": got["accuracy"],
+                        "verified_accuracy": got["verified_accuracy"],
+                        "refusal_probability": answer.details.get("refusal_probability"),
+                    }
+                )
             print(
                 name,
                 reader,
                 s.info.get("id", s.seed),
-                round(got["accuracy"], 2),
-                got["evidence_recall"],
+                answer.details.get("refusal_probability"),
                 repr(answer.text[:80]),
             )
-        for kind, got_rows in sorted(per_kind.items()):
+        for (threshold, kind), got_rows in sorted(per_kind.items()):
             recalls = [r["evidence_recall"] for r in got_rows if r["evidence_recall"] is not None]
             rows.append(
                 {
                     "config": name,
                     "reader": reader,
+                    "abstain_at": threshold,
                     "strategy": "rag",
                     "task": args.task,
                     "split": args.split if args.task == "docqa" else None,
@@ -114,10 +144,21 @@ def main() -> None:
         threads=args.threads,
         configs={k: CONFIGS[k] for k in args.configs},
         readers=args.readers,
+        abstain_at=args.abstain_at,
+        answers=answers,
         questions=[s.info.get("id", s.seed) for s in samples],
         note="rag alone (no router or verify step); seconds per question include retrieval (a document's first "
         "question pays for its preparation); evidence_recall over the gold spans of answerable questions",
     )
+
+
+def at_threshold(answer: Answer, threshold: float) -> Answer:
+    """The answer rag would give with reader_abstain_at = `threshold` (at most the run's): a copy made from a refusal
+    whose probability reaches the threshold goes back to the refusal."""
+    refused, p = answer.details.get("refused"), answer.details.get("refusal_probability")
+    if refused is None or p is None or p < threshold:
+        return answer
+    return replace(answer, text=refused)
 
 
 def verified_accuracy(sample: Sample, answer: Answer) -> float:

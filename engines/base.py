@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from engines.copying import Copied
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -112,6 +115,16 @@ class SupportsKVCache(Protocol):
     def chat_from_cache(
         self, cache: Any, prompt: Sequence[int], first_position: int, params: SamplingParams
     ) -> Generation: ...
+
+
+@runtime_checkable
+class SupportsCopying(Protocol):
+    """The probability of a given refusal reply and, below `threshold`, the reply most likely copied from `context`
+    instead (engines/copying.py): a reader's unconvinced "not stated" turned into the span it would pick."""
+
+    def copy_answer(
+        self, messages: Sequence[Message], params: SamplingParams, context: str, refusal: str, threshold: float
+    ) -> Copied: ...
 
 
 def engine_home(engine: Engine) -> Path | None:

@@ -28,6 +28,9 @@ class EngineConfig:
     vllm_max_lora_rank: int = 16  # LoRA adapters up to this rank can be loaded (vLLM sizes for it at start); 0: none
     attention: str = "sdpa"  # native engine prefill attention: "sdpa" or a kernels/ pattern name
     reader_adapter: str = "auto"  # the answer call's LoRA: auto (engines.prompting.READERS), none, or a folder
+    # The reader adapter's "The document does not say." stands where it has at least this probability; below, the
+    # answer is the span of the text read it would most likely copy (engines/copying.py). 0: every refusal stands.
+    reader_abstain_at: float = 0.5
     threads: int | None = None
     # gemfilter's and hard's scoring model (engines.internals.selection_engine): "auto" is the reader's own weights
     # where they load in-process, else DEFAULT_SELECTOR; an alias or folder always scores

@@ -32,6 +32,9 @@ def support(claim: str, source: str) -> float:
     return sum(w in found for w in words) / len(words)
 
 
+NOT_STATED = "The document does not say."  # the answer to a question nothing read could back (the reader's refusal)
+
+
 def is_abstention(text: str) -> bool:
     t = text.strip().strip(".").upper()
     return not t or t.startswith("NONE") or "NOT MENTION" in t or "DOES NOT" in t or "NO INFORMATION" in t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from engines.base import (
     reply_end_ids,
 )
 from engines.config import EngineConfig, resolve_dtype
+from engines.copying import Copied, CopyTargets, copy_reply, vocabulary_strings
 from engines.models import resolve_model
 from engines.sparse_attention import attention_implementation
 
@@ -241,6 +243,50 @@ class NativeEngine:
         generation = self._generation(torch.tensor(new, dtype=torch.long), params, kept + len(prompt), 0.0)
         generation.seconds = time.perf_counter() - start
         return generation
+
+    @torch.inference_mode()
+    def copy_answer(
+        self, messages: Sequence[Message], params: SamplingParams, context: str, refusal: str, threshold: float
+    ) -> Copied:
+        """SupportsCopying: one prefill of the prompt; the refusal teacher-forced after it, and, if its probability
+        is below `threshold`, the constrained decode of engines/copying.py on the same cache."""
+        ids = self._template(messages)
+        n = len(ids)
+        with self.using(params.adapter):
+            out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+            cache = out.past_key_values
+            first = out.logits[0, -1].float().log_softmax(-1)
+
+            def forward(tokens: list[int], position: int) -> torch.Tensor:
+                positions = torch.arange(position, position + len(tokens), device=self.device)[None]
+                x = torch.tensor([tokens], device=self.device)
+                return self.model(input_ids=x, position_ids=positions, past_key_values=cache).logits[0].float()
+
+            def rewind() -> None:
+                if cache.get_seq_length() > n:
+                    cache.crop(n - cache.get_seq_length())  # negative: tokens to remove (transformers 5.x)
+
+            refused = [*self.tokenizer(refusal, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+            forced = torch.cat([first[None], forward(refused[:-1], n).log_softmax(-1)])
+            p_refusal = math.exp(sum(float(forced[i, t]) for i, t in enumerate(refused)))
+            rewind()
+            if p_refusal >= threshold:
+                return Copied(p_refusal, "")
+
+            def step(token: int) -> torch.Tensor:
+                return forward([token], cache.get_seq_length())[-1].log_softmax(-1)
+
+            text, logprob, candidates = copy_reply(
+                first,
+                step,
+                rewind,
+                lambda reply: self.tokenizer.decode(reply, skip_special_tokens=True),
+                CopyTargets(context, vocabulary_strings(self.tokenizer)),
+                refusal,
+                max_tokens=params.max_tokens,
+                stops=reply_end_ids(self.tokenizer, self.model.generation_config.eos_token_id),
+            )
+        return Copied(p_refusal, text, logprob, candidates)
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float) -> int:

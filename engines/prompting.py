@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from engines.adapters import ADAPTER_HOME, use_adapter
-from engines.base import Engine, Message, SamplingParams
+from engines.base import Engine, Message, SamplingParams, SupportsCopying
 from engines.config import EngineConfig
+from engines.grounding import NOT_STATED, is_abstention
 from engines.types import Answer, Cost, Evidence, Task, TaskKind
 
 SYSTEM = "You are a careful reader. Answer only from the given text. Be brief."
@@ -96,13 +99,42 @@ def answer_each(
     adapter: str | None = READER,
 ) -> list[Answer]:
     """Ask each task over its own context (what it retrieved or remembered), all in one batched engine call.
-    adapter: a loaded adapter's name, None for the base model, or READER for the engine's reader adapter."""
+    adapter: a loaded adapter's name, None for the base model, or READER for the engine's reader adapter.
+
+    The reader adapter's refusal is kept only if it gives it at least the engine config's `reader_abstain_at`
+    probability; below, the answer is what it would most likely copy from its context (copied_answer)."""
     max_tokens = max(t.max_answer_tokens for t in tasks)
-    adapter = reader_adapter(engine, tasks) if adapter == READER else adapter
+    reading = adapter == READER
+    adapter = reader_adapter(engine, tasks) if reading else adapter
+    params = SamplingParams(max_tokens=max_tokens, adapter=adapter)
     conversations = [answer_messages(c, t) for c, t in zip(contexts, tasks, strict=True)]
-    generations = engine.chat(conversations, SamplingParams(max_tokens=max_tokens, adapter=adapter))
+    generations = engine.chat(conversations, params)
     answers = []
-    for g, evidence, extra in zip(generations, evidences, extra_costs, strict=True):
+    for g, context, conversation, evidence, extra in zip(
+        generations, contexts, conversations, evidences, extra_costs, strict=True
+    ):
         cost = Cost(calls=1, tokens_read=g.prompt_tokens, tokens_generated=g.completion_tokens, seconds=g.seconds)
-        answers.append(Answer(g.text, strategy, list(evidence), cost.add(extra)))
+        answer = Answer(g.text, strategy, list(evidence), cost.add(extra))
+        if reading and adapter is not None and is_abstention(g.text):
+            answer = copied_answer(engine, answer, conversation, context, params)
+        answers.append(answer)
     return answers
+
+
+def copied_answer(
+    engine: Engine, answer: Answer, conversation: list[Message], context: str, params: SamplingParams
+) -> Answer:
+    """The reader's refusal, or, where it gave it less than `reader_abstain_at` of its probability, the span of the
+    context it would most likely copy instead (engines/copying.py; engines that expose the model's probabilities).
+    The details say which, with the refusal's probability."""
+    threshold = getattr(getattr(engine, "config", None), "reader_abstain_at", EngineConfig.reader_abstain_at)
+    if threshold <= 0 or not isinstance(engine, SupportsCopying):
+        return answer
+    start = time.perf_counter()
+    copied = engine.copy_answer(conversation, params, context, NOT_STATED, threshold)
+    spent = Cost(calls=1, tokens_read=engine.count_chat_tokens(conversation), seconds=time.perf_counter() - start)
+    details = {**answer.details, "refusal_probability": round(copied.refusal_probability, 4)}
+    if copied.text:
+        details["refused"] = answer.text
+        return replace(answer, text=copied.text, cost=answer.cost.add(spent), details=details)
+    return replace(answer, cost=answer.cost.add(spent), details=details)

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         description="the answer call's LoRA adapter: `auto` (the one listed for the model, trained to copy the answer "
         "or say the text does not hold it; none listed: the base model), `none` (the base model), or a folder",
     )
+    reader_abstain_at: float = Field(
+        default=EngineConfig.reader_abstain_at,
+        ge=0,
+        le=1,
+        description="the reader adapter's \"The document does not say.\" stands where it gives it at least this "
+        "probability; below, the answer is the span of the text read it would most likely copy (native engine). "
+        "0: every refusal stands",
+    )
     memagent_adapter: str = Field(
         default="auto",
         description="memagent's LoRA adapter: `auto` (the one listed for the model), `none` (the base model), "
@@ -157,6 +165,7 @@ class Settings(BaseSettings):
             "vllm_enforce_eager": self.vllm_enforce_eager,
             "attention": self.attention,
             "reader_adapter": self.reader_adapter,
+            "reader_abstain_at": self.reader_abstain_at,
             "threads": self.threads,
             "selector_model": self.selector_model,
         }

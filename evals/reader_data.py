@@ -32,6 +32,7 @@ from pathlib import Path
 
 from engines import create_engine
 from engines.base import Engine
+from engines.grounding import NOT_STATED
 from engines.prompting import answer_messages
 from engines.settings import Settings
 from engines.types import Document, Task, no_progress
@@ -42,7 +43,6 @@ from memory import training
 from memory.memagent import MemAgent
 from memory.rag import Rag, RagConfig, merged
 from memory.spans import Span, split_sentences
-from workflows.verify import NOT_STATED
 
 READER_TRAIN_DIR = Path(__file__).parent / "data" / "reader_train"
 HELD_OUT_DOC = "dostoyevsky_notes_from_underground.txt"  # its questions measure the adapter, never train it

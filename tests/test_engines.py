@@ -9,12 +9,13 @@ import torch
 from engines import EngineConfig, SamplingParams, create_engine
 from engines.base import ContextOverflowError, Engine, SupportsInputEmbeddings, SupportsLayers
 from engines.config import resolve_dtype
+from engines.copying import CopyTargets, vocabulary_strings
+from engines.grounding import NOT_STATED
 from engines.models import ModelNotFoundError
 from engines.prompting import READER, READERS, answer_from_context
 from engines.settings import Settings
 from engines.types import Task
 from tests.conftest import EXAMPLES
-from workflows.verify import NOT_STATED
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -110,7 +111,8 @@ def test_prompt_embeddings_answer_as_the_token_prompt(engine: Engine, native_eng
 
 def test_the_shipped_reader_copies_a_stated_answer_and_says_when_the_text_does_not(native_engine: Engine) -> None:
     """The reader adapter over a passage it never trained on: the answer copied as written, and for a fact the
-    passage lacks, the abstention it was trained to give (where the base model makes something up)."""
+    passage lacks, the abstention it was trained to give (where the base model makes something up). Every refusal
+    stands here (reader_abstain_at 0); the next test lets an unconvinced one become a copy."""
     assert (READERS["smollm2"] / "adapter_model.safetensors").exists()
     text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")[:3000]
     tasks = [Task("What was the name of the cruising yawl?"), Task("What colour was Marlow's aunt's cat?")]
@@ -118,10 +120,42 @@ def test_the_shipped_reader_copies_a_stated_answer_and_says_when_the_text_does_n
     replies = {}
     try:
         for setting in ("auto", "none"):
-            native_engine.config = replace(config, reader_adapter=setting)  # type: ignore[attr-defined]
+            native_engine.config = replace(config, reader_adapter=setting, reader_abstain_at=0.0)  # type: ignore[attr-defined]
             replies[setting] = [answer_from_context(native_engine, text, [t], "rag", [])[0].text for t in tasks]
     finally:
         native_engine.config = config  # type: ignore[attr-defined]
     assert READER in native_engine.adapters  # type: ignore[attr-defined]
     assert "Nellie" in replies["auto"][0]
     assert replies["auto"][1] == NOT_STATED != replies["none"][1]
+
+
+def test_copy_targets_keep_a_reply_a_word_aligned_piece_of_the_text(native_engine: Engine) -> None:
+    vocabulary = vocabulary_strings(native_engine.hf_tokenizer)  # type: ignore[attr-defined]
+    text = "The Nellie, a cruising yawl, swung to her anchor. NELLIE waited."
+    targets = CopyTargets(text, vocabulary)
+    assert targets.occurrences("nellie") == [4, 50] and targets.occurrences("ellie") == []  # not mid-word
+    allowed = targets.next("a cruising ya")
+    assert allowed and all(("a cruising ya" + vocabulary.strings[t].lower()) in text.lower() for t in allowed)
+    assert targets.ends_word("a cruising yawl") and not targets.ends_word("a cruising ya")
+    assert targets.next("a sailing") == set()
+
+
+def test_an_unconvinced_refusal_becomes_the_span_the_reader_would_copy(native_engine: Engine) -> None:
+    """The reader refuses a question its passage does not answer; with reader_abstain_at above the refusal's
+    probability the answer is a word-aligned copy of the passage instead (the refusal kept in its details), at 0
+    the refusal stands."""
+    text = (EXAMPLES / "heart_of_darkness_opening.txt").read_text(encoding="utf-8")[:3000]
+    task = Task("What colour was Marlow's aunt's cat?")
+    config = native_engine.config  # type: ignore[attr-defined]
+    answers = {}
+    try:
+        for threshold in (0.0, 1.0):
+            native_engine.config = replace(config, reader_abstain_at=threshold)  # type: ignore[attr-defined]
+            answers[threshold] = answer_from_context(native_engine, text, [task], "rag", [])[0]
+    finally:
+        native_engine.config = config  # type: ignore[attr-defined]
+    kept, copied = answers[0.0], answers[1.0]
+    assert kept.text == NOT_STATED and "refused" not in kept.details and kept.cost.calls == 1
+    assert copied.details["refused"] == NOT_STATED and 0 < copied.details["refusal_probability"] < 1
+    assert copied.text and copied.text != NOT_STATED and copied.cost.calls == 2
+    assert CopyTargets(text, vocabulary_strings(native_engine.hf_tokenizer)).occurrences(copied.text.lower())  # type: ignore[attr-defined]

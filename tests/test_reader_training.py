@@ -10,6 +10,7 @@ from itertools import pairwise
 import pytest
 
 from engines.base import Engine
+from engines.grounding import NOT_STATED
 from engines.prompting import SYSTEM
 from evals.corpus import HELD_OUT_DOCS, TRAINING_CORPUS
 from evals.memagent_data import TRAIN_SEED_START, StepMaker, written_items
@@ -19,7 +20,6 @@ from evals.tasks.docqa import docqa_items
 from memory.memagent import NONE
 from memory.rag import Rag, RagConfig
 from tests.conftest import ROOT
-from workflows.verify import NOT_STATED
 
 pytestmark = pytest.mark.skipif(not TRAINING_CORPUS.is_dir(), reason=f"the training corpus {TRAINING_CORPUS} is absent")
 

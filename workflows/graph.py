@@ -16,13 +16,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Checkpointer
 
 from engines.base import Engine
+from engines.grounding import NOT_STATED
 from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind, no_progress
 from workflows.mapreduce import add_mapreduce_loop
 from workflows.memagent import add_memagent_loop
 from workflows.policy import Policy
 from workflows.registry import Strategies, get_strategy
 from workflows.router import Budget, choose_strategy
-from workflows.verify import NOT_STATED, answer_supported
+from workflows.verify import answer_supported
 
 # memagent takes one graph step per segment: a 10M-token document is well under this.
 RECURSION_LIMIT = 10_000

@@ -15,7 +15,6 @@ from engines.grounding import content_words, is_abstention
 from engines.types import Answer, Task, TaskKind
 from workflows.analysis import task_kind
 
-NOT_STATED = "The document does not say."  # the answer to a question nothing read could back
 SUPPORTED = 0.5  # share of the answer's new content words that must occur in its evidence
 # Share of the question's other content words (stems) that the sentences around the answer must hold, for lookups.
 ASKED_NEAR = 0.34
