@@ -12,7 +12,7 @@ import pytest
 
 from engines.base import Engine
 from engines.prompting import answer_each
-from engines.types import Answer, Cost, Document, Progress, Task, TaskKind
+from engines.types import Answer, Cost, Document, Evidence, Progress, Task, TaskKind
 from evals.tasks import TASKS, generate
 from tests.conftest import ROOT, planted_document
 from workflows import registry
@@ -21,6 +21,7 @@ from workflows.graph import run_job
 from workflows.policy import PRIOR_QUESTIONS, Entry, Policy, fit
 from workflows.registry import Strategies
 from workflows.router import Budget, choose_strategy
+from workflows.verify import answer_supported
 
 LOOKUP = Task("What was the lighthouse keeper's dog called?")
 AGGREGATION = Task("What are the most common words used throughout the text?")
@@ -397,3 +398,27 @@ def test_replay_scores_the_policy_choice_from_single_strategy_answers() -> None:
     again = compare([*records, record("mapreduce", "cwe", 32768, 0.5, 33000), record("auto", "cwe", 32768, 1.0, 9)])
     rows = {r["strategy"]: r["accuracy"] for r in again["rows"]}
     assert rows["mapreduce"] == 0.75 and rows["auto"] == 0.5
+
+
+def test_verify_backs_an_answer_by_the_question_words_around_it() -> None:
+    """A name that merely occurs in the text read is not backed; one whose sentences hold a third of what a lookup
+    asks, or three of its words (a long question describing the answer's sentence by a chain of facts), is."""
+    text = (
+        "Elizabeth walked alone to Longbourn in the rain. The road was deep in mud. The weather grew worse by noon. "
+        "Mr. Collins married Charlotte Lucas in the spring. The family came up from London by coach. "
+        "Nobody spoke at dinner. The old tanner's will was read to them by the lawyer, and the lawyer's older "
+        "brother was remembered. Nobody wept. His brother Harvey lived and preached in Sheffield."
+    )
+    evidence = [Evidence(0, len(text), text)]
+
+    def backed(answer: str, question: str) -> bool:
+        assert task_kind(Task(question)) == "lookup"
+        return answer_supported(Answer(answer, "rag", evidence), Task(question), text)
+
+    marry = "Whom does Mr. Collins marry?"
+    assert backed("Charlotte Lucas", marry) and not backed("Elizabeth", marry)
+    chain = (
+        "In which English town did the older brother of the lawyer who read the dead tanner's will aloud to the "
+        "family live and preach?"
+    )
+    assert backed("Sheffield", chain) and not backed("London", chain) and not backed("Longbourn", chain)
