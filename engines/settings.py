@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         default=EngineConfig.reader_abstain_at,
         ge=0,
         le=1,
-        description="the reader adapter's \"The document does not say.\" stands where it gives it at least this "
+        description='the reader adapter\'s "The document does not say." stands where it gives it at least this '
         "probability; below, the answer is the span of the text read it would most likely copy (native engine). "
         "0: every refusal stands",
     )
