@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -333,6 +334,9 @@ def test_unsupported_answer_falls_back_to_the_next_strategy(
     monkeypatch.setattr(registry, "PREFERENCE", ["closed_book", "full"])
     # An unmeasured model: the default order puts the closed book first and `full` behind it.
     monkeypatch.setattr("workflows.policy.POLICIES", tmp_path)
+    # Every refusal stands: an unconvinced one would add a copy call (engines/copying.py) to the closed book's cost.
+    config = replace(native_engine.config, reader_abstain_at=0.0)  # type: ignore[attr-defined]
+    monkeypatch.setattr(native_engine, "config", config)
     text = planted_document(native_engine, "The lighthouse keeper's dog was called Biscuit.", 2000, 0.6)
     result = run_job(Document(text), [LOOKUP], native_engine, strategies=strategies)
     assert [a["strategy"] for a in result.attempts] == ["closed_book", "full"]
